@@ -1,0 +1,33 @@
+# The two set-up commands of the README. Each creates .venv in the repo and installs into it, idempotently:
+# the install runs again only when pyproject.toml changes.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rnnkit-installed
+PYTHON ?= python3
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: train a character-level LSTM on the built-in corpus for a few minutes, then generate.
+demo: $(STAMP)
+	$(VENV)/bin/rnnkit train lm --out runs/demo --max-minutes 5
+	$(VENV)/bin/rnnkit sample --run runs/demo --prompt "def " --length 400 --temperature 0.8
+
+# The test suite (what .ci/run calls): lint, then every test on the CPU.
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(VENV)/bin/rnnkit bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

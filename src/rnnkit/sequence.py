@@ -1,0 +1,106 @@
+"""Helpers for padded batches and recurrent state.
+
+Sequences are batch-first, (B, T, ...), with ``lengths`` (B,) giving each row's valid prefix.
+State is a Tensor or a tuple of Tensors (such as ``LSTMState``); the helpers here map over either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_lengths",
+    "detach_state",
+    "flip_padded",
+    "last_valid",
+    "lengths_to_mask",
+    "map_state",
+    "split_time",
+]
+
+State = Any  # a Tensor or a (named) tuple of Tensors
+
+
+def map_state(fn: Callable[..., Tensor], *states: State) -> State:
+    """Apply ``fn`` to each Tensor of one or more states of the same structure, keeping the structure."""
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return fn(*states)
+    if isinstance(first, tuple):
+        parts = [map_state(fn, *parts) for parts in zip(*states, strict=True)]
+        return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
+    raise TypeError(f"state must be a Tensor or a tuple of Tensors, got {type(first).__name__}")
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph behind ``state`` (truncated BPTT): same values, no history."""
+    return map_state(lambda t: t.detach(), state)
+
+
+def check_lengths(lengths: Tensor | Sequence[int], batch_size: int, max_time: int) -> Tensor:
+    """Validate ``lengths`` and return it as an int64 CPU tensor of shape (B,).
+
+    Every length must lie in [1, T]: a zero-length row has no last state to return.
+    """
+    if not isinstance(lengths, Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"lengths must be a 1-D Tensor or sequence of ints, got {type(lengths).__name__}") from e
+    if lengths.dim() != 1 or lengths.numel() != batch_size:
+        raise ValueError(f"lengths must have shape (B,)=({batch_size},), got {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    lengths = lengths.detach().to("cpu", torch.int64)
+    if batch_size > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > max_time:
+            bad = lo if lo < 1 else hi
+            raise ValueError(f"lengths must lie in [1, T={max_time}], got {bad}")
+    return lengths
+
+
+def lengths_to_mask(lengths: Tensor, max_time: int) -> Tensor:
+    """(B,) lengths -> (B, T) bool mask, True where t < length."""
+    steps = torch.arange(max_time, device=lengths.device)  # (T,)
+    return steps.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+
+def flip_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each row of ``x`` (B, T, ...) within its own length; padding stays where it is.
+
+    With lengths [3, 2] and T = 3::
+
+        a b c   ->   c b a
+        d e _   ->   e d _
+    """
+    if lengths is None:
+        return x.flip(1)
+    B, T = x.shape[:2]
+    steps = torch.arange(T).unsqueeze(0)  # (1, T)
+    L = lengths.to("cpu").unsqueeze(1)  # (B, 1)
+    index = torch.where(steps < L, L - 1 - steps, steps)  # (B, T)
+    index = index.to(x.device).view(B, T, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+def last_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """The last valid step of each row: (B, T, F) -> (B, F)."""
+    if lengths is None:
+        return x[:, -1]
+    index = (lengths.to(x.device, torch.int64) - 1).view(-1, 1, *([1] * (x.dim() - 2)))
+    index = index.expand(-1, 1, *x.shape[2:])  # (B, 1, F)
+    return x.gather(1, index).squeeze(1)
+
+
+def split_time(x: Tensor, chunk: int) -> list[Tensor]:
+    """Split (B, T, ...) into chunks of ``chunk`` steps along time (the last may be shorter)."""
+    if chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk}")
+    return list(x.split(chunk, dim=1))
