@@ -397,6 +397,25 @@ class RNN(nn.Module):
             out = out.transpose(0, 1)
         return out, state
 
+    def step(self, x_t: Tensor, state: State = None) -> tuple[Tensor, State]:
+        """One time step through every layer, for generation: ``x_t`` (B, D) -> ``y_t`` (B, H), new state.
+
+        The same as ``forward`` on a length-1 sequence (unidirectional layers only), through the fastest
+        single-step path (``rnnkit.kernels.fast_step``). The state layout is that of ``forward``.
+        """
+        if self.bidirectional:
+            raise ValueError("step needs a unidirectional RNN (bidirectional=False), got bidirectional=True")
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.size(-1) != self.input_size:
+            got = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t must have shape (B, input_size={self.input_size}), got {got}")
+        B = x_t.size(0)
+        state = (
+            self.initial_state(B, device=x_t.device, dtype=x_t.dtype) if state is None else self._check_state(state, B)
+        )
+        from rnnkit.kernels import fast_step
+
+        return fast_step(self, x_t, state)
+
     def extra_repr(self) -> str:
         s = f"{self.mode!r}, {self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
