@@ -14,6 +14,11 @@ if TYPE_CHECKING:
 
 __all__ = ["auto_backend", "fast_step"]
 
+from rnnkit.kernels.fused import run_fused
+from rnnkit.recurrent import register_backend
+
+register_backend("fused", run_fused)
+
 
 def auto_backend(rnn: RNN, x: Tensor) -> str:
     """The backend ``backend="auto"`` runs for ``rnn`` on input ``x``.

@@ -1,0 +1,104 @@
+"""Fused Elman layer: one direction of one layer, forward and hand-written BPTT.
+
+Math (time-major, one direction; ``act`` is tanh or relu; m_t (B, 1) is 1 while t is inside a row's length)::
+
+    a_t = x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T
+    h_t = m_t * act(a_t) + (1 - m_t) * h_{t-1}       # a row past its length keeps its state
+    y_t = m_t * h_t                                   # and outputs zeros
+
+BPTT, with g_t = dL/dh_t (the output's gradient plus the next step's)::
+
+    da_t    = g_t * m_t * act'(a_t)                   # act' = 1 - h_t^2 (tanh) or [h_t > 0] (relu)
+    g_{t-1} = da_t W_hh + (1 - m_t) * g_t + m_{t-1} * dy_{t-1}
+    dW_ih = sum_t da_t^T x_t,  dW_hh = sum_t da_t^T h_{t-1},  db = sum_t da_t    # one GEMM each
+
+The input projection of all steps is one GEMM before the loop and dx one GEMM after it, so each step costs
+one GEMM plus one or two elementwise ops. States are stored in time order in S (T+1, B, H): the forward
+direction keeps h_{-1} in S[0] and h_t in S[t+1], the reverse direction h_t in S[t] and its initial state in S[T].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, time_steps
+
+__all__ = ["elman_layer"]
+
+
+def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
+    """The recurrence; returns the state history S (T+1, B, H) in time order."""
+    T, B, D = x.shape
+    H = w_hh.size(1)
+    b = None if b_ih is None else b_ih + b_hh  # (H,)
+    xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, H)  # all input projections in one GEMM
+    act = torch.relu_ if relu else torch.tanh_
+    h, hs = h0, []
+    for t in time_steps(T, reverse):
+        h_new = act(linear_add(h, xp[t], w_hh))  # (B, H)
+        h = h_new if mask is None else torch.where(mask[t], h_new, h)
+        hs.append(h)
+    return torch.stack([*hs[::-1], h0] if reverse else [h0, *hs])  # (T+1, B, H)
+
+
+def _outputs(S: Tensor, reverse: bool) -> Tensor:
+    return S[:-1] if reverse else S[1:]  # (T, B, H): h_t at t
+
+
+def _previous(S: Tensor, reverse: bool) -> Tensor:
+    return S[1:] if reverse else S[:-1]  # (T, B, H): h_{t-1} in the direction's own order
+
+
+class ElmanFunction(torch.autograd.Function):
+    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, relu, w_ih, w_hh, b_ih, b_hh) -> (y, h_T)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
+        S = _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
+        y = _outputs(S, reverse)  # (T, B, H)
+        m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
+        dact = (y > 0).to(y.dtype) if relu else 1 - y * y  # act'(a_t) from h_t, (T, B, H)
+        if m is not None:
+            dact.mul_(m)
+            y = y * m
+        ctx.reverse = reverse
+        ctx.save_for_backward(x, S, dact, m, w_ih, w_hh)
+        return y, S[0] if reverse else S[-1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_last):
+        x, S, dact, m, w_ih, w_hh = ctx.saved_tensors
+        reverse = ctx.reverse
+        T, B, D = x.shape
+        H = w_hh.size(1)
+        dy = torch.zeros_like(dact) if dy is None else dy if m is None else dy * m  # (T, B, H)
+        g = torch.zeros_like(dact[0]) if dh_last is None else dh_last  # (B, H)
+        w_hh_t = w_hh.t().contiguous()  # (H, H), so each step's product is x @ w^T
+        da = torch.empty_like(dact)  # (T, B, H)
+        order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
+        g = g + dy[order[0]]
+        for s, t in enumerate(order):
+            torch.mul(g, dact[t], out=da[t])
+            carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(g)  # (B, H)
+            if m is not None:
+                carry = torch.addcmul(carry, 1 - m[t], g)  # frozen rows pass g through
+            g = linear_add(da[t], carry, w_hh_t)  # (B, H)
+        da2 = da.view(T * B, H)
+        dx = matmul(da2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
+        dw_ih = matmul_tn(da2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
+        dw_hh = matmul_tn(da2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
+        db = da2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
+        return dx, g, None, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
+
+
+def elman_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, *, relu=False):
+    """One direction of one Elman layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H))."""
+    tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return ElmanFunction.apply(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
+    S = _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
+    y = _outputs(S, reverse)
+    return (y if mask is None else y * mask), (S[0] if reverse else S[-1])

@@ -1,0 +1,147 @@
+"""Fused LSTM layer: one direction of one layer, forward and hand-written BPTT.
+
+Math (gate order i, f, g, o as in torch.nn.LSTM; m_t (B, 1) is 1 while t is inside a row's length)::
+
+    [i, f, g, o] = x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T      # one GEMM per step, (B, 4H)
+    i, f, o = sigmoid(i, f, o);  g = tanh(g)
+    c_t = m_t * (f * c_{t-1} + i * g) + (1 - m_t) * c_{t-1}
+    h_t = m_t * o * tanh(c_t)        + (1 - m_t) * h_{t-1}       # a row past its length keeps its state
+    y_t = m_t * h_t
+
+BPTT, with gh = dL/dh_t and gc = dL/dc_t flowing back from step t+1::
+
+    dc     = m * gc + gh * m * o * (1 - tanh(c_t)^2)
+    di, df, dg = dc * g * i(1-i),  dc * c_{t-1} * f(1-f),  dc * i * (1-g^2)    # pre-activation gradients
+    do     = gh * m * tanh(c_t) * o(1-o)
+    gc     = dc * f + (1 - m) * gc
+    gh     = [di, df, dg, do] W_hh + (1 - m) * gh + m_{t-1} * dy_{t-1}
+    dW_ih = sum_t dG_t^T x_t,  dW_hh = sum_t dG_t^T h_{t-1},  db = sum_t dG_t   # one GEMM each
+
+Every factor that does not depend on gh or gc (the ``Q`` columns) is computed after the forward loop in a few
+whole-sequence ops, so a backward step costs one GEMM and four elementwise ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, time_steps
+
+__all__ = ["lstm_layer"]
+
+
+def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
+    """The recurrence. Returns S (T+1, B, H) of h in time order, c_T, and with ``keep`` the activations
+    A (T, B, 4H), tanh(c_t) (T, B, H) and the c history (T+1, B, H), both in time order."""
+    T, B, D = x.shape
+    H = w_hh.size(1)
+    b = None if b_ih is None else b_ih + b_hh  # (4H,)
+    xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections in one GEMM
+    h, c = h0, c0
+    hs, cs, acts, tcs = [], [], [], []
+    for t in time_steps(T, reverse):
+        a = linear_add(h, xp[t], w_hh)  # (B, 4H)
+        a[:, : 2 * H].sigmoid_()
+        a[:, 2 * H : 3 * H].tanh_()
+        a[:, 3 * H :].sigmoid_()
+        i, f, g, o = a.chunk(4, 1)  # 4 x (B, H)
+        c_new = torch.mul(f, c).addcmul_(i, g)
+        tc = torch.tanh(c_new)
+        h_new = torch.mul(o, tc)
+        if mask is not None:
+            c_new = torch.where(mask[t], c_new, c)
+            h_new = torch.where(mask[t], h_new, h)
+        h, c = h_new, c_new
+        hs.append(h)
+        if keep:
+            cs.append(c)
+            acts.append(a)
+            tcs.append(tc)
+    if reverse:
+        hs, cs, acts, tcs = [*hs[::-1], h0], [*cs[::-1], c0], acts[::-1], tcs[::-1]
+    else:
+        hs, cs = [h0, *hs], [c0, *cs]
+    S = torch.stack(hs)  # (T+1, B, H)
+    if not keep:
+        return S, c, None, None, None
+    return S, c, torch.stack(acts), torch.stack(tcs), torch.stack(cs)
+
+
+def _outputs(S: Tensor, reverse: bool) -> Tensor:
+    return S[:-1] if reverse else S[1:]  # (T, B, H): the state at t
+
+
+def _previous(S: Tensor, reverse: bool) -> Tensor:
+    return S[1:] if reverse else S[:-1]  # (T, B, H): the state before t in the direction's own order
+
+
+class LSTMFunction(torch.autograd.Function):
+    """(x (T, B, D), h0, c0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh) -> (y, h_T, c_T)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
+        S, c_last, A, tc, C = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)
+        H = w_hh.size(1)
+        i, f, g, o = A.chunk(4, -1)  # 4 x (T, B, H)
+        forget = f.clone()  # (T, B, H)
+        m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
+        p = tc.mul(tc).neg_().add_(1).mul_(o)  # o * (1 - tanh(c)^2)
+        Q = torch.addcmul(A, A, A, value=-1)  # s(1 - s) for the sigmoid gates, (T, B, 4H)
+        Q[..., :H].mul_(g)  # g * i(1-i)
+        Q[..., H : 2 * H].mul_(_previous(C, reverse))  # c_{t-1} * f(1-f)
+        torch.mul(g, g, out=Q[..., 2 * H : 3 * H]).neg_().add_(1).mul_(i)  # i * (1 - g^2)
+        Q[..., 3 * H :].mul_(tc)  # tanh(c) * o(1-o)
+        y = _outputs(S, reverse)
+        if m is not None:
+            p.mul_(m)
+            Q[..., 3 * H :].mul_(m)
+            y = y * m
+        ctx.reverse = reverse
+        ctx.save_for_backward(x, S, Q, p, forget, m, w_ih, w_hh)
+        return y, (S[0] if reverse else S[-1]).clone(), c_last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_last, dc_last):
+        x, S, Q, p, forget, m, w_ih, w_hh = ctx.saved_tensors
+        reverse = ctx.reverse
+        T, B, D = x.shape
+        H = w_hh.size(1)
+        dy = torch.zeros_like(p) if dy is None else dy if m is None else dy * m  # (T, B, H)
+        gh = torch.zeros_like(p[0]) if dh_last is None else dh_last  # (B, H)
+        gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
+        w_hh_t = w_hh.t().contiguous()  # (H, 4H)
+        dG = torch.empty_like(Q)  # (T, B, 4H)
+        dG4, Q4 = dG.view(T, B, 4, H), Q.view(T, B, 4, H)
+        order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
+        gh = gh + dy[order[0]]
+        for s, t in enumerate(order):
+            dc = torch.addcmul(gc if m is None else gc * m[t], gh, p[t])  # (B, H)
+            torch.mul(dc.unsqueeze(1), Q4[t, :, :3], out=dG4[t, :, :3])  # di, df, dg
+            torch.mul(gh, Q4[t, :, 3], out=dG4[t, :, 3])  # do
+            carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(gh)  # (B, H)
+            if m is None:
+                gc = dc * forget[t]
+            else:
+                nm = 1 - m[t]  # (B, 1): rows past their length pass the gradients through
+                gc = torch.mul(dc, forget[t]).addcmul_(nm, gc)
+                carry = torch.addcmul(carry, nm, gh)
+            gh = linear_add(dG[t], carry, w_hh_t)  # (B, H)
+        dG2 = dG.view(T * B, 4 * H)
+        dx = matmul(dG2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
+        dw_ih = matmul_tn(dG2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
+        dw_hh = matmul_tn(dG2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
+        db = dG2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
+        return dx, gh, gc, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
+
+
+def lstm_layer(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
+    """One direction of one LSTM layer on time-major x (T, B, D): -> (y (T, B, H), h_T, c_T (B, H))."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return LSTMFunction.apply(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh)
+    S, c_last, *_ = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=False)
+    y = _outputs(S, reverse)
+    return (y if mask is None else y * mask), (S[0] if reverse else S[-1]), c_last
