@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, time_steps
+from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh_, tanh_scale, time_steps
 
 __all__ = ["elman_layer"]
 
@@ -33,11 +33,14 @@ def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
     T, B, D = x.shape
     H = w_hh.size(1)
     b = None if b_ih is None else b_ih + b_hh  # (H,)
+    scale = 1.0 if relu else tanh_scale(x)  # feed 2a to tanh_ (see ops.tanh_scale)
+    if scale != 1.0:
+        w_ih, w_hh, b = w_ih * scale, w_hh * scale, None if b is None else b * scale
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, H)  # all input projections in one GEMM
-    act = torch.relu_ if relu else torch.tanh_
     h, hs = h0, []
     for t in time_steps(T, reverse):
-        h_new = act(linear_add(h, xp[t], w_hh))  # (B, H)
+        a = linear_add(h, xp[t], w_hh)  # (B, H)
+        h_new = a.relu_() if relu else tanh_(a, scale)
         h = h_new if mask is None else torch.where(mask[t], h_new, h)
         hs.append(h)
     return torch.stack([*hs[::-1], h0] if reverse else [h0, *hs])  # (T+1, B, H)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, time_steps
+from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh_, tanh_scale, time_steps
 
 __all__ = ["gru_layer"]
 
@@ -47,27 +47,40 @@ def _to_hh(w: Tensor | None) -> Tensor | None:
     return torch.cat([z, r, n])
 
 
+def _scale_rows(w: Tensor | None, block: int, scale: float) -> Tensor | None:
+    """w with its rows of gate block ``block`` (of 3) multiplied by ``scale``."""
+    if w is None:
+        return None
+    parts = list(w.chunk(3, 0))
+    parts[block] = parts[block] * scale
+    return torch.cat(parts)
+
+
 def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     """The recurrence on reordered weights. Returns S (T+1, B, H) in time order and, with ``keep``, the
     activations A (T, B, 3H) = [n, z, r] and gh_n (T, B, H), both in time order."""
     T, B, D = x.shape
     H = w_hh.size(1)
+    scale = tanh_scale(x)  # the n rows are fed 2a (see ops.tanh_scale)
+    if scale != 1.0:
+        w_ih, b_ih = _scale_rows(w_ih, 0, scale), _scale_rows(b_ih, 0, scale)
+        w_hh, b_hh = _scale_rows(w_hh, 2, scale), _scale_rows(b_hh, 2, scale)
     A = linear(x.reshape(T * B, D), w_ih, b_ih).view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place
     h, hs, ghn = h0, [], []
     for t in time_steps(T, reverse):
         gh = linear(h, w_hh, b_hh)  # (B, 3H): [gh_z, gh_r, gh_n]
         a = A[t]  # (B, 3H)
         zr = a[:, H:].add_(gh[:, : 2 * H]).sigmoid_()  # (B, 2H): [z, r]
-        n = a[:, :H].addcmul_(zr[:, H:], gh[:, 2 * H :]).tanh_()  # (B, H)
+        n = tanh_(a[:, :H].addcmul_(zr[:, H:], gh[:, 2 * H :]), scale)  # (B, H)
         h_new = torch.lerp(n, h, zr[:, :H])  # n + z * (h - n)
         h = h_new if mask is None else torch.where(mask[t], h_new, h)
         hs.append(h)
         if keep:
-            ghn.append(gh[:, 2 * H :])
+            ghn.append(gh[:, 2 * H :])  # scale * gh_n
     S = torch.stack([*hs[::-1], h0] if reverse else [h0, *hs])  # (T+1, B, H)
     if not keep:
         return S, None, None
-    return S, A, torch.stack(ghn[::-1] if reverse else ghn)
+    return S, A, torch.stack(ghn[::-1] if reverse else ghn).div_(scale)
 
 
 def _outputs(S: Tensor, reverse: bool) -> Tensor:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, time_steps
+from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh, tanh_scale, time_steps
 
 __all__ = ["lstm_layer"]
 
@@ -38,17 +38,27 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     T, B, D = x.shape
     H = w_hh.size(1)
     b = None if b_ih is None else b_ih + b_hh  # (4H,)
+    scale = tanh_scale(x)  # the g rows are fed 2a, so one sigmoid covers all four gates (see ops.tanh_scale)
+    if scale != 1.0:
+        rows = torch.ones(4, 1, 1, dtype=x.dtype, device=x.device)
+        rows[2] = scale
+        w_ih, w_hh = (w_ih.view(4, H, -1) * rows).view(4 * H, -1), (w_hh.view(4, H, H) * rows).view(4 * H, H)
+        b = None if b is None else (b.view(4, H) * rows[:, 0]).view(4 * H)
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections in one GEMM
     h, c = h0, c0
     hs, cs, acts, tcs = [], [], [], []
     for t in time_steps(T, reverse):
         a = linear_add(h, xp[t], w_hh)  # (B, 4H)
-        a[:, : 2 * H].sigmoid_()
-        a[:, 2 * H : 3 * H].tanh_()
-        a[:, 3 * H :].sigmoid_()
+        if scale == 1.0:
+            a[:, : 2 * H].sigmoid_()
+            a[:, 2 * H : 3 * H].tanh_()
+            a[:, 3 * H :].sigmoid_()
+        else:
+            a.sigmoid_()
+            a[:, 2 * H : 3 * H].mul_(2).sub_(1)  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
         i, f, g, o = a.chunk(4, 1)  # 4 x (B, H)
         c_new = torch.mul(f, c).addcmul_(i, g)
-        tc = torch.tanh(c_new)
+        tc = tanh(c_new, scale)
         h_new = torch.mul(o, tc)
         if mask is not None:
             c_new = torch.where(mask[t], c_new, c)

@@ -5,6 +5,9 @@ the order of time steps.
 - ``linear_add(x, other, w)``: ``other + x @ w^T``, the recurrent step's one GEMM with the input projection
   folded in.
 - ``matmul(a, b)``: ``a @ b``; ``matmul_tn(a, b)``: ``a^T @ b`` (the weight gradients, one GEMM over all steps).
+- ``tanh_scale(x)`` and ``tanh_(t, scale)``: on CPU torch's tanh runs about 4x slower than its sigmoid here
+  (9.7 vs 2.2 us for (32, 256), 35 vs 7 us for (32, 1024)), so the kernels feed 2a instead of a (weights
+  scaled by 2) and take tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32.
 - ``time_steps(T, reverse)``: the order a direction visits the steps; states are stored in time order either
   way, so no sequence is ever flipped.
 
@@ -21,7 +24,18 @@ import logging
 import torch
 from torch import Tensor
 
-__all__ = ["linear", "linear_add", "matmul", "matmul_tn", "onednn_available", "time_steps", "uses_onednn"]
+__all__ = [
+    "linear",
+    "linear_add",
+    "matmul",
+    "matmul_tn",
+    "onednn_available",
+    "tanh",
+    "tanh_",
+    "tanh_scale",
+    "time_steps",
+    "uses_onednn",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +103,18 @@ def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
 def time_steps(T: int, reverse: bool) -> range:
     """The steps in the order a direction visits them: 0..T-1, or T-1..0 for the reverse direction."""
     return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def tanh_scale(x: Tensor) -> float:
+    """2.0 where the kernels compute tanh(a) from 2a as 2 sigmoid(2a) - 1 (CPU), else 1.0 (plain tanh)."""
+    return 2.0 if x.device.type == "cpu" else 1.0
+
+
+def tanh_(t: Tensor, scale: float) -> Tensor:
+    """In place: t holds ``scale * a``; returns tanh(a) in t."""
+    return t.sigmoid_().mul_(2).sub_(1) if scale == 2.0 else t.tanh_()
+
+
+def tanh(t: Tensor, scale: float) -> Tensor:
+    """tanh(t) in a new tensor, by 2 sigmoid(2t) - 1 when ``scale`` is 2."""
+    return torch.mul(t, 2).sigmoid_().mul_(2).sub_(1) if scale == 2.0 else torch.tanh(t)
