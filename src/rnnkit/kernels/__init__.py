@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["auto_backend", "fast_step"]
 
 from rnnkit.kernels.fused import run_fused
+from rnnkit.kernels.step import fast_step
 from rnnkit.recurrent import register_backend
 
 register_backend("fused", run_fused)
@@ -27,15 +28,3 @@ def auto_backend(rnn: RNN, x: Tensor) -> str:
     correct engine available until a faster one is measured.
     """
     return "native"
-
-
-def fast_step(rnn: RNN, x_t: Tensor, state):
-    """One step of every layer of a unidirectional ``rnn``: ``x_t`` (B, D), validated state -> (y_t (B, H), state).
-
-    Equal to ``rnn(x_t.unsqueeze(1), state)`` with the time axis dropped; this default runs the chosen backend
-    on a length-1 sequence.
-    """
-    from rnnkit.recurrent import _runner
-
-    out, state = _runner(rnn.resolved_backend(x_t))(rnn, x_t.unsqueeze(1), state, None)  # out: (B, 1, H)
-    return out.squeeze(1), state
