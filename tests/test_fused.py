@@ -165,9 +165,12 @@ def test_step_with_autograd_keeps_gradients():
 
 def test_auto_backend_rule():
     x = torch.randn(1, 2, D)
-    assert auto_backend(RNN("gru", D, H), x) == "fused"
+    assert auto_backend(RNN("gru", D, H), x) == "fused"  # parameters need grad: training
     assert auto_backend(RNN("elman", D, H), x) == "fused"
     assert auto_backend(RNN("lstm", D, H), x) == "native"
+    with torch.no_grad():
+        assert auto_backend(RNN("gru", D, H), x) == "native"  # small inference: torch.nn's C++ loop
+        assert auto_backend(RNN("gru", D, 512), torch.randn(16, 2, D)) == "fused"  # 16 * 3*512 * 512 MACs
 
 
 @pytest.mark.cuda

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -21,22 +23,34 @@ from rnnkit.recurrent import register_backend
 register_backend("fused", run_fused)
 
 
+# Below this many multiply-adds per recurrent step (B * G*H * H), torch.nn's no-grad forward, a C++ loop,
+# beats fused's Python loop: measured fwd ratios 0.50-0.89 at (8, 32)..(8, 256), 1.00 at B=64, H=128 (G=3).
+INFERENCE_MIN_STEP_MACS = 2**22
+
+
 def auto_backend(rnn: RNN, x: Tensor) -> str:
     """The backend ``backend="auto"`` runs for ``rnn`` on input ``x``.
 
-    Rule: on CPU, ``"fused"`` for Elman and GRU and ``"native"`` (torch.nn's oneDNN kernel) for LSTM; on any
-    other device ``"native"`` (cuDNN). Measured on the 2-core AMD EPYC (AVX-512) this was written on, torch
-    2.13, medians of interleaved runs, fused time vs torch.nn (ratio > 1: fused faster), train step = forward
-    + backward, (B, T, H) = (32, 128, 256) and (64, 64, 512):
+    Rule: off CPU, ``"native"`` (cuDNN). On CPU, ``"native"`` (torch.nn's oneDNN kernel) for LSTM, and for
+    Elman and GRU ``"fused"`` when training (grad enabled and the parameters or ``x`` need grad) or when
+    one recurrent step has at least ``INFERENCE_MIN_STEP_MACS`` multiply-adds (B * G*H * H), else ``"native"``.
 
-    - Elman: train 1.15-1.27x and 1.48-1.78x; no-grad forward 1.12-1.15x and 1.62-1.68x.
-    - GRU:   train 0.96-1.23x and 1.17-1.31x; no-grad forward 1.21-1.41x and 1.82-1.90x.
-    - LSTM:  train 0.63-1.38x and 0.67-0.81x; no-grad forward 0.44-0.48x and 0.65-0.75x: oneDNN's LSTM
-      (about 400 GFLOP/s forward) stays ahead, so LSTM keeps ``"native"``, in training and inference alike.
+    Measured on the 2-core AMD EPYC (AVX-512) this was written on, torch 2.13, medians of interleaved runs,
+    ratio = torch.nn time / fused time (> 1: fused faster), train step = forward + backward of one layer:
 
-    The same choice holds for inference (eval mode, no grad): fused's forward wins for Elman and GRU there too.
-    ``rnnkit bench`` re-measures all of this on the machine at hand.
+    - Elman, (B, T, H) = (32, 128, 256) / (64, 64, 512): train 1.15-1.27x / 1.48-1.78x, no-grad forward
+      1.12-1.15x / 1.62-1.68x; small shapes (8, 16, 32) .. (8, 64, 256): train 1.18-1.47x, forward 0.54-0.89x.
+    - GRU, same shapes: train 0.96-1.31x, forward 1.21-1.41x / 1.82-1.90x; small shapes: train 1.12-1.40x,
+      forward 0.50-1.01x.
+    - LSTM: train 0.63-0.81x (one run 1.38x on a noisy machine), forward 0.44-0.75x: oneDNN's LSTM (about
+      400 GFLOP/s in its forward) stays ahead, so LSTM keeps ``"native"`` for training and inference alike.
+
+    ``rnnkit bench`` re-measures these numbers on the machine at hand.
     """
     if x.device.type != "cpu" or rnn.mode == "lstm":
         return "native"
-    return "fused"
+    training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in rnn.parameters()))
+    G, H = (3 if rnn.mode == "gru" else 1), rnn.hidden_size
+    if training or x.size(0) * G * H * H >= INFERENCE_MIN_STEP_MACS:
+        return "fused"
+    return "native"

@@ -1,0 +1,246 @@
+"""``rnnkit bench``: rnnkit's backends side by side with torch.nn, one table.
+
+For each mode and shape (B x T x H, input size D = H, one layer), three tasks:
+
+- ``train``: forward + backward of ``output.sum()`` (ms per call);
+- ``forward``: forward under ``torch.no_grad()`` in eval mode (ms per call);
+- ``step``: batch-1 generation with a 2-layer model, ``RNN.step`` (``kernels.fast_step``) against a torch
+  ``LSTMCell``/``GRUCell``/``RNNCell`` loop (us per token).
+
+Every task times its candidates interleaved in one process (one call of each in turn, ``--repeats`` rounds)
+and reports medians, the ratio torch.nn time / backend time (> 1: faster than torch.nn), GFLOP/s and the share
+of the measured GEMM peak (the faster of ``torch.mm`` and oneDNN's linear on 2048^3). The train rows also
+give the memory a train step keeps for backward (see the footer for how it is counted).
+
+``add_arguments(parser)`` declares the flags and ``run(args, write)`` writes the table line by line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rnnkit.errors import ConfigError
+from rnnkit.kernels.ops import linear, onednn_available
+from rnnkit.recurrent import GATES, MODES, RNN
+
+__all__ = ["add_arguments", "run"]
+
+TORCH_NN = {"elman": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+TORCH_CELL = {"elman": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+BACKENDS = ("fused", "native", "loop")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the ``rnnkit bench`` flags on ``parser``."""
+    parser.add_argument("--modes", default="elman,gru,lstm", help="comma-separated modes (default: all three)")
+    parser.add_argument(
+        "--shapes", default="32x128x256,64x64x512", help="comma-separated BxTxH shapes, batch x time x hidden"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per measurement (median)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per batch-1 generation measurement")
+    parser.add_argument(
+        "--loop-train",
+        action="store_true",
+        help="also time the slow 'loop' backend's train step (default: its forward only)",
+    )
+    parser.add_argument("--quick", action="store_true", help="toy sizes and 2 rounds: a smoke run of the table")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+
+def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    shapes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"--shapes must be BxTxH items like 32x128x256, got {item.strip()!r}")
+        shapes.append(tuple(int(p) for p in parts))
+    return shapes
+
+
+def _parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise ConfigError(f"--modes must be a comma-separated subset of {MODES}, got {text!r}")
+    return modes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turn (one warm-up call each first)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def gemm_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of an n^3 float32 matmul: ``torch.mm`` and, on CPU where available, oneDNN's linear."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    fns = {"torch.mm": lambda: torch.mm(a, b)}
+    if device.type == "cpu" and onednn_available():
+        fns["oneDNN"] = lambda: linear(a, b)
+    return {k: 2 * n**3 / t / 1e9 for k, t in interleaved_medians(fns, repeats, device).items()}
+
+
+def saved_bytes(step: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages a forward saves for backward, parameters and input excluded."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step()
+    loss.backward()
+    return sum(seen.values())
+
+
+def _layer_flops(mode: str, B: int, T: int, D: int, H: int) -> float:
+    return 2.0 * B * T * GATES[mode] * H * (D + H)  # forward GEMM flops of one layer and direction
+
+
+def _bench_sequence(mode, shape, repeats, device, loop_train, write) -> dict[str, float]:
+    B, T, H = shape
+    ours = RNN(mode, H, H, device=device)
+    ref = ours.to_torch()  # same weights, batch_first=True
+    x = torch.randn(B, T, H, device=device, requires_grad=True)
+    flops = _layer_flops(mode, B, T, H, H)
+
+    def train(module, backend=None):
+        def fn():
+            if backend is not None:
+                module.backend = backend
+            module(x)[0].sum().backward()
+
+        return fn
+
+    def forward(module, backend=None):
+        def fn():
+            if backend is not None:
+                module.backend = backend
+            with torch.no_grad():
+                module(x)
+
+        return fn
+
+    train_fns = {"torch.nn": train(ref)} | {b: train(ours, b) for b in BACKENDS if b != "loop" or loop_train}
+    ours.eval()
+    ref.eval()
+    forward_fns = {"torch.nn": forward(ref)} | {b: forward(ours, b) for b in BACKENDS}
+    fwd = interleaved_medians(forward_fns, repeats, device)
+    ours.train()
+    ref.train()
+    tr = interleaved_medians(train_fns, repeats, device)
+    memory = {}
+    for name in train_fns:
+        module, backend = (ref, None) if name == "torch.nn" else (ours, name)
+        if backend is not None:
+            ours.backend = backend
+        memory[name] = saved_bytes(lambda m=module: m(x)[0].sum(), [*module.parameters(), x])
+    label = f"{B}x{T}x{H}"
+    for name in ["torch.nn", *BACKENDS]:
+        if name in tr:
+            t = tr[name]
+            extra = f"{memory[name] / 2**20:9.1f}  {memory[name] / memory['torch.nn']:5.2f}"
+            write(_row(mode, label, "train", name, t * 1e3, tr["torch.nn"] / t, 3 * flops / t / 1e9, extra))
+        else:
+            write(f"{mode:6} {label:12} {'train':8} {name:9} {'skipped (slow Python loop; --loop-train)':>40}")
+    for name in ["torch.nn", *BACKENDS]:
+        t = fwd[name]
+        write(_row(mode, label, "forward", name, t * 1e3, fwd["torch.nn"] / t, flops / t / 1e9, ""))
+    return {name: 3 * flops / t / 1e9 for name, t in tr.items()}  # train GFLOP/s
+
+
+def _bench_step(mode, H, tokens, repeats, device, write) -> None:
+    """Batch-1 generation, 2 layers: RNN.step against a torch cell loop, microseconds per token."""
+    ours = RNN(mode, H, H, 2, device=device).eval()
+    cells = [TORCH_CELL[mode](H, H, device=device) for _ in range(2)]
+    x = torch.randn(1, H, device=device)
+
+    def rnnkit_step():
+        state = None
+        for _ in range(tokens):
+            _, state = ours.step(x, state)
+
+    def cell_loop():
+        state = [None, None]
+        for _ in range(tokens):
+            inp = x
+            for k, cell in enumerate(cells):
+                state[k] = cell(inp, state[k])
+                inp = state[k][0] if mode == "lstm" else state[k]
+
+    with torch.no_grad():
+        t = interleaved_medians({"torch.nn": cell_loop, "fused": rnnkit_step}, repeats, device)
+    flops = 2 * _layer_flops(mode, 1, 1, H, H)
+    for name, label in (("torch.nn", "cell loop"), ("fused", "RNN.step")):
+        per = t[name] / tokens
+        write(_row(mode, f"1x1x{H}", "step", label, per * 1e6, t["torch.nn"] / t[name], flops / per / 1e9, ""))
+
+
+def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
+    return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {ratio:7.2f}x {gflops:8.1f} {extra}"
+
+
+def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
+    """Measure and write the table through ``write``; returns the exit status (0)."""
+    modes = _parse_modes(args.modes)
+    shapes = _parse_shapes("8x16x32,4x8x16" if args.quick else args.shapes)
+    repeats = 2 if args.quick else args.repeats
+    tokens = 5 if args.quick else args.tokens
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda needs a CUDA device, and torch sees none")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    peak = gemm_peak(device, 256 if args.quick else 2048, repeats)
+    best = max(peak.values())
+    write(
+        f"rnnkit bench: device={device.type} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"rounds={repeats} (medians of interleaved runs; ratio = torch.nn time / this time)"
+    )
+    write("GEMM peak (float32, 2048^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    write(
+        f"{'mode':6} {'BxTxH':12} {'task':8} {'backend':9} {'ms|us/tok':>10} {'ratio':>8} {'GFLOP/s':>8} "
+        "saved-MiB vs-nn"
+    )
+    for mode in modes:
+        for shape in shapes:
+            gflops = _bench_sequence(mode, shape, repeats, device, args.loop_train, write)
+            if mode == "lstm":
+                shares = ", ".join(f"{name} {g / best:.0%}" for name, g in gflops.items())
+                write(f"{'':6} {'x'.join(map(str, shape)):12} train step share of the GEMM peak ({best:.0f}): {shares}")
+        for H in sorted({s[2] for s in shapes}):
+            _bench_step(mode, H, tokens, repeats, device, write)
+    write(
+        "train/forward: ms per call, one layer, D = H; step: us per token, batch 1, 2 layers. GFLOP/s counts "
+        "the GEMM flops (train = 3x forward). saved-MiB: bytes of the distinct storages saved for backward "
+        "(torch.autograd.graph.saved_tensors_hooks; parameters and input excluded; transient backward buffers "
+        "not counted), and its ratio to torch.nn."
+    )
+    return 0

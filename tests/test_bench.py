@@ -1,0 +1,49 @@
+"""A smoke run of ``rnnkit bench`` at toy sizes: the table has every row, with consistent numbers."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from rnnkit.bench import add_arguments, run
+from rnnkit.errors import ConfigError
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_quick_table_structure():
+    lines: list[str] = []
+    status = run(_args("--quick", "--modes", "gru,lstm", "--repeats", "1"), lines.append)
+    assert status == 0
+    assert lines[0].startswith("rnnkit bench: device=cpu")
+    assert "GEMM peak" in lines[1] and "GFLOP/s" in lines[1]
+    rows = [line.split() for line in lines if line.split()[0] in ("gru", "lstm")]
+    for mode in ("gru", "lstm"):
+        for shape in ("8x16x32", "4x8x16"):
+            cells = {(r[2], r[3]) for r in rows if r[0] == mode and r[1] == shape}
+            for task in ("train", "forward"):
+                assert {(task, b) for b in ("torch.nn", "fused", "native")} <= cells
+            assert ("forward", "loop") in cells
+        steps = [r for r in rows if r[0] == mode and r[2] == "step"]
+        assert len(steps) == 2 * 2  # cell loop and RNN.step for H = 16 and 32
+    timed = [r for r in rows if r[2] in ("train", "forward") and r[4] != "skipped"]
+    for r in timed:
+        ms, ratio, gflops = float(r[4]), float(r[5].rstrip("x")), float(r[6])
+        assert ms > 0 and ratio > 0 and gflops > 0
+        if r[3] == "torch.nn":
+            assert ratio == 1.0  # every ratio is against torch.nn
+    train_nn = [r for r in rows if r[2] == "train" and r[3] == "torch.nn"]
+    assert all(float(r[8]) == 1.0 for r in train_nn)  # memory ratio of torch.nn to itself
+    assert any("share of the GEMM peak" in line for line in lines)
+    assert "saved_tensors_hooks" in lines[-1]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--shapes", "32x128"), ("--modes", "transformer")])
+def test_bad_flags_raise_config_error(flag, value):
+    with pytest.raises(ConfigError, match=flag):
+        run(_args(flag, value), lambda line: None)
