@@ -62,19 +62,21 @@ class ElmanFunction(torch.autograd.Function):
         S = _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
         y = _outputs(S, reverse)  # (T, B, H)
         m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
-        dact = (y > 0).to(y.dtype) if relu else 1 - y * y  # act'(a_t) from h_t, (T, B, H)
         if m is not None:
-            dact.mul_(m)
             y = y * m
-        ctx.reverse = reverse
-        ctx.save_for_backward(x, S, dact, m, w_ih, w_hh)
-        return y, S[0] if reverse else S[-1]
+        ctx.reverse, ctx.relu = reverse, relu
+        ctx.save_for_backward(x, S, m, w_ih, w_hh)  # act' is recomputed from S: as little kept as torch.nn
+        return y, (S[0] if reverse else S[-1]).clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_last):
-        x, S, dact, m, w_ih, w_hh = ctx.saved_tensors
+        x, S, m, w_ih, w_hh = ctx.saved_tensors
         reverse = ctx.reverse
+        h = _outputs(S, reverse)  # (T, B, H)
+        dact = (h > 0).to(h.dtype) if ctx.relu else torch.mul(h, h).neg_().add_(1)  # act'(a_t) from h_t
+        if m is not None:
+            dact.mul_(m)
         T, B, D = x.shape
         H = w_hh.size(1)
         dy = torch.zeros_like(dact) if dy is None else dy if m is None else dy * m  # (T, B, H)
