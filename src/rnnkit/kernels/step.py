@@ -37,7 +37,8 @@ _NP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _key(rnn) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in rnn.flat_weights())
+    # ``_parameters`` directly: 1.4 us against 6 us through the module's attribute lookups
+    return tuple((p.data_ptr(), p._version) for p in rnn._parameters.values())
 
 
 @torch.no_grad()
@@ -65,7 +66,7 @@ def _prepare(rnn) -> list[tuple[Tensor, Tensor | None]]:
 
 
 def _prepare_numpy(rnn) -> list[tuple[np.ndarray, ...]]:
-    """Per layer (W (G*H, D+H), b (G*H,), scale, shift) for NumPy: the rows that feed a sigmoid are scaled by
+    """Per layer (W^T (D+H, G*H), b (G*H,), scale, shift) for NumPy: the rows that feed a sigmoid are scaled by
     1/2, and ``scale * tanh(a) + shift`` turns tanh into sigmoid there (LSTM; GRU does it on its r, z slice)."""
     layers = []
     for w_t, b in prepared_step_weights(rnn):
@@ -82,7 +83,7 @@ def _prepare_numpy(rnn) -> list[tuple[np.ndarray, ...]]:
         b[sig] *= 0.5
         scale, shift = np.ones(w.shape[0], w.dtype), np.zeros(w.shape[0], w.dtype)
         scale[sig], shift[sig] = 0.5, 0.5
-        layers.append((np.ascontiguousarray(w), b, scale, shift))
+        layers.append((np.ascontiguousarray(w).T, b, scale, shift))  # W^T (D+H, G*H), a view of row-major W
     return layers
 
 
@@ -111,37 +112,45 @@ def _numpy_step(rnn, x_t: Tensor, state):
     """The step in NumPy on CPU float tensors: same equations, sigmoid(a) = 0.5 tanh(a/2) + 0.5."""
     H = rnn.hidden_size
     is_lstm = rnn.mode == "lstm"
-    h_all = (state[0] if is_lstm else state).numpy()  # (L, B, H), shares memory
-    c_all = state[1].numpy() if is_lstm else None
-    hs, cs = [], []
+    h_in = (state[0] if is_lstm else state).numpy()  # (L, B, H), shares memory with the tensor
+    h_out = np.empty_like(h_in)
+    if is_lstm:
+        c_in = state[1].numpy()
+        c_out = np.empty_like(c_in)
     x = x_t.numpy()  # (B, D)
-    for k, (w, b, scale, shift) in enumerate(_numpy_weights(rnn)):
-        h = h_all[k]  # (B, H)
-        a = np.concatenate([x, h], axis=1) @ w.T  # (B, G*H)
+    for k, (w_t, b, scale, shift) in enumerate(_numpy_weights(rnn)):
+        a = np.concatenate((x, h_in[k]), axis=1) @ w_t  # (B, G*H)
         a += b
+        h = h_out[k]  # (B, H), written in place
         if is_lstm:
             np.tanh(a, out=a)
             a *= scale  # i, f, o: 0.5 tanh(a/2) + 0.5; g: tanh(a)
             a += shift
-            i, f, g, o = np.split(a, 4, axis=1)  # 4 x (B, H)
-            c = f * c_all[k]
+            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+            c = c_out[k]
+            np.multiply(f, c_in[k], out=c)
             c += i * g
-            h = o * np.tanh(c)
-            cs.append(c)
+            np.tanh(c, out=h)
+            h *= o
         elif rnn.mode == "gru":
             rz = np.tanh(a[:, : 2 * H])
             rz *= 0.5
             rz += 0.5
-            n = np.tanh(a[:, 2 * H : 3 * H] + rz[:, :H] * a[:, 3 * H :])  # (B, H)
-            h = n + rz[:, H:] * (h - n)
+            n = a[:, 2 * H : 3 * H]
+            n += rz[:, :H] * a[:, 3 * H :]
+            np.tanh(n, out=n)
+            np.subtract(h_in[k], n, out=h)
+            h *= rz[:, H:]
+            h += n  # n + z * (h - n)
+        elif rnn.nonlinearity == "tanh":
+            np.tanh(a, out=h)
         else:
-            h = np.tanh(a, out=a) if rnn.nonlinearity == "tanh" else np.maximum(a, 0, out=a)
-        hs.append(h)
+            np.maximum(a, 0, out=h)
         x = h
-    y = torch.from_numpy(np.ascontiguousarray(x))
+    y = torch.from_numpy(x.copy())  # its own memory, apart from the state
     if is_lstm:
-        return y, LSTMState(torch.from_numpy(np.stack(hs)), torch.from_numpy(np.stack(cs)))
-    return y, torch.from_numpy(np.stack(hs))
+        return y, LSTMState(torch.from_numpy(h_out), torch.from_numpy(c_out))
+    return y, torch.from_numpy(h_out)
 
 
 def _can_fast(rnn, x_t: Tensor, state) -> bool:
@@ -163,7 +172,7 @@ def fast_step(rnn, x_t: Tensor, state):
 
         out, state = _runner(rnn.resolved_backend(x_t))(rnn, x_t.unsqueeze(1), state, None)  # (B, 1, H)
         return out.squeeze(1), state
-    if x_t.device.type == "cpu" and x_t.dtype in (torch.float32, torch.float64):
+    if x_t.device.type == "cpu" and x_t.dtype in (torch.float32, torch.float64) and x_t.dtype == rnn.weight_hh_l0.dtype:
         return _numpy_step(rnn, x_t, state)
     H = rnn.hidden_size
     is_lstm = rnn.mode == "lstm"
