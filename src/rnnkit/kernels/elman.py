@@ -82,7 +82,7 @@ class ElmanFunction(torch.autograd.Function):
         dy = torch.zeros_like(dact) if dy is None else dy if m is None else dy * m  # (T, B, H)
         g = torch.zeros_like(dact[0]) if dh_last is None else dh_last  # (B, H)
         w_hh_t = w_hh.t().contiguous()  # (H, H), so each step's product is x @ w^T
-        da = torch.empty_like(dact)  # (T, B, H)
+        da = torch.zeros_like(dact)  # (T, B, H); zeros: see ops.py on page faults
         order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
         g = g + dy[order[0]]
         for s, t in enumerate(order):

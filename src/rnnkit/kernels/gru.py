@@ -129,7 +129,7 @@ class GRUFunction(torch.autograd.Function):
         dy = torch.zeros_like(zc) if dy is None else dy if m is None else dy * m  # (T, B, H)
         g = torch.zeros_like(zc[0]) if dh_last is None else dh_last  # (B, H)
         w_hh_t = w_hh.t().contiguous()  # (H, 3H)
-        dG = torch.empty_like(Q)  # (T, B, 4H): [dn, dz, dr, dgh_n]
+        dG = torch.zeros_like(Q)  # (T, B, 4H): [dn, dz, dr, dgh_n]; zeros: see ops.py on page faults
         dG4, Q4 = dG.view(T, B, 4, H), Q.view(T, B, 4, H)
         order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
         g = g + dy[order[0]]

@@ -123,7 +123,7 @@ class LSTMFunction(torch.autograd.Function):
         gh = torch.zeros_like(p[0]) if dh_last is None else dh_last  # (B, H)
         gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
         w_hh_t = w_hh.t().contiguous()  # (H, 4H)
-        dG = torch.empty_like(Q)  # (T, B, 4H)
+        dG = torch.zeros_like(Q)  # (T, B, 4H); zeros: see ops.py on page faults
         dG4, Q4 = dG.view(T, B, 4, H), Q.view(T, B, 4, H)
         order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
         gh = gh + dy[order[0]]

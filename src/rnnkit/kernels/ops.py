@@ -8,6 +8,9 @@ the order of time steps.
 - ``tanh_scale(x)`` and ``tanh_(t, scale)``: on CPU torch's tanh runs about 4x slower than its sigmoid here
   (9.7 vs 2.2 us for (32, 256), 35 vs 7 us for (32, 1024)), so the kernels feed 2a instead of a (weights
   scaled by 2) and take tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32.
+- Buffers that the step loop fills slice by slice are made with ``torch.zeros``, not ``torch.empty``: a
+  fresh 16 MB buffer faults its pages in one by one under small per-step writes (8.3 ms for a GRU backward's
+  128 steps here), while the zero fill touches them in one sweep first (4.0 ms in all).
 - ``time_steps(T, reverse)``: the order a direction visits the steps; states are stored in time order either
   way, so no sequence is ever flipped.
 
