@@ -44,39 +44,35 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         rows[2] = scale
         w_ih, w_hh = (w_ih.view(4, H, -1) * rows).view(4 * H, -1), (w_hh.view(4, H, H) * rows).view(4 * H, H)
         b = None if b is None else (b.view(4, H) * rows[:, 0]).view(4 * H)
-    xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections in one GEMM
+    xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections; with keep, then A
+    # every step writes its results straight into these time-ordered buffers (no stacking afterwards)
+    S = x.new_zeros(T + 1, B, H)  # h
+    C = x.new_zeros(T + 1, B, H) if keep else None  # c
+    TC = x.new_zeros(T, B, H) if keep else None  # tanh(c)
+    first = T if reverse else 0
+    S[first] = h0
+    if keep:
+        C[first] = c0
     h, c = h0, c0
-    hs, cs, acts, tcs = [], [], [], []
     for t in time_steps(T, reverse):
-        a = linear_add(h, xp[t], w_hh)  # (B, 4H)
+        cur = t if reverse else t + 1
+        a = linear_add(h, xp[t], w_hh)  # (B, 4H) pre-activations
+        act = torch.sigmoid(a, out=xp[t] if keep else a)  # i, f, o (and g when scale == 2)
         if scale == 1.0:
-            a[:, : 2 * H].sigmoid_()
-            a[:, 2 * H : 3 * H].tanh_()
-            a[:, 3 * H :].sigmoid_()
+            torch.tanh(a[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
         else:
-            a.sigmoid_()
-            a[:, 2 * H : 3 * H].mul_(2).sub_(1)  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
-        i, f, g, o = a.chunk(4, 1)  # 4 x (B, H)
-        c_new = torch.mul(f, c).addcmul_(i, g)
-        tc = tanh(c_new, scale)
-        h_new = torch.mul(o, tc)
+            act[:, 2 * H : 3 * H].mul_(2).sub_(1)  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
+        i, f, g, o = act.chunk(4, 1)  # 4 x (B, H)
+        c_new = torch.mul(f, c, out=C[cur] if keep else None).addcmul_(i, g)
+        tc = tanh(c_new, scale, out=TC[t] if keep else None)
+        h_new = torch.mul(o, tc, out=S[cur])
         if mask is not None:
-            c_new = torch.where(mask[t], c_new, c)
-            h_new = torch.where(mask[t], h_new, h)
+            c_new = torch.where(mask[t], c_new, c, out=c_new)
+            torch.where(mask[t], h_new, h, out=h_new)
         h, c = h_new, c_new
-        hs.append(h)
-        if keep:
-            cs.append(c)
-            acts.append(a)
-            tcs.append(tc)
-    if reverse:
-        hs, cs, acts, tcs = [*hs[::-1], h0], [*cs[::-1], c0], acts[::-1], tcs[::-1]
-    else:
-        hs, cs = [h0, *hs], [c0, *cs]
-    S = torch.stack(hs)  # (T+1, B, H)
     if not keep:
         return S, c, None, None, None
-    return S, c, torch.stack(acts), torch.stack(tcs), torch.stack(cs)
+    return S, c, xp, TC, C
 
 
 def _outputs(S: Tensor, reverse: bool) -> Tensor:

@@ -129,6 +129,6 @@ def tanh_(t: Tensor, scale: float) -> Tensor:
     return t.sigmoid_().mul_(2).sub_(1) if scale == 2.0 else t.tanh_()
 
 
-def tanh(t: Tensor, scale: float) -> Tensor:
-    """tanh(t) in a new tensor, by 2 sigmoid(2t) - 1 when ``scale`` is 2."""
-    return torch.mul(t, 2).sigmoid_().mul_(2).sub_(1) if scale == 2.0 else torch.tanh(t)
+def tanh(t: Tensor, scale: float, out: Tensor | None = None) -> Tensor:
+    """tanh(t) in ``out`` (or a new tensor), by 2 sigmoid(2t) - 1 when ``scale`` is 2."""
+    return torch.mul(t, 2, out=out).sigmoid_().mul_(2).sub_(1) if scale == 2.0 else torch.tanh(t, out=out)
