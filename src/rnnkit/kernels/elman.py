@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh_, tanh_scale, time_steps
+from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh_scale, time_steps
 
 __all__ = ["elman_layer"]
 
@@ -37,13 +37,22 @@ def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
     if scale != 1.0:
         w_ih, w_hh, b = w_ih * scale, w_hh * scale, None if b is None else b * scale
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, H)  # all input projections in one GEMM
-    h, hs = h0, []
+    S = x.new_zeros(T + 1, B, H)  # each step writes its state here (no stacking afterwards)
+    S[T if reverse else 0] = h0
+    h = h0
     for t in time_steps(T, reverse):
         a = linear_add(h, xp[t], w_hh)  # (B, H)
-        h_new = a.relu_() if relu else tanh_(a, scale)
-        h = h_new if mask is None else torch.where(mask[t], h_new, h)
-        hs.append(h)
-    return torch.stack([*hs[::-1], h0] if reverse else [h0, *hs])  # (T+1, B, H)
+        h_new = S[t if reverse else t + 1]
+        if relu:
+            torch.clamp_min(a, 0, out=h_new)
+        elif scale == 2.0:
+            torch.sigmoid(a, out=h_new).mul_(2).sub_(1)  # tanh(a/2 * 2) = 2 sigmoid(2a) - 1
+        else:
+            torch.tanh(a, out=h_new)
+        if mask is not None:
+            torch.where(mask[t], h_new, h, out=h_new)
+        h = h_new
+    return S  # (T+1, B, H)
 
 
 def _outputs(S: Tensor, reverse: bool) -> Tensor:

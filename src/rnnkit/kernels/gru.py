@@ -66,18 +66,20 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         w_ih, b_ih = _scale_rows(w_ih, 0, scale), _scale_rows(b_ih, 0, scale)
         w_hh, b_hh = _scale_rows(w_hh, 2, scale), _scale_rows(b_hh, 2, scale)
     A = linear(x.reshape(T * B, D), w_ih, b_ih).view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place
-    h, hs, ghn = h0, [], []
+    S = x.new_zeros(T + 1, B, H)  # each step writes its state here (no stacking afterwards)
+    S[T if reverse else 0] = h0
+    h, ghn = h0, []
     for t in time_steps(T, reverse):
         gh = linear(h, w_hh, b_hh)  # (B, 3H): [gh_z, gh_r, gh_n]
         a = A[t]  # (B, 3H)
         zr = a[:, H:].add_(gh[:, : 2 * H]).sigmoid_()  # (B, 2H): [z, r]
         n = tanh_(a[:, :H].addcmul_(zr[:, H:], gh[:, 2 * H :]), scale)  # (B, H)
-        h_new = torch.lerp(n, h, zr[:, :H])  # n + z * (h - n)
-        h = h_new if mask is None else torch.where(mask[t], h_new, h)
-        hs.append(h)
+        h_new = torch.lerp(n, h, zr[:, :H], out=S[t if reverse else t + 1])  # n + z * (h - n)
+        if mask is not None:
+            torch.where(mask[t], h_new, h, out=h_new)
+        h = h_new
         if keep:
             ghn.append(gh[:, 2 * H :])  # scale * gh_n
-    S = torch.stack([*hs[::-1], h0] if reverse else [h0, *hs])  # (T+1, B, H)
     if not keep:
         return S, None, None
     return S, A, torch.stack(ghn[::-1] if reverse else ghn).div_(scale)
