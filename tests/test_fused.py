@@ -12,6 +12,7 @@ from rnnkit.kernels import auto_backend, fast_step
 from rnnkit.kernels.elman import ElmanFunction
 from rnnkit.kernels.gru import GRUFunction
 from rnnkit.kernels.lstm import LSTMFunction
+from rnnkit.kernels.step import torch_step
 from rnnkit.recurrent import RNN
 
 MODES = ["elman", "lstm", "gru"]
@@ -154,6 +155,23 @@ def test_fast_step_equals_forward_and_follows_weight_updates(mode):
                 state = ref_state
             for p in rnn.parameters():
                 p.mul_(0.5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_step_equals_forward(mode):
+    """The torch-ops step (the path off CPU) on CPU float64 against a length-1 forward."""
+    torch.manual_seed(0)
+    rnn = RNN(mode, D, H, 2, backend="loop", dtype=torch.float64)
+    x = torch.randn(2, D, dtype=torch.float64)
+    state = rnn.initial_state(2)
+    state = LSTMState(*(torch.randn_like(s) for s in state)) if mode == "lstm" else torch.randn_like(state)
+    with torch.no_grad():
+        y, new_state = torch_step(rnn, x, state)
+        ref_y, ref_state = rnn(x.unsqueeze(1), state)
+    torch.testing.assert_close(y, ref_y.squeeze(1))
+    torch.testing.assert_close(
+        tuple(new_state) if mode == "lstm" else new_state, tuple(ref_state) if mode == "lstm" else ref_state
+    )
 
 
 def test_step_with_autograd_keeps_gradients():

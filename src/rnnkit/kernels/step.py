@@ -30,7 +30,7 @@ from torch import Tensor
 
 from rnnkit.cells import LSTMState
 
-__all__ = ["fast_step", "prepared_step_weights"]
+__all__ = ["fast_step", "prepared_step_weights", "torch_step"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _NP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -174,6 +174,11 @@ def fast_step(rnn, x_t: Tensor, state):
         return out.squeeze(1), state
     if x_t.device.type == "cpu" and x_t.dtype in (torch.float32, torch.float64) and x_t.dtype == rnn.weight_hh_l0.dtype:
         return _numpy_step(rnn, x_t, state)
+    return torch_step(rnn, x_t, state)
+
+
+def torch_step(rnn, x_t: Tensor, state):
+    """The step in torch ops (any device), on the prepared weights: x_t (B, D), state -> (y_t (B, H), state)."""
     H = rnn.hidden_size
     is_lstm = rnn.mode == "lstm"
     hs, cs = [], []
