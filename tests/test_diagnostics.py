@@ -116,6 +116,17 @@ def test_last_step_equals_autograd_and_layouts_agree(mode):
     torch.testing.assert_close(gradient_flow(rnn, x, loss_fn=loss_fn), curve, rtol=0, atol=0)
 
 
+def test_float32_curve_keeps_tiny_norms():
+    """Gradients of ~1e-25 in float32 are representable; their norm must not underflow by squaring in float32."""
+    torch.manual_seed(0)
+    rnn = rnnkit.RNN("elman", 16, 64, backend="loop", dtype=torch.float64)
+    x = torch.randn(8, 100, 16, dtype=torch.float64)
+    c64 = gradient_flow(rnn, x)
+    c32 = gradient_flow(rnn.float(), x.float())
+    assert c64[0] < 1e-20 and c32.dtype == torch.float64
+    torch.testing.assert_close(c32, c64, rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_elman_vanishes_far_faster_than_lstm(seed):
     """T=100, H=64, torch's default init, LSTM forget bias 1. Seen over seeds 0-5: Elman ~1e-28..1e-25,
