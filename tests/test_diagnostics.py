@@ -181,6 +181,7 @@ def test_summary():
             ValueError,
             "scalar",
         ),
+        (lambda: gradient_flow(_rnn("gru", 0), torch.zeros(1, 0, 3)), ValueError, "at least one time step, got T=0"),
         (lambda: summary({}), ValueError, "curves must be a non-empty dict"),
         (lambda: summary({"elman": torch.zeros(2, 2)}), ValueError, r"curves\['elman'\] must be .* got \(2, 2\)"),
     ],

@@ -72,6 +72,8 @@ def gradient_flow(
         raise ValueError(f"x must have shape {layout} with D=input_size={rnn.input_size}, got {got}")
     if rnn.batch_first:
         x = x.transpose(0, 1)  # (B, T, D) -> (T, B, D)
+    if x.size(0) == 0:
+        raise ValueError(f"x must have at least one time step, got T=0 in shape {tuple(x.shape)}")
     B = x.size(1)
     state = rnn.initial_state(B, device=x.device, dtype=x.dtype) if state is None else rnn._check_state(state, B)
     step = rnn.step_function(0, 0)
