@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh_scale, time_steps
+from rnnkit.kernels.ops import linear, linear_add, matmul, tanh_scale, time_steps, transposed
 
 __all__ = ["elman_layer"]
 
@@ -102,8 +102,9 @@ class ElmanFunction(torch.autograd.Function):
             g = linear_add(da[t], carry, w_hh_t)  # (B, H)
         da2 = da.view(T * B, H)
         dx = matmul(da2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
-        dw_ih = matmul_tn(da2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
-        dw_hh = matmul_tn(da2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
+        da_t = transposed(da2)  # (H, T*B)
+        dw_ih = linear(da_t, transposed(x.reshape(T * B, D))) if ctx.needs_input_grad[5] else None
+        dw_hh = linear(da_t, transposed(_previous(S, reverse).reshape(T * B, H))) if ctx.needs_input_grad[6] else None
         db = da2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
         return dx, g, None, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
 

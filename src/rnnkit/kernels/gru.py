@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh_, tanh_scale, time_steps
+from rnnkit.kernels.ops import linear, linear_add, tanh_, tanh_scale, time_steps, transposed
 
 __all__ = ["gru_layer"]
 
@@ -144,9 +144,14 @@ class GRUFunction(torch.autograd.Function):
         dgi = dG[..., : 3 * H].reshape(T * B, 3 * H)  # [dn, dz, dr]
         dgh = dG[..., H:].reshape(T * B, 3 * H)  # [dz, dr, dgh_n]
         need = ctx.needs_input_grad
-        dx = matmul(dgi, w_ih).view(T, B, D) if need[0] else None
-        dw_ih = _to_ih(matmul_tn(dgi, x.reshape(T * B, D))) if need[4] else None
-        dw_hh = _to_hh(matmul_tn(dgh, _previous(S, reverse).reshape(T * B, H))) if need[5] else None
+        dG2 = dG.view(T * B, 4 * H)
+        dx = None
+        if need[0]:  # dgi @ W_ih as [dgi, dgh_n] @ [W_ih; 0]: the contiguous dG needs no copy
+            w4_t = torch.cat([w_ih, w_ih.new_zeros(H, D)]).t().contiguous()  # (D, 4H)
+            dx = linear(dG2, w4_t).view(T, B, D)
+        dG_t = transposed(dG2)  # (4H, T*B): dgi^T is its first 3H rows, dgh^T its last 3H
+        dw_ih = _to_ih(linear(dG_t[: 3 * H], transposed(x.reshape(T * B, D)))) if need[4] else None
+        dw_hh = _to_hh(linear(dG_t[H:], transposed(_previous(S, reverse).reshape(T * B, H)))) if need[5] else None
         db_ih = _to_ih(dgi.sum(0)) if need[6] else None
         db_hh = _to_hh(dgh.sum(0)) if need[7] else None
         return dx, g, None, None, dw_ih, dw_hh, db_ih, db_hh

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, matmul_tn, tanh, tanh_scale, time_steps
+from rnnkit.kernels.ops import linear, linear_add, matmul, tanh, tanh_scale, time_steps, transposed
 
 __all__ = ["lstm_layer"]
 
@@ -137,8 +137,9 @@ class LSTMFunction(torch.autograd.Function):
             gh = linear_add(dG[t], carry, w_hh_t)  # (B, H)
         dG2 = dG.view(T * B, 4 * H)
         dx = matmul(dG2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
-        dw_ih = matmul_tn(dG2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
-        dw_hh = matmul_tn(dG2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
+        dG_t = transposed(dG2)  # (4H, T*B)
+        dw_ih = linear(dG_t, transposed(x.reshape(T * B, D))) if ctx.needs_input_grad[5] else None
+        dw_hh = linear(dG_t, transposed(_previous(S, reverse).reshape(T * B, H))) if ctx.needs_input_grad[6] else None
         db = dG2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
         return dx, gh, gc, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
 
