@@ -31,12 +31,15 @@ def test_quick_table_structure():
             assert ("forward", "loop") in cells
         steps = [r for r in rows if r[0] == mode and r[2] == "step"]
         assert len(steps) == 2 * 2  # cell loop and RNN.step for H = 16 and 32
-    timed = [r for r in rows if r[2] in ("train", "forward") and r[4] != "skipped"]
+    timed = [r for r in rows if r[4] != "skipped"]
+    reference = {(r[0], r[1], r[2]): float(r[4]) for r in timed if r[3] in ("torch.nn", "nn.cells")}
     for r in timed:
-        ms, ratio, gflops = float(r[4]), float(r[5].rstrip("x")), float(r[6])
-        assert ms > 0 and ratio > 0 and gflops > 0
-        if r[3] == "torch.nn":
+        value, ratio, gflops = float(r[4]), float(r[5].rstrip("x")), float(r[6])
+        assert value > 0 and ratio > 0 and gflops >= 0
+        if r[3] in ("torch.nn", "nn.cells"):
             assert ratio == 1.0  # every ratio is against torch.nn
+        elif value >= 0.2:  # ratio = torch.nn time / this time, up to the rounding of the printed times
+            assert abs(ratio - reference[(r[0], r[1], r[2])] / value) <= 0.06 * ratio + 0.01
     train_nn = [r for r in rows if r[2] == "train" and r[3] == "torch.nn"]
     assert all(float(r[8]) == 1.0 for r in train_nn)  # memory ratio of torch.nn to itself
     assert any("share of the GEMM peak" in line for line in lines)

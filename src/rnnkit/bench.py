@@ -191,7 +191,7 @@ def _bench_step(mode, H, tokens, repeats, device, write) -> None:
     with torch.no_grad():
         t = interleaved_medians({"torch.nn": cell_loop, "fused": rnnkit_step}, repeats, device)
     flops = 2 * _layer_flops(mode, 1, 1, H, H)
-    for name, label in (("torch.nn", "cell loop"), ("fused", "RNN.step")):
+    for name, label in (("torch.nn", "nn.cells"), ("fused", "RNN.step")):
         per = t[name] / tokens
         write(_row(mode, f"1x1x{H}", "step", label, per * 1e6, t["torch.nn"] / t[name], flops / per / 1e9, ""))
 
@@ -214,13 +214,14 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    peak = gemm_peak(device, 256 if args.quick else 2048, repeats)
+    n = 256 if args.quick else 2048
+    peak = gemm_peak(device, n, repeats)
     best = max(peak.values())
     write(
         f"rnnkit bench: device={device.type} threads={torch.get_num_threads()} torch={torch.__version__} "
         f"rounds={repeats} (medians of interleaved runs; ratio = torch.nn time / this time)"
     )
-    write("GEMM peak (float32, 2048^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    write(f"GEMM peak (float32, {n}^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     write(
         f"{'mode':6} {'BxTxH':12} {'task':8} {'backend':9} {'ms|us/tok':>10} {'ratio':>8} {'GFLOP/s':>8} "
         "saved-MiB vs-nn"
