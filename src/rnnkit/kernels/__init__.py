@@ -35,15 +35,18 @@ def auto_backend(rnn: RNN, x: Tensor) -> str:
     Elman and GRU ``"fused"`` when training (grad enabled and the parameters or ``x`` need grad) or when
     one recurrent step has at least ``INFERENCE_MIN_STEP_MACS`` multiply-adds (B * G*H * H), else ``"native"``.
 
-    Measured on the 2-core AMD EPYC (AVX-512) this was written on, torch 2.13, medians of interleaved runs,
-    ratio = torch.nn time / fused time (> 1: fused faster), train step = forward + backward of one layer:
+    Measured on the 2-core AMD EPYC (AVX-512, shared with other jobs, so the ranges are wide) this was
+    written on, torch 2.13, medians of interleaved runs over several repeated sessions; ratio = torch.nn time
+    / fused time (> 1: fused faster), train step = forward + backward of one layer, D = H:
 
-    - Elman, (B, T, H) = (32, 128, 256) / (64, 64, 512): train 1.15-1.27x / 1.48-1.78x, no-grad forward
-      1.12-1.15x / 1.62-1.68x; small shapes (8, 16, 32) .. (8, 64, 256): train 1.18-1.47x, forward 0.54-0.89x.
-    - GRU, same shapes: train 0.96-1.31x, forward 1.21-1.41x / 1.82-1.90x; small shapes: train 1.12-1.40x,
-      forward 0.50-1.01x.
-    - LSTM: train 0.63-0.81x (one run 1.38x on a noisy machine), forward 0.44-0.75x: oneDNN's LSTM (about
-      400 GFLOP/s in its forward) stays ahead, so LSTM keeps ``"native"`` for training and inference alike.
+    - Elman, (B, T, H) = (32, 128, 256) / (64, 64, 512): train 1.05-1.27x / 1.39-1.74x, no-grad forward
+      1.02-1.24x / 1.62-1.83x; small shapes (8, 16, 32) .. (8, 64, 256): train 1.18-1.47x, forward 0.54-0.89x.
+    - GRU, same shapes: train 1.14-1.30x / 1.31-1.44x, forward 1.22-1.41x / 1.68-2.00x; small shapes:
+      train 1.12-1.40x, forward 0.50-1.01x.
+    - LSTM: fused train 0.59-0.79x, forward 0.44-0.82x: oneDNN's LSTM (360-430 GFLOP/s in its forward, 55-70%
+      of the 480 GFLOP/s GEMM peak in a train step) stays ahead, so LSTM keeps ``"native"`` (0.92-1.03x of
+      torch.nn, i.e. the same kernel) for training and inference alike.
+    - CUDA was not available to measure; cuDNN is the rule there.
 
     ``rnnkit bench`` re-measures these numbers on the machine at hand.
     """
