@@ -1,7 +1,8 @@
 """Helpers for padded batches and recurrent state.
 
 Sequences are batch-first, (B, T, ...), with ``lengths`` (B,) giving each row's valid prefix.
-State is a Tensor or a tuple of Tensors (such as ``LSTMState``); the helpers here map over either.
+State is a Tensor, a tuple of Tensors (such as ``LSTMState``) or a list of states (one per layer, as ``Stack``
+returns); the helpers here map over any nesting of these.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = [
     "split_time",
 ]
 
-State = Any  # a Tensor or a (named) tuple of Tensors
+State = Any  # a Tensor, a (named) tuple of states or a list of states
 
 
 def map_state(fn: Callable[..., Tensor], *states: State) -> State:
@@ -32,10 +33,12 @@ def map_state(fn: Callable[..., Tensor], *states: State) -> State:
         return None
     if isinstance(first, Tensor):
         return fn(*states)
-    if isinstance(first, tuple):
+    if isinstance(first, (tuple, list)):  # a list is the per-layer state of ``Stack``
         parts = [map_state(fn, *parts) for parts in zip(*states, strict=True)]
-        return type(first)(*parts) if hasattr(first, "_fields") else tuple(parts)
-    raise TypeError(f"state must be a Tensor or a tuple of Tensors, got {type(first).__name__}")
+        if hasattr(first, "_fields"):  # a NamedTuple such as LSTMState keeps its type
+            return type(first)(*parts)
+        return type(first)(parts)
+    raise TypeError(f"state must be a Tensor or a tuple or list of Tensors, got {type(first).__name__}")
 
 
 def detach_state(state: State) -> State:
