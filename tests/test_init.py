@@ -140,3 +140,12 @@ def test_init_forget_bias_errors(module, message):
     with pytest.raises(ValueError, match=message):
         init_forget_bias_(module)
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))  # nothing changed
+
+
+def test_init_forget_bias_error_changes_nothing_in_a_mixed_module():
+    """An LSTM next to a GRU: the error comes before any bias is written (the LSTM is not half-initialised)."""
+    module = nn.ModuleDict({"a": nn.LSTM(D, H), "b": nn.GRU(D, H)})
+    before = module["a"].bias_ih_l0.detach().clone()
+    with pytest.raises(ValueError, match=r"needs LSTM biases of size 4H=20, got 15 for b.bias_ih_l0"):
+        init_forget_bias_(module)
+    assert torch.equal(module["a"].bias_ih_l0, before)

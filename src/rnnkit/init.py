@@ -55,13 +55,14 @@ def init_forget_bias_(module: nn.Module, value: float = 1.0) -> nn.Module:
     torch.nn adds ``bias_ih`` and ``bias_hh``, so the forget slice [H:2H] of ``bias_ih`` gets ``value`` and that
     of ``bias_hh`` gets 0. Returns ``module``.
     """
-    found = False
-    for name, b in _gate_blocks(module, "bias_"):
+    biases = list(_gate_blocks(module, "bias_"))
+    if not biases:
+        raise ValueError(f"module must have LSTM biases named bias_ih*/bias_hh*, got {type(module).__name__}")
+    for name, b in biases:  # check them all before writing any, so an error leaves the module as it was
         H = _hidden_size(module, name, b)
         if b.shape[0] != 4 * H:
             raise ValueError(f"init_forget_bias_ needs LSTM biases of size 4H={4 * H}, got {b.shape[0]} for {name}")
+    for name, b in biases:
+        H = _hidden_size(module, name, b)
         b[H : 2 * H] = value if name.rsplit(".", 1)[-1].startswith("bias_ih") else 0.0
-        found = True
-    if not found:
-        raise ValueError(f"module must have LSTM biases named bias_ih*/bias_hh*, got {type(module).__name__}")
     return module
