@@ -688,3 +688,22 @@ def test_combinator_errors():
         fwd(torch.randn(B, T, 2))
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\], got 9"):
         fwd(torch.randn(B, T, D), None, [9, 1, 1, 1])
+
+
+def test_stack_dropout_between_layers():
+    from rnnkit.cells import GRUCell
+    from rnnkit.recurrent import Recurrent, Stack
+
+    torch.manual_seed(0)
+    layers = [Recurrent(GRUCell(D, H, dtype=torch.float64)), Recurrent(GRUCell(H, H, dtype=torch.float64))]
+    stack = Stack(layers, dropout=0.5)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    torch.manual_seed(3)
+    got, _ = stack(x, None, LENGTHS)
+    torch.manual_seed(3)
+    y0, _ = layers[0](x, None, LENGTHS)
+    y1, _ = layers[1](torch.nn.functional.dropout(y0, 0.5, training=True), None, LENGTHS)  # not before layer 0
+    torch.testing.assert_close(got, y1, rtol=0, atol=0)
+    assert (got - layers[1](y0, None, LENGTHS)[0]).abs().max() > 1e-3  # the mask did something
+    stack.eval()
+    torch.testing.assert_close(stack(x, None, LENGTHS)[0], layers[1](y0, None, LENGTHS)[0], rtol=0, atol=0)
