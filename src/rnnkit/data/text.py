@@ -1,0 +1,100 @@
+"""Text sources: UTF-8 files, the built-in corpus (the Python standard library source) and the train/val split."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+from rnnkit.errors import DataError
+
+__all__ = ["default_corpus", "read_text", "split_text", "stdlib_files"]
+
+# directories of the standard library left out of the default corpus: tests and third-party packages
+SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The contents of a UTF-8 text file (a leading BOM dropped).
+
+    DataError, with the path, for a missing file, a directory, an empty file, a binary file (NUL bytes) or
+    bytes that are not UTF-8.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory, expected a text file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from e
+    if not raw:
+        raise DataError(f"{p}: file is empty")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise DataError(f"{p}: looks binary (a NUL byte at offset {nul}), expected UTF-8 text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start})") from e
+    return text.removeprefix("\ufeff")
+
+
+def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:
+    """The ``*.py`` files of the standard library ``root`` (default: that of this interpreter), sorted.
+
+    Order is the sorted relative POSIX path, so it is the same on every machine with the same Python; test
+    directories and site-packages are skipped.
+    """
+    root = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        files += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
+    return sorted(files, key=lambda f: f.relative_to(root).as_posix())
+
+
+def default_corpus(max_chars: int = 4_000_000, root: str | os.PathLike | None = None) -> str:
+    """The built-in corpus: the Python standard library source of the running interpreter, no download needed.
+
+    The ``*.py`` files under ``sysconfig.get_paths()["stdlib"]`` (``stdlib_files``: sorted relative paths,
+    without test/ and site-packages), each decoded as UTF-8 (files that are not are skipped) and ended by a
+    newline, concatenated and cut at ``max_chars`` characters (0 = no cap). Deterministic for a given Python
+    version; another version gives a somewhat different text.
+    """
+    if max_chars < 0:
+        raise ValueError(f"max_chars must be >= 0, got {max_chars}")
+    parts, total = [], 0
+    for f in stdlib_files(root):
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "\0" in text or not text:
+            continue
+        text = text.removeprefix("\ufeff").rstrip("\n") + "\n"
+        parts.append(text)
+        total += len(text)
+        if max_chars and total >= max_chars:
+            break
+    corpus = "".join(parts)
+    if not corpus:
+        raise DataError(f"no Python source found under {root or sysconfig.get_paths()['stdlib']}")
+    return corpus[:max_chars] if max_chars else corpus
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """Contiguous split: the first (1 - val_fraction) of ``text`` trains, the rest validates.
+
+    A contiguous (not random) split keeps validation text unseen as a whole, as a held-out document would be.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    n_val = int(len(text) * val_fraction)
+    if n_val < 2 or len(text) - n_val < 2:
+        raise DataError(
+            f"text of {len(text)} characters is too short to split with val_fraction={val_fraction} "
+            "(each part needs at least 2 characters)"
+        )
+    return text[:-n_val], text[-n_val:]
