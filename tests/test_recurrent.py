@@ -142,18 +142,19 @@ def test_rnn_equals_torch_float32(label, layers, bidirectional, batch_first, bia
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize(("enforce_sorted", "batch_first"), [(True, True), (False, True), (False, False)])
 @pytest.mark.parametrize("label", list(MODES))
-def test_packed_in_packed_out(label, enforce_sorted, backend):
+def test_packed_in_packed_out(label, enforce_sorted, batch_first, backend):
     torch.manual_seed(0)
     dtype = torch.float64
-    ours, theirs = make_pair(label, 2, True, True, True, dtype, backend)
+    ours, theirs = make_pair(label, 2, True, batch_first, True, dtype, backend)
     x = torch.randn(B, T, D, dtype=dtype)
     lengths = LENGTHS.sort(descending=True).values if enforce_sorted else LENGTHS
     results = []
     for module in (ours, theirs):
         xg = x.clone().requires_grad_(True)
-        packed = pack_padded_sequence(xg, lengths, batch_first=True, enforce_sorted=enforce_sorted)
+        xl = xg if batch_first else xg.transpose(0, 1)  # the layout the module expects
+        packed = pack_padded_sequence(xl, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
         out, final = module(packed)
         assert isinstance(out, type(packed))
         finals = list(final) if label == "lstm" else [final]
@@ -262,6 +263,38 @@ def _cat(*states):
     """Stack the per-layer final states of one-layer RNNs into the (L*K, B, H) layout."""
     parts = [_flat(s) for s in states]
     return [torch.cat(group) for group in zip(*parts, strict=True)]
+
+
+@pytest.mark.parametrize("label", list(MODES))
+def test_rnn_default_init_matches_torch(label):
+    mode, nonlinearity, cls = MODES[label]
+    kw = {"nonlinearity": nonlinearity} if cls is nn.RNN else {}
+    torch.manual_seed(4)
+    ours = RNN(mode, D, 16, 2, bidirectional=True, nonlinearity=nonlinearity)
+    torch.manual_seed(4)
+    theirs = cls(D, 16, 2, bidirectional=True, **kw)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
+    for (n, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert a.abs().max() <= 1 / 16**0.5, n
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)  # the same draws in the same order
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("label", list(MODES))
+def test_native_on_cuda_equals_loop(label):
+    """cuDNN (float64 where it supports it) against the loop reference, with lengths and a bidirectional stack."""
+    torch.manual_seed(0)
+    mode, nonlinearity, _ = MODES[label]
+    rnn = RNN(mode, D, H, 2, bidirectional=True, nonlinearity=nonlinearity, device="cuda", dtype=torch.float64)
+    x = torch.randn(B, T, D, dtype=torch.float64, device="cuda")
+    results = []
+    for backend in BACKENDS:
+        rnn.backend = backend
+        xg = x.clone().requires_grad_(True)
+        out, final = rnn(xg, None, LENGTHS)
+        grads = torch.autograd.grad(out.sum() + _flat(final)[0].sum(), [xg, *rnn.parameters()])
+        results.append([out, *_flat(final), *grads])
+    assert_all_close(results[1], results[0], torch.float64)
 
 
 # --- conversion -------------------------------------------------------------------------------------------
@@ -688,6 +721,9 @@ def test_combinator_errors():
         fwd(torch.randn(B, T, 2))
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\], got 9"):
         fwd(torch.randn(B, T, D), None, [9, 1, 1, 1])
+    packed = pack_padded_sequence(torch.randn(B, T, D), LENGTHS, batch_first=True, enforce_sorted=False)
+    with pytest.raises(TypeError, match=r"x must be a padded Tensor \(B, T, D\) .*, got PackedSequence"):
+        fwd(packed)
 
 
 def test_stack_dropout_between_layers():

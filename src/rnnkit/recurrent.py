@@ -74,9 +74,9 @@ def scan(
     return out, state
 
 
-def _check_sequence(x: object, feature_size: int, what: str = "x") -> Tensor:
+def _check_sequence(x: object, feature_size: int, what: str = "x", kinds: str = "a Tensor or PackedSequence") -> Tensor:
     if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a Tensor or PackedSequence, got {type(x).__name__}")
+        raise TypeError(f"{what} must be {kinds}, got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(
             f"{what} must be 3-D (batch, time, features={feature_size}), got shape {tuple(x.shape)}; "
@@ -108,7 +108,8 @@ class Recurrent(nn.Module):
         self, x: Tensor, state: State = None, lengths: Tensor | Sequence[int] | None = None
     ) -> tuple[Tensor, State]:
         D = getattr(self.cell, "input_size", None)
-        _check_sequence(x, D if D is not None else x.size(-1) if isinstance(x, Tensor) else 0)
+        kinds = "a padded Tensor (B, T, D) (pass lengths for a ragged batch)"
+        _check_sequence(x, D if D is not None else x.size(-1) if isinstance(x, Tensor) else 0, kinds=kinds)
         if lengths is not None:
             lengths = check_lengths(lengths, x.size(0), x.size(1))
         return scan(self.cell, x, state, lengths, self.reverse)
