@@ -743,3 +743,22 @@ def test_stack_dropout_between_layers():
     assert (got - layers[1](y0, None, LENGTHS)[0]).abs().max() > 1e-3  # the mask did something
     stack.eval()
     torch.testing.assert_close(stack(x, None, LENGTHS)[0], layers[1](y0, None, LENGTHS)[0], rtol=0, atol=0)
+
+
+def test_scan_is_the_plain_loop():
+    from rnnkit.cells import GRUCell
+    from rnnkit.recurrent import scan
+
+    torch.manual_seed(0)
+    cell = GRUCell(D, H, dtype=torch.float64)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    out, h = scan(cell, x, None, LENGTHS.tolist(), reverse=True)  # a list of lengths is accepted
+    for b, n in enumerate(LENGTHS.tolist()):
+        hb = None
+        for t in reversed(range(n)):
+            y, hb = cell(x[b : b + 1, t], hb)
+            torch.testing.assert_close(out[b : b + 1, t], y, **tol(torch.float64))
+        torch.testing.assert_close(h[b : b + 1], hb, **tol(torch.float64))
+        assert (out[b, n:] == 0).all()
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\], got 0"):
+        scan(cell, x, None, [0, 1, 2, 3])

@@ -52,6 +52,8 @@ def scan(
         for t in range(T):
             y[:, t], state = step(x[:, t], state)
     """
+    if lengths is not None:  # scan is public: validate here too (a list, a wrong shape, a zero length)
+        lengths = check_lengths(lengths, x.size(0), x.size(1))
     if reverse:
         x = flip_padded(x, lengths)
     T = x.size(1)
