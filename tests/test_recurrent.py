@@ -113,7 +113,7 @@ GRID_NAMES = ("label", "layers", "bidirectional", "batch_first", "bias", "padded
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(GRID_NAMES, _grid(4, seed=0))
+@pytest.mark.parametrize(GRID_NAMES, _grid(8, seed=0))
 def test_rnn_equals_torch_float64(label, layers, bidirectional, batch_first, bias, padded, with_state, backend):
     torch.manual_seed(0)
     dtype = torch.float64
@@ -129,7 +129,7 @@ def test_rnn_equals_torch_float64(label, layers, bidirectional, batch_first, bia
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(GRID_NAMES, _grid(1, seed=1))
+@pytest.mark.parametrize(GRID_NAMES, _grid(3, seed=1))
 def test_rnn_equals_torch_float32(label, layers, bidirectional, batch_first, bias, padded, with_state, backend):
     torch.manual_seed(0)
     dtype = torch.float32
@@ -622,7 +622,7 @@ def test_rnn_gradcheck(label, backend):
         out, final = torch.func.functional_call(rnn, dict(zip(names, ps, strict=True)), (x, arg, lengths))
         return (out, *_flat(final))
 
-    assert torch.autograd.gradcheck(f, (x, *state, *params), fast_mode=backend == "native")
+    assert torch.autograd.gradcheck(f, (x, *state, *params), fast_mode=False)
 
 
 # --- errors --------------------------------------------------------------------------------------------------
