@@ -10,8 +10,12 @@ from rnnkit.errors import DataError
 
 __all__ = ["default_corpus", "read_text", "split_text", "stdlib_files"]
 
-# directories of the standard library left out of the default corpus: tests and third-party packages
-SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
+# directories of the standard library left out of the default corpus: tests, third-party packages, and
+# generated files that are data rather than code (encodings/: 1.4 MB of near-identical codec tables, on
+# which xz reaches 0.2 bits/char; pydoc_data/: the HTML help text as one string)
+SKIP_DIRS = frozenset(
+    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "encodings", "pydoc_data"}
+)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -45,7 +49,7 @@ def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:
     """The ``*.py`` files of the standard library ``root`` (default: that of this interpreter), sorted.
 
     Order is the sorted relative POSIX path, so it is the same on every machine with the same Python; test
-    directories and site-packages are skipped.
+    directories, site-packages and generated data (``SKIP_DIRS``) are skipped.
     """
     root = Path(root if root is not None else sysconfig.get_paths()["stdlib"])
     files = []
@@ -59,9 +63,11 @@ def default_corpus(max_chars: int = 4_000_000, root: str | os.PathLike | None = 
     """The built-in corpus: the Python standard library source of the running interpreter, no download needed.
 
     The ``*.py`` files under ``sysconfig.get_paths()["stdlib"]`` (``stdlib_files``: sorted relative paths,
-    without test/ and site-packages), each decoded as UTF-8 (files that are not are skipped) and ended by a
-    newline, concatenated and cut at ``max_chars`` characters (0 = no cap). Deterministic for a given Python
-    version; another version gives a somewhat different text.
+    without test/, site-packages and the generated encodings/ and pydoc_data/), each decoded as UTF-8 (files
+    that are not are skipped) and ended by a newline, concatenated and cut at ``max_chars`` characters
+    (0 = no cap). Deterministic for a given Python version; another version gives a somewhat different text.
+    On CPython 3.11 the whole is about 9.9 million characters; with the default cap of 4 million and
+    val_fraction 0.05 the held-out text runs from http/server.py into idlelib/configdialog.py.
     """
     if max_chars < 0:
         raise ValueError(f"max_chars must be >= 0, got {max_chars}")
