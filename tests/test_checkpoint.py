@@ -21,6 +21,15 @@ from rnnkit.errors import CheckpointError
 from rnnkit.train import train_lm
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads stall each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_save_load_round_trip_leaves_no_temp_files(tmp_path):
     payload = {"kind": "char_lm", "model": {"w": torch.arange(6.0)}, "cfg": {"a": None, "b": [1, 2.5, "x"]}}
     save_checkpoint(tmp_path / "c.pt", payload)

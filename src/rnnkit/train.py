@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = ["TrainResult", "evaluate_text", "load_text", "lr_at", "train_lm"]
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
+EVENT_FIELDS = ("step", "max_steps", "loss", "bpc", "val_loss", "val_bpc", "tokens_per_s", "elapsed_s", "eta_s", "lr")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainResult:
     val_chars: int
     vocab_size: int
     num_parameters: int
+    model: nn.Module | None = field(default=None, repr=False)  # the trained model (unwrapped), last step
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
@@ -226,6 +228,8 @@ def _train(config, run_dir, payload, vocab, stream, val_ids, info: DistInfo, dev
     def emit(event: Event) -> None:
         if not info.is_main:
             return
+        for key in EVENT_FIELDS:  # every event carries every field; None where it does not apply
+            event.setdefault(key, None)
         if metrics is not None and event["kind"] in ("step", "eval"):
             metrics.write(event)
         if tb is not None and event["kind"] in ("step", "eval"):
@@ -273,7 +277,8 @@ def _train(config, run_dir, payload, vocab, stream, val_ids, info: DistInfo, dev
         if info.is_main:
             for name in names:
                 save_checkpoint(run_dir / name, p)
-            emit({"kind": "checkpoint", "step": run.step, "files": list(names), "elapsed_s": elapsed()})
+            emit({"kind": "checkpoint", "step": run.step, "max_steps": cfg.max_steps or None, "files": list(names),
+                  "elapsed_s": elapsed(), "lr": optimizer.param_groups[0]["lr"]})  # fmt: skip
 
     t0 = time.perf_counter()
     step0 = run.step
@@ -399,6 +404,7 @@ def _train(config, run_dir, payload, vocab, stream, val_ids, info: DistInfo, dev
         val_chars=int(val_ids.numel()) - 1,
         vocab_size=len(vocab),
         num_parameters=num_params,
+        model=model,
     )
     emit({
         "kind": "end", "step": run.step, "max_steps": cfg.max_steps or None, "loss": None, "bpc": None,

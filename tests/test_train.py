@@ -1,0 +1,210 @@
+"""Trainer and config: the run folder, exact resume, budgets, early stopping, schedule, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from rnnkit.checkpoint import load_checkpoint, load_run
+from rnnkit.config import DataConfig, LMConfig, ModelConfig, TrainConfig
+from rnnkit.errors import ConfigError, DataError
+from rnnkit.train import evaluate_text, load_text, lr_at, train_lm
+
+TEXT = "".join(f"def f{i % 7}(x):\n    return x * {i % 5} + {i % 3}\n" for i in range(120))
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "code.txt"
+    p.write_text(TEXT)
+    return p
+
+
+def _config(text_file, model=None, **train) -> LMConfig:
+    t = {"batch_size": 4, "bptt": 12, "max_steps": 8, "max_minutes": 0, "eval_every": 4, "log_every": 2} | train
+    m = {"mode": "gru", "embedding_size": 8, "hidden_size": 16} | (model or {})
+    return LMConfig(ModelConfig(**m), DataConfig(data=str(text_file), val_fraction=0.1), TrainConfig(**t))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads stall each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- config ---------------------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_unknown_keys():
+    cfg = LMConfig.from_dict({"model": {"hidden_size": 32, "mode": "elman"}, "train": {"max_steps": 5}})
+    assert cfg.model.hidden_size == 32 and cfg.train.max_steps == 5 and cfg.data == DataConfig()
+    assert LMConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="unknown config section 'optim'"):
+        LMConfig.from_dict({"optim": {}})
+    with pytest.raises(ConfigError, match="unknown config key 'hidden' in section 'model'"):
+        LMConfig.from_dict({"model": {"hidden": 3}})
+
+
+def test_config_fields_are_unique_and_documented_with_help():
+    names = [f for section in (ModelConfig, DataConfig, TrainConfig) for f in dataclasses.fields(section)]
+    assert len({f.name for f in names}) == len(names)
+    assert all(f.metadata.get("help") for f in names)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        (ModelConfig, {"hidden_size": 0}, "hidden_size must be an integer >= 1, got 0"),
+        (ModelConfig, {"dropout": 1.0}, r"dropout must be a number in \[0.0, 1.0\), got 1.0"),
+        (ModelConfig, {"mode": "transformer"}, "mode must be one of lstm, gru, elman, got 'transformer'"),
+        (TrainConfig, {"max_steps": -1}, "max_steps must be an integer >= 0, got -1"),
+        (TrainConfig, {"lr": 0.0}, r"lr must be a number in \(0.0, inf\), got 0.0"),
+        (TrainConfig, {"max_steps": 0, "max_minutes": 0}, "max_steps or max_minutes must be > 0"),
+        (TrainConfig, {"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+        (DataConfig, {"val_fraction": 0.9}, r"val_fraction must be a number in \(0.0, 0.5\], got 0.9"),
+    ],
+)
+def test_config_errors_name_field_range_and_value(section, values, message):
+    with pytest.raises(ConfigError, match=message):
+        section(**values)
+
+
+def test_replace_revalidates():
+    with pytest.raises(ConfigError, match="num_layers"):
+        dataclasses.replace(ModelConfig(), num_layers=0)
+
+
+# --- schedule -------------------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1, max_steps=100, max_minutes=0)
+    assert lr_at(cfg, 0, 0) == pytest.approx(0.25 * (0.1 + 0.9 * 0.5 * (1 + math.cos(0))))
+    assert lr_at(cfg, 50, 0) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+    assert lr_at(cfg, 100, 0) == pytest.approx(0.1)
+    timed = TrainConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, max_steps=0, max_minutes=2)
+    assert lr_at(timed, 10**6, 60.0) == pytest.approx(0.5)  # time budget only: progress = elapsed / budget
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+def test_run_folder_events_and_metrics(text_file, tmp_path):
+    events = []
+    cfg = _config(text_file)
+    result = train_lm(cfg, tmp_path / "run", on_event=events.append)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "vocab.json", "last.pt", "best.pt", "metrics.jsonl", "loss.png"} <= files
+    assert LMConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == cfg
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("eval") == 2
+    for e in events:
+        assert {"step", "max_steps", "loss", "bpc", "val_loss", "val_bpc", "tokens_per_s", "elapsed_s", "eta_s"} <= set(
+            e
+        )
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "step"] == [2, 4, 6, 8]
+    evals = [r for r in lines if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert evals[-1]["val_bpc"] == pytest.approx(evals[-1]["val_loss"] / math.log(2))
+    assert result.steps == 8 and result.stopped_because == "max_steps"
+    assert result.best_val_bpc == pytest.approx(min(r["val_bpc"] for r in evals))
+    # the reported validation loss is that of the best model on the held-out text, recomputed from scratch
+    run = load_run(result.run_dir, "best")
+    val_text = load_text(cfg)[-int(len(TEXT) * 0.1) :]
+    again = evaluate_text(run.model, run.vocab, val_text, batch_size=4, bptt=12)
+    assert again["loss"] == pytest.approx(result.best_val_loss, rel=1e-6)
+
+
+def test_evaluate_text_equals_one_full_pass():
+    from rnnkit.data import Vocab
+    from rnnkit.tasks import CharLM
+
+    vocab = Vocab.from_text(TEXT)
+    torch.manual_seed(1)
+    model = CharLM(len(vocab), ModelConfig(mode="lstm", embedding_size=4, hidden_size=8)).eval()
+    text = TEXT[:300]
+    ids = vocab.encode(text, tensor=True)
+    logits, _ = model(ids[None, :-1])  # (1, N-1, V)
+    by_hand = torch.nn.functional.cross_entropy(logits[0], ids[1:]).item()
+    got = evaluate_text(model, vocab, text, batch_size=1, bptt=37)  # chunks with carried state
+    assert got["chars"] == 299 and got["loss"] == pytest.approx(by_hand, rel=1e-5)
+    assert got["bpc"] == pytest.approx(by_hand / math.log(2), rel=1e-5)
+
+
+def test_learns_a_periodic_text(tmp_path):
+    p = tmp_path / "abc.txt"
+    p.write_text("abcdefgh" * 400)
+    cfg = _config(p, model={"hidden_size": 24}, max_steps=60, eval_every=60, bptt=16, lr=1e-2, warmup_steps=5)
+    result = train_lm(cfg, tmp_path / "run")
+    assert result.best_val_bpc < 0.3  # uniform over 8 symbols is 3 bits/char
+
+
+def test_resume_gives_the_same_parameters(text_file, tmp_path):
+    """N steps, Ctrl-C, resume, M more steps == N + M uninterrupted steps (dropout > 0: RNG state matters)."""
+    cfg = _config(text_file, model={"mode": "lstm", "num_layers": 2, "dropout": 0.3}, max_steps=10, eval_every=4)
+    train_lm(cfg, tmp_path / "straight")
+
+    def interrupt(event):
+        if event["kind"] == "step" and event["step"] == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(cfg, tmp_path / "resumed", on_event=interrupt)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 6  # saved on Ctrl-C
+    with pytest.raises(ConfigError, match="--resume"):
+        train_lm(cfg, tmp_path / "resumed")
+    result = train_lm(cfg, tmp_path / "resumed", resume=True)
+    assert result.steps == 10
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, sa in a["optimizer"]["state"].items():
+        assert all(torch.equal(sa[n], b["optimizer"]["state"][k][n]) for n in sa)
+    assert a["metrics"]["best_val_loss"] == b["metrics"]["best_val_loss"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(x)["step"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_early_stopping_and_time_budget(text_file, tmp_path):
+    # a learning rate of 1e-30 cannot move float32 weights: validation never improves after the first eval
+    cfg = _config(text_file, lr=1e-30, max_steps=100, eval_every=2, patience=2)
+    result = train_lm(cfg, tmp_path / "patience")
+    assert result.stopped_because == "patience" and result.steps == 6
+    cfg = _config(text_file, max_steps=0, max_minutes=0.002, eval_every=10**6)
+    result = train_lm(cfg, tmp_path / "timed")
+    assert result.stopped_because == "max_minutes" and result.steps >= 1 and result.elapsed_s >= 0.12
+
+
+def test_bad_data_fails_before_writing(tmp_path):
+    out = tmp_path / "run"
+    for content, message in [(None, "no such file"), (b"", "empty"), (b"\x00\x01", "NUL"), (b"\xff\xfe", "UTF-8")]:
+        p = tmp_path / "data.txt"
+        p.unlink(missing_ok=True)
+        if content is not None:
+            p.write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            train_lm(_config(p), out)
+        assert not out.exists()
+    p.write_text("x = 1\n" * 5)  # 27 training characters: less than one batch of 4 rows x 12 steps
+    with pytest.raises(DataError, match="shorter than one batch"):
+        train_lm(_config(p), out)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match=r"no last\.pt"):
+        train_lm(_config(p), out, resume=True)
+
+
+def test_resume_with_another_model_is_refused(text_file, tmp_path):
+    train_lm(_config(text_file, max_steps=2), tmp_path / "run")
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="another model config"):
+        train_lm(_config(text_file, model={"hidden_size": 32}, max_steps=4), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
