@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -97,9 +99,10 @@ def test_stdlib_files_sorted_and_skips_tests(tmp_path):
         },
     )
     rel = [f.relative_to(tmp_path).as_posix() for f in stdlib_files(tmp_path)]
-    assert rel == ["a.py", "a/z.py", "b.py"]
-    assert default_corpus(0, root=tmp_path) == "A\nAZ\nB\n"
-    assert default_corpus(4, root=tmp_path) == "A\nAZ"  # the cap cuts mid-file
+    assert rel == sorted(["a.py", "a/z.py", "b.py"], key=lambda r: hashlib.sha1(r.encode()).hexdigest())
+    assert rel == ["b.py", "a/z.py", "a.py"]  # the fixed hash order of these three paths
+    assert default_corpus(0, root=tmp_path) == "B\nAZ\nA\n"
+    assert default_corpus(4, root=tmp_path) == "B\nAZ"  # the cap cuts mid-file
 
 
 def test_default_corpus_is_the_running_stdlib_deterministic_and_capped():
