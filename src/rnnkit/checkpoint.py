@@ -11,7 +11,9 @@ so ``torch.load(weights_only=True)`` can read it without unpickling arbitrary ob
     step            optimiser steps taken
     data_position   {"epoch": e, "chunk": k}: the next chunk to train on
     stream_state    the recurrent state carried into that chunk (list of tensors) or None
-    rng             {"torch": uint8, "cuda": [uint8...], "numpy": {...}, "python": int64}
+    rng             {"torch": uint8, "cuda": [uint8...], "numpy": {...}, "python": {...}}; the text stream
+                    is read in a fixed order (no shuffling), so data_position is its whole state
+    rng_per_rank    under DDP, the same dict for every rank (ranks draw different dropout masks), else None
     config          LMConfig.to_dict()
     vocab           list of characters
     metrics         {"best_val_loss": ..., "best_val_bpc": ..., "last_val_bpc": ..., ...}
