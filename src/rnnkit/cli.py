@@ -1,0 +1,315 @@
+"""The ``rnnkit`` command: train, sample, eval, bench, gradflow. The only module of the package that prints.
+
+Errors the user can fix (bad config, data, paths, run folders, arguments) print ONE line ``rnnkit: error: ...`` on
+stderr and exit with status 2; Ctrl-C prints one line and exits 130 (the trainer has saved a checkpoint). Any
+other exception is a bug and keeps its traceback.
+
+``rnnkit train lm`` writes to ``--out`` (default: a new timestamped folder ``runs/lm-YYYYmmdd-HHMMSS``, so no run
+is ever overwritten; ``--resume`` needs an explicit ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rnnkit import __version__
+from rnnkit.cliargs import add_config_flags, build_config, config_overrides
+from rnnkit.errors import RnnkitError
+
+log = logging.getLogger("rnnkit.cli")
+
+SAMPLE_CHARS = 300
+
+
+class UsageError(Exception):
+    """A usage error found by argparse: reported as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise UsageError(message)
+
+
+def _eprint(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# --- train lm ------------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """train_lm's on_event -> a tqdm bar on a TTY stderr, else one plain stderr line per evaluation."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("kind")
+        if kind == "start" and self.tty:
+            from tqdm import tqdm
+
+            total = event.get("max_steps") or None
+            self.bar = tqdm(
+                total=total, initial=event.get("step") or 0, file=sys.stderr, unit="step", dynamic_ncols=True
+            )
+        elif kind == "step" and self.bar is not None:
+            self.bar.update((event.get("step") or 0) - self.bar.n)
+            post = {
+                "loss": _f(event.get("loss")),
+                "bpc": _f(event.get("bpc")),
+                "tok/s": _f(event.get("tokens_per_s"), 0),
+            }
+            if event.get("eta_s") is not None:
+                post["eta"] = f"{event['eta_s']:.0f}s"
+            self.bar.set_postfix(post, refresh=False)
+        elif kind == "eval":
+            line = (
+                f"step {event.get('step')}: val loss {_f(event.get('val_loss'))} val bpc {_f(event.get('val_bpc'))}"
+                f" train bpc {_f(event.get('bpc'))} {_f(event.get('tokens_per_s'), 0)} tok/s"
+                f" {_f(event.get('elapsed_s'), 0)} s"
+            )
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                _eprint(line)
+        elif kind == "end":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _f(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cmd_train_lm(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+    from rnnkit.sampling import sample_text
+    from rnnkit.train import train_lm
+
+    config = build_config(args.config, config_overrides(args))
+    if args.out is None:
+        if args.resume:
+            raise UsageError("--resume needs --out DIR (the run folder to continue)")
+        out = Path("runs") / time.strftime("lm-%Y%m%d-%H%M%S")
+    else:
+        out = Path(args.out)
+    progress = _Progress()
+    try:
+        result = train_lm(config, out, resume=args.resume, on_event=progress)
+    finally:
+        progress.close()
+    print(
+        f"val bpc: best {result.best_val_bpc:.4f}, last {result.last_val_bpc:.4f} ({result.steps} steps, "
+        f"{result.tokens_per_second:.0f} tok/s, {result.elapsed_s:.1f} s, stopped: {result.stopped_because})"
+    )
+    print(f"run folder: {result.run_dir}")
+    run = load_run(result.run_dir, "best")
+    text = sample_text(
+        run.model, run.vocab, "", SAMPLE_CHARS, temperature=0.8, generator=torch.Generator().manual_seed(0)
+    )
+    print(f"sample (best checkpoint, temperature 0.8, seed 0):\n{text}")
+    return 0
+
+
+# --- sample / eval -------------------------------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+    from rnnkit.sampling import generate
+
+    run = load_run(args.run, args.checkpoint)
+    gen = torch.Generator().manual_seed(args.seed)
+    out = sys.stdout
+    if args.echo_prompt:
+        out.write(args.prompt)
+    chars = generate(
+        run.model,
+        run.vocab,
+        args.prompt,
+        args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=gen,
+    )
+    for ch in chars:
+        out.write(ch)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+    from rnnkit.data import read_text
+    from rnnkit.metrics import evaluate_text
+
+    text = read_text(args.data)
+    run = load_run(args.run, args.checkpoint)
+    bptt = run.config.train.bptt
+    m = evaluate_text(run.model, run.vocab, text, batch_size=args.batch_size, bptt=bptt, device="cpu")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "loss": m["loss"],
+                    "bpc": m["bpc"],
+                    "chars": m["chars"],
+                    "run": str(args.run),
+                    "checkpoint": str(run.path),
+                    "step": run.step,
+                }
+            )
+        )
+    else:
+        print(
+            f"{args.data}: {m['chars']} chars, loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char "
+            f"(run {args.run}, {run.path.name}, step {run.step})"
+        )
+    return 0
+
+
+# --- bench / gradflow ----------------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rnnkit import bench
+
+    return bench.run(args, lambda line: print(line, flush=True))
+
+
+def cmd_gradflow(args: argparse.Namespace) -> int:
+    from rnnkit.diagnostics import compare_gradient_flow, plot_gradient_flow, summary
+
+    curves = compare_gradient_flow(
+        ("elman", "lstm", "gru"), hidden_size=args.hidden_size, seq_len=args.seq_len, seed=args.seed
+    )
+    path = plot_gradient_flow(curves, args.out)
+    print(f"vanishing factor ||dL/dh_0|| / ||dL/dh_T-1|| over T={args.seq_len}, H={args.hidden_size}:")
+    for mode, ratio in summary(curves).items():
+        print(f"  {mode:6s} {ratio:.3e}")
+    print(f"plot: {path}")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------------------------
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks from the equations.")
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser("train", help="train a model")
+    train_sub = train.add_subparsers(dest="task", required=True, parser_class=Parser)
+    lm = train_sub.add_parser(
+        "lm",
+        help="character language model",
+        description="Train a character LM. Precedence: defaults < --config TOML < flags.",
+    )
+    lm.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new runs/lm-YYYYmmdd-HHMMSS)")
+    lm.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with [model] [data] [train]")
+    lm.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    add_config_flags(lm)
+    lm.set_defaults(func=cmd_train_lm)
+
+    sample = sub.add_parser("sample", help="generate text from a trained run (streamed)")
+    sample.add_argument("--run", required=True, metavar="DIR", help="run folder")
+    sample.add_argument("--prompt", default="", help="text to continue (default: empty, starts after a newline)")
+    sample.add_argument("--echo-prompt", action="store_true", help="print the prompt before the continuation")
+    sample.add_argument("--length", type=_int_at_least(0), default=500, help="characters to generate (default: 500)")
+    sample.add_argument("--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy (default 0.8)")
+    sample.add_argument("--top-k", type=_int_at_least(0), default=0, help="keep the k likeliest chars (0 = off)")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default: 1 = off)")
+    sample.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
+    sample.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    sample.set_defaults(func=cmd_sample)
+
+    ev = sub.add_parser("eval", help="loss and bits per character of a text under a trained run")
+    ev.add_argument("--run", required=True, metavar="DIR", help="run folder")
+    ev.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file to score")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    ev.add_argument("--batch-size", type=_int_at_least(1), default=16, help="rows scored at once (default: 16)")
+    ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="RNN backend speed table")
+    try:
+        from rnnkit import bench as bench_module
+    except ImportError:
+        bench_module = None
+    if bench_module is not None:
+        bench_module.add_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    gf = sub.add_parser("gradflow", help="gradient flow of Elman, LSTM and GRU through time (PNG + ratios)")
+    gf.add_argument("--seq-len", type=_int_at_least(1), default=100, help="time steps T (default: 100)")
+    gf.add_argument("--hidden-size", type=_int_at_least(1), default=64, help="hidden units H (default: 64)")
+    gf.add_argument("--out", default="gradflow.png", metavar="FILE.png", help="plot path (default: gradflow.png)")
+    gf.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default: 0)")
+    gf.set_defaults(func=cmd_gradflow)
+    return parser
+
+
+def _oserror_line(e: OSError) -> str:
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        _eprint(f"rnnkit: error: {e}")
+        return 2
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except (RnnkitError, UsageError) as e:
+        _eprint(f"rnnkit: error: {e}")
+        return 2
+    except OSError as e:
+        _eprint(f"rnnkit: error: {_oserror_line(e)}")
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("rnnkit"):
+            _eprint(f"rnnkit: error: this command needs {e.name}, which is not installed")
+            return 2
+        raise
+    except KeyboardInterrupt:
+        _eprint("rnnkit: interrupted (a training run saved last.pt; continue it with --resume)")
+        return 130
