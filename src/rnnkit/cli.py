@@ -222,6 +222,20 @@ def _int_at_least(low: int):
     return parse
 
 
+def _float_in(low: float, high: float, *, low_open: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not ((value > low) if low_open else (value >= low)) or not value <= high:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value:g}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rnnkit", description="Recurrent neural networks from the equations.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
@@ -246,9 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--prompt", default="", help="text to continue (default: empty, starts after a newline)")
     sample.add_argument("--echo-prompt", action="store_true", help="print the prompt before the continuation")
     sample.add_argument("--length", type=_int_at_least(0), default=500, help="characters to generate (default: 500)")
-    sample.add_argument("--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy (default 0.8)")
+    sample.add_argument(
+        "--temperature",
+        type=_float_in(0, float("inf"), low_open=False),
+        default=0.8,
+        help="softmax temperature, 0 = greedy (default 0.8)",
+    )
     sample.add_argument("--top-k", type=_int_at_least(0), default=0, help="keep the k likeliest chars (0 = off)")
-    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default: 1 = off)")
+    sample.add_argument(
+        "--top-p", type=_float_in(0, 1, low_open=True), default=1.0, help="nucleus mass in (0, 1] (default: 1 = off)"
+    )
     sample.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
     sample.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     sample.set_defaults(func=cmd_sample)

@@ -1,0 +1,191 @@
+"""The rnnkit command, in-process via main([...]) plus one subprocess run of ``python -m rnnkit``."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnnkit.checkpoint import save_checkpoint
+from rnnkit.cli import main
+
+TINY = [
+    "--hidden-size",
+    "16",
+    "--embedding-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--bptt",
+    "16",
+    "--eval-every",
+    "10",
+    "--eval-chars",
+    "400",
+    "--max-minutes",
+    "0",
+    "--device",
+    "cpu",
+    "--warmup-steps",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    path = d / "text.txt"
+    path.write_text(("def f(x):\n    return x * 2 + 1\n\nclass A:\n    pass\n" * 80), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["train", "lm", "--data", str(corpus), "--out", str(out), "--max-steps", "20", *TINY]) == 0
+    return out
+
+
+def _one_error_line(capsys, status):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("rnnkit: error:"), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]
+
+
+def test_train_prints_bpc_folder_and_sample(run_dir, capsys):
+    assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
+
+
+def test_train_output(corpus, tmp_path, capsys):
+    out = tmp_path / "r2"
+    assert main(["train", "lm", "--data", str(corpus), "--out", str(out), "--max-steps", "10", *TINY]) == 0
+    stdout = capsys.readouterr().out
+    assert "val bpc" in stdout and str(out) in stdout and "sample" in stdout
+    assert len(stdout.split("seed 0):\n", 1)[1].rstrip("\n")) >= 250  # a few hundred chars (newlines may be sampled)
+
+
+def test_sample_is_deterministic_with_seed(run_dir, capsys):
+    argv = ["sample", "--run", str(run_dir), "--prompt", "def ", "--length", "40", "--seed", "3", "--temperature", "1"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first
+    assert len(first) == 41  # 40 chars and a newline
+    assert main([*argv[:-4], "--seed", "4", "--temperature", "1"]) == 0
+    assert capsys.readouterr().out != first
+
+
+def test_eval_json_matches_library(run_dir, corpus, capsys):
+    from rnnkit.checkpoint import load_run
+    from rnnkit.data import read_text
+    from rnnkit.metrics import evaluate_text
+
+    assert main(["eval", "--run", str(run_dir), "--data", str(corpus), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = load_run(run_dir)
+    expected = evaluate_text(run.model, run.vocab, read_text(corpus), batch_size=16, bptt=16)
+    assert result["bpc"] == pytest.approx(expected["bpc"], rel=1e-6)
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert result["chars"] == expected["chars"] and result["run"] == str(run_dir)
+    assert result["bpc"] == pytest.approx(result["loss"] / 0.6931471805599453)
+
+
+def test_toml_config_and_flag_precedence(corpus, tmp_path, capsys):
+    from rnnkit.checkpoint import load_run
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(f"[model]\nmode = 'gru'\nhidden_size = 12\n[data]\ndata = '{corpus}'\n[train]\nmax_steps = 4\n")
+    out = tmp_path / "r3"
+    argv = ["train", "lm", "--config", str(toml), "--out", str(out), *TINY, "--hidden-size", "10"]
+    assert main(argv) == 0
+    cfg = load_run(out).config
+    assert cfg.model.mode == "gru" and cfg.model.hidden_size == 10 and cfg.train.max_steps == 4
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_bad_inputs_one_line_exit_2(corpus, run_dir, tmp_path, capsys):
+    base = ["train", "lm", "--max-steps", "5", *TINY]
+    cases = [
+        [*base, "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o1")],
+        [*base, "--data", str(_write(tmp_path / "empty.txt", b"")), "--out", str(tmp_path / "o2")],
+        [*base, "--data", str(_write(tmp_path / "bin.txt", b"\x00\x01\x02abc" * 50)), "--out", str(tmp_path / "o3")],
+        [
+            *base,
+            "--data",
+            str(_write(tmp_path / "latin.txt", "caf\xe9 ".encode("latin-1") * 50)),
+            "--out",
+            str(tmp_path / "o4"),
+        ],
+        [*base, "--data", str(_write(tmp_path / "short.txt", b"abc def\n" * 3)), "--out", str(tmp_path / "o5")],
+        [*base, "--data", str(corpus), "--out", str(tmp_path / "o6"), "--max-steps", "-1"],
+        [*base, "--data", str(corpus), "--out", str(tmp_path / "o7"), "--hidden-size", "0"],
+        [*base, "--data", str(corpus), "--out", str(tmp_path / "o8"), "--mode", "transformer"],
+        [*base, "--data", str(corpus), "--out", str(tmp_path / "o9"), "--hidden-size", "many"],
+        ["sample", "--run", str(tmp_path)],
+        ["sample", "--run", str(tmp_path / "nope")],
+        ["sample", "--run", str(run_dir), "--prompt", "\u20ac"],
+        ["sample", "--run", str(run_dir), "--top-p", "0"],
+        ["sample", "--run", str(run_dir), "--temperature", "-1"],
+        ["eval", "--run", str(run_dir), "--data", str(tmp_path / "missing.txt")],
+        ["eval", "--run", str(run_dir), "--data", str(tmp_path)],
+        ["train", "lm", "--bogus"],
+        ["frobnicate"],
+    ]
+    for argv in cases:
+        line = _one_error_line(capsys, main(argv))
+        assert len(line) < 400, line
+    for name in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o9"):
+        assert not (tmp_path / name / "last.pt").exists()
+
+
+def test_prompt_error_names_char(run_dir, capsys):
+    assert "'\u20ac'" in _one_error_line(capsys, main(["sample", "--run", str(run_dir), "--prompt", "a\u20ac"]))
+
+
+def test_other_model_kind_and_existing_run_untouched(corpus, run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    save_checkpoint(other / "best.pt", {"kind": "classifier", "model": {"w": torch.zeros(1)}})
+    assert "classifier" in _one_error_line(capsys, main(["sample", "--run", str(other)]))
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    line = _one_error_line(
+        capsys, main(["train", "lm", "--data", str(corpus), "--out", str(run_dir), "--max-steps", "3", *TINY])
+    )
+    assert "--resume" in line
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+def test_unknown_toml_key(tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("[train]\nlearning_rate = 1\n")
+    line = _one_error_line(capsys, main(["train", "lm", "--config", str(toml), "--out", str(tmp_path / "o")]))
+    assert "learning_rate" in line and str(toml) in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("rnnkit ")
+
+
+def test_python_m_rnnkit_subprocess(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..", "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "eval", "--run", str(tmp_path / "nope"), "--data", str(tmp_path / "x.txt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("rnnkit: error:")
+    assert proc.stdout == ""
