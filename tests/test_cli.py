@@ -189,3 +189,23 @@ def test_python_m_rnnkit_subprocess(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("rnnkit: error:")
     assert proc.stdout == ""
+
+
+def test_ctrl_c_exit_130_and_bugs_keep_traceback(corpus, tmp_path, capsys, monkeypatch):
+    import rnnkit.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    argv = ["train", "lm", "--data", str(corpus), "--out", str(tmp_path / "o"), "--max-steps", "3", *TINY]
+    monkeypatch.setattr(rnnkit.train, "train_lm", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a genuine bug")
+
+    monkeypatch.setattr(rnnkit.train, "train_lm", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
