@@ -73,7 +73,8 @@ class _Progress:
         elif kind == "eval":
             line = (
                 f"step {event.get('step')}: val loss {_f(event.get('val_loss'))} val bpc {_f(event.get('val_bpc'))}"
-                f" train bpc {_f(event.get('bpc'))} {_f(event.get('tokens_per_s'), 0)} tok/s"
+                + ("" if event.get("bpc") is None else f" train bpc {_f(event.get('bpc'))}")
+                + f" {_f(event.get('tokens_per_s'), 0)} tok/s"
                 f" {_f(event.get('elapsed_s'), 0)} s"
             )
             if self.bar is not None:
