@@ -1,6 +1,8 @@
 """rnnkit: recurrent neural networks from the equations, with the tools to train and use them."""
 
+from rnnkit import reference
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, LSTMState
+from rnnkit.diagnostics import compare_gradient_flow, gradient_flow, plot_gradient_flow
 from rnnkit.errors import CheckpointError, ConfigError, DataError, RnnkitError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
 from rnnkit.recurrent import RNN, Bidirectional, Recurrent, Stack, scan
@@ -21,11 +23,15 @@ __all__ = [
     "Recurrent",
     "RnnkitError",
     "Stack",
+    "compare_gradient_flow",
     "detach_state",
     "flip_padded",
+    "gradient_flow",
     "init_forget_bias_",
     "init_orthogonal_",
     "last_valid",
     "lengths_to_mask",
+    "plot_gradient_flow",
+    "reference",
     "scan",
 ]
