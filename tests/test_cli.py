@@ -95,6 +95,24 @@ def test_eval_json_matches_library(run_dir, corpus, capsys):
     assert result["bpc"] == pytest.approx(result["loss"] / 0.6931471805599453)
 
 
+def test_eval_dynamic_json_matches_library(run_dir, corpus, capsys):
+    from rnnkit.checkpoint import load_run
+    from rnnkit.data import read_text
+    from rnnkit.metrics import evaluate_dynamic
+
+    args = ["eval", "--run", str(run_dir), "--data", str(corpus), "--json", "--dynamic-lr", "0.5"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    run = load_run(run_dir)
+    ids = run.vocab.encode(read_text(corpus), tensor=True)
+    expected = evaluate_dynamic(run.model, ids, lr=0.5, batch_size=16, bptt=32)
+    assert result["dynamic_lr"] == 0.5 and result["bpc"] == pytest.approx(expected["bpc"], rel=1e-6)
+    static = json.loads(
+        (main(["eval", "--run", str(run_dir), "--data", str(corpus), "--json"]), capsys)[1].readouterr().out
+    )
+    assert static["dynamic_lr"] == 0.0 and static["bpc"] != result["bpc"]
+
+
 def test_toml_config_and_flag_precedence(corpus, tmp_path, capsys):
     from rnnkit.checkpoint import load_run
 

@@ -157,12 +157,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
     from rnnkit.data import read_text
-    from rnnkit.metrics import evaluate_text
+    from rnnkit.metrics import evaluate_dynamic, evaluate_text
 
     text = read_text(args.data)
     run = load_run(args.run, args.checkpoint)
-    bptt = run.config.train.bptt
-    m = evaluate_text(run.model, run.vocab, text, batch_size=args.batch_size, bptt=bptt, device="cpu")
+    if args.dynamic_lr > 0:
+        ids = run.vocab.encode(text, tensor=True)  # (N,)
+        m = evaluate_dynamic(
+            run.model, ids, lr=args.dynamic_lr, decay=args.dynamic_decay, batch_size=args.batch_size, bptt=32
+        )
+    else:
+        m = evaluate_text(run.model, run.vocab, text, batch_size=args.batch_size, bptt=run.config.train.bptt)
+    how = f"dynamic, lr {args.dynamic_lr:g}" if args.dynamic_lr > 0 else "static"
     if args.json:
         print(
             json.dumps(
@@ -173,13 +179,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     "run": str(args.run),
                     "checkpoint": str(run.path),
                     "step": run.step,
+                    "dynamic_lr": args.dynamic_lr,
                 }
             )
         )
     else:
         print(
             f"{args.data}: {m['chars']} chars, loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char "
-            f"(run {args.run}, {run.path.name}, step {run.step})"
+            f"({how}; run {args.run}, {run.path.name}, step {run.step})"
         )
     return 0
 
@@ -281,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument("--batch-size", type=_int_at_least(1), default=16, help="rows scored at once (default: 16)")
+    ev.add_argument(
+        "--dynamic-lr",
+        type=_float_in(0, 1e3, low_open=False),
+        default=0.0,
+        help="dynamic evaluation: SGD step size on each chunk after it is scored (default: 0 = static)",
+    )
+    ev.add_argument(
+        "--dynamic-decay",
+        type=_float_in(0, 1, low_open=False),
+        default=0.0,
+        help="pull back toward the trained weights per step",
+    )
     ev.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser("bench", help="RNN backend speed table")

@@ -5,6 +5,7 @@ bits per character = loss / ln 2, with the loss the mean next-character cross-en
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from rnnkit.data.vocab import Vocab
 from rnnkit.distributed import DistInfo, all_reduce
 from rnnkit.sequence import detach_state
 
-__all__ = ["MetricsLog", "evaluate_ids", "evaluate_text", "plot_losses"]
+__all__ = ["MetricsLog", "evaluate_dynamic", "evaluate_ids", "evaluate_text", "plot_losses"]
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
@@ -58,6 +59,58 @@ def evaluate_ids(
         count += y.numel()
     model.train(was_training)
     total, count = all_reduce([total, float(count)], "sum", info, torch.device(device))
+    loss = total / count
+    return {"loss": loss, "bpc": loss / LN2, "chars": int(count)}
+
+
+def evaluate_dynamic(
+    model: nn.Module,
+    ids: Tensor,
+    *,
+    lr: float,
+    decay: float = 0.0,
+    batch_size: int = 16,
+    bptt: int = 32,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Loss and bpc of ``ids`` (N,) under dynamic evaluation: the model keeps learning from the text it has scored.
+
+    Dynamic evaluation (Krause et al., 2018, the SGD form): each ``bptt`` chunk is first scored with the current
+    parameters, and only then used for one gradient step on its mean loss,
+
+        theta <- theta - lr * grad L(chunk) + decay * (theta_0 - theta)
+
+    so every character is predicted from parameters fitted to text strictly before it (the rows advance in
+    lockstep; a decoder doing the same steps reproduces every prediction). This is how an adaptive compressor such
+    as xz uses its input, so it is the figure to set beside theirs; ``evaluate_ids`` is the static figure.
+    ``model`` itself is left unchanged (a copy adapts). Dropout is off (eval mode).
+    """
+    if lr < 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must lie in [0, 1], got {decay!r}")
+    model = copy.deepcopy(model).to(device)
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    theta0 = [p.detach().clone() for p in params]
+    rows = max(1, min(batch_size, (ids.numel() - 1) // bptt))
+    stream = TextStream(ids, rows, bptt)
+    total, count, state = 0.0, 0, None
+    for x, y in stream.chunks():
+        x, y = x.to(device), y.to(device)  # (B, T) each
+        logits, state = model(x, state)  # (B, T, V)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        total += loss.detach().item()  # scored before the update below
+        count += y.numel()
+        model.zero_grad(set_to_none=True)
+        (loss / y.numel()).backward()
+        with torch.no_grad():
+            for p, p0 in zip(params, theta0, strict=True):
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-lr)
+                if decay:
+                    p.add_(p0 - p, alpha=decay)
+        state = detach_state(state)
     loss = total / count
     return {"loss": loss, "bpc": loss / LN2, "chars": int(count)}
 
