@@ -13,9 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: train a character-level LSTM on the built-in corpus for a few minutes, then generate.
+# Each run gets a fresh folder (runs/demo-YYYYmmdd-HHMMSS), so running it again never touches an earlier run.
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_MINUTES ?= 5
+
 demo: $(STAMP)
-	$(VENV)/bin/rnnkit train lm --out runs/demo --max-minutes 5
-	$(VENV)/bin/rnnkit sample --run runs/demo --prompt "def " --length 400 --temperature 0.8
+	$(VENV)/bin/rnnkit train lm --out $(DEMO_RUN) --max-minutes $(DEMO_MINUTES)
+	$(VENV)/bin/rnnkit sample --run $(DEMO_RUN) --prompt "def " --length 400 --temperature 0.8
 
 # The test suite (what .ci/run calls): lint, then every test on the CPU.
 test: $(STAMP)
