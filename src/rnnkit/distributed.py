@@ -76,7 +76,15 @@ def all_reduce(values: list[float], op: str, info: DistInfo, device: torch.devic
     return t.tolist()
 
 
-def shutdown(info: DistInfo) -> None:
-    """End the process group if ``init_distributed`` started it."""
+def shutdown(info: DistInfo, *, clean: bool = True) -> None:
+    """End the process group if ``init_distributed`` started it.
+
+    After a clean run the ranks first meet at a barrier: rank 0 is still writing its last checkpoint and plot
+    when the others finish, and a rank that tears down gloo and exits while rank 0 is busy was seen to abort
+    ("terminate called without an active exception", about 1 run in 20). After an error there is no barrier,
+    since the other ranks may be gone and it would hang.
+    """
     if info.created_group and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

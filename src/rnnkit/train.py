@@ -171,6 +171,7 @@ def train_lm(
         val_ids = val_ids[: cfg.eval_chars + 1]
 
     info, device = init_distributed(cfg.device)
+    clean = False
     try:
         stream = TextStream(train_ids, cfg.batch_size, cfg.bptt, rank=info.rank, world_size=info.world_size)
         if stream.row_length < cfg.bptt:
@@ -179,9 +180,11 @@ def train_lm(
                 f"batch_size={cfg.batch_size} x bptt={cfg.bptt} x {info.world_size} process(es) needs "
                 f"{cfg.batch_size * cfg.bptt * info.world_size + 1}"
             )
-        return _train(config, run_dir, payload, vocab, stream, val_ids, info, device, on_event, len(train_text))
+        result = _train(config, run_dir, payload, vocab, stream, val_ids, info, device, on_event, len(train_text))
+        clean = True
+        return result
     finally:
-        shutdown(info)
+        shutdown(info, clean=clean)
 
 
 def _train(config, run_dir, payload, vocab, stream, val_ids, info: DistInfo, device, on_event, train_chars):
