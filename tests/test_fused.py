@@ -183,12 +183,16 @@ def test_step_with_autograd_keeps_gradients():
 
 def test_auto_backend_rule():
     x = torch.randn(1, 2, D)
-    assert auto_backend(RNN("gru", D, H), x) == "fused"  # parameters need grad: training
-    assert auto_backend(RNN("elman", D, H), x) == "fused"
-    assert auto_backend(RNN("lstm", D, H), x) == "native"
-    with torch.no_grad():
-        assert auto_backend(RNN("gru", D, H), x) == "native"  # small inference: torch.nn's C++ loop
-        assert auto_backend(RNN("gru", D, 512), torch.randn(16, 2, D)) == "fused"  # 16 * 3*512 * 512 MACs
+    for mode in MODES:  # small: torch.nn's kernels, training or not
+        assert auto_backend(RNN(mode, D, H), x) == "native"
+        with torch.no_grad():
+            assert auto_backend(RNN(mode, D, H), x) == "native"
+    big = torch.randn(22, 2, D)  # 22 * 3*512 * 512 >= 2**24 multiply-adds per step for GRU, 22*512*512 < for Elman
+    assert auto_backend(RNN("gru", D, 512), big) == "fused"
+    assert auto_backend(RNN("gru", D, 512), big[:21]) == "native"
+    assert auto_backend(RNN("elman", D, 512), big) == "native"
+    assert auto_backend(RNN("elman", D, 512), torch.randn(64, 2, D)) == "fused"
+    assert auto_backend(RNN("lstm", D, 512), torch.randn(64, 2, D)) == "native"  # oneDNN's LSTM stays ahead
 
 
 @pytest.mark.cuda

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -23,37 +21,37 @@ from rnnkit.recurrent import register_backend
 register_backend("fused", run_fused)
 
 
-# Below this many multiply-adds per recurrent step (B * G*H * H), torch.nn's no-grad forward, a C++ loop,
-# beats fused's Python loop: measured fwd ratios 0.50-0.89 at (8, 32)..(8, 256), 1.00 at B=64, H=128 (G=3).
-INFERENCE_MIN_STEP_MACS = 2**22
+# Below this many multiply-adds per recurrent step (B * G*H * H), torch.nn's kernels are at least as fast as
+# fused's Python-driven loop on the hosts measured (see auto_backend), so "auto" keeps torch.nn's kernels.
+MIN_STEP_MACS = 2**24
 
 
 def auto_backend(rnn: RNN, x: Tensor) -> str:
     """The backend ``backend="auto"`` runs for ``rnn`` on input ``x``.
 
-    Rule: off CPU, ``"native"`` (cuDNN). On CPU, ``"native"`` (torch.nn's oneDNN kernel) for LSTM, and for
-    Elman and GRU ``"fused"`` when training (grad enabled and the parameters or ``x`` need grad) or when
-    one recurrent step has at least ``INFERENCE_MIN_STEP_MACS`` multiply-adds (B * G*H * H), else ``"native"``.
+    Rule: off CPU, ``"native"`` (cuDNN). On CPU, ``"native"`` (torch.nn's own kernels: oneDNN for LSTM, a C++
+    loop for GRU and Elman) except for Elman and GRU with at least ``MIN_STEP_MACS`` multiply-adds per
+    recurrent step (B * G*H * H, G = 3 for GRU, 1 for Elman), where ``"fused"`` runs, training or not.
+    "native" is torch.nn's computation on rnnkit's parameters, so "auto" is never a bet against torch.nn.
 
-    Measured on the 2-core AMD EPYC (AVX-512, shared with other jobs, so the ranges are wide) this was
-    written on, torch 2.13, medians of interleaved runs over several repeated sessions; ratio = torch.nn time
-    / fused time (> 1: fused faster), train step = forward + backward of one layer, D = H:
+    Why, in measurements (ratio = torch.nn time / fused time, > 1: fused faster; train step = forward +
+    backward of one layer, D = H; medians of interleaved runs, torch 2.13, 2 threads) on two 2-core AMD EPYC
+    (AVX-512) hosts, both shared with other jobs:
 
-    - Elman, (B, T, H) = (32, 128, 256) / (64, 64, 512): train 1.05-1.27x / 1.39-1.74x, no-grad forward
-      1.02-1.24x / 1.62-1.83x; small shapes (8, 16, 32) .. (8, 64, 256): train 1.18-1.47x, forward 0.54-0.89x.
-    - GRU, same shapes: train 1.14-1.30x / 1.31-1.44x, forward 1.22-1.41x / 1.68-2.00x; small shapes:
-      train 1.12-1.40x, forward 0.50-1.01x.
-    - LSTM: fused train 0.59-0.79x, forward 0.44-0.82x: oneDNN's LSTM (360-430 GFLOP/s in its forward, 55-70%
-      of the 480 GFLOP/s GEMM peak in a train step) stays ahead, so LSTM keeps ``"native"`` (0.92-1.03x of
-      torch.nn, i.e. the same kernel) for training and inference alike.
+    - host A (oneDNN GEMM peak 462 GFLOP/s, torch.mm 215): Elman (B, T, H) = (32, 128, 256) / (64, 64, 512) train
+      1.05-1.27x / 1.39-1.74x; GRU train 1.14-1.30x / 1.31-1.47x; forward GRU 1.22-1.41x / 1.68-2.04x.
+    - host B (oneDNN GEMM peak 204-216 GFLOP/s, torch.mm 143-172), 2026-11-26: Elman train 0.92x / 1.05x;
+      GRU train 0.88-0.90x / 0.93-1.30x, forward 0.89x / 1.13-1.44x; at the char LM's shape (E=64, H=256,
+      B=32, T=128) a GRU train step took 109 ms fused vs 82 ms native.
+    - LSTM: fused train 0.59-0.85x, forward 0.44-0.98x on both: oneDNN's LSTM kernel (55-82% of the GEMM peak in
+      a train step) stays ahead, so LSTM keeps ``"native"`` for training and inference alike.
     - CUDA was not available to measure; cuDNN is the rule there.
 
-    ``rnnkit bench`` re-measures these numbers on the machine at hand.
+    The fused advantage follows the gap between oneDNN's and torch.mm's GEMM speed on the host, so only the
+    large shapes, ahead on both hosts or within noise, go to fused. ``rnnkit bench`` re-measures on the machine
+    at hand; pass ``backend="fused"`` or ``"native"`` to choose yourself.
     """
     if x.device.type != "cpu" or rnn.mode == "lstm":
         return "native"
-    training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in rnn.parameters()))
     G, H = (3 if rnn.mode == "gru" else 1), rnn.hidden_size
-    if training or x.size(0) * G * H * H >= INFERENCE_MIN_STEP_MACS:
-        return "fused"
-    return "native"
+    return "fused" if x.size(0) * G * H * H >= MIN_STEP_MACS else "native"
