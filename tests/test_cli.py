@@ -100,13 +100,13 @@ def test_eval_dynamic_json_matches_library(run_dir, corpus, capsys):
     from rnnkit.data import read_text
     from rnnkit.metrics import evaluate_dynamic
 
-    args = ["eval", "--run", str(run_dir), "--data", str(corpus), "--json", "--dynamic-lr", "0.5"]
+    args = ["eval", "--run", str(run_dir), "--data", str(corpus), "--json", "--dynamic-lr", "0.001"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     run = load_run(run_dir)
     ids = run.vocab.encode(read_text(corpus), tensor=True)
-    expected = evaluate_dynamic(run.model, ids, lr=0.5, batch_size=16, bptt=32)
-    assert result["dynamic_lr"] == 0.5 and result["bpc"] == pytest.approx(expected["bpc"], rel=1e-6)
+    expected = evaluate_dynamic(run.model, ids, lr=0.001, batch_size=2, bptt=32)
+    assert result["dynamic_lr"] == 0.001 and result["bpc"] == pytest.approx(expected["bpc"], rel=1e-6)
     static = json.loads(
         (main(["eval", "--run", str(run_dir), "--data", str(corpus), "--json"]), capsys)[1].readouterr().out
     )

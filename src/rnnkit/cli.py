@@ -163,11 +163,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.checkpoint)
     if args.dynamic_lr > 0:
         ids = run.vocab.encode(text, tensor=True)  # (N,)
-        m = evaluate_dynamic(
-            run.model, ids, lr=args.dynamic_lr, decay=args.dynamic_decay, batch_size=args.batch_size, bptt=32
-        )
+        rows = args.batch_size or 2
+        m = evaluate_dynamic(run.model, ids, lr=args.dynamic_lr, decay=args.dynamic_decay, batch_size=rows, bptt=32)
     else:
-        m = evaluate_text(run.model, run.vocab, text, batch_size=args.batch_size, bptt=run.config.train.bptt)
+        rows = args.batch_size or 16
+        m = evaluate_text(run.model, run.vocab, text, batch_size=rows, bptt=run.config.train.bptt)
     how = f"dynamic, lr {args.dynamic_lr:g}" if args.dynamic_lr > 0 else "static"
     if args.json:
         print(
@@ -287,12 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file to score")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-    ev.add_argument("--batch-size", type=_int_at_least(1), default=16, help="rows scored at once (default: 16)")
+    ev.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=None,
+        help="rows scored at once (default: 16; 2 with --dynamic-lr, where few rows adapt best)",
+    )
     ev.add_argument(
         "--dynamic-lr",
         type=_float_in(0, 1e3, low_open=False),
         default=0.0,
-        help="dynamic evaluation: SGD step size on each chunk after it is scored (default: 0 = static)",
+        help="dynamic evaluation: RMS-normalised step size on each chunk after it is scored, e.g. 0.001 "
+        "(default: 0 = static)",
     )
     ev.add_argument(
         "--dynamic-decay",

