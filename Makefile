@@ -19,7 +19,7 @@ DEMO_MINUTES ?= 5
 
 demo: $(STAMP)
 	$(VENV)/bin/rnnkit train lm --out $(DEMO_RUN) --max-minutes $(DEMO_MINUTES)
-	$(VENV)/bin/rnnkit sample --run $(DEMO_RUN) --prompt "def " --length 400 --temperature 0.8
+	$(VENV)/bin/rnnkit sample --run $(DEMO_RUN) --prompt "def " --echo-prompt --length 400 --temperature 0.8
 
 # The test suite (what .ci/run calls): lint, then every test on the CPU.
 test: $(STAMP)

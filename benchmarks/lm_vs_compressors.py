@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="UTF-8 text file (default: the built-in corpus / the run's text)")
     p.add_argument("--minutes", type=float, default=5.0, help="training budget when no --run is given")
     p.add_argument("--max-chars", type=int, default=None, help="cap on the text (default: the config's)")
-    p.add_argument("--hidden-size", type=int, default=256, help="LSTM width when training (default 256)")
+    p.add_argument("--hidden-size", type=int, default=None, help="LSTM width when training (default: the config's)")
     p.add_argument("--out", default=None, help="run folder when training (default: runs/bench-lm-<time>)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument(
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = DataConfig(data=args.data, **({} if args.max_chars is None else {"max_chars": args.max_chars}))
             train = TrainConfig(max_minutes=args.minutes, max_steps=0, device=args.device, eval_chars=50_000)
-            config = LMConfig(ModelConfig(hidden_size=args.hidden_size), data, train)
+            model = ModelConfig() if args.hidden_size is None else ModelConfig(hidden_size=args.hidden_size)
+            config = LMConfig(model, data, train)
             run_dir = Path(args.out or time.strftime("runs/bench-lm-%Y%m%d-%H%M%S"))
             result = train_lm(config, run_dir)
             print(f"trained {result.steps} steps in {result.elapsed_s:.0f} s ({result.tokens_per_second:.0f} tok/s)")

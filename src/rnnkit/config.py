@@ -53,7 +53,7 @@ class ModelConfig:
 
     mode: str = field(default="lstm", metadata={"help": "recurrent cell: lstm, gru or elman"})
     embedding_size: int = field(default=64, metadata={"help": "character embedding width (units)"})
-    hidden_size: int = field(default=512, metadata={"help": "hidden state width per layer (units)"})
+    hidden_size: int = field(default=384, metadata={"help": "hidden state width per layer (units)"})
     num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
     dropout: float = field(
         default=0.0, metadata={"help": "dropout probability between layers and before the head, in [0, 1)"}
@@ -99,7 +99,7 @@ class DataConfig:
         default=0.05, metadata={"help": "fraction of the text held out, from its end, for validation, in (0, 0.5]"}
     )
     max_chars: int = field(
-        default=4_000_000, metadata={"help": "use at most this many characters of the text (chars, 0 = all)"}
+        default=10_000_000, metadata={"help": "use at most this many characters of the text (chars, 0 = all)"}
     )
 
     def __post_init__(self) -> None:
