@@ -12,7 +12,7 @@ from rnnkit.kernels import auto_backend, fast_step
 from rnnkit.kernels.elman import ElmanFunction
 from rnnkit.kernels.gru import GRUFunction
 from rnnkit.kernels.lstm import LSTMFunction
-from rnnkit.kernels.step import torch_step
+from rnnkit.kernels.step import GRU_SPLIT_MIN_HIDDEN, torch_step
 from rnnkit.recurrent import RNN
 
 MODES = ["elman", "lstm", "gru"]
@@ -157,12 +157,13 @@ def test_fast_step_equals_forward_and_follows_weight_updates(mode):
                 p.mul_(0.5)
 
 
+@pytest.mark.parametrize("hidden", [H, GRU_SPLIT_MIN_HIDDEN])  # the GRU's block-matrix and two-product forms
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("mode", MODES)
-def test_numpy_step_float64_equals_forward(mode, bias):
+def test_numpy_step_float64_equals_forward(mode, bias, hidden):
     """The NumPy step (the CPU path) in float64, from a random state, with and without biases."""
     torch.manual_seed(1)
-    rnn = RNN(mode, D, H, 2, bias=bias, backend="loop", dtype=torch.float64)
+    rnn = RNN(mode, D, hidden, 2, bias=bias, backend="loop", dtype=torch.float64)
     x = torch.randn(3, D, dtype=torch.float64)
     state = rnn.initial_state(3)
     state = LSTMState(*(torch.randn_like(s) for s in state)) if mode == "lstm" else torch.randn_like(state)
