@@ -138,6 +138,23 @@ def _numpy_weights(rnn) -> list[tuple[np.ndarray, ...]]:
     return layers
 
 
+def _gru_update(rz_pre, gi_n, gh_n, h_prev, h, H: int):
+    """GRU gates in place from halved r, z pre-activations (B, 2H) and the n parts (B, H); writes h_t into h.
+
+    r, z = sigmoid(.) = 0.5 tanh(rz_pre) + 0.5;  n = tanh(gi_n + r * gh_n);  h_t = n + z * (h_prev - n)
+    """
+    rz = np.tanh(rz_pre, out=rz_pre)
+    rz *= 0.5
+    rz += 0.5
+    n = gi_n
+    n += rz[:, :H] * gh_n
+    np.tanh(n, out=n)
+    np.subtract(h_prev, n, out=h)
+    h *= rz[:, H:]
+    h += n
+    return h
+
+
 def _numpy_step(rnn, x_t: Tensor, state):
     """The step in NumPy on CPU float tensors: same equations, sigmoid(a) = 0.5 tanh(a/2) + 0.5."""
     H = rnn.hidden_size
@@ -156,18 +173,9 @@ def _numpy_step(rnn, x_t: Tensor, state):
             gi += bi
             gh = h_in[k] @ wh_t  # (B, 3H): [r, z, n] recurrent parts
             gh += bh
-            rz = gi[:, : 2 * H]
-            rz += gh[:, : 2 * H]
-            np.tanh(rz, out=rz)
-            rz *= 0.5
-            rz += 0.5  # r, z = sigmoid(...)
-            n = gi[:, 2 * H :]
-            n += rz[:, :H] * gh[:, 2 * H :]
-            np.tanh(n, out=n)  # n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-            np.subtract(h_in[k], n, out=h)
-            h *= rz[:, H:]
-            h += n  # n + z * (h - n)
-            x = h
+            rz_pre = gi[:, : 2 * H]
+            rz_pre += gh[:, : 2 * H]
+            x = _gru_update(rz_pre, gi[:, 2 * H :], gh[:, 2 * H :], h_in[k], h, H)
             continue
         w_t, b, scale, shift = weights
         a = np.concatenate((x, h_in[k]), axis=1) @ w_t  # (B, G*H)
@@ -183,15 +191,7 @@ def _numpy_step(rnn, x_t: Tensor, state):
             np.tanh(c, out=h)
             h *= o
         elif rnn.mode == "gru":  # a = [r, z (halved), gi_n, gh_n] from the block matrix
-            rz = np.tanh(a[:, : 2 * H])
-            rz *= 0.5
-            rz += 0.5
-            n = a[:, 2 * H : 3 * H]
-            n += rz[:, :H] * a[:, 3 * H :]
-            np.tanh(n, out=n)
-            np.subtract(h_in[k], n, out=h)
-            h *= rz[:, H:]
-            h += n  # n + z * (h - n)
+            _gru_update(a[:, : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :], h_in[k], h, H)
         elif rnn.nonlinearity == "tanh":
             np.tanh(a, out=h)
         else:
