@@ -157,43 +157,36 @@ def test_fast_step_equals_forward_and_follows_weight_updates(mode):
                 p.mul_(0.5)
 
 
+def _assert_step_equals_forward(step, mode, hidden, batch, seed, bias=True, **tolerance):
+    """``step`` from a random float64 state against a length-1 forward of the same 2-layer RNN."""
+    torch.manual_seed(seed)
+    rnn = RNN(mode, D, hidden, 2, bias=bias, backend="loop", dtype=torch.float64)
+    x = torch.randn(batch, D, dtype=torch.float64)
+    state = rnn.initial_state(batch)
+    state = LSTMState(*(torch.randn_like(s) for s in state)) if mode == "lstm" else torch.randn_like(state)
+    with torch.no_grad():
+        y, new_state = step(rnn, x, state)
+        ref_y, ref_state = rnn(x.unsqueeze(1), state)
+    torch.testing.assert_close(y, ref_y.squeeze(1), **tolerance)
+    torch.testing.assert_close(
+        tuple(new_state) if mode == "lstm" else new_state,
+        tuple(ref_state) if mode == "lstm" else ref_state,
+        **tolerance,
+    )
+
+
 @pytest.mark.parametrize("hidden", [H, GRU_SPLIT_MIN_HIDDEN])  # the GRU's block-matrix and two-product forms
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("mode", MODES)
 def test_numpy_step_float64_equals_forward(mode, bias, hidden):
     """The NumPy step (the CPU path) in float64, from a random state, with and without biases."""
-    torch.manual_seed(1)
-    rnn = RNN(mode, D, hidden, 2, bias=bias, backend="loop", dtype=torch.float64)
-    x = torch.randn(3, D, dtype=torch.float64)
-    state = rnn.initial_state(3)
-    state = LSTMState(*(torch.randn_like(s) for s in state)) if mode == "lstm" else torch.randn_like(state)
-    with torch.no_grad():
-        y, new_state = fast_step(rnn, x, state)
-        ref_y, ref_state = rnn(x.unsqueeze(1), state)
-    torch.testing.assert_close(y, ref_y.squeeze(1), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(
-        tuple(new_state) if mode == "lstm" else new_state,
-        tuple(ref_state) if mode == "lstm" else ref_state,
-        rtol=1e-12,
-        atol=1e-12,
-    )
+    _assert_step_equals_forward(fast_step, mode, hidden, 3, seed=1, bias=bias, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_step_equals_forward(mode):
     """The torch-ops step (the path off CPU) on CPU float64 against a length-1 forward."""
-    torch.manual_seed(0)
-    rnn = RNN(mode, D, H, 2, backend="loop", dtype=torch.float64)
-    x = torch.randn(2, D, dtype=torch.float64)
-    state = rnn.initial_state(2)
-    state = LSTMState(*(torch.randn_like(s) for s in state)) if mode == "lstm" else torch.randn_like(state)
-    with torch.no_grad():
-        y, new_state = torch_step(rnn, x, state)
-        ref_y, ref_state = rnn(x.unsqueeze(1), state)
-    torch.testing.assert_close(y, ref_y.squeeze(1))
-    torch.testing.assert_close(
-        tuple(new_state) if mode == "lstm" else new_state, tuple(ref_state) if mode == "lstm" else ref_state
-    )
+    _assert_step_equals_forward(torch_step, mode, H, 2, seed=0)
 
 
 def test_step_with_autograd_keeps_gradients():

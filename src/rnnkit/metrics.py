@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
 
 
+def _nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
+    """Summed next-character cross-entropy in nats: logits (B, T, V), targets (B, T)."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+
+
 @torch.no_grad()
 def evaluate_ids(
     model: nn.Module,
@@ -54,8 +59,7 @@ def evaluate_ids(
         x, y = x.to(device), y.to(device)  # (B, T) each
         logits, state = model(x, state)  # (B, T, V)
         state = detach_state(state)
-        V = logits.size(-1)
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum"))
+        total += float(_nll_sum(logits, y))
         count += y.numel()
     model.train(was_training)
     total, count = all_reduce([total, float(count)], "sum", info, torch.device(device))
@@ -107,7 +111,7 @@ def evaluate_dynamic(
     for x, y in stream.chunks():
         x, y = x.to(device), y.to(device)  # (B, T) each
         logits, state = model(x, state)  # (B, T, V)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        loss = _nll_sum(logits, y)
         total += loss.detach().item()  # scored before the update below
         count += y.numel()
         grads = torch.autograd.grad(loss / y.numel(), params, allow_unused=True)
