@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
 
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import auto_backend, fast_step
+from rnnkit.kernels import auto_backend, extension, fast_step
 from rnnkit.kernels.elman import ElmanFunction
 from rnnkit.kernels.gru import GRUFunction
 from rnnkit.kernels.lstm import LSTMFunction
@@ -18,6 +19,17 @@ from rnnkit.recurrent import RNN
 MODES = ["elman", "lstm", "gru"]
 B, T, D, H = 3, 5, 4, 3
 LENGTHS = torch.tensor([5, 2, 4])
+
+
+@pytest.fixture(params=["cpp", "python"])
+def loops(request):
+    """Runs a test on the C++ step loops (kernels/extension.py) and on the Python ones: both must equal "loop"."""
+    cpp = request.param == "cpp"
+    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
+        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
+    with extension.use_extension(cpp):
+        assert extension.available() == cpp  # on CI the build must work: a silent fallback would test nothing
+        yield request.param
 
 
 def _run(rnn: RNN, backend: str, x, state, lengths):
@@ -40,7 +52,7 @@ CASES = list(itertools.product(MODES, [1, 2], [False, True], [False, True], [tor
 
 
 @pytest.mark.parametrize(("mode", "layers", "bidirectional", "padded", "dtype"), CASES)
-def test_fused_equals_loop(mode, layers, bidirectional, padded, dtype):
+def test_fused_equals_loop(mode, layers, bidirectional, padded, dtype, loops):
     torch.manual_seed(0)
     K = 2 if bidirectional else 1
     for bias, with_state in [(True, False), (False, True)]:
@@ -58,7 +70,7 @@ def test_fused_equals_loop(mode, layers, bidirectional, padded, dtype):
             assert out[0][1, 2:].abs().max() == 0
 
 
-def test_relu_elman_equals_loop():
+def test_relu_elman_equals_loop(loops):
     torch.manual_seed(0)
     rnn = RNN("elman", D, H, 2, nonlinearity="relu", bidirectional=True, dtype=torch.float64)
     x = torch.randn(B, T, D, dtype=torch.float64)
@@ -82,7 +94,7 @@ def _gradcheck_inputs(mode: str):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gradcheck(mode, reverse):
+def test_gradcheck(mode, reverse, loops):
     x, h0, c0, w = _gradcheck_inputs(mode)
     mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
     if mode == "lstm":
@@ -95,7 +107,7 @@ def test_gradcheck(mode, reverse):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_backward_twice_with_retain_graph(mode):
+def test_backward_twice_with_retain_graph(mode, loops):
     torch.manual_seed(0)
     rnn = RNN(mode, D, H, 2, bidirectional=True, backend="fused")
     x = torch.randn(B, T, D, requires_grad=True)
@@ -120,7 +132,7 @@ def test_dropout_masks_match_loop_under_same_seed():
     assert not torch.allclose(rnn(x)[0], outs[0])  # another seed, other masks: dropout is really applied
 
 
-def test_in_place_change_of_output_keeps_gradients_right():
+def test_in_place_change_of_output_keeps_gradients_right(loops):
     torch.manual_seed(0)
     rnn = RNN("gru", D, H, backend="fused")
     x = torch.randn(B, T, D)

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, tanh_scale, time_steps, transposed
+from rnnkit.kernels.extension import step_weight, wanted
+from rnnkit.kernels.ops import linear, linear_add, matmul, tanh_scale, time_steps, weight_grad
 
 __all__ = ["elman_layer"]
 
@@ -39,6 +40,11 @@ def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, H)  # all input projections in one GEMM
     S = x.new_zeros(T + 1, B, H)  # each step writes its state here (no stacking afterwards)
     S[T if reverse else 0] = h0
+    ext = wanted(x)
+    if ext is not None:  # the same loop in C++ (extension.py)
+        m = None if mask is None else mask.to(x.dtype)
+        ext.elman_forward(xp, S, m, reverse, relu, *step_weight(w_hh, B))
+        return S
     h = h0
     for t in time_steps(T, reverse):
         a = linear_add(h, xp[t], w_hh)  # (B, H)
@@ -63,6 +69,24 @@ def _previous(S: Tensor, reverse: bool) -> Tensor:
     return S[1:] if reverse else S[:-1]  # (T, B, H): h_{t-1} in the direction's own order
 
 
+def _backward_loop(h, dy, g, m, da, reverse, relu, w_hh):
+    """Fills da (T, B, H) step by step; returns dL/dh_{-1}."""
+    T = h.size(0)
+    dact = (h > 0).to(h.dtype) if relu else torch.mul(h, h).neg_().add_(1)  # act'(a_t) from h_t
+    if m is not None:
+        dact.mul_(m)
+    w_hh_t = w_hh.t().contiguous()  # (H, H), so each step's product is x @ w^T
+    order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
+    g = g + dy[order[0]]
+    for s, t in enumerate(order):
+        torch.mul(g, dact[t], out=da[t])
+        carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(g)  # (B, H)
+        if m is not None:
+            carry = torch.addcmul(carry, 1 - m[t], g)  # frozen rows pass g through
+        g = linear_add(da[t], carry, w_hh_t)  # (B, H)
+    return g
+
+
 class ElmanFunction(torch.autograd.Function):
     """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, relu, w_ih, w_hh, b_ih, b_hh) -> (y, h_T)."""
 
@@ -82,29 +106,22 @@ class ElmanFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_last):
         x, S, m, w_ih, w_hh = ctx.saved_tensors
         reverse = ctx.reverse
-        h = _outputs(S, reverse)  # (T, B, H)
-        dact = (h > 0).to(h.dtype) if ctx.relu else torch.mul(h, h).neg_().add_(1)  # act'(a_t) from h_t
-        if m is not None:
-            dact.mul_(m)
         T, B, D = x.shape
         H = w_hh.size(1)
-        dy = torch.zeros_like(dact) if dy is None else dy if m is None else dy * m  # (T, B, H)
-        g = torch.zeros_like(dact[0]) if dh_last is None else dh_last  # (B, H)
-        w_hh_t = w_hh.t().contiguous()  # (H, H), so each step's product is x @ w^T
-        da = torch.zeros_like(dact)  # (T, B, H); zeros: see ops.py on page faults
-        order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
-        g = g + dy[order[0]]
-        for s, t in enumerate(order):
-            torch.mul(g, dact[t], out=da[t])
-            carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(g)  # (B, H)
-            if m is not None:
-                carry = torch.addcmul(carry, 1 - m[t], g)  # frozen rows pass g through
-            g = linear_add(da[t], carry, w_hh_t)  # (B, H)
+        h = _outputs(S, reverse)  # (T, B, H)
+        dy = torch.zeros_like(h) if dy is None else dy if m is None else dy * m  # (T, B, H)
+        g = torch.zeros_like(h[0]) if dh_last is None else dh_last  # (B, H)
+        da = torch.zeros_like(h)  # (T, B, H); zeros: see ops.py on page faults
+        ext = wanted(x)
+        if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly
+            w = step_weight(w_hh.t(), B)  # g_{t-1} gets da_t W_hh
+            g = ext.elman_backward(S, dy.contiguous(), m, reverse, ctx.relu, *w, g.contiguous(), da)
+        else:
+            g = _backward_loop(h, dy, g, m, da, reverse, ctx.relu, w_hh)
         da2 = da.view(T * B, H)
         dx = matmul(da2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
-        da_t = transposed(da2)  # (H, T*B)
-        dw_ih = linear(da_t, transposed(x.reshape(T * B, D))) if ctx.needs_input_grad[5] else None
-        dw_hh = linear(da_t, transposed(_previous(S, reverse).reshape(T * B, H))) if ctx.needs_input_grad[6] else None
+        dw_ih = weight_grad(da2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
+        dw_hh = weight_grad(da2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
         db = da2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
         return dx, g, None, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
 

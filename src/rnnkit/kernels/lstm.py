@@ -27,14 +27,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.ops import linear, linear_add, matmul, tanh, tanh_scale, time_steps, transposed
+from rnnkit.kernels.extension import step_weight, wanted
+from rnnkit.kernels.ops import linear, linear_add, matmul, tanh, tanh_scale, time_steps, weight_grad
 
 __all__ = ["lstm_layer"]
 
 
 def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
-    """The recurrence. Returns S (T+1, B, H) of h in time order, c_T, and with ``keep`` the activations
-    A (T, B, 4H), tanh(c_t) (T, B, H) and the c history (T+1, B, H), both in time order."""
+    """The recurrence. Returns S (T+1, B, H) of h in time order, c_T, and with ``keep`` the backward factors
+    (Q, p, F) of ``_factors``, else None."""
     T, B, D = x.shape
     H = w_hh.size(1)
     b = None if b_ih is None else b_ih + b_hh  # (4H,)
@@ -47,10 +48,16 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections; with keep, then A
     # every step writes its results straight into these time-ordered buffers (no stacking afterwards)
     S = x.new_zeros(T + 1, B, H)  # h
-    C = x.new_zeros(T + 1, B, H) if keep else None  # c
-    TC = x.new_zeros(T, B, H) if keep else None  # tanh(c)
     first = T if reverse else 0
     S[first] = h0
+    ext = wanted(x)
+    if ext is not None:  # the same loop in C++ (extension.py); with keep, it turns xp into Q and fills p, F
+        m = None if mask is None else mask.to(x.dtype)
+        p, forget = (x.new_empty(T, B, H), x.new_empty(T, B, H)) if keep else (None, None)
+        c = ext.lstm_forward(xp, S, c0, p, forget, m, reverse, *step_weight(w_hh, B))
+        return S, c, ((xp, p, forget) if keep else None)
+    C = x.new_zeros(T + 1, B, H) if keep else None  # c
+    TC = x.new_zeros(T, B, H) if keep else None  # tanh(c)
     if keep:
         C[first] = c0
     h, c = h0, c0
@@ -70,9 +77,26 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
             c_new = torch.where(mask[t], c_new, c, out=c_new)
             torch.where(mask[t], h_new, h, out=h_new)
         h, c = h_new, c_new
-    if not keep:
-        return S, c, None, None, None
-    return S, c, xp, TC, C
+    return S, c, (_factors(xp, TC, C, mask, reverse) if keep else None)
+
+
+def _factors(A: Tensor, tc: Tensor, C: Tensor, mask: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward step's factors from the activations A (T, B, 4H), tanh(c) (T, B, H) and the c history:
+    Q = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), m tanh(c) o(1-o)] (T, B, 4H), p = m o (1 - tanh(c)^2), F = f."""
+    H = tc.size(-1)
+    i, f, g, o = A.chunk(4, -1)  # 4 x (T, B, H)
+    forget = f.clone()  # (T, B, H)
+    p = tc.mul(tc).neg_().add_(1).mul_(o)  # o * (1 - tanh(c)^2)
+    Q = torch.addcmul(A, A, A, value=-1)  # s(1 - s) for the sigmoid gates, (T, B, 4H)
+    Q[..., :H].mul_(g)  # g * i(1-i)
+    Q[..., H : 2 * H].mul_(_previous(C, reverse))  # c_{t-1} * f(1-f)
+    torch.mul(g, g, out=Q[..., 2 * H : 3 * H]).neg_().add_(1).mul_(i)  # i * (1 - g^2)
+    Q[..., 3 * H :].mul_(tc)  # tanh(c) * o(1-o)
+    if mask is not None:
+        m = mask.to(A.dtype)
+        p.mul_(m)
+        Q[..., 3 * H :].mul_(m)
+    return Q, p, forget
 
 
 def _outputs(S: Tensor, reverse: bool) -> Tensor:
@@ -83,26 +107,37 @@ def _previous(S: Tensor, reverse: bool) -> Tensor:
     return S[1:] if reverse else S[:-1]  # (T, B, H): the state before t in the direction's own order
 
 
+def _backward_loop(Q, p, forget, dy, m, gh, gc, dG, reverse, w_hh):
+    """Fills dG (T, B, 4H) = [di, df, dg, do] step by step; returns dL/dh_{-1}, dL/dc_{-1}."""
+    T, B, H = p.shape
+    w_hh_t = w_hh.t().contiguous()  # (H, 4H)
+    dG4, Q4 = dG.view(T, B, 4, H), Q.view(T, B, 4, H)
+    order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
+    gh = gh + dy[order[0]]
+    for s, t in enumerate(order):
+        dc = torch.addcmul(gc if m is None else gc * m[t], gh, p[t])  # (B, H)
+        torch.mul(dc.unsqueeze(1), Q4[t, :, :3], out=dG4[t, :, :3])  # di, df, dg
+        torch.mul(gh, Q4[t, :, 3], out=dG4[t, :, 3])  # do
+        carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(gh)  # (B, H)
+        if m is None:
+            gc = dc * forget[t]
+        else:
+            nm = 1 - m[t]  # (B, 1): rows past their length pass the gradients through
+            gc = torch.mul(dc, forget[t]).addcmul_(nm, gc)
+            carry = torch.addcmul(carry, nm, gh)
+        gh = linear_add(dG[t], carry, w_hh_t)  # (B, H)
+    return gh, gc
+
+
 class LSTMFunction(torch.autograd.Function):
     """(x (T, B, D), h0, c0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh) -> (y, h_T, c_T)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
-        S, c_last, A, tc, C = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)
-        H = w_hh.size(1)
-        i, f, g, o = A.chunk(4, -1)  # 4 x (T, B, H)
-        forget = f.clone()  # (T, B, H)
+        S, c_last, (Q, p, forget) = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)
         m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
-        p = tc.mul(tc).neg_().add_(1).mul_(o)  # o * (1 - tanh(c)^2)
-        Q = torch.addcmul(A, A, A, value=-1)  # s(1 - s) for the sigmoid gates, (T, B, 4H)
-        Q[..., :H].mul_(g)  # g * i(1-i)
-        Q[..., H : 2 * H].mul_(_previous(C, reverse))  # c_{t-1} * f(1-f)
-        torch.mul(g, g, out=Q[..., 2 * H : 3 * H]).neg_().add_(1).mul_(i)  # i * (1 - g^2)
-        Q[..., 3 * H :].mul_(tc)  # tanh(c) * o(1-o)
         y = _outputs(S, reverse)
         if m is not None:
-            p.mul_(m)
-            Q[..., 3 * H :].mul_(m)
             y = y * m
         ctx.reverse = reverse
         ctx.save_for_backward(x, S, Q, p, forget, m, w_ih, w_hh)
@@ -118,28 +153,17 @@ class LSTMFunction(torch.autograd.Function):
         dy = torch.zeros_like(p) if dy is None else dy if m is None else dy * m  # (T, B, H)
         gh = torch.zeros_like(p[0]) if dh_last is None else dh_last  # (B, H)
         gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
-        w_hh_t = w_hh.t().contiguous()  # (H, 4H)
         dG = torch.zeros_like(Q)  # (T, B, 4H); zeros: see ops.py on page faults
-        dG4, Q4 = dG.view(T, B, 4, H), Q.view(T, B, 4, H)
-        order = time_steps(T, not reverse)  # backward visits the steps in the opposite order
-        gh = gh + dy[order[0]]
-        for s, t in enumerate(order):
-            dc = torch.addcmul(gc if m is None else gc * m[t], gh, p[t])  # (B, H)
-            torch.mul(dc.unsqueeze(1), Q4[t, :, :3], out=dG4[t, :, :3])  # di, df, dg
-            torch.mul(gh, Q4[t, :, 3], out=dG4[t, :, 3])  # do
-            carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(gh)  # (B, H)
-            if m is None:
-                gc = dc * forget[t]
-            else:
-                nm = 1 - m[t]  # (B, 1): rows past their length pass the gradients through
-                gc = torch.mul(dc, forget[t]).addcmul_(nm, gc)
-                carry = torch.addcmul(carry, nm, gh)
-            gh = linear_add(dG[t], carry, w_hh_t)  # (B, H)
+        ext = wanted(x)
+        if ext is not None:  # the same loop in C++ (extension.py)
+            w = step_weight(w_hh.t(), B)  # gh_{t-1} gets dG_t W_hh
+            gh, gc = ext.lstm_backward(Q, p, forget, dy.contiguous(), m, reverse, *w, gh, gc, dG)
+        else:
+            gh, gc = _backward_loop(Q, p, forget, dy, m, gh, gc, dG, reverse, w_hh)
         dG2 = dG.view(T * B, 4 * H)
         dx = matmul(dG2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
-        dG_t = transposed(dG2)  # (4H, T*B)
-        dw_ih = linear(dG_t, transposed(x.reshape(T * B, D))) if ctx.needs_input_grad[5] else None
-        dw_hh = linear(dG_t, transposed(_previous(S, reverse).reshape(T * B, H))) if ctx.needs_input_grad[6] else None
+        dw_ih = weight_grad(dG2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
+        dw_hh = weight_grad(dG2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
         db = dG2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
         return dx, gh, gc, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
 
@@ -149,6 +173,6 @@ def lstm_layer(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return LSTMFunction.apply(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh)
-    S, c_last, *_ = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=False)
+    S, c_last, _ = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=False)
     y = _outputs(S, reverse)
     return (y if mask is None else y * mask), (S[0] if reverse else S[-1]), c_last
