@@ -115,7 +115,7 @@ class ElmanFunction(torch.autograd.Function):
         ext = wanted(x)
         if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets da_t W_hh
-            g = ext.elman_backward(S, dy.contiguous(), m, reverse, ctx.relu, *w, g.contiguous(), da)
+            g = ext.elman_backward(S, dy, m, reverse, ctx.relu, *w, g.contiguous(), da)
         else:
             g = _backward_loop(h, dy, g, m, da, reverse, ctx.relu, w_hh)
         da2 = da.view(T * B, H)

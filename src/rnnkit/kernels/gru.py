@@ -162,7 +162,7 @@ class GRUFunction(torch.autograd.Function):
         ext = wanted(x)
         if ext is not None:  # the same loop in C++ (extension.py)
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets [dz, dr, dgh_n] W_hh
-            g = ext.gru_backward(Q, zc, dy.contiguous(), reverse, *w, g.contiguous(), dG)
+            g = ext.gru_backward(Q, zc, dy, reverse, *w, g.contiguous(), dG)
         else:
             g = _backward_loop(Q, zc, dy, g, dG, reverse, w_hh)
         dgi = dG[..., : 3 * H].reshape(T * B, 3 * H)  # [dn, dz, dr]

@@ -157,7 +157,7 @@ class LSTMFunction(torch.autograd.Function):
         ext = wanted(x)
         if ext is not None:  # the same loop in C++ (extension.py)
             w = step_weight(w_hh.t(), B)  # gh_{t-1} gets dG_t W_hh
-            gh, gc = ext.lstm_backward(Q, p, forget, dy.contiguous(), m, reverse, *w, gh, gc, dG)
+            gh, gc = ext.lstm_backward(Q, p, forget, dy, m, reverse, *w, gh, gc, dG)
         else:
             gh, gc = _backward_loop(Q, p, forget, dy, m, gh, gc, dG, reverse, w_hh)
         dG2 = dG.view(T * B, 4 * H)
