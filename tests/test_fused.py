@@ -13,7 +13,7 @@ from rnnkit.kernels import auto_backend, extension, fast_step
 from rnnkit.kernels.elman import ElmanFunction
 from rnnkit.kernels.gru import GRUFunction
 from rnnkit.kernels.lstm import LSTMFunction
-from rnnkit.kernels.step import GRU_SPLIT_MIN_HIDDEN, torch_step
+from rnnkit.kernels.step import CPP_STEP_MAX_BATCH, GRU_SPLIT_MIN_HIDDEN, torch_step
 from rnnkit.recurrent import RNN
 
 MODES = ["elman", "lstm", "gru"]
@@ -147,7 +147,7 @@ def test_in_place_change_of_output_keeps_gradients_right(loops):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fast_step_equals_forward_and_follows_weight_updates(mode):
+def test_fast_step_equals_forward_and_follows_weight_updates(mode, loops):
     torch.manual_seed(0)
     rnn = RNN(mode, D, H, 3, backend="loop")
     x = torch.randn(2, D)
@@ -190,9 +190,22 @@ def _assert_step_equals_forward(step, mode, hidden, batch, seed, bias=True, **to
 @pytest.mark.parametrize("hidden", [H, GRU_SPLIT_MIN_HIDDEN])  # the GRU's block-matrix and two-product forms
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("mode", MODES)
-def test_numpy_step_float64_equals_forward(mode, bias, hidden):
-    """The NumPy step (the CPU path) in float64, from a random state, with and without biases."""
-    _assert_step_equals_forward(fast_step, mode, hidden, 3, seed=1, bias=bias, rtol=1e-12, atol=1e-12)
+def test_cpu_step_float64_equals_forward(mode, bias, hidden, loops):
+    """The CPU steps in float64 from a random state, with and without biases: the C++ step (batches up to
+    CPP_STEP_MAX_BATCH) and the NumPy one (larger batches, or without the extension)."""
+    for batch in (1, 3, CPP_STEP_MAX_BATCH + 1):
+        _assert_step_equals_forward(fast_step, mode, hidden, batch, seed=1, bias=bias, rtol=1e-12, atol=1e-12)
+
+
+def test_relu_elman_step_equals_forward(loops):
+    torch.manual_seed(0)
+    rnn = RNN("elman", D, H, 2, nonlinearity="relu", backend="loop", dtype=torch.float64)
+    x, state = torch.randn(2, D, dtype=torch.float64), torch.randn(2, 2, H, dtype=torch.float64)
+    with torch.no_grad():
+        y, new_state = fast_step(rnn, x, state)
+        ref_y, ref_state = rnn(x.unsqueeze(1), state)
+    torch.testing.assert_close(y, ref_y.squeeze(1))
+    torch.testing.assert_close(new_state, ref_state)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -44,7 +44,9 @@ SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c++20", "-w"]
+# -fopenmp: at::parallel_for (the generation step) runs on torch's own OpenMP pool; the library links the
+# libgomp.so.1 that torch ships and has loaded (rpath to torch/lib), so there is one pool, not two.
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++20", "-w"]
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"ops": None, "tried": False}
@@ -103,7 +105,7 @@ def build(path: Path) -> None:
         obj, lib = Path(tmp) / "recurrence.o", Path(tmp) / path.name
         for cmd in (
             [cxx, *COMPILE_FLAGS, *cflags, "-c", str(SOURCE), "-o", str(obj)],
-            [cxx, "-shared", str(obj), *ldflags, "-o", str(lib)],
+            [cxx, "-shared", "-fopenmp", str(obj), *ldflags, "-o", str(lib)],
         ):
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:

@@ -30,11 +30,13 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells import LSTMState
+from rnnkit.kernels.extension import wanted
 
 __all__ = ["fast_step", "prepared_step_weights", "torch_step"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _NP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CPP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _key(rnn) -> tuple:
@@ -212,10 +214,40 @@ def _can_fast(rnn, x_t: Tensor, state) -> bool:
     return not any(p.requires_grad for p in parts)
 
 
+# The C++ step (extension.py) serves batches up to this size; larger ones go to the NumPy step, whose GEMM
+# reuses each weight for many rows (the C++ step reads its weights once per row).
+CPP_STEP_MAX_BATCH = 4
+_STEP_MODES = {("elman", "tanh"): 0, ("elman", "relu"): 1, ("lstm", "tanh"): 2, ("gru", "tanh"): 3}
+
+
+def _cpp_weights(rnn) -> tuple[list[Tensor], ...]:
+    """The parameters as the C++ step takes them: lists of W_ih, W_hh, b_ih, b_hh per layer (empty for none)."""
+    key = ("cpp", *_key(rnn))
+    hit = _CPP_CACHE.get(rnn)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    empty = rnn.weight_hh_l0.new_empty(0)
+    layers = [rnn.layer_weights(layer, 0) for layer in range(rnn.num_layers)]
+    lists = tuple([empty if w is None else w.detach().contiguous() for w in ws] for ws in zip(*layers, strict=True))
+    _CPP_CACHE[rnn] = (key, lists)
+    return lists
+
+
+def _cpp_step(ext, rnn, x_t: Tensor, state):
+    """The whole step in one C++ call (csrc/recurrence.cpp, ``step``)."""
+    mode = _STEP_MODES[(rnn.mode, "tanh" if rnn.mode != "elman" else rnn.nonlinearity)]
+    if rnn.mode == "lstm":
+        y, h, c = ext.step(mode, x_t, state[0], state[1], *_cpp_weights(rnn))
+        return y, LSTMState(h, c)
+    y, h, _ = ext.step(mode, x_t, state, state, *_cpp_weights(rnn))
+    return y, h
+
+
 def fast_step(rnn, x_t: Tensor, state):
     """One step of every layer of a unidirectional ``rnn``: x_t (B, D), validated state -> (y_t (B, H), state).
 
     Equal to ``rnn(x_t.unsqueeze(1), state)`` with the time axis dropped (tests/test_fused.py checks it).
+    On CPU: the C++ step for batches up to ``CPP_STEP_MAX_BATCH`` when the extension is built, else NumPy.
     """
     if not _can_fast(rnn, x_t, state):
         from rnnkit.recurrent import _runner
@@ -223,6 +255,9 @@ def fast_step(rnn, x_t: Tensor, state):
         out, state = _runner(rnn.resolved_backend(x_t))(rnn, x_t.unsqueeze(1), state, None)  # (B, 1, H)
         return out.squeeze(1), state
     if x_t.device.type == "cpu" and x_t.dtype in (torch.float32, torch.float64) and x_t.dtype == rnn.weight_hh_l0.dtype:
+        ext = wanted(x_t) if x_t.size(0) <= CPP_STEP_MAX_BATCH else None
+        if ext is not None:
+            return _cpp_step(ext, rnn, x_t, state)
         return _numpy_step(rnn, x_t, state)
     return torch_step(rnn, x_t, state)
 
