@@ -82,6 +82,10 @@ Tensor with_rows(const Tensor& t) {
   return t.stride(2) == 1 ? t : t.contiguous();
 }
 
+// Rows per thread for a step's gate arithmetic over rows of ``width`` values: at least ~16K values each, so
+// small steps stay on one thread (a parallel region costs a few microseconds).
+inline int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)); }
+
 void check(const Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "rnnkit recurrence: ", name, " must be on the CPU");
   TORCH_CHECK(t.is_contiguous(), "rnnkit recurrence: ", name, " must be contiguous");
@@ -100,20 +104,22 @@ void elman_forward_impl(Tensor& xp, Tensor& S, const OptTensor& m, bool reverse,
     const int64_t t = steps.at(s);
     const Tensor gh = product(S.select(0, steps.prev(t)), w, packed);  // h_{t-1} W_hh^T
     const T* GH = gh.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) {
-      const T* ab = X + (t * B + b) * H;  // x_t W_ih^T + b
-      const T* ghb = GH + b * H;
-      const T* hp = Sp + (steps.prev(t) * B + b) * H;
-      T* hn = Sp + (steps.cur(t) * B + b) * H;
-      if (M && M[t * B + b] == T(0)) {
-        for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];  // a row past its length keeps its state
-        continue;
+    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* ab = X + (t * B + b) * H;  // x_t W_ih^T + b
+        const T* ghb = GH + b * H;
+        const T* hp = Sp + (steps.prev(t) * B + b) * H;
+        T* hn = Sp + (steps.cur(t) * B + b) * H;
+        if (M && M[t * B + b] == T(0)) {
+          for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];  // a row past its length keeps its state
+          continue;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          const T a = ab[j] + ghb[j];
+          hn[j] = RELU ? (a > T(0) ? a : T(0)) : tanh2(a);
+        }
       }
-      for (int64_t j = 0; j < H; ++j) {
-        const T a = ab[j] + ghb[j];
-        hn[j] = RELU ? (a > T(0) ? a : T(0)) : tanh2(a);
-      }
-    }
+    });
   }
 }
 
@@ -146,18 +152,20 @@ Tensor elman_backward_impl(const Tensor& S, const Tensor& dy, const OptTensor& m
     const T* G = g.data_ptr<T>();
     T* GN = gn.data_ptr<T>();
     const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
-      const T mb = M ? M[t * B + b] : T(1);
-      const T* h = Sp + (steps.cur(t) * B + b) * H;
-      const T* gb = G + b * H;
-      T* dab = DA + (t * B + b) * H;
-      T* gnb = GN + b * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const T d = RELU ? (h[j] > T(0) ? T(1) : T(0)) : T(1) - h[j] * h[j];
-        dab[j] = gb[j] * mb * d;
-        gnb[j] = (next ? next[b * sB + j] : T(0)) + (T(1) - mb) * gb[j];
+    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T mb = M ? M[t * B + b] : T(1);
+        const T* h = Sp + (steps.cur(t) * B + b) * H;
+        const T* gb = G + b * H;
+        T* dab = DA + (t * B + b) * H;
+        T* gnb = GN + b * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const T d = RELU ? (h[j] > T(0) ? T(1) : T(0)) : T(1) - h[j] * h[j];
+          dab[j] = gb[j] * mb * d;
+          gnb[j] = (next ? next[b * sB + j] : T(0)) + (T(1) - mb) * gb[j];
+        }
       }
-    }
+    });
     add_product(gn, da.select(0, t), w, packed);
     std::swap(g, gn);
   }
@@ -230,22 +238,24 @@ void gru_forward_impl(const Tensor& A, Tensor& S, const OptTensor& Q, const OptT
     const int64_t t = steps.at(s);
     const Tensor gh = product(S.select(0, steps.prev(t)), w, packed, b_hh);  // [gh_z, gh_r, gh_n]
     const T* GH = gh.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) {
-      const T* a = Ap + (t * B + b) * 3 * H;
-      const T* g = GH + b * 3 * H;
-      const T* hp = Sp + (steps.prev(t) * B + b) * H;
-      T* hn = Sp + (steps.cur(t) * B + b) * H;
-      const T mb = M ? M[t * B + b] : T(1);
-      if (keep) {
-        T* q = Qp + (t * B + b) * 4 * H;
-        gru_forward_row_keep<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, q, q + H, q + 2 * H, q + 3 * H,
-                                ZC + (t * B + b) * H, inv, mb, H);
-      } else {
-        gru_forward_row<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, H);
+    at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* a = Ap + (t * B + b) * 3 * H;
+        const T* g = GH + b * 3 * H;
+        const T* hp = Sp + (steps.prev(t) * B + b) * H;
+        T* hn = Sp + (steps.cur(t) * B + b) * H;
+        const T mb = M ? M[t * B + b] : T(1);
+        if (keep) {
+          T* q = Qp + (t * B + b) * 4 * H;
+          gru_forward_row_keep<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, q, q + H, q + 2 * H, q + 3 * H,
+                                  ZC + (t * B + b) * H, inv, mb, H);
+        } else {
+          gru_forward_row<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, H);
+        }
+        if (mb == T(0))  // a row past its length keeps its state
+          for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];
       }
-      if (mb == T(0))  // a row past its length keeps its state
-        for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];
-    }
+    });
   }
 }
 
@@ -296,16 +306,18 @@ Tensor gru_backward_impl(const Tensor& Q, const Tensor& zc, const Tensor& dy, bo
     const T* G = g.data_ptr<T>();
     T* GN = gn.data_ptr<T>();
     const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
-      const T* q = Qp + (t * B + b) * 4 * H;
-      const T* zcb = ZC + (t * B + b) * H;
-      const T* gb = G + b * H;
-      T* d = DG + (t * B + b) * 4 * H;
-      T* gnb = GN + b * H;
-      T* h = DGH + b * 3 * H;
-      gru_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, zcb, gb, next ? next + b * sB : nullptr, d, d + H, d + 2 * H,
-                          d + 3 * H, h, h + H, h + 2 * H, gnb, H);
-    }
+    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* q = Qp + (t * B + b) * 4 * H;
+        const T* zcb = ZC + (t * B + b) * H;
+        const T* gb = G + b * H;
+        T* d = DG + (t * B + b) * 4 * H;
+        T* gnb = GN + b * H;
+        T* h = DGH + b * 3 * H;
+        gru_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, zcb, gb, next ? next + b * sB : nullptr, d, d + H, d + 2 * H,
+                            d + 3 * H, h, h + H, h + 2 * H, gnb, H);
+      }
+    });
     add_product(gn, dgh, w, packed);
     std::swap(g, gn);
   }
@@ -366,27 +378,29 @@ Tensor lstm_forward_impl(Tensor& xp, Tensor& S, const Tensor& c0, const OptTenso
     const int64_t t = steps.at(s);
     const Tensor gh = product(S.select(0, steps.prev(t)), w, packed);  // h_{t-1} W_hh^T
     const T* GH = gh.data_ptr<T>();
-    for (int64_t b = 0; b < B; ++b) {
-      T* ab = X + (t * B + b) * 4 * H;
-      const T* g = GH + b * 4 * H;
-      const T* cp = c.data_ptr<T>() + b * H;
-      T* cn = c_next.data_ptr<T>() + b * H;
-      const T* hp = Sp + (steps.prev(t) * B + b) * H;
-      T* hn = Sp + (steps.cur(t) * B + b) * H;
-      const T mb = M ? M[t * B + b] : T(1);
-      const int64_t row = (t * B + b) * H;
-      if (keep)
-        lstm_forward_row<T, true>(ab, ab + H, ab + 2 * H, ab + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
-                                  Pp + row, Fp + row, mb, H);
-      else
-        lstm_forward_row<T, false>(ab, ab + H, ab + 2 * H, ab + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
-                                   nullptr, nullptr, mb, H);
-      if (mb == T(0))  // a row past its length keeps its state
-        for (int64_t j = 0; j < H; ++j) {
-          cn[j] = cp[j];
-          hn[j] = hp[j];
-        }
-    }
+    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* ab = X + (t * B + b) * 4 * H;
+        const T* g = GH + b * 4 * H;
+        const T* cp = c.data_ptr<T>() + b * H;
+        T* cn = c_next.data_ptr<T>() + b * H;
+        const T* hp = Sp + (steps.prev(t) * B + b) * H;
+        T* hn = Sp + (steps.cur(t) * B + b) * H;
+        const T mb = M ? M[t * B + b] : T(1);
+        const int64_t row = (t * B + b) * H;
+        if (keep)
+          lstm_forward_row<T, true>(ab, ab + H, ab + 2 * H, ab + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
+                                    Pp + row, Fp + row, mb, H);
+        else
+          lstm_forward_row<T, false>(ab, ab + H, ab + 2 * H, ab + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
+                                     nullptr, nullptr, mb, H);
+        if (mb == T(0))  // a row past its length keeps its state
+          for (int64_t j = 0; j < H; ++j) {
+            cn[j] = cp[j];
+            hn[j] = hp[j];
+          }
+      }
+    });
     std::swap(c, c_next);
   }
   return c;
@@ -444,18 +458,20 @@ std::tuple<Tensor, Tensor> lstm_backward_impl(const Tensor& Q, const Tensor& p, 
     const T* GH = gh.data_ptr<T>();
     T* GHN = ghn.data_ptr<T>();
     const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
-    for (int64_t b = 0; b < B; ++b) {
-      const T mb = M ? M[t * B + b] : T(1);
-      const T* q = Qp + (t * B + b) * 4 * H;
-      const T* pb = P + (t * B + b) * H;
-      const T* fb = F + (t * B + b) * H;
-      const T* ghb = GH + b * H;
-      T* gcb = GC + b * H;
-      T* d = DG + (t * B + b) * 4 * H;
-      T* ghnb = GHN + b * H;
-      lstm_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, pb, fb, ghb, gcb, next ? next + b * sB : nullptr, d, d + H,
-                           d + 2 * H, d + 3 * H, ghnb, mb, H);
-    }
+    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T mb = M ? M[t * B + b] : T(1);
+        const T* q = Qp + (t * B + b) * 4 * H;
+        const T* pb = P + (t * B + b) * H;
+        const T* fb = F + (t * B + b) * H;
+        const T* ghb = GH + b * H;
+        T* gcb = GC + b * H;
+        T* d = DG + (t * B + b) * 4 * H;
+        T* ghnb = GHN + b * H;
+        lstm_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, pb, fb, ghb, gcb, next ? next + b * sB : nullptr, d, d + H,
+                             d + 2 * H, d + 3 * H, ghnb, mb, H);
+      }
+    });
     add_product(ghn, dG.select(0, t), w, packed);
     std::swap(gh, ghn);
   }
