@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import auto_backend, extension, fast_step
+from rnnkit.kernels import auto_backend, extension, fast_step, ops
 from rnnkit.kernels.elman import ElmanFunction
 from rnnkit.kernels.gru import GRUFunction
 from rnnkit.kernels.lstm import LSTMFunction
@@ -68,6 +68,26 @@ def test_fused_equals_loop(mode, layers, bidirectional, padded, dtype, loops):
             torch.testing.assert_close(b, a, **tol)
         if padded:  # nothing leaks past a row's length
             assert out[0][1, 2:].abs().max() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("slice_steps", [1, 2])
+def test_backward_in_time_slices_equals_loop(mode, bidirectional, slice_steps, monkeypatch):
+    """The C++ backward carries the gradient from slice to slice of the time axis (ops.backward_slices); with
+    slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient equal the "loop" reference."""
+    if not extension.available():
+        pytest.skip("the C++ loops are off")
+    G = {"elman": 1, "lstm": 4, "gru": 4}[mode]  # gradient values per step and row
+    monkeypatch.setattr(ops, "SLICE_VALUES", slice_steps * B * G * H)
+    torch.manual_seed(0)
+    rnn = RNN(mode, D, H, 2, bidirectional=bidirectional, dtype=torch.float64)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    assert len(ops.backward_slices(T, B * G * H, False)) == -(-T // slice_steps)
+    ref_out, ref_grads = _run(rnn, "loop", x, None, LENGTHS)
+    out, grads = _run(rnn, "fused", x, None, LENGTHS)
+    for a, b in zip(ref_out + ref_grads, out + grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-9)
 
 
 def test_relu_elman_equals_loop(loops):

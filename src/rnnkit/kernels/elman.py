@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels.extension import step_weight, wanted
-from rnnkit.kernels.ops import linear, linear_add, matmul, tanh_scale, time_steps, weight_grad
+from rnnkit.kernels.ops import backward_slices, linear, linear_add, sum_over_slices, tanh_scale, time_steps
 
 __all__ = ["elman_layer"]
 
@@ -106,23 +106,31 @@ class ElmanFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_last):
         x, S, m, w_ih, w_hh = ctx.saved_tensors
         reverse = ctx.reverse
-        T, B, D = x.shape
+        T, B, _ = x.shape
         H = w_hh.size(1)
         h = _outputs(S, reverse)  # (T, B, H)
         dy = torch.zeros_like(h) if dy is None else dy if m is None else dy * m  # (T, B, H)
         g = torch.zeros_like(h[0]) if dh_last is None else dh_last  # (B, H)
-        da = torch.zeros_like(h)  # (T, B, H); zeros: see ops.py on page faults
         ext = wanted(x)
-        if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly
+        if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly, slice by slice
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets da_t W_hh
-            g = ext.elman_backward(S, dy, m, reverse, ctx.relu, *w, g.contiguous(), da)
+            spans = backward_slices(T, B * H, reverse)
+            buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, H)
+
+            def grads_of(t0, t1):
+                nonlocal g
+                da = buf[: t1 - t0]
+                mt = None if m is None else m[t0:t1]
+                g = ext.elman_backward(S[t0 : t1 + 1], dy[t0:t1], mt, reverse, ctx.relu, *w, g.contiguous(), da)
+                return da.view(-1, H)
+
         else:
+            da = torch.zeros_like(h)  # (T, B, H); zeros: see ops.py on page faults
             g = _backward_loop(h, dy, g, m, da, reverse, ctx.relu, w_hh)
-        da2 = da.view(T * B, H)
-        dx = matmul(da2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
-        dw_ih = weight_grad(da2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
-        dw_hh = weight_grad(da2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
-        db = da2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
+            spans, grads_of = [(0, T)], lambda t0, t1: da.view(-1, H)
+        need = ctx.needs_input_grad
+        need = (need[0], need[5], need[6], need[7] or need[8], False)
+        dx, dw_ih, dw_hh, db, _ = sum_over_slices(spans, grads_of, x, _previous(S, reverse), w_ih, need)
         return dx, g, None, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
 
 

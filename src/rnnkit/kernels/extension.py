@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["available", "build", "cache_dir", "ops", "step_weight", "use_extension", "wanted"]
+__all__ = ["available", "build", "cache_dir", "loaded", "ops", "step_weight", "use_extension", "wanted"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,12 @@ def ops():
                 except (RuntimeError, OSError) as exc:
                     log.warning("rnnkit's C++ loops are unavailable, the fused backend runs its Python loops: %s", exc)
                 _state["tried"] = True
+    return _state["ops"]
+
+
+def loaded():
+    """The C++ loops if this process has built them, whether or not they are turned on now (a backward whose
+    forward ran in C++ must finish there)."""
     return _state["ops"]
 
 

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.kernels.extension import step_weight, wanted
-from rnnkit.kernels.ops import linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
+from rnnkit.kernels.extension import loaded, step_weight, wanted
+from rnnkit.kernels.ops import backward_slices, linear, linear_add, sum_over_slices, tanh_, tanh_scale, time_steps
 
 __all__ = ["gru_layer"]
 
@@ -58,8 +58,9 @@ def _scale_rows(w: Tensor | None, block: int, scale: float) -> Tensor | None:
 
 
 def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
-    """The recurrence on reordered weights. Returns S (T+1, B, H) in time order and, with ``keep``, the backward
-    factors (Q, zc) of ``_factors``, else None."""
+    """The recurrence on reordered weights. Returns S (T+1, B, H) in time order and, with ``keep``, what the
+    backward needs: (K, None) from the C++ loop, K = [n, z, r, gh_n] (T, B, 4H), or (Q, zc) of ``_factors``
+    from the Python loop; None without ``keep``."""
     T, B, D = x.shape
     H = w_hh.size(1)
     scale = tanh_scale(x)  # the n rows are fed 2a (see ops.tanh_scale)
@@ -70,11 +71,11 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     S = x.new_zeros(T + 1, B, H)  # each step writes its state here (no stacking afterwards)
     S[T if reverse else 0] = h0
     ext = wanted(x)
-    if ext is not None:  # the same loop in C++ (extension.py), which fills the backward factors as it goes
+    if ext is not None:  # the same loop in C++ (extension.py), which keeps [n, z, r, gh_n] as it goes
         m = None if mask is None else mask.to(x.dtype)
-        Q, zc = (x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)) if keep else (None, None)
-        ext.gru_forward(A, S, Q, zc, m, reverse, *step_weight(w_hh, B), b_hh, scale)
-        return S, ((Q, zc) if keep else None)
+        K = x.new_empty(T, B, 4 * H) if keep else None
+        ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale)
+        return S, ((K, None) if keep else None)
     h, ghn = h0, []
     for t in time_steps(T, reverse):
         gh = linear(h, w_hh, b_hh)  # (B, 3H): [gh_z, gh_r, gh_n]
@@ -140,7 +141,7 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
         w_ih, w_hh, b_ih, b_hh = _to_ih(w_ih), _to_hh(w_hh), _to_ih(b_ih), _to_hh(b_hh)
-        S, (Q, zc) = _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)
+        S, (Q, zc) = _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)  # zc None: C++'s K in Q
         m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
         y = _outputs(S, reverse)
         if m is not None:
@@ -154,28 +155,34 @@ class GRUFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_last):
         x, S, Q, zc, m, w_ih, w_hh = ctx.saved_tensors
         reverse = ctx.reverse
-        T, B, D = x.shape
+        T, B, _ = x.shape
         H = w_hh.size(1)
-        dy = torch.zeros_like(zc) if dy is None else dy if m is None else dy * m  # (T, B, H)
-        g = torch.zeros_like(zc[0]) if dh_last is None else dh_last  # (B, H)
-        dG = torch.zeros_like(Q)  # (T, B, 4H): [dn, dz, dr, dgh_n]; zeros: see ops.py on page faults
-        ext = wanted(x)
-        if ext is not None:  # the same loop in C++ (extension.py)
+        dy = torch.zeros_like(S[1:]) if dy is None else dy if m is None else dy * m  # (T, B, H)
+        g = torch.zeros_like(S[0]) if dh_last is None else dh_last  # (B, H)
+        if zc is None:  # the forward ran in C++: so does the backward, slice by slice (extension.py)
+            ext = loaded()
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets [dz, dr, dgh_n] W_hh
-            g = ext.gru_backward(Q, zc, dy, reverse, *w, g.contiguous(), dG)
+            spans = backward_slices(T, B * 4 * H, reverse)
+            buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
+
+            def grads_of(t0, t1):
+                nonlocal g
+                dG = buf[: t1 - t0]  # [dn, dz, dr, dgh_n]
+                mt = None if m is None else m[t0:t1]
+                g = ext.gru_backward(Q[t0:t1], S[t0 : t1 + 1], mt, dy[t0:t1], reverse, *w, g.contiguous(), dG)
+                return dG.view(-1, 4 * H)
+
         else:
+            dG = torch.zeros_like(Q)  # (T, B, 4H): [dn, dz, dr, dgh_n]; zeros: see ops.py on page faults
             g = _backward_loop(Q, zc, dy, g, dG, reverse, w_hh)
-        dgi = dG[..., : 3 * H].reshape(T * B, 3 * H)  # [dn, dz, dr]
-        dgh = dG[..., H:].reshape(T * B, 3 * H)  # [dz, dr, dgh_n]
+            spans, grads_of = [(0, T)], lambda t0, t1: dG.view(-1, 4 * H)
         need = ctx.needs_input_grad
-        dx = None
-        if need[0]:  # BLAS reads the column slice dgi through its leading dimension: no copy
-            dx = torch.mm(dgi, w_ih).view(T, B, D)
-        dw_ih = _to_ih(weight_grad(dgi, x.reshape(T * B, D))) if need[4] else None
-        dw_hh = _to_hh(weight_grad(dgh, _previous(S, reverse).reshape(T * B, H))) if need[5] else None
-        db_ih = _to_ih(dgi.sum(0)) if need[6] else None
-        db_hh = _to_hh(dgh.sum(0)) if need[7] else None
-        return dx, g, None, None, dw_ih, dw_hh, db_ih, db_hh
+        need = (need[0], need[4], need[5], need[6], need[7])
+        # [dn, dz, dr] feed the input side, [dz, dr, dgh_n] the hidden side: column slices, read without a copy
+        dx, dw_ih, dw_hh, db_ih, db_hh = sum_over_slices(
+            spans, grads_of, x, _previous(S, reverse), w_ih, need, slice(0, 3 * H), slice(H, 4 * H)
+        )
+        return dx, g, None, None, _to_ih(dw_ih), _to_hh(dw_hh), _to_ih(db_ih), _to_hh(db_hh)
 
 
 def gru_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh):

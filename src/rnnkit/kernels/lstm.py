@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels.extension import step_weight, wanted
-from rnnkit.kernels.ops import linear, linear_add, matmul, tanh, tanh_scale, time_steps, weight_grad
+from rnnkit.kernels.ops import backward_slices, linear, linear_add, sum_over_slices, tanh, tanh_scale, time_steps
 
 __all__ = ["lstm_layer"]
 
@@ -148,23 +148,31 @@ class LSTMFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_last, dc_last):
         x, S, Q, p, forget, m, w_ih, w_hh = ctx.saved_tensors
         reverse = ctx.reverse
-        T, B, D = x.shape
+        T, B, _ = x.shape
         H = w_hh.size(1)
         dy = torch.zeros_like(p) if dy is None else dy if m is None else dy * m  # (T, B, H)
         gh = torch.zeros_like(p[0]) if dh_last is None else dh_last  # (B, H)
         gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
-        dG = torch.zeros_like(Q)  # (T, B, 4H); zeros: see ops.py on page faults
         ext = wanted(x)
-        if ext is not None:  # the same loop in C++ (extension.py)
+        if ext is not None:  # the same loop in C++ (extension.py), slice by slice
             w = step_weight(w_hh.t(), B)  # gh_{t-1} gets dG_t W_hh
-            gh, gc = ext.lstm_backward(Q, p, forget, dy, m, reverse, *w, gh, gc, dG)
+            spans = backward_slices(T, B * 4 * H, reverse)
+            buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
+
+            def grads_of(t0, t1):
+                nonlocal gh, gc
+                dG = buf[: t1 - t0]  # [di, df, dg, do]
+                mt = None if m is None else m[t0:t1]
+                gh, gc = ext.lstm_backward(Q[t0:t1], p[t0:t1], forget[t0:t1], dy[t0:t1], mt, reverse, *w, gh, gc, dG)
+                return dG.view(-1, 4 * H)
+
         else:
+            dG = torch.zeros_like(Q)  # (T, B, 4H); zeros: see ops.py on page faults
             gh, gc = _backward_loop(Q, p, forget, dy, m, gh, gc, dG, reverse, w_hh)
-        dG2 = dG.view(T * B, 4 * H)
-        dx = matmul(dG2, w_ih).view(T, B, D) if ctx.needs_input_grad[0] else None
-        dw_ih = weight_grad(dG2, x.reshape(T * B, D)) if ctx.needs_input_grad[5] else None
-        dw_hh = weight_grad(dG2, _previous(S, reverse).reshape(T * B, H)) if ctx.needs_input_grad[6] else None
-        db = dG2.sum(0) if ctx.needs_input_grad[7] or ctx.needs_input_grad[8] else None
+            spans, grads_of = [(0, T)], lambda t0, t1: dG.view(-1, 4 * H)
+        need = ctx.needs_input_grad
+        need = (need[0], need[5], need[6], need[7] or need[8], False)
+        dx, dw_ih, dw_hh, db, _ = sum_over_slices(spans, grads_of, x, _previous(S, reverse), w_ih, need)
         return dx, gh, gc, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
 
 

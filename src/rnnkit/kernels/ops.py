@@ -28,10 +28,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "backward_slices",
     "linear",
     "linear_add",
     "matmul",
     "onednn_available",
+    "sum_over_slices",
     "tanh",
     "tanh_",
     "tanh_scale",
@@ -115,6 +117,53 @@ def weight_grad(dG: Tensor, X: Tensor) -> Tensor:
     copy alone took 5.1 ms) and 17.4 ms for oneDNN on the strided views; (4096, 2048, 512) 45 ms against 71 ms.
     """
     return torch.mm(dG.t(), X)
+
+
+# The C++ backward (extension.py) runs over slices of the time axis with at most this many gate-gradient values
+# each, and folds every slice into dx and the weight gradients before the next: the (T, B, G*H) gradient buffer
+# is never whole (16 MiB for an LSTM at 32x128x256, 4 MiB per slice here), while each GEMM still sums over
+# 1024 or more rows.
+SLICE_VALUES = 2**20
+
+
+def backward_slices(T: int, step_values: int, reverse: bool) -> list[tuple[int, int]]:
+    """Slices [t0, t1) of the time axis in the order backward visits them (a forward direction from its last step
+    back, a reverse one from its first), each with at most ``SLICE_VALUES`` values (``step_values`` a step)."""
+    n = max(1, SLICE_VALUES // max(1, step_values))
+    spans = [(t0, min(t0 + n, T)) for t0 in range(0, T, n)]
+    return spans if reverse else spans[::-1]
+
+
+def sum_over_slices(spans, grads_of, x: Tensor, h_prev: Tensor, w_ih: Tensor, need, in_cols=None, hid_cols=None):
+    """dx, dW_ih, dW_hh, db_ih, db_hh from the gate gradients of each time slice.
+
+    ``grads_of(t0, t1)`` runs the recurrence's backward over the slice and returns its gate gradients
+    dG ((t1 - t0) * B, W); columns ``in_cols`` of dG feed the input side (dx, dW_ih, db_ih) and ``hid_cols`` the
+    hidden side (dW_hh, db_hh), all columns when None. ``need`` says which of the five are wanted.
+    """
+    T, B, D = x.shape
+    H = h_prev.size(-1)
+    dx = x.new_empty(T, B, D) if need[0] else None
+    sums: list[Tensor | None] = [None] * 4
+
+    def add(k: int, value: Tensor) -> None:
+        sums[k] = value if sums[k] is None else sums[k].add_(value)
+
+    for t0, t1 in spans:
+        dG = grads_of(t0, t1)
+        gi = dG if in_cols is None else dG[:, in_cols]
+        gh = dG if hid_cols is None else dG[:, hid_cols]
+        if dx is not None:
+            torch.mm(gi, w_ih, out=dx[t0:t1].view(-1, D))
+        if need[1]:
+            add(0, weight_grad(gi, x[t0:t1].reshape(-1, D)))
+        if need[2]:
+            add(1, weight_grad(gh, h_prev[t0:t1].reshape(-1, H)))
+        if need[3]:
+            add(2, gi.sum(0))
+        if need[4]:
+            add(3, gh.sum(0))
+    return (dx, *sums)
 
 
 def time_steps(T: int, reverse: bool) -> range:

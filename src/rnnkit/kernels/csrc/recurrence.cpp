@@ -186,9 +186,8 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu,
 
 // ---------------------------------------------------------------- GRU
 // A (T, B, 3H) holds [gi_n, gi_z, gi_r] (n rows scaled by 2; used as scratch); the hidden-side product per step
-// is [gh_z, gh_r, gh_n] (the gh_n part scaled by 2, b_hh included). For training, Q (T, B, 4H) and zc (T, B, H)
-// receive the factors of the backward step while the step's values are at hand:
-//   Q = [m (1-z)(1-n^2), m (h_{t-1} - n) z(1-z), gh_n r(1-r), r],  zc = m z + 1 - m.
+// is [gh_z, gh_r, gh_n] (the gh_n part scaled by 2, b_hh included). For training, K (T, B, 4H) keeps
+// [n, z, r, gh_n] (gh_n unscaled): with h_{t-1} from S that is all the backward step needs, 4H values per row.
 
 // One row of a GRU step. The gate blocks come as separate restrict pointers, so the compiler sees that they do
 // not overlap and vectorises the loop (with offsets into one row it gives up).
@@ -207,31 +206,29 @@ inline void gru_forward_row(const T* __restrict an, const T* __restrict az, cons
 template <typename T>
 inline void gru_forward_row_keep(const T* __restrict an, const T* __restrict az, const T* __restrict ar,
                                  const T* __restrict gz, const T* __restrict gr, const T* __restrict gn,
-                                 const T* __restrict hp, T* __restrict hn, T* __restrict qn, T* __restrict qz,
-                                 T* __restrict qr, T* __restrict rr, T* __restrict zc, T inv, T mb, int64_t H) {
+                                 const T* __restrict hp, T* __restrict hn, T* __restrict kn, T* __restrict kz,
+                                 T* __restrict kr, T* __restrict kg, T inv, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T z = sigmoid(az[j] + gz[j]);
     const T r = sigmoid(ar[j] + gr[j]);
     const T n = tanh2(an[j] + r * gn[j]);
     hn[j] = n + z * (hp[j] - n);
-    qn[j] = mb * (T(1) - z) * (T(1) - n * n);
-    qz[j] = mb * (hp[j] - n) * z * (T(1) - z);
-    qr[j] = gn[j] * inv * r * (T(1) - r);
-    rr[j] = r;
-    zc[j] = mb * z + T(1) - mb;
+    kn[j] = n;
+    kz[j] = z;
+    kr[j] = r;
+    kg[j] = gn[j] * inv;
   }
 }
 
 template <typename T>
-void gru_forward_impl(const Tensor& A, Tensor& S, const OptTensor& Q, const OptTensor& zc, const OptTensor& m,
-                      bool reverse, const Tensor& w, bool packed, const OptTensor& b_hh, double scale) {
+void gru_forward_impl(const Tensor& A, Tensor& S, const OptTensor& K, const OptTensor& m, bool reverse,
+                      const Tensor& w, bool packed, const OptTensor& b_hh, double scale) {
   const int64_t Tn = A.size(0), B = A.size(1), H = S.size(2);
   const Steps steps{Tn, reverse};
   const T* Ap = A.data_ptr<T>();
   T* Sp = S.data_ptr<T>();
-  const bool keep = Q.has_value() && Q->defined();
-  T* Qp = keep ? Q->data_ptr<T>() : nullptr;
-  T* ZC = keep ? zc->data_ptr<T>() : nullptr;
+  const bool keep = K.has_value() && K->defined();
+  T* Kp = keep ? K->data_ptr<T>() : nullptr;
   const T* M = mask_ptr<T>(m);
   const T inv = T(1) / T(scale);
   for (int64_t s = 0; s < Tn; ++s) {
@@ -246,9 +243,9 @@ void gru_forward_impl(const Tensor& A, Tensor& S, const OptTensor& Q, const OptT
         T* hn = Sp + (steps.cur(t) * B + b) * H;
         const T mb = M ? M[t * B + b] : T(1);
         if (keep) {
-          T* q = Qp + (t * B + b) * 4 * H;
-          gru_forward_row_keep<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, q, q + H, q + 2 * H, q + 3 * H,
-                                  ZC + (t * B + b) * H, inv, mb, H);
+          T* k = Kp + (t * B + b) * 4 * H;
+          gru_forward_row_keep<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, k, k + H, k + 2 * H, k + 3 * H, inv,
+                                  H);
         } else {
           gru_forward_row<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, H);
         }
@@ -259,39 +256,46 @@ void gru_forward_impl(const Tensor& A, Tensor& S, const OptTensor& Q, const OptT
   }
 }
 
-void gru_forward(Tensor A, Tensor S, OptTensor Q, OptTensor zc, OptTensor m, bool reverse, Tensor w, bool packed,
-                 OptTensor b_hh, double scale) {
+void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Tensor w, bool packed, OptTensor b_hh,
+                 double scale) {
   check(A, "A");
   check(S, "S");
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gru_forward",
-                             [&] { gru_forward_impl<scalar_t>(A, S, Q, zc, m, reverse, w, packed, b_hh, scale); });
+                             [&] { gru_forward_impl<scalar_t>(A, S, K, m, reverse, w, packed, b_hh, scale); });
 }
 
+// dn = g m (1-z)(1-n^2), dz = g m (h_{t-1} - n) z(1-z), dr = dn gh_n r(1-r), dgh_n = dn r;
+// g_{t-1} = [dz, dr, dgh_n] W_hh + g (m z + 1 - m) + dy_{t-1}.
 template <typename T>
-inline void gru_backward_row(const T* __restrict qn, const T* __restrict qz, const T* __restrict qr,
-                             const T* __restrict r, const T* __restrict zc, const T* __restrict g,
+inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const T* __restrict r,
+                             const T* __restrict ghn, const T* __restrict hp, const T* __restrict g,
                              const T* __restrict dy_next, T* __restrict dn, T* __restrict dz, T* __restrict dr,
                              T* __restrict dghn, T* __restrict hz, T* __restrict hr, T* __restrict hn,
-                             T* __restrict g_next, int64_t H) {
+                             T* __restrict g_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T n = g[j] * qn[j], z = g[j] * qz[j], r_ = n * qr[j], h = n * r[j];
-    dn[j] = n;
-    dz[j] = hz[j] = z;
-    dr[j] = hr[j] = r_;
-    dghn[j] = hn[j] = h;
-    g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * zc[j];
+    const T gm = g[j] * mb;
+    const T d_n = gm * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+    const T d_z = gm * (hp[j] - n[j]) * z[j] * (T(1) - z[j]);
+    const T d_r = d_n * ghn[j] * r[j] * (T(1) - r[j]);
+    const T d_h = d_n * r[j];
+    dn[j] = d_n;
+    dz[j] = hz[j] = d_z;
+    dr[j] = hr[j] = d_r;
+    dghn[j] = hn[j] = d_h;
+    g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * (mb * z[j] + T(1) - mb);
   }
 }
 
-// Q (T, B, 4H) = [Qn, Qz, Qr, r], zc (T, B, H); fills dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}:
-//   dn = g Qn, dz = g Qz, dr = dn Qr, dgh_n = dn r;  g_{t-1} = [dz, dr, dgh_n] W_hh + g zc + dy_{t-1}.
+// K (T, B, 4H) = [n, z, r, gh_n] from the forward, S (T+1, B, H); fills dG (T, B, 4H) = [dn, dz, dr, dgh_n]
+// and returns g_{-1}. Called on slices of the time axis, it carries the gradient from slice to slice.
 template <typename T>
-Tensor gru_backward_impl(const Tensor& Q, const Tensor& zc, const Tensor& dy, bool reverse, const Tensor& w,
-                         bool packed, const Tensor& g0, Tensor& dG) {
+Tensor gru_backward_impl(const Tensor& K, const Tensor& S, const OptTensor& m, const Tensor& dy, bool reverse,
+                         const Tensor& w, bool packed, const Tensor& g0, Tensor& dG) {
   const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2);
   const Steps steps{Tn, reverse};
-  const T* Qp = Q.data_ptr<T>();
-  const T* ZC = zc.data_ptr<T>();
+  const T* Kp = K.data_ptr<T>();
+  const T* Sp = S.data_ptr<T>();
+  const T* M = mask_ptr<T>(m);
   const T* DY = dy.data_ptr<T>();
   const int64_t sT = dy.stride(0), sB = dy.stride(1);  // dy may be a strided view (rows of H contiguous)
   T* DG = dG.data_ptr<T>();
@@ -308,14 +312,12 @@ Tensor gru_backward_impl(const Tensor& Q, const Tensor& zc, const Tensor& dy, bo
     const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
     at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T* q = Qp + (t * B + b) * 4 * H;
-        const T* zcb = ZC + (t * B + b) * H;
-        const T* gb = G + b * H;
+        const T* k = Kp + (t * B + b) * 4 * H;
         T* d = DG + (t * B + b) * 4 * H;
-        T* gnb = GN + b * H;
         T* h = DGH + b * 3 * H;
-        gru_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, zcb, gb, next ? next + b * sB : nullptr, d, d + H, d + 2 * H,
-                            d + 3 * H, h, h + H, h + 2 * H, gnb, H);
+        gru_backward_row<T>(k, k + H, k + 2 * H, k + 3 * H, Sp + (steps.prev(t) * B + b) * H, G + b * H,
+                            next ? next + b * sB : nullptr, d, d + H, d + 2 * H, d + 3 * H, h, h + H, h + 2 * H,
+                            GN + b * H, M ? M[t * B + b] : T(1), H);
       }
     });
     add_product(gn, dgh, w, packed);
@@ -324,13 +326,15 @@ Tensor gru_backward_impl(const Tensor& Q, const Tensor& zc, const Tensor& dy, bo
   return g;
 }
 
-Tensor gru_backward(Tensor Q, Tensor zc, Tensor dy, bool reverse, Tensor w, bool packed, Tensor g0, Tensor dG) {
-  check(Q, "Q");
-  check(zc, "zc");
+Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Tensor w, bool packed, Tensor g0,
+                    Tensor dG) {
+  check(K, "K");
+  check(S, "S");
   check(dG, "dG");
   Tensor g;
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "gru_backward",
-                             [&] { g = gru_backward_impl<scalar_t>(Q, zc, with_rows(dy), reverse, w, packed, g0, dG); });
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "gru_backward", [&] {
+    g = gru_backward_impl<scalar_t>(K, S, m, with_rows(dy), reverse, w, packed, g0, dG);
+  });
   return g;
 }
 
