@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from rnnkit.bench import add_arguments, run
+from rnnkit.bench import add_arguments, rss_probe, run
 from rnnkit.errors import ConfigError
 
 
@@ -44,6 +45,22 @@ def test_quick_table_structure():
     assert all(float(r[8]) == 1.0 for r in train_nn)  # memory ratio of torch.nn to itself
     assert any("share of the GEMM peak" in line for line in lines)
     assert "saved_tensors_hooks" in lines[-1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS needs Linux /proc")
+def test_memory_rows():
+    lines: list[str] = []
+    run(_args("--quick", "--modes", "elman", "--repeats", "1", "--memory"), lines.append)
+    rows = [line.split() for line in lines if line.split()[:1] == ["elman"] and line.split()[2] == "peak-RSS"]
+    backends = ("torch.nn", "fused", "native")
+    assert {(r[1], r[3]) for r in rows} == {(s, b) for s in ("8x16x32", "4x8x16") for b in backends}
+    for r in rows:
+        assert float(r[4]) >= 0 and float(r[5].rstrip("x")) > 0
+
+
+def test_rss_probe_sees_a_train_steps_memory():
+    small, large = rss_probe("gru", 2, 4, 8, "fused"), rss_probe("gru", 16, 128, 256, "fused")
+    assert large > small + 5  # 16x128x256: several MiB of states and gate values; a toy step next to none
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--shapes", "32x128"), ("--modes", "transformer")])

@@ -18,13 +18,17 @@ give the memory a train step keeps for backward (see the footer for how it is co
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from rnnkit.errors import ConfigError
+from rnnkit.kernels import extension
 from rnnkit.kernels.ops import linear, onednn_available
 from rnnkit.recurrent import GATES, MODES, RNN
 
@@ -47,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-loop-train", action="store_true", help="leave out the slow 'loop' backend's train step")
     parser.add_argument("--quick", action="store_true", help="toy sizes and 2 rounds: a smoke run of the table")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also the peak RSS of a train step per backend, each in a fresh process (Linux, CPU)",
+    )
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -111,6 +120,58 @@ def saved_bytes(step: Callable[[], torch.Tensor], exclude: list[torch.Tensor]) -
         loss = step()
     loss.backward()
     return sum(seen.values())
+
+
+def _proc_status() -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of this process in MiB, from /proc/self/status."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def rss_probe(mode: str, B: int, T: int, H: int, backend: str) -> float:
+    """Peak RSS growth (MiB) over three train steps (forward + backward of ``output.sum()``), in this process.
+
+    Run in a fresh process per backend (``peak_rss``): a tiny warm-up step loads every library and kernel, the
+    kernel's peak counter is reset (/proc/self/clear_refs), and the peak is read after the steps, over the RSS
+    just before them. Buffers an allocator keeps from the steps count; memory held before them does not.
+    """
+    torch.manual_seed(0)
+    extension.ops()  # the C++ loops' library is loaded before the baseline, like torch's own
+    module = TORCH_NN[mode](H, H, batch_first=True) if backend == "torch.nn" else RNN(mode, H, H, backend=backend)
+    x = torch.randn(B, T, H, requires_grad=True)
+    module(x[:1, :2])[0].sum().backward()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _proc_status()["VmRSS"]
+    for _ in range(3):
+        module(x)[0].sum().backward()
+    return _proc_status()["VmHWM"] - base
+
+
+def peak_rss(mode: str, shape: tuple[int, int, int], backend: str) -> float | None:
+    """``rss_probe`` in a fresh Python process; None where /proc is missing (not Linux) or the probe fails."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    code = f"from rnnkit.bench import rss_probe; print(rss_probe({mode!r}, {', '.join(map(str, shape))}, {backend!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _bench_memory(mode, shape, write) -> None:
+    label = "x".join(map(str, shape))
+    rss = {name: peak_rss(mode, shape, name) for name in ("torch.nn", "fused", "native")}
+    if rss["torch.nn"] is None or any(v is None for v in rss.values()):
+        write(f"{mode:6} {label:12} {'peak-RSS':8} unavailable (needs Linux /proc)")
+        return
+    for name, mib in rss.items():
+        ratio = rss["torch.nn"] / mib if mib > 0 else float("inf")
+        write(f"{mode:6} {label:12} {'peak-RSS':8} {name:9} {mib:10.1f} {ratio:7.2f}x {'MiB':>8}")
 
 
 def _layer_flops(mode: str, B: int, T: int, D: int, H: int) -> float:
@@ -222,6 +283,9 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
         f"rounds={repeats} (medians of interleaved runs; ratio = torch.nn time / this time)"
     )
     write(f"GEMM peak (float32, {n}^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    if device.type == "cpu":
+        loops = "C++ (kernels/csrc/recurrence.cpp)" if extension.available() else "Python (C++ loops unavailable)"
+        write(f"fused backend's step loops: {loops}")
     write(
         f"{'mode':6} {'BxTxH':12} {'task':8} {'backend':9} {'ms|us/tok':>10} {'ratio':>8} {'GFLOP/s':>8} "
         "saved-MiB vs-nn"
@@ -229,6 +293,8 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
     for mode in modes:
         for shape in shapes:
             gflops = _bench_sequence(mode, shape, repeats, device, not args.skip_loop_train, write)
+            if args.memory and device.type == "cpu":
+                _bench_memory(mode, shape, write)
             if mode == "lstm":
                 shares = ", ".join(f"{name} {g / best:.0%}" for name, g in gflops.items())
                 write(f"{'':6} {'x'.join(map(str, shape)):12} train step share of the GEMM peak ({best:.0f}): {shares}")
@@ -238,6 +304,7 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
         "train/forward: ms per call, one layer, D = H; step: us per token, batch 1, 2 layers. GFLOP/s counts "
         "the GEMM flops (train = 3x forward). saved-MiB: bytes of the distinct storages saved for backward "
         "(torch.autograd.graph.saved_tensors_hooks; parameters and input excluded; transient backward buffers "
-        "not counted), and its ratio to torch.nn."
+        "not counted), and its ratio to torch.nn. peak-RSS (--memory): growth of the process's peak resident "
+        "memory over three train steps, each backend in a fresh process; ratio = torch.nn / this (> 1: less)."
     )
     return 0
