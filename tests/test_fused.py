@@ -78,12 +78,11 @@ def test_backward_in_time_slices_equals_loop(mode, bidirectional, slice_steps, m
     slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient equal the "loop" reference."""
     if not extension.available():
         pytest.skip("the C++ loops are off")
-    G = {"elman": 1, "lstm": 4, "gru": 4}[mode]  # gradient values per step and row
-    monkeypatch.setattr(ops, "SLICE_VALUES", slice_steps * B * G * H)
+    monkeypatch.setattr(ops, "SLICE_ROWS", slice_steps * B)
     torch.manual_seed(0)
     rnn = RNN(mode, D, H, 2, bidirectional=bidirectional, dtype=torch.float64)
     x = torch.randn(B, T, D, dtype=torch.float64)
-    assert len(ops.backward_slices(T, B * G * H, False)) == -(-T // slice_steps)
+    assert len(ops.backward_slices(T, B, False)) == -(-T // slice_steps)
     ref_out, ref_grads = _run(rnn, "loop", x, None, LENGTHS)
     out, grads = _run(rnn, "fused", x, None, LENGTHS)
     for a, b in zip(ref_out + ref_grads, out + grads, strict=True):
@@ -241,18 +240,37 @@ def test_step_with_autograd_keeps_gradients():
     assert rnn.weight_ih_l1.grad is not None and rnn.weight_ih_l1.grad.abs().sum() > 0
 
 
-def test_auto_backend_rule():
-    x = torch.randn(1, 2, D)
-    for mode in MODES:  # small: torch.nn's kernels, training or not
-        assert auto_backend(RNN(mode, D, H), x) == "native"
+def test_auto_backend_rule_with_cpp_loops():
+    if not extension.available():
+        pytest.skip("the C++ loops are off")
+    small, lm = torch.randn(1, 2, D), torch.randn(32, 2, D)
+    for x in (small, lm):  # LSTM: oneDNN's kernel, training or not
+        assert auto_backend(RNN("lstm", D, 256), x) == "native"
         with torch.no_grad():
+            assert auto_backend(RNN("lstm", D, 256), x) == "native"
+    assert auto_backend(RNN("gru", D, 8), small) == "fused"  # GRU trains fused at every size measured
+    assert auto_backend(RNN("elman", D, 256), small) == "native"  # B * H = 256 < 512
+    assert auto_backend(RNN("elman", D, 256), torch.randn(2, 2, D)) == "fused"
+    with torch.no_grad():  # inference: fused from 2^19 multiply-adds per step
+        assert auto_backend(RNN("gru", D, 128), torch.randn(11, 2, D)) == "fused"  # 11 * 3 * 128^2 >= 2^19
+        assert auto_backend(RNN("gru", D, 128), torch.randn(10, 2, D)) == "native"
+        assert auto_backend(RNN("elman", D, 256), torch.randn(8, 2, D)) == "fused"
+        assert auto_backend(RNN("elman", D, 256), torch.randn(7, 2, D)) == "native"
+
+
+def test_auto_backend_rule_without_cpp_loops():
+    x = torch.randn(1, 2, D)
+    with extension.use_extension(False):
+        for mode in MODES:  # small: torch.nn's kernels, training or not
             assert auto_backend(RNN(mode, D, H), x) == "native"
-    big = torch.randn(22, 2, D)  # 22 * 3*512 * 512 >= 2**24 multiply-adds per step for GRU, 22*512*512 < for Elman
-    assert auto_backend(RNN("gru", D, 512), big) == "fused"
-    assert auto_backend(RNN("gru", D, 512), big[:21]) == "native"
-    assert auto_backend(RNN("elman", D, 512), big) == "native"
-    assert auto_backend(RNN("elman", D, 512), torch.randn(64, 2, D)) == "fused"
-    assert auto_backend(RNN("lstm", D, 512), torch.randn(64, 2, D)) == "native"  # oneDNN's LSTM stays ahead
+            with torch.no_grad():
+                assert auto_backend(RNN(mode, D, H), x) == "native"
+        big = torch.randn(22, 2, D)  # 22 * 3*512 * 512 >= 2**24 multiply-adds per step for GRU, 22*512*512 < for Elman
+        assert auto_backend(RNN("gru", D, 512), big) == "fused"
+        assert auto_backend(RNN("gru", D, 512), big[:21]) == "native"
+        assert auto_backend(RNN("elman", D, 512), big) == "native"
+        assert auto_backend(RNN("elman", D, 512), torch.randn(64, 2, D)) == "fused"
+        assert auto_backend(RNN("lstm", D, 512), torch.randn(64, 2, D)) == "native"
 
 
 @pytest.mark.cuda

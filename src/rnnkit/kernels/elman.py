@@ -114,7 +114,7 @@ class ElmanFunction(torch.autograd.Function):
         ext = wanted(x)
         if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly, slice by slice
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets da_t W_hh
-            spans = backward_slices(T, B * H, reverse)
+            spans = backward_slices(T, B, reverse)
             buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, H)
 
             def grads_of(t0, t1):

@@ -162,7 +162,7 @@ class GRUFunction(torch.autograd.Function):
         if zc is None:  # the forward ran in C++: so does the backward, slice by slice (extension.py)
             ext = loaded()
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets [dz, dr, dgh_n] W_hh
-            spans = backward_slices(T, B * 4 * H, reverse)
+            spans = backward_slices(T, B, reverse)
             buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
 
             def grads_of(t0, t1):

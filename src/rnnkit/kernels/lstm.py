@@ -156,7 +156,7 @@ class LSTMFunction(torch.autograd.Function):
         ext = wanted(x)
         if ext is not None:  # the same loop in C++ (extension.py), slice by slice
             w = step_weight(w_hh.t(), B)  # gh_{t-1} gets dG_t W_hh
-            spans = backward_slices(T, B * 4 * H, reverse)
+            spans = backward_slices(T, B, reverse)
             buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
 
             def grads_of(t0, t1):

@@ -1,23 +1,28 @@
-"""The primitives the fused kernels are made of: matrix products on the fastest engine for the tensor, and
-the order of time steps.
+"""The primitives the fused kernels are made of: matrix products on the fastest engine for the tensor, the
+order of time steps, and the time slices of the C++ backward.
 
 - ``linear(x, w, b)``: ``x @ w^T + b``, x (N, I), w (O, I) -> (N, O).
-- ``linear_add(x, other, w)``: ``other + x @ w^T``, the recurrent step's one GEMM with the input projection
-  folded in.
-- ``matmul(a, b)``: ``a @ b``; ``weight_grad(dG, X)``: ``dG^T X``, a weight gradient summed over all steps.
+- ``linear_add(x, other, w)``: ``other + x @ w^T``, the Python loop's one GEMM per step with the input
+  projection folded in.
+- ``matmul(a, b)``: ``a @ b``; ``weight_grad(dG, X)``: ``dG^T X``, a weight gradient summed over many steps.
 - ``tanh_scale(x)`` and ``tanh_(t, scale)``: on CPU torch's tanh runs about 4x slower than its sigmoid here
   (9.7 vs 2.2 us for (32, 256), 35 vs 7 us for (32, 1024)), so the kernels feed 2a instead of a (weights
-  scaled by 2) and take tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32.
-- Buffers that the step loop fills slice by slice are made with ``torch.zeros``, not ``torch.empty``: a
-  fresh 16 MB buffer faults its pages in one by one under small per-step writes (8.3 ms for a GRU backward's
-  128 steps here), while the zero fill touches them in one sweep first (4.0 ms in all).
+  scaled by 2) and take tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32. The C++ loops use the same
+  scaled weights, so both loops share the set-up code.
+- The Python loops fill their buffers with ``torch.zeros``, not ``torch.empty``: a fresh 16 MB buffer faults its
+  pages in one by one under small per-step writes (8.3 ms for a GRU backward's 128 steps here), while the zero
+  fill touches them in one sweep first (4.0 ms in all).
 - ``time_steps(T, reverse)``: the order a direction visits the steps; states are stored in time order either
   way, so no sequence is ever flipped.
+- ``backward_slices`` and ``sum_over_slices``: the C++ backward runs over slices of the time axis and folds each
+  slice's gate gradients into dx and the weight gradients before the next.
 
-On this CPU (AMD EPYC, AVX-512) torch's ``mm`` goes through MKL at about 200 GFLOP/s, while oneDNN's own
-matmul (the engine behind ``nn.LSTM`` on CPU) reaches 400-460 GFLOP/s on the same shapes; so float32 CPU
-tensors use oneDNN's ``mkldnn::_linear_pointwise`` when this build has it and it agrees with ``torch.mm`` on a
-probe, and everything else (float64, CUDA, builds without oneDNN) uses ``torch.addmm``.
+Engines: float32 CPU tensors use oneDNN's ``mkldnn::_linear_pointwise`` for the big products (input projection,
+dx) when this build has it and it agrees with ``torch.mm`` on a probe; everything else (float64, CUDA, builds
+without oneDNN) uses ``torch.addmm``. How much oneDNN gains depends on the host: on host A (see
+kernels.auto_backend) its 2048^3 GEMM ran at 460 GFLOP/s against 215 for torch.mm, on host B at 204-220 against
+143-189 (5-10 % ahead on the projection shapes). The weight gradients use ``torch.mm`` on transposed views on
+both: contiguous transposed copies for oneDNN cost more than they save on host B.
 """
 
 from __future__ import annotations
@@ -119,17 +124,17 @@ def weight_grad(dG: Tensor, X: Tensor) -> Tensor:
     return torch.mm(dG.t(), X)
 
 
-# The C++ backward (extension.py) runs over slices of the time axis with at most this many gate-gradient values
-# each, and folds every slice into dx and the weight gradients before the next: the (T, B, G*H) gradient buffer
-# is never whole (16 MiB for an LSTM at 32x128x256, 4 MiB per slice here), while each GEMM still sums over
-# 1024 or more rows.
-SLICE_VALUES = 2**20
+# The C++ backward (extension.py) runs over slices of the time axis of about this many rows (steps x batch) and
+# folds each slice's gate gradients into dx and the weight gradients before the next: the (T, B, G*H) gradient
+# buffer is never whole (16 MiB for an LSTM at 32x128x256, 4 MiB a slice there), while each weight-gradient
+# GEMM still sums over ~1024 rows.
+SLICE_ROWS = 1024
 
 
-def backward_slices(T: int, step_values: int, reverse: bool) -> list[tuple[int, int]]:
+def backward_slices(T: int, B: int, reverse: bool) -> list[tuple[int, int]]:
     """Slices [t0, t1) of the time axis in the order backward visits them (a forward direction from its last step
-    back, a reverse one from its first), each with at most ``SLICE_VALUES`` values (``step_values`` a step)."""
-    n = max(1, SLICE_VALUES // max(1, step_values))
+    back, a reverse one from its first), each of ceil(SLICE_ROWS / B) steps (at least one)."""
+    n = max(1, -(-SLICE_ROWS // max(1, B)))
     spans = [(t0, min(t0 + n, T)) for t0 in range(0, T, n)]
     return spans if reverse else spans[::-1]
 
