@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:  # the one-time build of the C++ loops takes ~20 s: say so rather than seem to hang
+        logging.getLogger("rnnkit.kernels.extension").setLevel(logging.INFO)
     try:
         return args.func(args)
     except (RnnkitError, UsageError) as e:
