@@ -21,6 +21,13 @@ def test_library_name_follows_the_source(monkeypatch, tmp_path):
     assert extension.library_path() != first  # an edited source never loads a stale library
 
 
+def test_library_name_follows_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path))
+    first = extension.library_path()
+    monkeypatch.setattr(extension, "_cpu_model", lambda: "model name : another CPU\nflags : sse2")
+    assert extension.library_path() != first  # -march=native code is never loaded on another CPU
+
+
 def test_failed_build_leaves_nothing_and_falls_back(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(extension, "_compiler", lambda: "false")  # a "compiler" that always fails

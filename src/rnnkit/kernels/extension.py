@@ -62,10 +62,17 @@ def cache_dir() -> Path:
 
 
 def _cpu_model() -> str:
+    """The CPU's model and instruction-set flags: a library built with -march=native for one CPU must not load on
+    another that lacks its instructions (a cache folder shared between machines)."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        first = {}
+        for line in lines:
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "flags", "Features") and key not in first:
+                first[key] = line
+        if first:
+            return "\n".join(first.values())
     return platform.processor() or platform.machine()
 
 
