@@ -4,7 +4,7 @@ order of time steps, and the time slices of the C++ backward.
 - ``linear(x, w, b)``: ``x @ w^T + b``, x (N, I), w (O, I) -> (N, O).
 - ``linear_add(x, other, w)``: ``other + x @ w^T``, the Python loop's one GEMM per step with the input
   projection folded in.
-- ``matmul(a, b)``: ``a @ b``; ``weight_grad(dG, X)``: ``dG^T X``, a weight gradient summed over many steps.
+- ``weight_grad(dG, X)``: ``dG^T X``, a weight gradient summed over many steps.
 - ``tanh_scale(x)`` and ``tanh_(t, scale)``: on CPU torch's tanh runs about 4x slower than its sigmoid here
   (9.7 vs 2.2 us for (32, 256), 35 vs 7 us for (32, 1024)), so the kernels feed 2a instead of a (weights
   scaled by 2) and take tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32. The C++ loops use the same
@@ -17,12 +17,12 @@ order of time steps, and the time slices of the C++ backward.
 - ``backward_slices`` and ``sum_over_slices``: the C++ backward runs over slices of the time axis and folds each
   slice's gate gradients into dx and the weight gradients before the next.
 
-Engines: float32 CPU tensors use oneDNN's ``mkldnn::_linear_pointwise`` for the big products (input projection,
-dx) when this build has it and it agrees with ``torch.mm`` on a probe; everything else (float64, CUDA, builds
+Engines: float32 CPU tensors use oneDNN's ``mkldnn::_linear_pointwise`` for the input projection when this
+build has it and it agrees with ``torch.mm`` on a probe; everything else (float64, CUDA, builds
 without oneDNN) uses ``torch.addmm``. How much oneDNN gains depends on the host: on host A (see
 kernels.auto_backend) its 2048^3 GEMM ran at 460 GFLOP/s against 215 for torch.mm, on host B at 204-220 against
-143-189 (5-10 % ahead on the projection shapes). The weight gradients use ``torch.mm`` on transposed views on
-both: contiguous transposed copies for oneDNN cost more than they save on host B.
+143-189 (5-10 % ahead on the projection shapes). dx and the weight gradients use ``torch.mm``, which reads
+column slices and transposed views in place: contiguous copies for oneDNN cost more than they save on host B.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ __all__ = [
     "backward_slices",
     "linear",
     "linear_add",
-    "matmul",
     "onednn_available",
     "sum_over_slices",
     "tanh",
@@ -104,13 +103,6 @@ def linear_add(x: Tensor, other: Tensor, w: Tensor) -> Tensor:
     if _onednn_for(x, w):
         return _ONEDNN.binary(x, other, w, None, "add")
     return torch.addmm(other, x, w.t())
-
-
-def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b``: a (N, I), b (I, O) -> (N, O)."""
-    if _onednn_for(a, b.t()):
-        return _ONEDNN(a, b.t(), None, "none", [], "")
-    return torch.mm(a, b)
 
 
 def weight_grad(dG: Tensor, X: Tensor) -> Tensor:
