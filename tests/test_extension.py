@@ -46,6 +46,26 @@ def test_failed_build_leaves_nothing_and_falls_back(monkeypatch, tmp_path, caplo
     torch.testing.assert_close(out, ref)
 
 
+def test_unwritable_cache_builds_in_the_temporary_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RNNKIT_CACHE_DIR", str(blocker / "rnnkit"))  # mkdir fails: its parent is a file
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(extension.tempfile, "tempdir", None)  # re-read TMPDIR
+    built = []
+
+    def fake_build(path):  # what build() does with the file system, without compiling
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        built.append(path)
+
+    monkeypatch.setattr(extension, "build", fake_build)
+    monkeypatch.setattr(extension.torch.ops, "load_library", lambda path: None)
+    extension._load()
+    assert len(built) == 1 and built[0].parent.parent == tmp_path / "tmp"
+
+
 def test_no_compiler_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(extension, "_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):

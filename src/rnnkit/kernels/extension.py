@@ -1,17 +1,19 @@
 """The fused backend's per-step loops in C++ (``csrc/recurrence.cpp``), built on first use and cached.
 
-On CPU, Python's step loop costs more than its arithmetic at the sizes that matter here: a GRU train step at
-(B, T, H) = (32, 128, 256) spends about half its time dispatching some 15 small elementwise ops per step. The
-C++ file runs the same loops (the same buffers in and out, the same math) with one ATen GEMM per step and
-one vectorised pass over the gate values.
+On CPU, Python's step loop costs more than its arithmetic at the sizes that matter: a GRU train step at
+(B, T, H) = (32, 128, 256) spent about half its time dispatching some 15 small elementwise ops per step. The C++
+loops compute the same recurrences (elman.py, gru.py and lstm.py hold the math) with one oneDNN-packed product
+per step (``step_weight``) and one vectorised pass over the gate values, which also writes the factors the
+backward step needs; the backward runs over slices of the time axis (ops.backward_slices). The same library
+holds the generation step (step.py) for batches up to 4.
 
-Build: the first call of ``ops()`` in a process compiles the file with the system's C++ compiler (``$CXX``,
-else ``c++``) against the installed torch, about 15-25 s on 2 cores, into the cache folder
-(``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``); later processes load it in
-milliseconds. The file name carries a hash of the source, torch's version, the compiler flags and the CPU's
-model, so a change of any of them builds anew; the library is written to a temporary name and renamed into
-place, so concurrent first uses (DDP ranks) never load a half-written file. Compiling with ``-march=native`` is
-safe because the library is built on the machine that runs it.
+Build: the first call of ``ops()`` in a process compiles the file with the system's C++ compiler (``$CXX``, else
+``c++``) against the installed torch, about 15-25 s on 2 cores, into the cache folder (``$RNNKIT_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``; the temporary folder where that cannot be made);
+later processes load it in milliseconds. The file name carries a hash of the source, torch's version, the
+compiler flags and the CPU's model and instruction-set flags, so a change of any of them builds anew; the
+library is written under a temporary name and renamed into place, so concurrent first uses (DDP ranks) never
+load a half-written file. ``-march=native`` is safe because the library is built on the machine that runs it.
 
 Where the build fails (no compiler, no headers) the fused backend logs one warning with the compiler's message
 and keeps its Python loops, which compute the same thing. ``RNNKIT_EXTENSION=0`` turns the C++ loops off;
@@ -122,6 +124,11 @@ def build(path: Path) -> None:
 
 def _load():
     path = library_path()
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: build for this machine's temporary folder instead
+            path = Path(tempfile.gettempdir()) / f"rnnkit-{os.getuid()}" / path.name
     if not path.exists():
         log.info("building rnnkit's C++ recurrence loops into %s (once; about 20 s)", path)
         build(path)
