@@ -1,17 +1,22 @@
-// The per-step loops of the fused backend (rnnkit/kernels/{elman,gru,lstm}.py) on CPU, in C++.
+// The per-step loops of the fused backend (rnnkit/kernels/{elman,gru,lstm}.py) on CPU, in C++, and the
+// generation step (rnnkit/kernels/step.py).
 //
-// Each function is the Python loop it replaces, line for line: the same buffers in, the same buffers out, the
-// same math (see the docstrings of elman.py, gru.py and lstm.py). Per step: one GEMM through ATen (at::addmm_out,
-// MKL on CPU) and one pass over the (B, G*H) gate values in plain loops, which the compiler vectorises (-O3
-// -ffast-math lets it call glibc's vector exp). Python's loop pays ~5-10 us of dispatch per elementwise op and
-// five to eight ops per step; here a step is the GEMM plus a few microseconds.
+// The math is that of the docstrings of elman.py, gru.py and lstm.py. Per step: one product through oneDNN with
+// weights packed once per call (or at::mm for float64), then one pass over the (B, G*H) gate values in plain
+// loops that the compiler vectorises (-O3 -ffast-math lets it call glibc's vector exp), rows split over torch's
+// threads when there are enough of them. While the step's values are at hand, the training forward also writes
+// what the backward step needs (LSTM: the factors Q, p, F; GRU: [n, z, r, gh_n]). The backward functions run
+// over any slice of the time axis and return the gradient flowing into the slice before, so the Python side
+// calls them slice by slice (ops.backward_slices). Python's loop paid ~5-10 us of dispatch per elementwise op
+// and five to fifteen ops per step; here a step is the product plus a few microseconds.
 //
 // Conventions shared with the Python kernels:
 // - time-major tensors, contiguous: pre-activations (T, B, G*H), states S (T+1, B, H) in time order, so the
 //   forward direction reads h_{t-1} from S[t] and writes h_t to S[t+1], the reverse one reads S[t+1], writes S[t];
 // - tanh(a) is taken as 2 sigmoid(2a) - 1 with the tanh rows' weights already scaled by 2 (ops.tanh_scale), so
 //   every activation is one exp;
-// - m (T, B, 1) is the float mask (1 inside a row's length) or absent; dy arrives already multiplied by m.
+// - m (T, B, 1) is the float mask (1 inside a row's length) or absent; dy arrives already multiplied by m and
+//   may be a strided view as long as its rows are contiguous.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
