@@ -89,6 +89,22 @@ def test_backward_in_time_slices_equals_loop(mode, bidirectional, slice_steps, m
         torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_split_over_threads_equal_loop(mode):
+    """A step wide enough that the C++ loops split its rows over threads (row_grain in recurrence.cpp: B * G*H
+    of 2 x 16384 or more values), with H = 200 (not a multiple of the vector width) and lengths."""
+    if not extension.available() or torch.get_num_threads() < 2:
+        pytest.skip("needs the C++ loops and two threads")
+    torch.manual_seed(0)
+    rnn = RNN(mode, 8, 200, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(170, 3, 8, dtype=torch.float64)
+    lengths = torch.randint(1, 4, (170,))
+    ref_out, ref_grads = _run(rnn, "loop", x, None, lengths)
+    out, grads = _run(rnn, "fused", x, None, lengths)
+    for a, b in zip(ref_out + ref_grads, out + grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-9)
+
+
 def test_relu_elman_equals_loop(loops):
     torch.manual_seed(0)
     rnn = RNN("elman", D, H, 2, nonlinearity="relu", bidirectional=True, dtype=torch.float64)
