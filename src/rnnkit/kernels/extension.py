@@ -46,12 +46,13 @@ SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).
-# -fopenmp: at::parallel_for (the generation step) runs on torch's own OpenMP pool; the library links the
-# libgomp.so.1 that torch ships and has loaded (rpath to torch/lib), so there is one pool, not two.
+# -fopenmp: at::parallel_for (the gate loops' rows, the generation step's hidden units) runs on torch's own
+# OpenMP pool; the library links the libgomp.so.1 that torch ships and has loaded (rpath to torch/lib), so
+# there is one pool, not two.
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++20", "-w"]
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"ops": None, "tried": False}
+_state: dict[str, object] = {"ops": None, "tried": False, "packing": None}
 _enabled = os.environ.get("RNNKIT_EXTENSION", "1") != "0"
 
 
@@ -185,10 +186,11 @@ def step_weight(w: Tensor, batch: int) -> tuple[Tensor, bool]:
     (see kernels.auto_backend), us per product, MKL's sgemm against oneDNN packed: (32, 256) x (256, 768)
     137 vs 79, (32, 1024) x (1024, 256) 140 vs 97, (64, 512) x (512, 2048) 1339 vs 614.
     """
-    if w.dtype == torch.float32 and w.device.type == "cpu" and _state.setdefault("packing", None) is None:
-        _state["packing"] = torch.backends.mkldnn.is_available() and _probe_packing()
-    if w.dtype == torch.float32 and w.device.type == "cpu" and _state["packing"]:
-        return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch), True
+    if w.dtype == torch.float32 and w.device.type == "cpu":
+        if _state["packing"] is None:  # probed once per process
+            _state["packing"] = torch.backends.mkldnn.is_available() and _probe_packing()
+        if _state["packing"]:
+            return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch), True
     return w.t().contiguous(), False
 
 
