@@ -38,9 +38,10 @@ def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
     if scale != 1.0:
         w_ih, w_hh, b = w_ih * scale, w_hh * scale, None if b is None else b * scale
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, H)  # all input projections in one GEMM
-    S = x.new_zeros(T + 1, B, H)  # each step writes its state here (no stacking afterwards)
-    S[T if reverse else 0] = h0
     ext = wanted(x)
+    # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
+    S = x.new_empty(T + 1, B, H) if ext is not None else x.new_zeros(T + 1, B, H)
+    S[T if reverse else 0] = h0
     if ext is not None:  # the same loop in C++ (extension.py)
         m = None if mask is None else mask.to(x.dtype)
         ext.elman_forward(xp, S, m, reverse, relu, *step_weight(w_hh, B))

@@ -68,9 +68,10 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         w_ih, b_ih = _scale_rows(w_ih, 0, scale), _scale_rows(b_ih, 0, scale)
         w_hh, b_hh = _scale_rows(w_hh, 2, scale), _scale_rows(b_hh, 2, scale)
     A = linear(x.reshape(T * B, D), w_ih, b_ih).view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place
-    S = x.new_zeros(T + 1, B, H)  # each step writes its state here (no stacking afterwards)
-    S[T if reverse else 0] = h0
     ext = wanted(x)
+    # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
+    S = x.new_empty(T + 1, B, H) if ext is not None else x.new_zeros(T + 1, B, H)
+    S[T if reverse else 0] = h0
     if ext is not None:  # the same loop in C++ (extension.py), which keeps [n, z, r, gh_n] as it goes
         m = None if mask is None else mask.to(x.dtype)
         K = x.new_empty(T, B, 4 * H) if keep else None

@@ -46,11 +46,11 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         w_ih, w_hh = (w_ih.view(4, H, -1) * rows).view(4 * H, -1), (w_hh.view(4, H, H) * rows).view(4 * H, H)
         b = None if b is None else (b.view(4, H) * rows[:, 0]).view(4 * H)
     xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections; with keep, then A
-    # every step writes its results straight into these time-ordered buffers (no stacking afterwards)
-    S = x.new_zeros(T + 1, B, H)  # h
+    ext = wanted(x)
+    # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
+    S = x.new_empty(T + 1, B, H) if ext is not None else x.new_zeros(T + 1, B, H)
     first = T if reverse else 0
     S[first] = h0
-    ext = wanted(x)
     if ext is not None:  # the same loop in C++ (extension.py); with keep, it turns xp into Q and fills p, F
         m = None if mask is None else mask.to(x.dtype)
         p, forget = (x.new_empty(T, B, H), x.new_empty(T, B, H)) if keep else (None, None)
