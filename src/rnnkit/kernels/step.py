@@ -21,7 +21,7 @@ On CPU with the C++ loops built (kernels/extension.py), batches up to ``CPP_STEP
 step of every layer in one C++ call instead (``step`` in csrc/recurrence.cpp): torch's own weight layout, no
 prepared copy, hidden units split over the intra-op threads. Batch 1 is bound by reading the weights (a 2x256
 GRU step reads 3 MB), so what it saves is the per-op overhead: 2-layer GRU, H=256, 58-64 us per token against
-67-75 us for the NumPy step and 138-165 us for a ``GRUCell`` loop (host B, see kernels.auto_backend).
+65-75 us for the NumPy step and 138-165 us for a ``GRUCell`` loop (host B, see kernels.auto_backend).
 
 The fast path runs only without autograd (``torch.no_grad()`` or tensors that need no grad) and without
 training-mode dropout; otherwise the step goes through the module's backend on a length-1 sequence.
@@ -125,25 +125,24 @@ def _prepare_numpy_gru(rnn) -> list[tuple[np.ndarray, ...]]:
     return layers
 
 
-def prepared_step_weights(rnn) -> list[tuple[Tensor, Tensor | None]]:
-    """Per layer ``([W_ih | W_hh]^T (D+H, G*H), bias (G*H,) or None)``, from the cache when still valid."""
+def _cached(cache: weakref.WeakKeyDictionary, rnn, prepare):
+    """``prepare(rnn)`` from ``cache`` while every parameter keeps its memory and version, else made anew."""
     key = _key(rnn)
-    hit = _CACHE.get(rnn)
+    hit = cache.get(rnn)
     if hit is not None and hit[0] == key:
         return hit[1]
-    layers = _prepare(rnn)
-    _CACHE[rnn] = (key, layers)
-    return layers
+    prepared = prepare(rnn)
+    cache[rnn] = (key, prepared)
+    return prepared
+
+
+def prepared_step_weights(rnn) -> list[tuple[Tensor, Tensor | None]]:
+    """Per layer ``([W_ih | W_hh]^T (D+H, G*H), bias (G*H,) or None)``, from the cache when still valid."""
+    return _cached(_CACHE, rnn, _prepare)
 
 
 def _numpy_weights(rnn) -> list[tuple[np.ndarray, ...]]:
-    key = ("numpy", *_key(rnn))
-    hit = _NP_CACHE.get(rnn)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    layers = _prepare_numpy(rnn)
-    _NP_CACHE[rnn] = (key, layers)
-    return layers
+    return _cached(_NP_CACHE, rnn, _prepare_numpy)
 
 
 def _gru_update(rz_pre, gi_n, gh_n, h_prev, h, H: int):
@@ -228,15 +227,13 @@ _STEP_MODES = {("elman", "tanh"): 0, ("elman", "relu"): 1, ("lstm", "tanh"): 2, 
 
 def _cpp_weights(rnn) -> tuple[list[Tensor], ...]:
     """The parameters as the C++ step takes them: lists of W_ih, W_hh, b_ih, b_hh per layer (empty for none)."""
-    key = ("cpp", *_key(rnn))
-    hit = _CPP_CACHE.get(rnn)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    return _cached(_CPP_CACHE, rnn, _prepare_cpp)
+
+
+def _prepare_cpp(rnn) -> tuple[list[Tensor], ...]:
     empty = rnn.weight_hh_l0.new_empty(0)
     layers = [rnn.layer_weights(layer, 0) for layer in range(rnn.num_layers)]
-    lists = tuple([empty if w is None else w.detach().contiguous() for w in ws] for ws in zip(*layers, strict=True))
-    _CPP_CACHE[rnn] = (key, lists)
-    return lists
+    return tuple([empty if w is None else w.detach().contiguous() for w in ws] for ws in zip(*layers, strict=True))
 
 
 def _cpp_step(ext, rnn, x_t: Tensor, state):
