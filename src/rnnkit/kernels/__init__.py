@@ -48,18 +48,11 @@ def auto_backend(rnn: RNN, x: Tensor) -> str:
     to fused's Python loop. "native" is torch.nn's computation on rnnkit's parameters, so "auto" never bets
     against torch.nn.
 
-    Measured on host B, 2026-11-26 (2-core AMD EPYC, AVX-512, oneDNN GEMM 219 GFLOP/s, torch 2.13, 2 threads;
-    medians of interleaved runs; ratio = native time / fused time, > 1: fused faster), (B, T, D, H):
-
-    - LSTM train: (32, 128, 64, 384) 1.00x, (32, 128, 64, 256) 0.99x, (4, 50, 256, 256) 0.71x,
-      (1, 100, 64, 128) 0.45x; forward 0.34-0.78x. ``rnnkit bench`` (D = H): train 1.03x at 32x128x256 and 64x64x512.
-    - GRU train: 1.57x, 1.65x, 1.91x, 2.82x, and (8, 32, 32, 64) 1.89x, (16, 64, 128, 128) 1.64x; forward 1.60x,
-      1.55x, 1.28x, 0.61x, 0.68x, 1.04x (the last three under 2^19 multiply-adds but the last).
-    - Elman train: 1.33x, 1.23x, 1.47x, 0.88x (B * H = 128), 1.14x (512), 1.46x; forward 1.35x, 1.40x, 0.79x,
-      0.34x, 0.56x, 0.82x (all under 2^19 multiply-adds but the first two).
-    - Earlier, with fused's Python loops: host A (oneDNN 462 GFLOP/s) Elman/GRU train 1.05-1.74x; host B
-      0.88-1.05x, LSTM 0.59-0.85x everywhere: hence ``MIN_STEP_MACS`` when the C++ loops are missing.
-    - CUDA was not available to measure; cuDNN is the rule there.
+    Why: timed on CPU (benchmarks/KERNELS.md), fused's C++ loops trained GRUs faster than torch.nn at every
+    size tried, and Elman at all but the smallest states; for inference they won only on steps large enough
+    that the per-step product outweighs their per-call overhead. torch.nn's oneDNN LSTM was as fast as fused or
+    faster, in training and inference. Fused's Python loops won only on large Elman/GRU steps, and not on every
+    host, hence ``MIN_STEP_MACS``. There was no GPU to time, so cuDNN is the rule there.
 
     ``rnnkit bench`` re-measures on the machine at hand; pass ``backend="fused"`` or ``"native"`` to choose.
     """

@@ -1,19 +1,20 @@
 """The fused backend's per-step loops in C++ (``csrc/recurrence.cpp``), built on first use and cached.
 
-On CPU, Python's step loop costs more than its arithmetic at the sizes that matter: a GRU train step at
-(B, T, H) = (32, 128, 256) spent about half its time dispatching some 15 small elementwise ops per step. The C++
-loops compute the same recurrences (elman.py, gru.py and lstm.py hold the math) with one oneDNN-packed product
-per step (``step_weight``) and one vectorised pass over the gate values, which also writes the factors the
-backward step needs; the backward runs over slices of the time axis (ops.backward_slices). The same library
-holds the generation step (step.py) for batches up to 4.
+On CPU, Python's step loop costs more than its arithmetic at the sizes that matter: dispatching some 15 small
+elementwise ops per step takes a large share of a GRU train step (benchmarks/KERNELS.md). The C++ loops compute
+the same recurrences (elman.py, gru.py and lstm.py hold the math) with one oneDNN-packed product per step
+(``step_weight``) and one vectorised pass over the gate values, which also writes the factors the backward step
+needs; the backward runs over slices of the time axis (ops.backward_slices). The same library holds the
+generation step (step.py) for batches up to 4.
 
 Build: the first call of ``ops()`` in a process compiles the file with the system's C++ compiler (``$CXX``, else
-``c++``) against the installed torch, about 15-25 s on 2 cores, into the cache folder (``$RNNKIT_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``; the temporary folder where that cannot be made);
-later processes load it in milliseconds. The file name carries a hash of the source, torch's version, the
-compiler flags and the CPU's model and instruction-set flags, so a change of any of them builds anew; the
-library is written under a temporary name and renamed into place, so concurrent first uses (DDP ranks) never
-load a half-written file. ``-march=native`` is safe because the library is built on the machine that runs it.
+``c++``) against the installed torch into the cache folder (``$RNNKIT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``; the temporary folder where that cannot be made). That
+compile is slow but happens once (build times in benchmarks/KERNELS.md); later processes load it in
+milliseconds. The file name carries a hash of the source, torch's version, the compiler flags and the CPU's
+model and instruction-set flags, so a change of any of them builds anew; the library is written under a
+temporary name and renamed into place, so concurrent first uses (DDP ranks) never load a half-written file.
+``-march=native`` is safe because the library is built on the machine that runs it.
 
 Where the build fails (no compiler, no headers) the fused backend logs one warning with the compiler's message
 and keeps its Python loops, which compute the same thing. ``RNNKIT_EXTENSION=0`` turns the C++ loops off;
@@ -182,9 +183,8 @@ def step_weight(w: Tensor, batch: int) -> tuple[Tensor, bool]:
     """W (O, I) prepared for the C++ loops' per-step product x W^T: (oneDNN's packed form of W, True) for
     float32 where oneDNN is available, else (W^T contiguous, False) for at::mm.
 
-    Packing costs about 0.15 ms per weight and call; it pays on every step. Measured on the 2-core host B
-    (see kernels.auto_backend), us per product, MKL's sgemm against oneDNN packed: (32, 256) x (256, 768)
-    137 vs 79, (32, 1024) x (1024, 256) 140 vs 97, (64, 512) x (512, 2048) 1339 vs 614.
+    Packing is paid once per weight and call and repaid on every step: at the recurrent products' shapes the
+    packed product is markedly faster than MKL's sgemm on W^T (benchmarks/KERNELS.md).
     """
     if w.dtype == torch.float32 and w.device.type == "cpu":
         if _state["packing"] is None:  # probed once per process

@@ -5,13 +5,13 @@ order of time steps, and the time slices of the C++ backward.
 - ``linear_add(x, other, w)``: ``other + x @ w^T``, the Python loop's one GEMM per step with the input
   projection folded in.
 - ``weight_grad(dG, X)``: ``dG^T X``, a weight gradient summed over many steps.
-- ``tanh_scale(x)`` and ``tanh_(t, scale)``: on CPU torch's tanh runs about 4x slower than its sigmoid here
-  (9.7 vs 2.2 us for (32, 256), 35 vs 7 us for (32, 1024)), so the kernels feed 2a instead of a (weights
-  scaled by 2) and take tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32. The C++ loops use the same
-  scaled weights, so both loops share the set-up code.
-- The Python loops fill their buffers with ``torch.zeros``, not ``torch.empty``: a fresh 16 MB buffer faults its
-  pages in one by one under small per-step writes (8.3 ms for a GRU backward's 128 steps here), while the zero
-  fill touches them in one sweep first (4.0 ms in all).
+- ``tanh_scale(x)`` and ``tanh_(t, scale)``: on CPU torch's tanh is several times slower than its sigmoid
+  (benchmarks/KERNELS.md), so the kernels feed 2a instead of a (weights scaled by 2) and take
+  tanh(a) = 2 sigmoid(2a) - 1, within 2e-7 of tanh in float32. The C++ loops use the same scaled weights, so
+  both loops share the set-up code.
+- The Python loops fill their buffers with ``torch.zeros``, not ``torch.empty``: a fresh large buffer faults its
+  pages in one by one under small per-step writes, while the zero fill touches them in one sweep first, which
+  costs less than the scattered faults it replaces (benchmarks/KERNELS.md).
 - ``time_steps(T, reverse)``: the order a direction visits the steps; states are stored in time order either
   way, so no sequence is ever flipped.
 - ``backward_slices`` and ``sum_over_slices``: the C++ backward runs over slices of the time axis and folds each
@@ -19,10 +19,9 @@ order of time steps, and the time slices of the C++ backward.
 
 Engines: float32 CPU tensors use oneDNN's ``mkldnn::_linear_pointwise`` for the input projection when this
 build has it and it agrees with ``torch.mm`` on a probe; everything else (float64, CUDA, builds
-without oneDNN) uses ``torch.addmm``. How much oneDNN gains depends on the host: on host A (see
-kernels.auto_backend) its 2048^3 GEMM ran at 460 GFLOP/s against 215 for torch.mm, on host B at 204-220 against
-143-189 (5-10 % ahead on the projection shapes). dx and the weight gradients use ``torch.mm``, which reads
-column slices and transposed views in place: contiguous copies for oneDNN cost more than they save on host B.
+without oneDNN) uses ``torch.addmm``. How much oneDNN gains over torch.mm depends strongly on the host
+(benchmarks/KERNELS.md). dx and the weight gradients use ``torch.mm``, which reads column slices and transposed
+views in place: the contiguous copies oneDNN would need cost more than oneDNN saves on them.
 """
 
 from __future__ import annotations
@@ -80,8 +79,8 @@ def uses_onednn(t: Tensor) -> bool:
     return _ONEDNN is not None and t.dtype == torch.float32 and t.device.type == "cpu"
 
 
-# oneDNN's call costs about 14 us however small the product; below about 2M multiply-adds torch.addmm wins
-# (measured: (8, 64) x (64, 192): 4.9 vs 15.1 us; (8, 256) x (256, 1024): 43.8 vs 33.7 us).
+# oneDNN's per-call overhead dominates small products, so below about 2M multiply-adds torch.addmm is used
+# (benchmarks/KERNELS.md).
 ONEDNN_MIN_MACS = 2**21
 
 
@@ -109,9 +108,9 @@ def weight_grad(dG: Tensor, X: Tensor) -> Tensor:
     """``dG^T X``: dG (N, O), X (N, I) -> (O, I), the weight gradient of all N = T*B rows in one GEMM.
 
     ``torch.mm`` on the transposed view, with no copy: BLAS reads dG^T through its leading dimension, so a
-    column slice of a wider buffer works too. Measured on the 2-core host B (see kernels.auto_backend), per
-    (N, O, I): (4096, 1024, 256) 12.2 ms, against 16.6 ms for contiguous transposed copies fed to oneDNN (the
-    copy alone took 5.1 ms) and 17.4 ms for oneDNN on the strided views; (4096, 2048, 512) 45 ms against 71 ms.
+    column slice of a wider buffer works too. Where timed, this beat oneDNN both on the strided views and on
+    contiguous transposed copies, whose copying alone took a large share of the product's time
+    (benchmarks/KERNELS.md).
     """
     return torch.mm(dG.t(), X)
 

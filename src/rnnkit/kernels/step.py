@@ -12,16 +12,16 @@ biases summed, and then the gate arithmetic:
 The prepared weights are cached per module and rebuilt when any parameter changes: the cache key holds
 each parameter's ``data_ptr`` and ``_version``, which in-place optimizer updates and ``load_state_dict`` bump.
 On CPU the step runs in NumPy on views of the same memory (``Tensor.numpy()`` and ``torch.from_numpy`` copy
-nothing): its BLAS does a (1, 512) x (512, 1024) product in 12 us where torch's takes 27 us here, and its
-small elementwise ops cost about 1 us against torch's 1.3-2 us. Sigmoids are taken as 0.5 tanh(a/2) + 0.5,
-with the 1/2 folded into the weights, so all gates of a layer share one ``np.tanh``. From H = 384 on, the NumPy GRU
-step uses two products, ``x W_ih^T`` and ``h W_hh^T``, rather than the block matrix with its zero blocks.
+nothing): at these sizes both its BLAS product and its small elementwise ops carry less per-call overhead
+than torch's (benchmarks/KERNELS.md). Sigmoids are taken as 0.5 tanh(a/2) + 0.5, with the 1/2 folded into the
+weights, so all gates of a layer share one ``np.tanh``. From H = 384 on, the NumPy GRU step uses two products,
+``x W_ih^T`` and ``h W_hh^T``, rather than the block matrix with its zero blocks.
 
 On CPU with the C++ loops built (kernels/extension.py), batches up to ``CPP_STEP_MAX_BATCH`` take the whole
 step of every layer in one C++ call instead (``step`` in csrc/recurrence.cpp): torch's own weight layout, no
 prepared copy, hidden units split over the intra-op threads. Batch 1 is bound by reading the weights (a 2x256
-GRU step reads 3 MB), so what it saves is the per-op overhead: 2-layer GRU, H=256, 58-64 us per token against
-65-75 us for the NumPy step and 138-165 us for a ``GRUCell`` loop (host B, see kernels.auto_backend).
+GRU step reads 3 MB), so what it saves is the per-op overhead, which makes it faster per token than both the
+NumPy step and a ``GRUCell`` loop (benchmarks/KERNELS.md).
 
 The fast path runs only without autograd (``torch.no_grad()`` or tensors that need no grad) and without
 training-mode dropout; otherwise the step goes through the module's backend on a length-1 sequence.
@@ -46,7 +46,8 @@ _CPP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _key(rnn) -> tuple:
-    # ``_parameters`` directly: 1.4 us against 6 us through the module's attribute lookups
+    # ``_parameters`` directly: the module's attribute lookups are much slower, and this runs on every token
+    # (benchmarks/KERNELS.md)
     return tuple((p.data_ptr(), p._version) for p in rnn._parameters.values())
 
 
@@ -99,8 +100,8 @@ def _prepare_numpy(rnn) -> list[tuple[np.ndarray, ...]]:
 
 
 # From this width on, the NumPy GRU step reads W_ih and W_hh in two products rather than one block matrix with
-# zero blocks: measured per 2-layer step, H=512: 187 -> 137 us; H=256: 62 -> 83 us (the extra calls cost more
-# than the bytes saved while the weights still sit in cache).
+# zero blocks: once the weights outgrow the cache the bytes saved pay for the extra calls, while below it the
+# extra calls cost more than the bytes saved (benchmarks/KERNELS.md).
 GRU_SPLIT_MIN_HIDDEN = 384
 
 

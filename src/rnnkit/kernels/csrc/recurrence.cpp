@@ -7,8 +7,8 @@
 // threads when there are enough of them. While the step's values are at hand, the training forward also writes
 // what the backward step needs (LSTM: the factors Q, p, F; GRU: [n, z, r, gh_n]). The backward functions run
 // over any slice of the time axis and return the gradient flowing into the slice before, so the Python side
-// calls them slice by slice (ops.backward_slices). Python's loop paid ~5-10 us of dispatch per elementwise op
-// and five to fifteen ops per step; here a step is the product plus a few microseconds.
+// calls them slice by slice (ops.backward_slices). Python's loop paid dispatch overhead on each of five to fifteen
+// elementwise ops per step; here a step is the product plus one pass over the gates (benchmarks/KERNELS.md).
 //
 // Conventions shared with the Python kernels:
 // - time-major tensors, contiguous: pre-activations (T, B, G*H), states S (T+1, B, H) in time order, so the
@@ -60,8 +60,8 @@ const T* mask_ptr(const OptTensor& m) {
 }
 
 // The step's product x W^T (+ bias). ``w`` is either oneDNN's packed form of W (O, I), made once per call by
-// mkldnn::_reorder_linear_weight (float32 on CPU: 1.3-1.9x faster than MKL's sgemm at these small shapes, see
-// extension.py), or W^T (I, O) contiguous for at::mm / at::addmm.
+// mkldnn::_reorder_linear_weight (float32 on CPU: faster than MKL's sgemm at these small shapes, see
+// extension.py and benchmarks/KERNELS.md), or W^T (I, O) contiguous for at::mm / at::addmm.
 Tensor product(const Tensor& x, const Tensor& w, bool packed, const OptTensor& bias = std::nullopt) {
   if (packed) {
     static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
@@ -307,7 +307,7 @@ Tensor gru_backward_impl(const Tensor& K, const Tensor& S, const OptTensor& m, c
   Tensor g = g0 + dy.select(0, steps.back(0));
   Tensor gn = at::empty_like(g);
   // the step's [dz, dr, dgh_n] once more, contiguous: the product then reads it without a copy (oneDNN copies a
-  // strided input, 13 us per step at B=32, H=256)
+  // strided input on every step, which costs more than this write; benchmarks/KERNELS.md)
   Tensor dgh = at::empty({B, 3 * H}, dy.options());
   T* DGH = dgh.data_ptr<T>();
   for (int64_t s = 0; s < Tn; ++s) {
