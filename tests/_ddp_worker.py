@@ -10,7 +10,10 @@ import sys
 
 import torch
 
-from rnnkit.config import DataConfig, LMConfig, ModelConfig, TrainConfig
+from rnnkit.tasks.language_model import LMConfig
+from rnnkit.tasks.language_model import LMDataConfig as DataConfig
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
+from rnnkit.tasks.language_model import LMTrainConfig as TrainConfig
 from rnnkit.train import train_lm
 
 
@@ -39,4 +42,4 @@ if __name__ == "__main__":
     result = train_lm(config(text_file, batch_size=2), out_dir, on_event=events.append)
     rank = int(os.environ["RANK"])
     state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-    torch.save({"params": state, "events": len(events), "val_bpc": result.last_val_bpc}, f"{params_dir}/rank{rank}.pt")
+    torch.save({"params": state, "events": len(events), "val_bpc": result.last["bpc"]}, f"{params_dir}/rank{rank}.pt")

@@ -16,8 +16,11 @@ from rnnkit.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from rnnkit.config import DataConfig, LMConfig, ModelConfig, TrainConfig
 from rnnkit.errors import CheckpointError
+from rnnkit.tasks.language_model import LMConfig
+from rnnkit.tasks.language_model import LMDataConfig as DataConfig
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
+from rnnkit.tasks.language_model import LMTrainConfig as TrainConfig
 from rnnkit.train import train_lm
 
 
@@ -68,12 +71,12 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
         "garbage.pt": "corrupt",
         "tensor.pt": "not an rnnkit checkpoint",
         "newer.pt": "newer than this rnnkit reads",
-        "other.pt": "holds a 'classifier' model, expected 'char_lm'",
+        "other.pt": "holds a 'classifier' model, expected 'lm'",
         "pickled.pt": "objects other than tensors",
     }
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message) as e:
-            load_checkpoint(tmp_path / name)
+            load_checkpoint(tmp_path / name, kind="lm")  # format 1's "char_lm" reads as "lm"
         assert name in str(e.value) and "\n" not in str(e.value)
 
 
@@ -105,12 +108,12 @@ def test_load_run_gives_the_trained_model(tiny_run):
     for which in ("best", "last"):
         run = load_run(result.run_dir, which)
         assert run.config == cfg and not run.model.training
-        assert sorted(run.vocab.chars) == sorted(set("def f(x):\n    return x + 1\n"))
+        assert sorted(run.vocab.chars) == sorted(set("def f(x):\n    return x + 1\n") | {"\ufffd"})
         payload = load_checkpoint(result.run_dir / f"{which}.pt")
         for k, v in run.model.state_dict().items():
             assert torch.equal(v, payload["model"][k])
     assert load_run(result.run_dir, "last").step == 6
-    assert load_run(result.run_dir).metrics["best_val_bpc"] == pytest.approx(result.best_val_bpc)
+    assert load_run(result.run_dir).metrics["best_val_bpc"] == pytest.approx(result.best["bpc"])
 
 
 def test_load_run_errors(tmp_path, tiny_run):

@@ -215,14 +215,37 @@ def test_ctrl_c_exit_130_and_bugs_keep_traceback(corpus, tmp_path, capsys, monke
         raise KeyboardInterrupt
 
     argv = ["train", "lm", "--data", str(corpus), "--out", str(tmp_path / "o"), "--max-steps", "3", *TINY]
-    monkeypatch.setattr(rnnkit.train, "train_lm", interrupted)
+    monkeypatch.setattr(rnnkit.train, "train", interrupted)
     assert main(argv) == 130
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "interrupted" in err
+    assert err.count("\n") == 1 and "interrupted" in err and "nothing was saved" in err
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a genuine bug")
 
-    monkeypatch.setattr(rnnkit.train, "train_lm", bug)
+    monkeypatch.setattr(rnnkit.train, "train", bug)
     with pytest.raises(ZeroDivisionError):
         main(argv)
+
+
+def test_ctrl_c_during_training_says_what_it_saved(corpus, tmp_path, capsys, monkeypatch):
+    import rnnkit.train
+
+    real_train = rnnkit.train.train
+
+    def train_until_step_2(task, out, **kwargs):
+        progress = kwargs.pop("on_event")
+
+        def on_event(event):
+            progress(event)
+            if event["kind"] == "step" and event["step"] == 2:
+                raise KeyboardInterrupt
+
+        return real_train(task, out, on_event=on_event, **kwargs)
+
+    monkeypatch.setattr(rnnkit.train, "train", train_until_step_2)
+    out = tmp_path / "o"
+    argv = ["train", "lm", "--data", str(corpus), "--out", str(out), "--max-steps", "6", "--log-every", "1", *TINY]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"rnnkit: interrupted at step 2: saved {out / 'last.pt'}; continue with --out {out} --resume"

@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from rnnkit.cliargs import SECTIONS, add_config_flags, build_config, config_overrides, load_toml, parse_bool, to_toml
-from rnnkit.config import LMConfig
+from rnnkit.cliargs import add_config_flags, build_config, config_overrides, load_toml, parse_bool, to_toml
 from rnnkit.errors import ConfigError
+from rnnkit.tasks.language_model import LMConfig
 
 
 def _parser():
@@ -19,7 +19,7 @@ def _parser():
 def test_every_field_has_a_kebab_flag_with_help_and_default():
     p = _parser()
     options = {a.dest: a for a in p._actions}
-    for cls in SECTIONS.values():
+    for cls in LMConfig.sections().values():
         for f in dataclasses.fields(cls):
             action = options[f.name]
             assert "--" + f.name.replace("_", "-") in action.option_strings
@@ -68,7 +68,7 @@ def test_toml_round_trip(tmp_path):
     "text, needle",
     [
         ("[model]\nhiden_size = 3\n", "'hiden_size'"),
-        ("[modle]\n", "[modle]"),
+        ("[modle]\n", "'modle'"),
         ("model = 3\n", "model"),
         ("[model\n", "TOML"),
     ],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnkit.config import ModelConfig
 from rnnkit.errors import ConfigError
 from rnnkit.tasks import CharLM, lm_loss
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
 
 MODES = ["lstm", "gru", "elman"]
 

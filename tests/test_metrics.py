@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnkit.config import ModelConfig
 from rnnkit.data import Vocab
 from rnnkit.metrics import evaluate_dynamic, evaluate_ids
 from rnnkit.tasks import CharLM
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
 
 TEXT = "".join(f"def f{i % 7}(x):\n    return x * {i % 5} + {i % 3}\n" for i in range(40))
 

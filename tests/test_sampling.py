@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from rnnkit.config import ModelConfig
 from rnnkit.data import Vocab
 from rnnkit.errors import DataError
 from rnnkit.sampling import filter_logits, generate, sample_text, start_text
 from rnnkit.tasks.language_model import CharLM
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
 
 TEXT = "hello world\nthe quick brown fox jumps over the lazy dog\n"
 

@@ -10,9 +10,13 @@ import pytest
 import torch
 
 from rnnkit.checkpoint import load_checkpoint, load_run
-from rnnkit.config import DataConfig, LMConfig, ModelConfig, TrainConfig
 from rnnkit.errors import ConfigError, DataError
-from rnnkit.train import evaluate_text, load_text, lr_at, train_lm
+from rnnkit.metrics import evaluate_text
+from rnnkit.tasks.language_model import LMConfig, load_text
+from rnnkit.tasks.language_model import LMDataConfig as DataConfig
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
+from rnnkit.tasks.language_model import LMTrainConfig as TrainConfig
+from rnnkit.train import lr_at, train_lm
 
 TEXT = "".join(f"def f{i % 7}(x):\n    return x * {i % 5} + {i % 3}\n" for i in range(120))
 
@@ -61,13 +65,13 @@ def test_config_fields_are_unique_and_documented_with_help():
 @pytest.mark.parametrize(
     ("section", "values", "message"),
     [
-        (ModelConfig, {"hidden_size": 0}, "hidden_size must be an integer >= 1, got 0"),
+        (ModelConfig, {"hidden_size": 0}, r"hidden_size must be an integer in \[1, 1048576\], got 0"),
         (ModelConfig, {"dropout": 1.0}, r"dropout must be a number in \[0.0, 1.0\), got 1.0"),
-        (ModelConfig, {"mode": "transformer"}, "mode must be one of lstm, gru, elman, got 'transformer'"),
+        (ModelConfig, {"mode": "transformer"}, "mode must be one of elman, lstm, gru, got 'transformer'"),
         (TrainConfig, {"max_steps": -1}, "max_steps must be an integer >= 0, got -1"),
         (TrainConfig, {"lr": 0.0}, r"lr must be a number in \(0.0, inf\), got 0.0"),
         (TrainConfig, {"max_steps": 0, "max_minutes": 0}, "max_steps or max_minutes must be > 0"),
-        (TrainConfig, {"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+        (TrainConfig, {"batch_size": 2.5}, r"batch_size must be an integer in \[1, 16777216\], got 2.5"),
         (DataConfig, {"val_fraction": 0.9}, r"val_fraction must be a number in \(0.0, 0.5\], got 0.9"),
     ],
 )
@@ -106,21 +110,22 @@ def test_run_folder_events_and_metrics(text_file, tmp_path):
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("eval") == 2
     for e in events:
-        assert {"step", "max_steps", "loss", "bpc", "val_loss", "val_bpc", "tokens_per_s", "elapsed_s", "eta_s"} <= set(
-            e
-        )
+        assert {"step", "max_steps", "items_per_s", "unit", "elapsed_s", "eta_s", "lr"} <= set(e)
+        assert e["unit"] == "chars"
+    assert all({"loss", "bpc", "epoch"} <= set(e) for e in events if e["kind"] == "step")
+    assert all({"val_loss", "val_bpc", "val_chars", "best_val_bpc"} <= set(e) for e in events if e["kind"] == "eval")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "step"] == [2, 4, 6, 8]
     evals = [r for r in lines if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [4, 8]
     assert evals[-1]["val_bpc"] == pytest.approx(evals[-1]["val_loss"] / math.log(2))
     assert result.steps == 8 and result.stopped_because == "max_steps"
-    assert result.best_val_bpc == pytest.approx(min(r["val_bpc"] for r in evals))
+    assert result.best["bpc"] == pytest.approx(min(r["val_bpc"] for r in evals))
     # the reported validation loss is that of the best model on the held-out text, recomputed from scratch
     run = load_run(result.run_dir, "best")
     val_text = load_text(cfg)[-int(len(TEXT) * 0.1) :]
     again = evaluate_text(run.model, run.vocab, val_text, batch_size=4, bptt=12)
-    assert again["loss"] == pytest.approx(result.best_val_loss, rel=1e-6)
+    assert again["loss"] == pytest.approx(result.best["loss"], rel=1e-6)
 
 
 def test_evaluate_text_equals_one_full_pass():
@@ -144,7 +149,7 @@ def test_learns_a_periodic_text(tmp_path):
     p.write_text("abcdefgh" * 400)
     cfg = _config(p, model={"hidden_size": 24}, max_steps=60, eval_every=60, bptt=16, lr=1e-2, warmup_steps=5)
     result = train_lm(cfg, tmp_path / "run")
-    assert result.best_val_bpc < 0.3  # uniform over 8 symbols is 3 bits/char
+    assert result.best["bpc"] < 0.3  # uniform over 8 symbols is 3 bits/char
 
 
 def test_resume_gives_the_same_parameters(text_file, tmp_path):

@@ -1,24 +1,25 @@
-"""Checkpoints of a language-model run: written atomically, versioned, loaded with ``weights_only=True``.
+"""Checkpoints of a training run: written atomically, versioned, loaded with ``weights_only=True``.
 
 A checkpoint is a dict of tensors, dicts, lists, numbers and strings only (RNG states as uint8/int64 tensors),
 so ``torch.load(weights_only=True)`` can read it without unpickling arbitrary objects:
 
     format_version  int, FORMAT_VERSION when written
-    kind            "char_lm"
+    kind            the task's name: "lm", "classify" (format 1: "char_lm")
     model           state_dict of the unwrapped model (never a DDP wrapper: no "module." prefixes)
     optimizer       optimizer.state_dict()
-    scheduler       {"step": ..., "elapsed_s": ...}: the schedule is a pure function of these
-    step            optimiser steps taken
-    data_position   {"epoch": e, "chunk": k}: the next chunk to train on
-    stream_state    the recurrent state carried into that chunk (list of tensors) or None
-    rng             {"torch": uint8, "cuda": [uint8...], "numpy": {...}, "python": {...}}; the text stream
-                    is read in a fixed order (no shuffling), so data_position is its whole state
+    step            optimiser steps taken; with the elapsed time, all the learning-rate schedule depends on
+    data_position   {"epoch": e, "index": k}: the next batch to train on (the task's batches are a pure function
+                    of (epoch, k): a fixed stream for the LM, a seeded permutation per epoch for a classifier)
+    stream_state    the recurrent state carried into that batch (list of tensors) or None
+    rng             {"torch": uint8, "cuda": [uint8...], "numpy": {...}, "python": {...}}
     rng_per_rank    under DDP, the same dict for every rank (ranks draw different dropout masks), else None
-    config          LMConfig.to_dict()
-    vocab           list of characters
-    metrics         {"best_val_loss": ..., "best_val_bpc": ..., "last_val_bpc": ..., ...}
+    config          the task's RunConfig.to_dict()
+    artefacts       what the task keeps to use the model: {"vocab": [...]}, {"labels": [...], ...}
+    metrics         {"best": primary value, "best_metrics": {...}, "last_metrics": {...}, "best_val_<m>": ...,
+                    "evals_without_improvement", "items", "elapsed_s", "num_parameters"}
 
-A run folder holds config.json, vocab.json, last.pt, best.pt, metrics.jsonl and loss.png.
+A run folder holds config.json, last.pt, best.pt, metrics.jsonl, summary.json, loss.png and the task's files
+(vocab.json, labels.json, confusion.png).
 """
 
 from __future__ import annotations
@@ -26,22 +27,21 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rnnkit.config import LMConfig
 from rnnkit.data.vocab import Vocab
 from rnnkit.errors import CheckpointError, ConfigError, DataError
+from rnnkit.io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
-    "KIND",
     "LoadedRun",
     "get_rng_state",
     "load_checkpoint",
@@ -50,48 +50,25 @@ __all__ = [
     "set_rng_state",
 ]
 
-FORMAT_VERSION = 1
-KIND = "char_lm"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a folder; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+FORMAT_VERSION = 2  # 2: the kind is the task's name ("lm", "classify"), the task's artefacts under "artefacts"
+KIND_ALIASES = {"char_lm": "lm"}  # format 1 wrote the language model's kind as "char_lm"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, then os.replace.
+    """Write ``payload`` to ``path`` atomically (``rnnkit.io.atomic_write``): the old file or the whole new one.
 
-    A reader (or a crash) sees either the old file or the complete new one, never a half-written one.
-    ``format_version`` is set here; ``payload["kind"]`` must name the model kind.
+    ``format_version`` is set here; ``payload["kind"]`` must name the task (the model kind).
     """
     if "kind" not in payload:
-        raise ValueError("payload must have a 'kind' entry (the model kind, such as 'char_lm'), got none")
-    path = Path(path)
-    payload = {**payload, "format_version": FORMAT_VERSION}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+        raise ValueError("payload must have a 'kind' entry (the task's name, such as 'lm'), got none")
+    atomic_write(path, partial(torch.save, {**payload, "format_version": FORMAT_VERSION}))
 
 
-def load_checkpoint(path: str | os.PathLike, *, kind: str | None = KIND, map_location="cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; CheckpointError for anything that is not ours."""
+def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, map_location="cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; CheckpointError for anything that is not ours.
+
+    ``kind``: the task the checkpoint must hold (None: any). Format 1's kind names are mapped to today's.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -111,6 +88,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = KIND, map_loc
             f"{path}: checkpoint format version {version!r} is newer than this rnnkit reads ({FORMAT_VERSION}); "
             "upgrade rnnkit"
         )
+    payload["kind"] = KIND_ALIASES.get(payload.get("kind"), payload.get("kind"))
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path}: checkpoint holds a {payload.get('kind')!r} model, expected {kind!r}")
     return payload
@@ -159,19 +137,35 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 
 @dataclass
 class LoadedRun:
-    """A trained run, ready to sample or evaluate: the model is in eval mode on the requested device."""
+    """A trained run, ready to use: its task (with the artefacts it saved) and its model, in eval mode."""
 
+    task: Any  # an rnnkit.tasks.Task, restored from the checkpoint (no training data read)
     model: torch.nn.Module
-    vocab: Vocab
-    config: LMConfig
+    config: Any  # the task's RunConfig
     step: int
     metrics: dict[str, Any]
     path: Path
 
+    @property
+    def vocab(self) -> Vocab:
+        """The character vocabulary of a task that has one (the LM's, a text classifier's)."""
+        return self.task.vocab
 
-def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
-    """Load ``best.pt`` (falls back to ``last.pt`` when no evaluation has run yet) or ``last.pt`` of a run folder."""
-    from rnnkit.tasks.language_model import CharLM  # the task module imports config only; no cycle at runtime
+
+def load_run(
+    run_dir: str | os.PathLike,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    *,
+    task: str | None = None,
+    purpose: str = "this",
+) -> LoadedRun:
+    """Load ``best.pt`` (falls back to ``last.pt`` when no evaluation has run yet) or ``last.pt`` of a run folder.
+
+    ``task``: the task the run must be ("lm", "classify"); a run of another task is a CheckpointError in one line,
+    ``"{run_dir} is a char LM run; {purpose} needs a classify run"``.
+    """
+    from rnnkit.tasks import TASKS  # the tasks import this module: imported here, when a run is loaded
 
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -183,18 +177,28 @@ def load_run(run_dir: str | os.PathLike, which: str = "best", device: str | torc
         path = run_dir / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not an rnnkit run folder (no best.pt or last.pt in it)")
-    payload = load_checkpoint(path, kind=KIND)
+    payload = load_checkpoint(path)
+    kind = payload.get("kind")
+    if kind not in TASKS:
+        raise CheckpointError(f"{path}: checkpoint holds a {kind!r} model, which this rnnkit has no task for")
+    task_cls = TASKS[kind]
+    if task is not None and kind != task:
+        raise CheckpointError(f"{run_dir} is a {task_cls.title} run; {purpose} needs a {TASKS[task].title} run")
     try:
-        config = LMConfig.from_dict(payload["config"])
-        vocab = Vocab(payload["vocab"])
-        model = CharLM(len(vocab), config.model)
+        config = task_cls.Config.from_dict(payload["config"])
+        restored = task_cls(config)
+        restored.restore(payload.get("artefacts") or {"vocab": payload["vocab"]})  # format 1 kept the vocab alone
+        model = restored.build_model()
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError, ConfigError, DataError) as e:
-        raise CheckpointError(f"{path}: checkpoint is incomplete or inconsistent ({type(e).__name__}: {e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{path}: checkpoint is incomplete or inconsistent ({type(e).__name__}: {first[:200]})"
+        ) from e
     model.to(device).eval()
     return LoadedRun(
+        task=restored,
         model=model,
-        vocab=vocab,
         config=config,
         step=int(payload.get("step", 0)),
         metrics=dict(payload.get("metrics", {})),

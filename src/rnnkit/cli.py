@@ -1,11 +1,11 @@
-"""The ``rnnkit`` command: train, sample, eval, bench, gradflow. The only module of the package that prints.
+"""The ``rnnkit`` command: train, sample, eval, predict, bench, gradflow. The only module of the package that prints.
 
 Errors the user can fix (bad config, data, paths, run folders, arguments) print ONE line ``rnnkit: error: ...`` on
-stderr and exit with status 2; Ctrl-C prints one line and exits 130 (the trainer has saved a checkpoint). Any
+stderr and exit with status 2; Ctrl-C prints one line saying what was saved and exits 130. Any
 other exception is a bug and keeps its traceback.
 
-``rnnkit train lm`` writes to ``--out`` (default: a new timestamped folder ``runs/lm-YYYYmmdd-HHMMSS``, so no run
-is ever overwritten; ``--resume`` needs an explicit ``--out``).
+``rnnkit train TASK`` (``lm``, ``classify``) writes to ``--out`` (default: a new timestamped folder
+``runs/TASK-YYYYmmdd-HHMMSS``, so no run is ever overwritten; ``--resume`` needs an explicit ``--out``).
 """
 
 from __future__ import annotations
@@ -41,40 +41,45 @@ def _eprint(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-# --- train lm ------------------------------------------------------------------------------------------------------
+# --- train ---------------------------------------------------------------------------------------------------------
 
 
 class _Progress:
-    """train_lm's on_event -> a tqdm bar on a TTY stderr, else one plain stderr line per evaluation."""
+    """The trainer's on_event -> a tqdm bar on a TTY stderr, else one plain stderr line per evaluation."""
 
     def __init__(self) -> None:
         self.bar = None
         self.tty = sys.stderr.isatty()
+        self.unit = "items"
 
     def __call__(self, event: dict) -> None:
         kind = event.get("kind")
-        if kind == "start" and self.tty:
-            from tqdm import tqdm
+        if kind == "start":
+            self.unit = event.get("unit", "items")
+            if self.tty:
+                from tqdm import tqdm
 
-            total = event.get("max_steps") or None
-            self.bar = tqdm(
-                total=total, initial=event.get("step") or 0, file=sys.stderr, unit="step", dynamic_ncols=True
-            )
+                total = event.get("max_steps") or None
+                self.bar = tqdm(
+                    total=total, initial=event.get("step") or 0, file=sys.stderr, unit="step", dynamic_ncols=True
+                )
         elif kind == "step" and self.bar is not None:
             self.bar.update((event.get("step") or 0) - self.bar.n)
-            post = {
-                "loss": _f(event.get("loss")),
-                "bpc": _f(event.get("bpc")),
-                "tok/s": _f(event.get("tokens_per_s"), 0),
-            }
+            post = {"loss": _f(event.get("loss"))}
+            if event.get("bpc") is not None:
+                post["bpc"] = _f(event["bpc"])
+            post[f"{self.unit}/s"] = _f(event.get("items_per_s"), 0)
             if event.get("eta_s") is not None:
                 post["eta"] = f"{event['eta_s']:.0f}s"
             self.bar.set_postfix(post, refresh=False)
         elif kind == "eval":
+            vals = " ".join(
+                f"val {key[4:]} {_f(value)}"
+                for key, value in event.items()
+                if key.startswith("val_") and key != "val_chars" and isinstance(value, float)
+            )
             line = (
-                f"step {event.get('step')}: val loss {_f(event.get('val_loss'))} val bpc {_f(event.get('val_bpc'))}"
-                + ("" if event.get("bpc") is None else f" train bpc {_f(event.get('bpc'))}")
-                + f" {_f(event.get('tokens_per_s'), 0)} tok/s"
+                f"step {event.get('step')}: {vals} {_f(event.get('items_per_s'), 0)} {self.unit}/s"
                 f" {_f(event.get('elapsed_s'), 0)} s"
             )
             if self.bar is not None:
@@ -94,44 +99,55 @@ def _f(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def cmd_train_lm(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import load_run
-    from rnnkit.sampling import sample_text
-    from rnnkit.train import train_lm
+def cmd_train(args: argparse.Namespace) -> int:
+    import rnnkit.train
+    from rnnkit.tasks import TASKS
 
-    config = build_config(args.config, config_overrides(args))
+    task_cls = TASKS[args.task]
+    config = build_config(args.config, config_overrides(args, task_cls.Config), task_cls.Config)
     if args.out is None:
         if args.resume:
             raise UsageError("--resume needs --out DIR (the run folder to continue)")
-        out = Path("runs") / time.strftime("lm-%Y%m%d-%H%M%S")
+        out = Path("runs") / time.strftime(f"{task_cls.name}-%Y%m%d-%H%M%S")
     else:
+        if not args.out.strip():
+            raise UsageError("--out must name a folder, got an empty string")
         out = Path(args.out)
     progress = _Progress()
     try:
-        result = train_lm(config, out, resume=args.resume, on_event=progress)
+        result = rnnkit.train.train(task_cls(config), out, resume=args.resume, on_event=progress)
     finally:
         progress.close()
+    task = task_cls(config)
+    primary = task.primary
     print(
-        f"val bpc: best {result.best_val_bpc:.4f}, last {result.last_val_bpc:.4f} ({result.steps} steps, "
-        f"{result.tokens_per_second:.0f} tok/s, {result.elapsed_s:.1f} s, stopped: {result.stopped_because})"
+        f"val {primary}: best {result.best.get(primary, float('nan')):.4f}, "
+        f"last {result.last.get(primary, float('nan')):.4f} ({result.steps} steps, "
+        f"{result.items_per_second:.0f} {task.unit}/s, {result.elapsed_s:.1f} s, stopped: {result.stopped_because})"
     )
     print(f"run folder: {result.run_dir}")
-    run = load_run(result.run_dir, "best")
-    text = sample_text(
-        run.model, run.vocab, "", SAMPLE_CHARS, temperature=0.8, generator=torch.Generator().manual_seed(0)
-    )
-    print(f"sample (best checkpoint, temperature 0.8, seed 0):\n{text}")
+    if args.task == "lm":
+        from rnnkit.checkpoint import load_run
+        from rnnkit.sampling import sample_text
+
+        run = load_run(result.run_dir, "best")
+        text = sample_text(
+            run.model, run.vocab, "", SAMPLE_CHARS, temperature=0.8, generator=torch.Generator().manual_seed(0)
+        )
+        print(f"sample (best checkpoint, temperature 0.8, seed 0):\n{text}")
+    elif result.info.get("validates_on_training_set"):
+        print("note: no validation data (--val-fraction 0 and no --val): the metrics above are on the training set")
     return 0
 
 
-# --- sample / eval -------------------------------------------------------------------------------------------------
+# --- sample / eval / predict ---------------------------------------------------------------------------------------
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
     from rnnkit.sampling import generate
 
-    run = load_run(args.run, args.checkpoint)
+    run = load_run(args.run, args.checkpoint, task="lm", purpose="sample")
     gen = torch.Generator().manual_seed(args.seed)
     out = sys.stdout
     if args.echo_prompt:
@@ -156,15 +172,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
+
+    run = load_run(args.run, args.checkpoint)
+    if run.task.name == "classify":
+        return _eval_classify(args, run)
     from rnnkit.data import read_text
     from rnnkit.metrics import evaluate_dynamic, evaluate_text
 
     text = read_text(args.data)
-    run = load_run(args.run, args.checkpoint)
     if args.dynamic_lr > 0:
-        ids = run.vocab.encode(text, tensor=True)  # (N,)
+        ids = run.vocab.encode(text, tensor=True, strict=False)  # (N,)
         rows = args.batch_size or 2
         m = evaluate_dynamic(run.model, ids, lr=args.dynamic_lr, decay=args.dynamic_decay, batch_size=rows, bptt=32)
+        m["unknown"] = run.vocab.count_unknown(text)
     else:
         rows = args.batch_size or 16
         m = evaluate_text(run.model, run.vocab, text, batch_size=rows, bptt=run.config.train.bptt)
@@ -173,9 +193,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 {
+                    "task": "lm",
                     "loss": m["loss"],
                     "bpc": m["bpc"],
                     "chars": m["chars"],
+                    "unknown_chars": m["unknown"],
                     "run": str(args.run),
                     "checkpoint": str(run.path),
                     "step": run.step,
@@ -184,10 +206,75 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         )
     else:
+        unknown = f", {m['unknown']} not in the vocabulary (scored as U+FFFD)" if m["unknown"] else ""
         print(
-            f"{args.data}: {m['chars']} chars, loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char "
+            f"{args.data}: {m['chars']} chars{unknown}, loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char "
             f"({how}; run {args.run}, {run.path.name}, step {run.step})"
         )
+    return 0
+
+
+def _eval_classify(args: argparse.Namespace, run) -> int:
+    from rnnkit.data.labelled import read_examples
+
+    task = run.task
+    data = task.encode(read_examples(args.data))
+    m = task.scores(run.model, data)
+    recall = dict(zip(task.labels, m["recall"], strict=True))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "task": "classify",
+                    "accuracy": m["accuracy"],
+                    "macro_f1": m["macro_f1"],
+                    "loss": m["loss"],
+                    "n": m["n"],
+                    "recall": recall,
+                    "unknown_tokens": task.unknown_tokens,
+                    "run": str(args.run),
+                    "checkpoint": str(run.path),
+                    "step": run.step,
+                }
+            )
+        )
+    else:
+        print(
+            f"{args.data}: {m['n']} examples, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+            f"loss {m['loss']:.4f} (run {args.run}, {run.path.name}, step {run.step})"
+        )
+        width = max(len(label) for label in task.labels)
+        for label, r in recall.items():
+            print(f"  recall {label:{width}s} {r:.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from rnnkit.checkpoint import load_run
+    from rnnkit.data.labelled import read_examples
+    from rnnkit.io import atomic_write
+
+    run = load_run(args.run, args.checkpoint, task="classify", purpose="predict")
+    task = run.task
+    if args.out is not None and Path(args.out).exists() and not args.force:
+        raise UsageError(f"--out {args.out} exists; pass --force to overwrite it")
+    data = task.encode(read_examples(args.data, labels="optional"), with_labels=False)
+    probs, order = task.predict_proba(run.model, data)
+    by_input = torch.empty_like(probs)
+    by_input[torch.tensor(order, dtype=torch.long)] = probs  # back to input order
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["label", *(f"p_{label}" for label in task.labels)])
+    for row, pred in zip(by_input.tolist(), by_input.argmax(-1).tolist(), strict=True):
+        writer.writerow([task.labels[pred], *(f"{p:.6f}" for p in row)])
+    if args.out is None:
+        sys.stdout.write(buf.getvalue())
+    else:
+        atomic_write(args.out, buf.getvalue())
+        _eprint(f"wrote {len(order)} predictions to {args.out}")
     return 0
 
 
@@ -250,18 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
+    from rnnkit.tasks import TASKS
+
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="task", required=True, parser_class=Parser)
-    lm = train_sub.add_parser(
-        "lm",
-        help="character language model",
-        description="Train a character LM. Precedence: defaults < --config TOML < flags.",
-    )
-    lm.add_argument("--out", default=None, metavar="DIR", help="run folder (default: a new runs/lm-YYYYmmdd-HHMMSS)")
-    lm.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with [model] [data] [train]")
-    lm.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    add_config_flags(lm)
-    lm.set_defaults(func=cmd_train_lm)
+    helps = {"lm": "character language model", "classify": "sequence classifier (text or time series)"}
+    for name, task_cls in TASKS.items():
+        p = train_sub.add_parser(
+            name,
+            help=helps.get(name, name),
+            description=f"Train a {task_cls.title} model. Precedence: defaults < --config TOML < flags.",
+        )
+        p.add_argument(
+            "--out", default=None, metavar="DIR", help=f"run folder (default: a new runs/{name}-YYYYmmdd-HHMMSS)"
+        )
+        p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with [model] [data] [train]")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+        add_config_flags(p, task_cls.Config)
+        p.set_defaults(func=cmd_train)
 
     sample = sub.add_parser("sample", help="generate text from a trained run (streamed)")
     sample.add_argument("--run", required=True, metavar="DIR", help="run folder")
@@ -282,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     sample.set_defaults(func=cmd_sample)
 
-    ev = sub.add_parser("eval", help="loss and bits per character of a text under a trained run")
+    ev = sub.add_parser("eval", help="score a file under a trained run (bpc for an LM; accuracy, F1 for a classifier)")
     ev.add_argument("--run", required=True, metavar="DIR", help="run folder")
-    ev.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file to score")
+    ev.add_argument(
+        "--data", required=True, metavar="FILE", help="UTF-8 text (LM) or labelled examples (classifier) to score"
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument(
@@ -307,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="pull back toward the trained weights per step",
     )
     ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="class probabilities for each input of a file, under a classify run (CSV)")
+    pr.add_argument("--run", required=True, metavar="DIR", help="run folder of a classify run")
+    pr.add_argument("--data", required=True, metavar="FILE", help=".tsv, .csv, .ts or .npz; labels in it are ignored")
+    pr.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
+    pr.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    pr.set_defaults(func=cmd_predict)
 
     bench = sub.add_parser("bench", help="RNN backend speed table")
     try:
@@ -359,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
             _eprint(f"rnnkit: error: this command needs {e.name}, which is not installed")
             return 2
         raise
-    except KeyboardInterrupt:
-        _eprint("rnnkit: interrupted (a training run saved last.pt; continue it with --resume)")
+    except KeyboardInterrupt as e:
+        saved = getattr(e, "saved", None)
+        if saved is not None:
+            _eprint(f"rnnkit: interrupted at step {e.step}: saved {saved}; continue with --out {saved.parent} --resume")
+        elif getattr(e, "step", None) is not None:
+            _eprint(f"rnnkit: interrupted at step {e.step}; no checkpoint written on the way out (--resume continues "
+                    "from the last one written, if any)")  # fmt: skip
+        else:
+            _eprint("rnnkit: interrupted (nothing was saved)")
         return 130

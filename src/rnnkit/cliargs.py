@@ -1,6 +1,6 @@
-"""Command-line flags from the config dataclasses, and TOML config files.
+"""Command-line flags from a task's config dataclasses, and TOML config files.
 
-Each field of ModelConfig, DataConfig and TrainConfig becomes a kebab-case flag (``hidden_size`` ->
+Each field of the task's sections (``model``, ``data``, ``train``) becomes a kebab-case flag (``hidden_size`` ->
 ``--hidden-size``) whose help is the field's help plus its default. Flags default to ``argparse.SUPPRESS`` so the
 namespace holds only the flags actually given: the precedence is defaults < TOML file < explicit flags.
 """
@@ -18,12 +18,11 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - Python 3.10: the tomli backport, if installed
     tomllib = None
 
-from rnnkit.config import DataConfig, LMConfig, ModelConfig, TrainConfig
+from rnnkit.config import RunConfig
 from rnnkit.errors import ConfigError
+from rnnkit.tasks.language_model import LMConfig
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-
-__all__ = ["SECTIONS", "add_config_flags", "build_config", "config_overrides", "load_toml", "parse_bool"]
+__all__ = ["add_config_flags", "build_config", "config_overrides", "load_toml", "parse_bool", "to_toml"]
 
 
 def parse_bool(text: str) -> bool:
@@ -36,8 +35,7 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _flag_type(f: dataclasses.Field, hints: dict[str, Any]):
-    hint = hints[f.name]
+def _flag_type(hint: Any):
     if hint is bool:
         return parse_bool
     if hint is int:
@@ -47,65 +45,62 @@ def _flag_type(f: dataclasses.Field, hints: dict[str, Any]):
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[RunConfig] = LMConfig) -> None:
     """One flag per config field, grouped by section, default SUPPRESS (absent unless given)."""
-    for name, cls in SECTIONS.items():
+    for name, cls in config_cls.sections().items():
         group = parser.add_argument_group(f"[{name}] options (also settable in the TOML file)")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")
-            kind = _flag_type(f, hints)
+            kind = _flag_type(hints[f.name])
             metavar = {parse_bool: "BOOL", int: "N", float: "X"}.get(kind, "VALUE")
-            if f.name == "data":
+            if f.name in ("data", "val"):
                 metavar = "FILE"
             help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
             group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def config_overrides(args: argparse.Namespace, config_cls: type[RunConfig] = LMConfig) -> dict[str, dict[str, Any]]:
     """The config fields given on the command line, as a nested {section: {field: value}} dict."""
     given = vars(args)
     out: dict[str, dict[str, Any]] = {}
-    for name, cls in SECTIONS.items():
+    for name, cls in config_cls.sections().items():
         for f in dataclasses.fields(cls):
             if f.name in given:
                 out.setdefault(name, {})[f.name] = given[f.name]
     return out
 
 
-def load_toml(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Read a TOML config with [model] [data] [train] tables; an unknown table or key is a ConfigError naming it."""
+def load_toml(path: str | os.PathLike, config_cls: type[RunConfig] = LMConfig) -> dict[str, dict[str, Any]]:
+    """Read a TOML config with the task's tables; an unknown table or key is a ConfigError naming it and the file."""
     if tomllib is None:  # pragma: no cover
         raise ConfigError("reading a TOML config needs Python >= 3.11 (tomllib)")
     with open(path, "rb") as fh:  # OSError (missing file) goes to the caller
-        try:
-            d = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e})") from e
-    for section, values in d.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{section}] (expected model, data or train)")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: {section} must be a table [{section}], got a {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"{path}: unknown key {key!r} in section [{section}]")
+        raw = fh.read()
+    try:
+        d = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    config_cls.check_keys(d, where=str(path))
     return d
 
 
-def build_config(toml_path: str | os.PathLike | None, overrides: dict[str, dict[str, Any]]) -> LMConfig:
+def build_config(
+    toml_path: str | os.PathLike | None, overrides: dict[str, dict[str, Any]], config_cls: type[RunConfig] = LMConfig
+) -> RunConfig:
     """Defaults < TOML file < ``overrides`` (the explicit flags), validated by the config classes."""
-    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    merged: dict[str, dict[str, Any]] = {name: {} for name in config_cls.sections()}
     if toml_path is not None:
-        for section, values in load_toml(toml_path).items():
+        for section, values in load_toml(toml_path, config_cls).items():
             merged[section].update(values)
     for section, values in overrides.items():
         merged[section].update(values)
-    return LMConfig.from_dict(merged)
+    return config_cls.from_dict(merged)
 
 
-def to_toml(config: LMConfig) -> str:
+def to_toml(config: RunConfig) -> str:
     """The config as TOML text (None fields are left out: TOML has no null)."""
     lines = []
     for section, values in config.to_dict().items():

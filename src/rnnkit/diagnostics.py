@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from rnnkit.cells import LSTMState
 from rnnkit.init import init_forget_bias_
+from rnnkit.io import atomic_write
 from rnnkit.recurrent import RNN
 
 __all__ = ["compare_gradient_flow", "gradient_flow", "plot_gradient_flow", "summary"]
@@ -176,13 +176,6 @@ def plot_gradient_flow(curves: Mapping[str, Tensor], path: str | os.PathLike, *,
     fig.tight_layout()
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))  # a Figure without pyplot needs no closing
     log.info("wrote gradient-flow plot %s", path)
     return path

@@ -1,4 +1,4 @@
-"""Evaluation (loss in nats per character and bits per character) and the run's metric records.
+"""Metrics: the language model's loss and bits per character, classification metrics, the run's records and plots.
 
 bits per character = loss / ln 2, with the loss the mean next-character cross-entropy in nats.
 """
@@ -9,8 +9,6 @@ import copy
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,19 @@ from torch import Tensor, nn
 from rnnkit.data.stream import TextStream
 from rnnkit.data.vocab import Vocab
 from rnnkit.distributed import DistInfo, all_reduce
+from rnnkit.io import atomic_open, atomic_write
 from rnnkit.sequence import detach_state
 
-__all__ = ["MetricsLog", "evaluate_dynamic", "evaluate_ids", "evaluate_text", "plot_losses"]
+__all__ = [
+    "MetricsLog",
+    "classification_metrics",
+    "confusion_matrix",
+    "evaluate_dynamic",
+    "evaluate_ids",
+    "evaluate_text",
+    "plot_confusion",
+    "plot_training",
+]
 
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
@@ -134,12 +142,14 @@ def evaluate_dynamic(
 def evaluate_text(
     model: nn.Module, vocab: Vocab, text: str, *, batch_size: int = 16, bptt: int = 256, device="cpu"
 ) -> dict[str, float]:
-    """{"loss": nats/char, "bpc": bits/char, "chars": characters scored} of ``text`` under ``model``.
+    """{"loss": nats/char, "bpc": bits/char, "chars": characters scored, "unknown": characters outside the vocabulary}.
 
-    A character outside ``vocab`` is a DataError; the first character is context only (it has no predecessor).
+    Characters outside ``vocab`` are scored as its unknown symbol (U+FFFD; a DataError for a vocabulary without
+    one); the first character is context only (it has no predecessor).
     """
-    ids = vocab.encode(text, tensor=True)  # (N,)
-    return evaluate_ids(model, ids, batch_size=batch_size, bptt=bptt, device=device)
+    ids = vocab.encode(text, tensor=True, strict=False)  # (N,)
+    return {**evaluate_ids(model, ids, batch_size=batch_size, bptt=bptt, device=device),
+            "unknown": vocab.count_unknown(text)}  # fmt: skip
 
 
 class MetricsLog:
@@ -150,7 +160,7 @@ class MetricsLog:
         if keep_up_to_step is not None and path.exists():
             # after a resume, drop records written after the checkpoint we continue from
             kept = [line for line in path.read_text().splitlines() if _step_of(line) <= keep_up_to_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(path, "".join(line + "\n" for line in kept))
         self.records: list[dict[str, Any]] = [json.loads(line) for line in _lines(path)]
 
     def write(self, record: dict[str, Any]) -> None:
@@ -170,8 +180,12 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def plot_losses(records: list[dict[str, Any]], path: Path) -> bool:
-    """Training and validation bpc against step as a PNG (matplotlib Agg), written atomically; False on failure."""
+def plot_training(records: list[dict[str, Any]], path: Path, primary: str) -> bool:
+    """The training curves as a PNG (matplotlib Agg), written atomically; False when matplotlib is missing.
+
+    Left: training and validation loss against step. Right (when the primary metric is not the loss): the
+    validation ``primary`` metric, beside its training value when the task reports one (the LM's bpc).
+    """
     try:
         import matplotlib
 
@@ -180,26 +194,102 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         log.warning("matplotlib is not installed: no loss plot")
         return False
-    train = [(r["step"], r["bpc"]) for r in records if r.get("kind") == "step" and r.get("bpc") is not None]
-    val = [(r["step"], r["val_bpc"]) for r in records if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train (bits/char)", alpha=0.8)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="validation (bits/char)")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("bits per character")
-    ax.grid(alpha=0.3)
-    ax.legend()
+
+    def curve(kind: str, key: str) -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in records if r.get("kind") == kind and r.get(key) is not None]
+
+    panels = [("loss", "loss")] + ([(primary, primary)] if primary != "loss" else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for points, name, style in (
+            (curve("step", key), "train", "-"),
+            (curve("eval", f"val_{key}"), "validation", "o-"),
+        ):
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=f"{name} {label}", alpha=0.85)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_open(path, suffix=".png") as (_, tmp):
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    return True
+
+
+# --- classification ------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(targets: Tensor, predictions: Tensor, num_classes: int) -> Tensor:
+    """(C, C) int64 counts: row = true class, column = predicted class."""
+    index = targets.long() * num_classes + predictions.long()  # (N,)
+    return torch.bincount(index.cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def classification_metrics(confusion: Tensor) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class recall/precision/F1 from a confusion matrix (rows true, columns predicted).
+
+    accuracy = trace / N. For class c: recall = C[c, c] / sum_j C[c, j], precision = C[c, c] / sum_i C[i, c],
+    F1 = 2 P R / (P + R), each 0 where its denominator is 0 (scikit-learn's ``zero_division=0``). macro-F1 is
+    the mean F1 over the classes that occur in the targets or the predictions.
+    """
+    conf = confusion.double()
+    n = conf.sum()
+    tp = conf.diag()  # (C,)
+    true_count, pred_count = conf.sum(1), conf.sum(0)  # (C,) each
+    recall = torch.where(true_count > 0, tp / true_count.clamp(min=1), torch.zeros_like(tp))
+    precision = torch.where(pred_count > 0, tp / pred_count.clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), torch.zeros_like(tp))
+    present = (true_count + pred_count) > 0
+    return {
+        "accuracy": float(tp.sum() / n) if n > 0 else 0.0,
+        "macro_f1": float(f1[present].mean()) if bool(present.any()) else 0.0,
+        "n": int(n),
+        "recall": recall.tolist(),
+        "precision": precision.tolist(),
+        "f1": f1.tolist(),
+    }
+
+
+def plot_confusion(confusion: Tensor, labels: list[str], path: Path, title: str = "") -> bool:
+    """The confusion matrix as a PNG, rows normalised to recall, counts in the cells; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no confusion-matrix plot")
+        return False
+    C = len(labels)
+    counts = confusion.double()
+    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)  # (C, C), each row sums to 1
+    size = min(3 + 0.55 * C, 14)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if C <= 30:
+        for i in range(C):
+            for j in range(C):
+                if counts[i, j] > 0:
+                    color = "white" if rates[i, j] > 0.5 else "black"
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8, color=color)
+    ticks = range(C)
+    ax.set_xticks(ticks, labels, rotation=90 if C > 8 else 0)
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    try:
+        with atomic_open(path, suffix=".png") as (_, tmp):
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return True
 
 

@@ -22,7 +22,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells import LSTMState, check_nonlinearity, check_size, elman_step, gru_step, lstm_step
-from rnnkit.sequence import check_lengths, flip_padded, map_state
+from rnnkit.sequence import check_lengths, flip_padded, map_state, mask_to_lengths
 
 __all__ = ["BACKENDS", "MODES", "RNN", "Bidirectional", "Recurrent", "Stack", "register_backend", "scan"]
 
@@ -241,6 +241,8 @@ class RNN(nn.Module):
       - ``state``: ``None`` for zeros; h0 (L*K, B, H) for Elman and GRU; ``(h0, c0)`` for LSTM.
       - ``lengths``: (B,) valid lengths of a padded batch, each in [1, T]. Outputs past a length are zero,
         the final state is each row's last valid state, and the reverse direction starts at each row's end.
+      - ``mask``: the Keras-style alternative to ``lengths``, a (B, T) bool tensor ((T, B) when not
+        ``batch_first``), True on valid steps; prefix masks only (anything else is a ValueError).
       - ``output``: (B, T, K*H) (or (T, B, K*H)); ``state`` in the layout above (an ``LSTMState`` for LSTM).
 
     ``backend`` picks the engine, all proven equal by tests: ``"loop"`` steps the cell equations in Python
@@ -378,7 +380,15 @@ class RNN(nn.Module):
         x: Tensor | PackedSequence,
         state: State = None,
         lengths: Tensor | Sequence[int] | None = None,
+        *,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor | PackedSequence, State]:
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("give lengths or mask, not both")
+            if isinstance(x, PackedSequence):
+                raise ValueError("mask must be None for a PackedSequence input (it carries its own lengths)")
+            lengths = mask_to_lengths(mask if self.batch_first else mask.transpose(0, 1))
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
             if lengths is not None:

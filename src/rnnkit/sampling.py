@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data import Vocab
+from rnnkit.data.vocab import UNKNOWN
 from rnnkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,11 @@ def generate(
     context = prompt or start_text(vocab)
     tokens = torch.tensor([vocab.encode(context)], dtype=torch.long, device=device)  # (1, T)
     logits, state = model(tokens)  # (1, T, V)
+    banned = vocab.index.get(UNKNOWN)  # the unknown symbol stands for unseen characters: never emit it
     logits = logits[:, -1].float().cpu()  # (1, V)
     for _ in range(length):
+        if banned is not None:
+            logits[:, banned] = float("-inf")
         token = _pick(logits, temperature, top_k, top_p, generator)  # (1,)
         yield vocab.decode(token.tolist())
         logits, state = model.step(token.to(device), state)  # (1, V)

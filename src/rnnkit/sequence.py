@@ -20,6 +20,8 @@ __all__ = [
     "last_valid",
     "lengths_to_mask",
     "map_state",
+    "mask_to_lengths",
+    "pad_sequences",
     "split_time",
 ]
 
@@ -73,6 +75,50 @@ def lengths_to_mask(lengths: Tensor, max_time: int) -> Tensor:
     """(B,) lengths -> (B, T) bool mask, True where t < length."""
     steps = torch.arange(max_time, device=lengths.device)  # (T,)
     return steps.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+
+
+def mask_to_lengths(mask: Tensor, max_time: int | None = None) -> Tensor:
+    """(B, T) bool prefix mask (True for the first lengths[b] steps of row b) -> lengths (B,) int64 on the CPU.
+
+    Keras-style masks are accepted only as prefixes: a row with a gap or with padding in front is a ValueError,
+    since a recurrence over such a row would read its steps out of order.
+    """
+    if not isinstance(mask, Tensor) or mask.dim() != 2 or mask.dtype != torch.bool:
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a (B, T) bool Tensor, got {got}")
+    if max_time is not None and mask.size(1) != max_time:
+        raise ValueError(f"mask must have T={max_time} columns like x, got {mask.size(1)}")
+    lengths = mask.sum(1).to("cpu", torch.int64)  # (B,)
+    if not torch.equal(lengths_to_mask(lengths, mask.size(1)), mask.cpu()):
+        bad = int((lengths_to_mask(lengths, mask.size(1)) != mask.cpu()).any(1).nonzero()[0])
+        raise ValueError(
+            f"mask must be a prefix mask (True for the first lengths[b] steps of each row, then False), "
+            f"got row {bad}: {mask[bad].int().tolist()}"
+        )
+    return lengths
+
+
+def pad_sequences(sequences: Sequence[Tensor], padding_value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Sequences of shapes (T_i, ...) -> (padded (B, T, ...) batch-first, lengths (B,) int64), T = max T_i.
+
+    >>> x, lengths = pad_sequences([torch.tensor([1, 2, 3]), torch.tensor([4])])
+    >>> x.tolist(), lengths.tolist()
+    ([[1, 2, 3], [4, 0, 0]], [3, 1])
+    """
+    if not isinstance(sequences, (list, tuple)) or not sequences:
+        raise ValueError(f"sequences must be a non-empty list of Tensors, got {type(sequences).__name__}")
+    for i, s in enumerate(sequences):
+        if not isinstance(s, Tensor) or s.dim() < 1 or s.size(0) < 1:
+            got = f"shape {tuple(s.shape)}" if isinstance(s, Tensor) else type(s).__name__
+            raise ValueError(f"sequences[{i}] must be a Tensor with at least one time step, got {got}")
+        if s.shape[1:] != sequences[0].shape[1:]:
+            raise ValueError(
+                f"sequences must share their feature shape, got {tuple(sequences[0].shape[1:])} and "
+                f"{tuple(s.shape[1:])} at index {i}"
+            )
+    lengths = torch.tensor([s.size(0) for s in sequences], dtype=torch.int64)  # (B,)
+    padded = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_value)
+    return padded, lengths
 
 
 def flip_padded(x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 
 from rnnkit.errors import DataError
+from rnnkit.io import atomic_write
 
-__all__ = ["Vocab"]
+__all__ = ["UNKNOWN", "Vocab"]
 
 FORMAT = "rnnkit.vocab/1"
+UNKNOWN = "\ufffd"  # U+FFFD REPLACEMENT CHARACTER: stands for any character the training text did not hold
 
 
 class Vocab:
@@ -38,11 +40,21 @@ class Vocab:
         self.index: dict[str, int] = {c: i for i, c in enumerate(chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> Vocab:
-        """The vocabulary of every distinct character in ``text``."""
+    def from_text(cls, text: str, *, unknown: bool = False) -> Vocab:
+        """The vocabulary of every distinct character in ``text``; with ``unknown``, also ``UNKNOWN`` (U+FFFD).
+
+        A vocabulary with the unknown symbol can encode any text (``encode(..., strict=False)``), so a model
+        can score text holding characters it never saw in training; such a character costs what the model
+        gives U+FFFD, which it rarely or never saw: a fair price for an unseen symbol.
+        """
         if not text:
             raise DataError("cannot build a vocabulary from empty text")
-        return cls(sorted(set(text)))
+        return cls(sorted(set(text) | ({UNKNOWN} if unknown else set())))
+
+    @property
+    def has_unknown(self) -> bool:
+        """Whether the vocabulary reserves ``UNKNOWN`` for characters outside it."""
+        return UNKNOWN in self.index
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -60,19 +72,30 @@ class Vocab:
         """The distinct characters of ``text`` that are not in the vocabulary, sorted."""
         return sorted(set(text) - self.index.keys())
 
-    def encode(self, text: str, *, tensor: bool = False) -> list[int] | Tensor:
-        """Characters -> ids (a list, or an int64 Tensor (N,) with ``tensor=True``); unknown chars: DataError."""
+    def count_unknown(self, text: str) -> int:
+        """How many characters of ``text`` (occurrences, not distinct) are not in the vocabulary."""
+        missing = set(self.missing(text))
+        return sum(text.count(c) for c in missing) if missing else 0
+
+    def encode(self, text: str, *, tensor: bool = False, strict: bool = True) -> list[int] | Tensor:
+        """Characters -> ids (a list, or an int64 Tensor (N,) with ``tensor=True``).
+
+        A character outside the vocabulary is a DataError, or with ``strict=False`` the id of ``UNKNOWN``
+        (a DataError too when the vocabulary has none, as in runs made before it was reserved).
+        """
         missing = self.missing(text)
-        if missing:
+        if missing and (strict or not self.has_unknown):
             shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            raise DataError(f"{len(missing)} character(s) not in the vocabulary: {shown}")
+            why = "" if strict else " (this run's vocabulary reserves no unknown symbol)"
+            raise DataError(f"{len(missing)} character(s) not in the vocabulary{why}: {shown}")
+        unk = self.index.get(UNKNOWN, -1)
         if tensor:
             # bulk path: map code points through a lookup table instead of a Python loop per character
             codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()  # (N,)
-            table = torch.full((max(map(ord, self.chars)) + 1,), -1, dtype=torch.long)
+            table = torch.full((max(codes.max().item() if codes.numel() else 0, *map(ord, self.chars)) + 1,), unk)
             table[torch.tensor([ord(c) for c in self.chars])] = torch.arange(len(self))
             return table[codes]  # (N,)
-        return [self.index[c] for c in text]
+        return [self.index.get(c, unk) for c in text]
 
     def decode(self, ids: Iterable[int] | Tensor) -> str:
         """Ids -> string; an id outside [0, V) is a ValueError."""
@@ -99,7 +122,8 @@ class Vocab:
         return cls(d["chars"])
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        """Write the JSON form atomically (see ``rnnkit.io``)."""
+        atomic_write(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:

@@ -1,5 +1,22 @@
-"""Task models: a network plus its loss and metrics."""
+"""rnnkit's applications, each a ``Task`` the one trainer runs (see ``rnnkit.tasks.base``).
 
-from rnnkit.tasks.language_model import CharLM, lm_loss
+``TASKS`` maps a task's name (``rnnkit train NAME``, the checkpoint's kind) to its class.
+"""
 
-__all__ = ["CharLM", "lm_loss"]
+from rnnkit.tasks.base import Task
+from rnnkit.tasks.classification import ClassifyConfig, ClassifyTask, SequenceClassifier
+from rnnkit.tasks.language_model import CharLM, LMConfig, LMTask, lm_loss
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask)}
+
+__all__ = [
+    "TASKS",
+    "CharLM",
+    "ClassifyConfig",
+    "ClassifyTask",
+    "LMConfig",
+    "LMTask",
+    "SequenceClassifier",
+    "Task",
+    "lm_loss",
+]

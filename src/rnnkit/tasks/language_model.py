@@ -1,56 +1,147 @@
-"""Character-level language model: Embedding -> rnnkit.RNN -> dropout -> Linear head.
+"""Character-level language model: Embedding -> rnnkit.RNN -> dropout -> Linear head, trained by truncated BPTT.
 
     tokens (B, T) --embedding--> (B, T, E) --RNN--> (B, T, H) --dropout--> --head--> logits (B, T, V)
 
-The recurrent state is passed in and returned (``None`` means zeros), so a trainer can carry it across
-truncated-BPTT chunks and a sampler can prime it on a prompt and then ``step`` one character at a time.
+The recurrent state is passed in and returned (``None`` means zeros), so the trainer carries it across
+truncated-BPTT chunks and a sampler primes it on a prompt and then ``step``s one character at a time.
+``LMTask`` is the task the trainer runs (``rnnkit train lm``): the text is one contiguous stream, cut into
+``batch_size`` rows read left to right in chunks of ``bptt`` characters (``rnnkit.data.TextStream``); the
+primary metric is the validation bits per character (lower is better).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import ModelConfig
-from rnnkit.errors import ConfigError
+from rnnkit.config import (
+    BACKENDS,
+    INITS,
+    MODES,
+    RunConfig,
+    TrainConfig,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+)
+from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
+from rnnkit.errors import ConfigError, DataError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.metrics import evaluate_ids
 from rnnkit.recurrent import RNN
+from rnnkit.tasks.base import Task
 
-__all__ = ["CharLM", "lm_loss"]
+__all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMTrainConfig", "lm_loss", "load_text"]
 
-LN2 = math.log(2.0)
+MAX_SIZE = 2**20  # widths and depths far beyond any CPU or GPU model: a typo, not a request for terabytes
+
+
+@dataclass(frozen=True)
+class LMModelConfig:
+    """Embedding -> rnnkit.RNN -> dropout -> linear head (``CharLM``)."""
+
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell: lstm, gru or elman"})
+    embedding_size: int = field(default=64, metadata={"help": "character embedding width (units)"})
+    hidden_size: int = field(default=384, metadata={"help": "hidden state width per layer (units)"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "dropout probability between layers and before the head, in [0, 1)"}
+    )
+    tie_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "share the embedding and head weights (Press & Wolf 2016); needs embedding_size == hidden_size"
+        },
+    )
+    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
+    init: str = field(
+        default="torch",
+        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_int("embedding_size", self.embedding_size, 1, MAX_SIZE)
+        check_int("hidden_size", self.hidden_size, 1, MAX_SIZE)
+        check_int("num_layers", self.num_layers, 1, 1024)
+        check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_bool("tie_weights", self.tie_weights)
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ConfigError(
+                "tie_weights needs embedding_size == hidden_size, "
+                f"got embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
+            )
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("init", self.init, INITS)
+
+
+@dataclass(frozen=True)
+class LMDataConfig:
+    """Where the text comes from and how it is split."""
+
+    data: str | None = field(
+        default=None,
+        metadata={"help": "UTF-8 text file to train on (path); default: the Python standard library source"},
+    )
+    val_fraction: float = field(
+        default=0.05, metadata={"help": "fraction of the text held out, from its end, for validation, in (0, 0.5]"}
+    )
+    max_chars: int = field(
+        default=10_000_000, metadata={"help": "use at most this many characters of the text (chars, 0 = all)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.data is not None and (not isinstance(self.data, str) or not self.data):
+            raise ConfigError(f"data must be a non-empty file path or unset, got {self.data!r}")
+        check_float("val_fraction", self.val_fraction, 0.0, 0.5, low_open=True)
+        check_int("max_chars", self.max_chars, 0)
+
+
+@dataclass(frozen=True)
+class LMTrainConfig(TrainConfig):
+    """The trainer's settings plus the text stream's: chunk length and how much held-out text to score."""
+
+    bptt: int = field(default=128, metadata={"help": "truncated-BPTT chunk length (time steps = chars)"})
+    eval_chars: int = field(
+        default=100_000, metadata={"help": "validate on at most this many held-out characters (chars, 0 = all)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("bptt", self.bptt, 1, 2**24)
+        check_int("eval_chars", self.eval_chars, 0)
+
+
+@dataclass(frozen=True)
+class LMConfig(RunConfig):
+    """The whole language-model run: ``model``, ``data`` and ``train`` sections."""
+
+    model: LMModelConfig = field(default_factory=LMModelConfig)
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    train: LMTrainConfig = field(default_factory=LMTrainConfig)
 
 
 class CharLM(nn.Module):
-    """A next-character model over a vocabulary of ``vocab_size`` symbols, configured by ``ModelConfig``."""
+    """A next-character model over a vocabulary of ``vocab_size`` symbols, configured by ``LMModelConfig``."""
 
-    def __init__(self, vocab_size: int, config: ModelConfig) -> None:
+    def __init__(self, vocab_size: int, config: LMModelConfig) -> None:
         super().__init__()
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-        if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
-        if config.tie_weights and config.embedding_size != config.hidden_size:  # ModelConfig checks it too
-            raise ConfigError(
-                "tie_weights needs embedding_size == hidden_size, "
-                f"got embedding_size={config.embedding_size}, hidden_size={config.hidden_size}"
-            )
+        if not isinstance(config, LMModelConfig):
+            raise TypeError(f"config must be an LMModelConfig, got {type(config).__name__}")
         self.vocab_size = vocab_size
         self.config = config
         E, H, V = config.embedding_size, config.hidden_size, vocab_size
         self.embedding = nn.Embedding(V, E)
-        self.rnn = RNN(
-            config.mode,
-            E,
-            H,
-            config.num_layers,
-            batch_first=True,
-            dropout=config.dropout,
-            backend=config.backend,
-        )
+        self.rnn = RNN(config.mode, E, H, config.num_layers, dropout=config.dropout, backend=config.backend)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(H, V)
         if config.tie_weights:
@@ -91,3 +182,90 @@ def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar."""
     V = logits.size(-1)
     return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))  # (B*T, V) vs (B*T,)
+
+
+def load_text(config: LMConfig) -> str:
+    """The run's text: ``config.data.data`` (a UTF-8 file) or the built-in corpus, capped at ``max_chars``."""
+    d = config.data
+    text = read_text(d.data) if d.data is not None else default_corpus(d.max_chars)
+    return text[: d.max_chars] if d.max_chars else text
+
+
+class _Chunks:
+    """The trainer's view of a ``TextStream``: chunk k of every epoch (the stream is read in a fixed order)."""
+
+    def __init__(self, stream: TextStream) -> None:
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def get(self, epoch: int, k: int) -> tuple[Tensor, Tensor]:
+        return self.stream.chunk(k)  # (B, T) inputs and targets
+
+    def items(self, batch: tuple[Tensor, Tensor]) -> int:
+        return batch[1].numel()
+
+
+class LMTask(Task):
+    """``rnnkit train lm``: next-character prediction on one text, truncated BPTT with carried state."""
+
+    name = "lm"
+    title = "char LM"
+    Config = LMConfig
+    primary = "bpc"
+    higher_is_better = False
+    unit = "chars"
+    carries_state = True
+
+    def prepare(self, artefacts: dict[str, Any] | None) -> None:
+        text = load_text(self.config)
+        self.train_text, val_text = split_text(text, self.config.data.val_fraction)
+        if artefacts is not None:
+            self.restore(artefacts)
+        else:
+            self.vocab = Vocab.from_text(text, unknown=True)  # U+FFFD stands for characters the text lacks
+        self.train_ids = self.vocab.encode(self.train_text, tensor=True)  # (N_train,)
+        self.val_ids = self.vocab.encode(val_text, tensor=True)  # (N_val,)
+        if self.config.train.eval_chars:
+            self.val_ids = self.val_ids[: self.config.train.eval_chars + 1]
+
+    def restore(self, artefacts: dict[str, Any]) -> None:
+        self.vocab = Vocab(artefacts["vocab"])
+
+    def artefacts(self) -> dict[str, Any]:
+        return {"vocab": self.vocab.chars}
+
+    def write_files(self, run_dir: Path) -> None:
+        self.vocab.save(run_dir / "vocab.json")
+
+    def build_model(self) -> CharLM:
+        return CharLM(len(self.vocab), self.config.model)
+
+    def describe(self) -> dict[str, Any]:
+        return {"train_chars": len(self.train_text), "val_chars": int(self.val_ids.numel()) - 1,
+                "vocab_size": len(self.vocab)}  # fmt: skip
+
+    def batches(self, rank: int, world_size: int) -> _Chunks:
+        cfg = self.config.train
+        rows = cfg.batch_size * world_size
+        if (self.train_ids.numel() - 1) // rows < cfg.bptt:
+            raise DataError(
+                f"training text of {len(self.train_text)} characters is shorter than one batch: "
+                f"batch_size={cfg.batch_size} x bptt={cfg.bptt} x {world_size} process(es) needs "
+                f"{rows * cfg.bptt + 1}"
+            )
+        return _Chunks(TextStream(self.train_ids, cfg.batch_size, cfg.bptt, rank=rank, world_size=world_size))
+
+    def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, Any]:
+        x, y = (t.to(device) for t in batch)  # (B, T) each
+        logits, state = model(x, state)  # (B, T, V)
+        return lm_loss(logits, y), state  # nats per character
+
+    def train_metrics(self, loss: float) -> dict[str, float]:
+        return {"bpc": loss / math.log(2.0)}
+
+    def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
+        cfg = self.config.train
+        return evaluate_ids(model, self.val_ids, batch_size=cfg.batch_size, bptt=cfg.bptt, device=device,
+                            dist_info=dist_info)  # fmt: skip

@@ -1,0 +1,457 @@
+"""Sequence classification: text (characters or words) or time series -> RNN -> pooling -> MLP -> class.
+
+    tokens (B, T) --embedding--> (B, T, E)  |  series (B, T, D) --standardise per channel--> (B, T, D)
+        --rnnkit.RNN (lengths)--> (B, T, K*H) --pool over the valid steps--> (B, K*H) --MLP--> logits (B, C)
+
+Pooling reads only the valid steps of each row: ``last`` (the final state of each direction: the forward one
+at the row's last valid step, the backward one at step 0), ``mean``, ``max``, or ``attention`` (a learned
+score per step, softmax over the valid steps, weighted sum; Bahdanau-style, as in Yang et al. 2016).
+
+``ClassifyTask`` is ``rnnkit train classify``: batches grouped by length (``LengthBuckets``), cross-entropy
+with optional class weights and label smoothing, early stopping on validation accuracy or macro-F1, and a
+confusion-matrix PNG in the run folder. Missing values in a series (only where a ``.ts`` file declares them)
+are set to the channel's training mean, 0 after standardisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.config import (
+    BACKENDS,
+    INITS,
+    MODES,
+    RunConfig,
+    TrainConfig,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+)
+from rnnkit.data.labelled import Examples, LengthBuckets, TokenVocab, read_examples, stratified_split
+from rnnkit.distributed import all_reduce
+from rnnkit.errors import ConfigError, DataError
+from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.io import atomic_write_json
+from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confusion
+from rnnkit.recurrent import RNN
+from rnnkit.sequence import lengths_to_mask, pad_sequences
+from rnnkit.tasks.base import Task
+
+__all__ = [
+    "ClassifyConfig",
+    "ClassifyDataConfig",
+    "ClassifyModelConfig",
+    "ClassifyTask",
+    "ClassifyTrainConfig",
+    "SequenceClassifier",
+]
+
+POOLINGS = ("last", "mean", "max", "attention")
+MAX_SIZE = 2**20
+
+
+@dataclass(frozen=True)
+class ClassifyModelConfig:
+    """Embedding or standardisation -> rnnkit.RNN -> pooling -> MLP head (``SequenceClassifier``)."""
+
+    mode: str = field(default="gru", metadata={"help": "recurrent cell: lstm, gru or elman"})
+    embedding_size: int = field(default=64, metadata={"help": "token embedding width (units; text only)"})
+    hidden_size: int = field(default=128, metadata={"help": "hidden state width per layer and direction (units)"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
+    bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
+    pooling: str = field(default="attention", metadata={"help": "over the valid steps: last, mean, max or attention"})
+    head_size: int = field(default=128, metadata={"help": "hidden width of the MLP head (units, 0 = one linear layer)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout between layers and in the head, in [0, 1)"})
+    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
+    init: str = field(
+        default="torch",
+        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
+    )
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_int("embedding_size", self.embedding_size, 1, MAX_SIZE)
+        check_int("hidden_size", self.hidden_size, 1, MAX_SIZE)
+        check_int("num_layers", self.num_layers, 1, 1024)
+        check_bool("bidirectional", self.bidirectional)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_int("head_size", self.head_size, 0, MAX_SIZE)
+        check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("init", self.init, INITS)
+
+
+@dataclass(frozen=True)
+class ClassifyDataConfig:
+    """The training file, the validation data, and how text is cut into tokens."""
+
+    data: str | None = field(default=None, metadata={"help": "training file: .tsv, .csv, .ts or .npz (path; required)"})
+    val: str | None = field(default=None, metadata={"help": "validation file of the same kind (default: a split)"})
+    val_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "without --val: share of each class held out, in [0, 0.5] (0 = validate on the training set)"
+        },
+    )
+    tokens: str = field(default="chars", metadata={"help": "text tokens: chars or words (split on whitespace)"})
+    max_vocab: int = field(default=50_000, metadata={"help": "keep the most frequent tokens (count, words only)"})
+    max_length: int = field(default=0, metadata={"help": "truncate longer examples (time steps, 0 = no limit)"})
+    bucket: bool = field(default=True, metadata={"help": "group examples of similar length into batches"})
+
+    def __post_init__(self) -> None:
+        for name in ("data", "val"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name} must be a non-empty file path or unset, got {value!r}")
+        check_float("val_fraction", self.val_fraction, 0.0, 0.5)
+        check_choice("tokens", self.tokens, ("chars", "words"))
+        check_int("max_vocab", self.max_vocab, 3, 2**24)
+        check_int("max_length", self.max_length, 0)
+        check_bool("bucket", self.bucket)
+
+
+@dataclass(frozen=True)
+class ClassifyTrainConfig(TrainConfig):
+    """The trainer's settings plus the classifier's objective and the metric early stopping follows."""
+
+    monitor: str = field(
+        default="accuracy", metadata={"help": "metric for best.pt and early stopping: accuracy or macro_f1"}
+    )
+    class_weights: str = field(default="none", metadata={"help": "none, or balanced (weight n / (C * n_c) per class)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("monitor", self.monitor, ("accuracy", "macro_f1"))
+        check_choice("class_weights", self.class_weights, ("none", "balanced"))
+        check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+
+
+@dataclass(frozen=True)
+class ClassifyConfig(RunConfig):
+    """The whole classification run: ``model``, ``data`` and ``train`` sections."""
+
+    model: ClassifyModelConfig = field(default_factory=ClassifyModelConfig)
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
+
+
+class SequenceClassifier(nn.Module):
+    """Embedding (``vocab_size``) or per-channel standardisation (``input_channels``) -> RNN -> pooling -> MLP.
+
+    ``forward(x, lengths) -> logits (B, C)``: x is (B, T) int64 token ids (padding 0) or (B, T, D) float series
+    (NaN allowed: missing values become the channel mean); ``lengths`` (B,) the valid steps of each row.
+    """
+
+    def __init__(self, config: ClassifyModelConfig, num_classes: int, *, vocab_size: int = 0, input_channels: int = 0):
+        super().__init__()
+        if (vocab_size > 0) == (input_channels > 0):
+            raise ValueError(
+                f"give exactly one of vocab_size and input_channels, got {vocab_size} and {input_channels}"
+            )
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.config, self.num_classes = config, num_classes
+        if vocab_size:
+            self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=0)
+            D = config.embedding_size
+        else:
+            self.embedding = None
+            self.register_buffer("mean", torch.zeros(input_channels))  # set from the training set
+            self.register_buffer("std", torch.ones(input_channels))
+            D = input_channels
+        K, H = 2 if config.bidirectional else 1, config.hidden_size
+        self.rnn = RNN(config.mode, D, H, config.num_layers, dropout=config.dropout,
+                       bidirectional=config.bidirectional, backend=config.backend)  # fmt: skip
+        self.score = nn.Linear(K * H, 1) if config.pooling == "attention" else None
+        self.attend = nn.Linear(K * H, K * H) if config.pooling == "attention" else None
+        self.drop = nn.Dropout(config.dropout)
+        if config.head_size:
+            self.head = nn.Sequential(nn.Linear(K * H, config.head_size), nn.ReLU(), nn.Dropout(config.dropout),
+                                      nn.Linear(config.head_size, num_classes))  # fmt: skip
+        else:
+            self.head = nn.Linear(K * H, num_classes)
+        if config.init == "orthogonal":
+            init_orthogonal_(self.rnn)
+            if config.mode == "lstm":
+                init_forget_bias_(self.rnn, 1.0)  # Jozefowicz et al. 2015
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The RNN's input: token embeddings (B, T) -> (B, T, E), or standardised series (B, T, D)."""
+        if self.embedding is not None:
+            return self.embedding(x)  # (B, T, E)
+        return torch.nan_to_num((x - self.mean) / self.std, nan=0.0)  # (B, T, D), missing -> the channel mean
+
+    def features(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The pooled representation (B, K*H) of a padded batch."""
+        y, state = self.rnn(self.encode(x), lengths=lengths)  # y (B, T, K*H), zero past each length
+        mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
+        pooling = self.config.pooling
+        if pooling == "last":
+            h = state.h if isinstance(state, tuple) else state  # (L*K, B, H)
+            K = 2 if self.config.bidirectional else 1
+            return torch.cat(list(h[-K:]), dim=-1)  # (B, K*H): last layer, forward end and backward end
+        if pooling == "mean":
+            return y.sum(1) / lengths.to(y.device, y.dtype).unsqueeze(1)  # (B, K*H)
+        if pooling == "max":
+            return y.masked_fill(~mask, float("-inf")).amax(1)  # (B, K*H)
+        e = self.score(torch.tanh(self.attend(y))).masked_fill(~mask, float("-inf"))  # (B, T, 1)
+        a = torch.softmax(e, dim=1)  # (B, T, 1), zero past each length
+        return (a * y).sum(1)  # (B, K*H)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x (B, T) or (B, T, D), lengths (B,) -> logits (B, C)."""
+        return self.head(self.drop(self.features(x, lengths)))
+
+    def attention(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The attention weights (B, T) of ``pooling="attention"`` (zero past each length)."""
+        if self.score is None:
+            raise ValueError(f"attention needs pooling='attention', got {self.config.pooling!r}")
+        y, _ = self.rnn(self.encode(x), lengths=lengths)  # (B, T, K*H)
+        mask = lengths_to_mask(lengths.to(y.device), y.size(1))
+        return torch.softmax(self.score(torch.tanh(self.attend(y))).squeeze(-1).masked_fill(~mask, -math.inf), 1)
+
+
+def _natural_order(labels: set[str]) -> list[str]:
+    """Numeric labels in numeric order ("2" before "10"), others in code-point order."""
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+class _Encoded:
+    """Examples as model inputs: a list of (T_i,) id tensors or (T_i, D) float tensors, label ids, lengths."""
+
+    def __init__(self, inputs: list[Tensor], targets: Tensor | None) -> None:
+        self.inputs, self.targets = inputs, targets
+        self.lengths = [x.size(0) for x in inputs]
+
+    def batch(self, idx: Tensor | list[int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        idx = idx.tolist() if isinstance(idx, Tensor) else idx
+        x, lengths = pad_sequences([self.inputs[i] for i in idx])  # (B, T) or (B, T, D), (B,)
+        y = None if self.targets is None else self.targets[idx]
+        return x, lengths, y
+
+
+class _Batches:
+    def __init__(self, data: _Encoded, buckets: LengthBuckets) -> None:
+        self.data, self.buckets = data, buckets
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def get(self, epoch: int, k: int):
+        return self.data.batch(self.buckets.get(epoch, k))
+
+    def items(self, batch) -> int:
+        return batch[0].size(0)
+
+
+class ClassifyTask(Task):
+    """``rnnkit train classify``: one label per sequence (text or time series)."""
+
+    name = "classify"
+    title = "classify"
+    Config = ClassifyConfig
+    higher_is_better = True
+
+    @property
+    def primary(self) -> str:  # type: ignore[override]
+        return self.config.train.monitor
+
+    # --- data ---------------------------------------------------------------------------------------------------
+
+    def prepare(self, artefacts: dict[str, Any] | None) -> None:
+        d = self.config.data
+        if d.data is None:
+            raise ConfigError("classify needs --data FILE (a .tsv, .csv, .ts or .npz file of labelled examples)")
+        train = read_examples(d.data)
+        val = read_examples(d.val) if d.val is not None else None
+        if val is not None and val.kind != train.kind:
+            raise DataError(f"{d.val}: holds {val.kind} examples, but {d.data} holds {train.kind}")
+        if artefacts is not None:
+            self.restore(artefacts)
+        else:
+            self._fit(train)
+        if val is None and d.val_fraction > 0:
+            tr, va = stratified_split(train.labels, d.val_fraction, self.config.train.seed)
+            val = Examples(train.kind, [train.inputs[i] for i in va], [train.labels[i] for i in va], train.source)
+            train = Examples(train.kind, [train.inputs[i] for i in tr], [train.labels[i] for i in tr], train.source)
+        self.train_set = self.encode(train)
+        self.val_set = self.encode(val) if val is not None and len(val) else self.train_set
+        self.val_is_train = self.val_set is self.train_set
+        self.counts = torch.bincount(self.train_set.targets, minlength=len(self.labels))
+
+    def _fit(self, train: Examples) -> None:
+        """The label set, and the vocabulary (text) or the channel statistics (series), from the training file."""
+        found = set(train.labels)
+        if len(found) < 2:
+            raise DataError(f"{train.source}: a classifier needs at least 2 classes, found only {sorted(found)}")
+        declared = train.declared_labels
+        self.labels = list(declared) if declared and found <= set(declared) else _natural_order(found)
+        self.kind = train.kind
+        if self.kind == "text":
+            self.vocab = TokenVocab.build([self._tokens(t) for t in train.inputs], self.config.data.max_vocab)
+            self.channels, self.mean, self.std = 0, None, None
+        else:
+            channels = {x.shape[1] for x in train.inputs}
+            if len(channels) != 1:
+                raise DataError(f"{train.source}: examples have different numbers of channels: {sorted(channels)}")
+            values = np.concatenate(train.inputs, axis=0).astype(np.float64)  # (sum T_i, D)
+            self.channels = channels.pop()
+            self.mean = torch.tensor(np.nan_to_num(np.nanmean(values, axis=0)), dtype=torch.float32)
+            std = torch.tensor(np.nan_to_num(np.nanstd(values, axis=0)), dtype=torch.float32)
+            self.std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel is only centred
+            self.vocab = None
+
+    def _tokens(self, text: str) -> list[str]:
+        return text.split() if self.config.data.tokens == "words" else list(text)
+
+    def encode(self, examples: Examples, *, with_labels: bool = True) -> _Encoded:
+        """Model inputs for ``examples``; a label outside the run's label set is a DataError."""
+        if examples.kind != self.kind:
+            raise DataError(f"{examples.source}: holds {examples.kind} examples, but this run classifies {self.kind}")
+        cap = self.config.data.max_length or None
+        self.unknown_tokens = 0
+        if self.kind == "text":
+            inputs = []
+            for i, text in enumerate(examples.inputs):
+                tokens = self._tokens(text)[:cap]
+                if not tokens:
+                    raise DataError(f"{examples.source}: example {i + 1} has no tokens")
+                ids, unknown = self.vocab.encode(tokens)
+                inputs.append(ids)
+                self.unknown_tokens += unknown
+        else:
+            inputs = []
+            for i, x in enumerate(examples.inputs):
+                if x.shape[1] != self.channels:
+                    raise DataError(
+                        f"{examples.source}: example {i + 1} has {x.shape[1]} channels, expected {self.channels}"
+                    )
+                inputs.append(torch.from_numpy(np.ascontiguousarray(x[:cap], dtype=np.float32)))
+        targets = None
+        if with_labels and examples.labels is not None:
+            index = {y: i for i, y in enumerate(self.labels)}
+            bad = sorted({y for y in examples.labels if y not in index})
+            if bad:
+                raise DataError(f"{examples.source}: label {bad[0]!r} is not in the run's label set {self.labels}")
+            targets = torch.tensor([index[y] for y in examples.labels], dtype=torch.long)
+        return _Encoded(inputs, targets)
+
+    def restore(self, artefacts: dict[str, Any]) -> None:
+        self.labels = list(artefacts["labels"])
+        self.kind = artefacts["kind"]
+        self.vocab = TokenVocab(list(artefacts["tokens"])) if self.kind == "text" else None
+        self.channels = int(artefacts.get("channels", 0))
+        self.mean, self.std = artefacts.get("mean"), artefacts.get("std")
+
+    def artefacts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"labels": self.labels, "kind": self.kind}
+        if self.kind == "text":
+            out["tokens"] = self.vocab.tokens
+        else:
+            out |= {"channels": self.channels, "mean": self.mean, "std": self.std}
+        return out
+
+    def write_files(self, run_dir: Path) -> None:
+        labels = {"labels": self.labels, "kind": self.kind, "train_counts": self.counts.tolist()}
+        if self.kind == "text":
+            labels |= {"tokens": self.config.data.tokens, "vocab_size": len(self.vocab)}
+        else:
+            labels |= {"channels": self.channels, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        atomic_write_json(run_dir / "labels.json", labels)
+        if self.kind == "text":
+            atomic_write_json(run_dir / "vocab.json", {"format": "rnnkit.tokens/1", "tokens": self.vocab.tokens})
+
+    def build_model(self) -> SequenceClassifier:
+        if self.kind == "text":
+            return SequenceClassifier(self.config.model, len(self.labels), vocab_size=len(self.vocab))
+        model = SequenceClassifier(self.config.model, len(self.labels), input_channels=self.channels)
+        model.mean.copy_(self.mean)
+        model.std.copy_(self.std)
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "train_examples": len(self.train_set.inputs), "val_examples": len(self.val_set.inputs),
+            "validates_on_training_set": self.val_is_train, "classes": len(self.labels), "inputs": self.kind,
+            "padding_share": self._buckets(0, 1).padding_share(0),
+        }  # fmt: skip
+
+    # --- training and evaluation ----------------------------------------------------------------------------------
+
+    def _buckets(self, rank: int, world_size: int) -> LengthBuckets:
+        cfg = self.config
+        return LengthBuckets(self.train_set.lengths, cfg.train.batch_size, cfg.train.seed, bucket=cfg.data.bucket,
+                             rank=rank, world_size=world_size)  # fmt: skip
+
+    def batches(self, rank: int, world_size: int) -> _Batches:
+        return _Batches(self.train_set, self._buckets(rank, world_size))
+
+    def class_weights(self) -> Tensor | None:
+        if self.config.train.class_weights == "none":
+            return None
+        counts = self.counts.double()
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))  # n / (C * n_c), scikit-learn's "balanced"
+        return weights.float()
+
+    def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
+        x, lengths, y = batch
+        logits = model(x.to(device), lengths)  # (B, C)
+        weight = self.class_weights()
+        weight = None if weight is None else weight.to(device)
+        return F.cross_entropy(
+            logits, y.to(device), weight=weight, label_smoothing=self.config.train.label_smoothing
+        ), None
+
+    @torch.no_grad()
+    def predict_proba(self, model: nn.Module, data: _Encoded, device="cpu", batch_size: int = 256, *,
+                      rank: int = 0, world_size: int = 1) -> tuple[Tensor, list[int]]:  # fmt: skip
+        """Class probabilities (N_r, C) of this rank's share of ``data``, and the example indices they belong to.
+
+        Examples are scored in order of length (little padding); a row's result does not depend on its batch.
+        """
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(data.inputs)), key=lambda i: data.lengths[i])[rank::world_size]
+        probs = []
+        for start in range(0, len(order), batch_size):
+            x, lengths, _ = data.batch(order[start : start + batch_size])
+            probs.append(torch.softmax(model(x.to(device), lengths).float(), -1).cpu())  # (b, C)
+        model.train(was_training)
+        C = len(self.labels)
+        return (torch.cat(probs) if probs else torch.zeros(0, C)), order
+
+    def scores(self, model: nn.Module, data: _Encoded, device="cpu", dist_info=None) -> dict[str, Any]:
+        """Loss, accuracy, macro-F1, per-class recall, and the confusion matrix of ``data`` (labels needed)."""
+        rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
+        probs, order = self.predict_proba(model, data, device, rank=rank, world_size=world)
+        y = data.targets[order]
+        C = len(self.labels)
+        conf = confusion_matrix(y, probs.argmax(-1), C) if len(order) else torch.zeros(C, C, dtype=torch.long)
+        nll = float(-torch.log(probs.gather(1, y[:, None]).clamp(min=1e-30)).sum()) if len(order) else 0.0
+        if dist_info is not None and dist_info.enabled:
+            totals = all_reduce([nll, *conf.flatten().double().tolist()], "sum", dist_info, torch.device(device))
+            nll, conf = totals[0], torch.tensor(totals[1:]).round().long().view(C, C)
+        m = classification_metrics(conf)
+        return {"loss": nll / max(m["n"], 1), **m, "confusion": conf}
+
+    def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
+        m = self.scores(model, self.val_set, device, dist_info)
+        return {"loss": m["loss"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+    def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
+        conf = self.scores(model, self.val_set, device)["confusion"]
+        where = "training set" if self.val_is_train else "validation set"
+        plot_confusion(conf, self.labels, run_dir / "confusion.png", f"confusion matrix, {where} (last step)")
