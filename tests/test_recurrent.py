@@ -762,3 +762,26 @@ def test_scan_is_the_plain_loop():
         assert (out[b, n:] == 0).all()
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\], got 0"):
         scan(cell, x, None, [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_mask_is_the_same_as_lengths(batch_first):
+    from rnnkit.sequence import lengths_to_mask
+
+    torch.manual_seed(0)
+    rnn = RNN("gru", 3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, backend="loop")
+    x = torch.randn(4, 6, 3)
+    lengths = torch.tensor([6, 3, 1, 4])
+    mask = lengths_to_mask(lengths, 6)  # (B, T)
+    if not batch_first:
+        x, mask = x.transpose(0, 1), mask.transpose(0, 1)
+    out_l, h_l = rnn(x, lengths=lengths)
+    out_m, h_m = rnn(x, mask=mask)
+    torch.testing.assert_close(out_m, out_l, rtol=0, atol=0)
+    torch.testing.assert_close(h_m, h_l, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lengths or mask, not both"):
+        rnn(x, lengths=lengths, mask=mask)
+    gap = mask.clone()
+    gap[(0, 1) if batch_first else (1, 0)] = False  # row 0, step 1: valid steps after a gap
+    with pytest.raises(ValueError, match="prefix mask"):
+        rnn(x, mask=gap)

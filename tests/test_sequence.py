@@ -141,3 +141,30 @@ def test_split_time():
     assert torch.equal(torch.cat(chunks, dim=1), x)
     with pytest.raises(ValueError, match=r"chunk must be a positive int, got 0"):
         split_time(x, 0)
+
+
+def test_pad_sequences_pads_batch_first_and_returns_lengths():
+    from rnnkit.sequence import pad_sequences
+
+    x, lengths = pad_sequences([torch.tensor([1, 2, 3]), torch.tensor([4])])
+    assert x.tolist() == [[1, 2, 3], [4, 0, 0]] and lengths.tolist() == [3, 1] and lengths.dtype == torch.int64
+    series, lengths = pad_sequences([torch.ones(2, 3), torch.full((4, 3), 2.0)], padding_value=-1.0)
+    assert series.shape == (2, 4, 3) and lengths.tolist() == [2, 4]
+    assert (series[0, 2:] == -1).all() and (series[1] == 2).all()
+    with pytest.raises(ValueError, match="feature shape"):
+        pad_sequences([torch.ones(2, 3), torch.ones(2, 4)])
+    with pytest.raises(ValueError, match=r"sequences\[1\] must be a Tensor with at least one time step"):
+        pad_sequences([torch.ones(2), torch.ones(0)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        pad_sequences([])
+
+
+def test_mask_to_lengths_accepts_prefix_masks_only():
+    from rnnkit.sequence import mask_to_lengths
+
+    mask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    assert mask_to_lengths(mask).tolist() == [2, 3, 1]
+    with pytest.raises(ValueError, match=r"prefix mask .* got row 1: \[1, 0, 1\]"):
+        mask_to_lengths(torch.tensor([[True, False, False], [True, False, True]]))
+    with pytest.raises(ValueError, match="bool Tensor"):
+        mask_to_lengths(torch.ones(2, 3))
