@@ -53,3 +53,36 @@ def test_two_ranks_agree_and_equal_one_process_on_the_same_rows(tmp_path):
     # and the shards differ: training on rank 0's rows alone gives other parameters
     alone = train_lm(config(str(text_file), batch_size=2), tmp_path / "alone").model.state_dict()
     assert any((alone[k] - r0["params"][k]).abs().max() > 1e-3 for k in alone)
+
+
+@pytest.mark.slow
+def test_classifier_ranks_agree_and_validation_is_all_reduced(tmp_path):
+    from _ddp_classify_worker import config as classify_config
+    from rnnkit.checkpoint import load_run
+    from rnnkit.tasks import ClassifyTask
+
+    data = tmp_path / "d.tsv"
+    words = [("ab" * (1 + i % 5), "x") if i % 2 else ("cd" * (1 + i % 3), "y") for i in range(90)]
+    data.write_text("".join(f"{w}{i % 7}\t{y}\n" for i, (w, y) in enumerate(words)))
+    params = tmp_path / "params"
+    params.mkdir()
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [str(HERE / "_ddp_classify_worker.py"), str(data), str(tmp_path / "ddp"), str(params)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0 = torch.load(params / "rank0.pt", weights_only=True)
+    r1 = torch.load(params / "rank1.pt", weights_only=True)
+    for k in r0["params"]:
+        assert torch.equal(r0["params"][k], r1["params"][k]), k
+    assert r0["last"] == r1["last"]  # each rank scored half the validation set; the sums were all-reduced
+    # oracle: one process scoring the whole validation set with the final parameters
+    task = ClassifyTask(classify_config(str(data)))
+    task.prepare(None)
+    run = load_run(tmp_path / "ddp", "last")
+    m = task.scores(run.model, task.val_set)
+    assert m["accuracy"] == pytest.approx(r0["last"]["accuracy"]) and m["loss"] == pytest.approx(r0["last"]["loss"])
