@@ -6,7 +6,7 @@ from rnnkit.diagnostics import compare_gradient_flow, gradient_flow, plot_gradie
 from rnnkit.errors import CheckpointError, ConfigError, DataError, RnnkitError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
 from rnnkit.recurrent import RNN, Bidirectional, Recurrent, Stack, scan
-from rnnkit.sequence import detach_state, flip_padded, last_valid, lengths_to_mask
+from rnnkit.sequence import detach_state, flip_padded, last_valid, lengths_to_mask, pad_sequences
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "init_orthogonal_",
     "last_valid",
     "lengths_to_mask",
+    "pad_sequences",
     "plot_gradient_flow",
     "reference",
     "scan",

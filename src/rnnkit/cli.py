@@ -261,20 +261,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task = run.task
     if args.out is not None and Path(args.out).exists() and not args.force:
         raise UsageError(f"--out {args.out} exists; pass --force to overwrite it")
-    data = task.encode(read_examples(args.data, labels="optional"), with_labels=False)
-    probs, order = task.predict_proba(run.model, data)
-    by_input = torch.empty_like(probs)
-    by_input[torch.tensor(order, dtype=torch.long)] = probs  # back to input order
+    labels, probs = task.predict(run.model, read_examples(args.data, labels="optional"))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["label", *(f"p_{label}" for label in task.labels)])
-    for row, pred in zip(by_input.tolist(), by_input.argmax(-1).tolist(), strict=True):
-        writer.writerow([task.labels[pred], *(f"{p:.6f}" for p in row)])
+    for label, row in zip(labels, probs.tolist(), strict=True):
+        writer.writerow([label, *(f"{p:.6f}" for p in row)])
     if args.out is None:
         sys.stdout.write(buf.getvalue())
     else:
         atomic_write(args.out, buf.getvalue())
-        _eprint(f"wrote {len(order)} predictions to {args.out}")
+        _eprint(f"wrote {len(labels)} predictions to {args.out}")
     return 0
 
 

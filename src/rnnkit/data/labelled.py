@@ -64,7 +64,8 @@ def _read_delimited(path: Path, labels: str) -> Examples:
         ]
     else:
         rows = []
-        for i, line in enumerate(text.splitlines(), 1):
+        # only \n, \r\n, \r end a line: str.splitlines would also split a text at U+2028, NEL, form feed, ...
+        for i, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
             if not line.strip():
                 continue
             rows.append((i, line.rsplit("\t", 1) if "\t" in line else [line]))
@@ -118,7 +119,9 @@ def _read_npz(path: Path, labels: str) -> Examples:
     N, T = X.shape[:2]
     lengths = arrays.get("lengths", np.full(N, T))
     if lengths.shape != (N,) or not np.issubdtype(lengths.dtype, np.integer) or lengths.min() < 1 or lengths.max() > T:
-        raise DataError(f"{path}: lengths must be (N,)=({N},) integers in [1, T={T}], got {lengths.shape} {lengths}")
+        numeric = lengths.size and np.issubdtype(lengths.dtype, np.number)  # the range, not every value: one line
+        got = f"{lengths.shape} {lengths.dtype}" + (f" in [{lengths.min()}, {lengths.max()}]" if numeric else "")
+        raise DataError(f"{path}: lengths must be (N,)=({N},) integers in [1, T={T}], got {got}")
     series = [np.asarray(X[i, : lengths[i]], dtype=np.float32) for i in range(N)]
     _check_finite(path, series, allow_nan=False)
     y = arrays.get("y")
@@ -196,7 +199,7 @@ class TokenVocab:
     @classmethod
     def build(cls, token_lists: list[list[str]], max_size: int) -> TokenVocab:
         """The ``max_size`` most frequent tokens (ties in code-point order), after <pad> and <unk>."""
-        counts = Counter(t for tokens in token_lists for t in tokens)
+        counts = Counter(t for tokens in token_lists for t in tokens if t not in (cls.PAD, cls.UNK))  # ids 0, 1
         ranked = sorted(counts, key=lambda t: (-counts[t], t))[: max(0, max_size - 2)]
         return cls([cls.PAD, cls.UNK, *sorted(ranked)])
 

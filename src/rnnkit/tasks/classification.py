@@ -433,6 +433,18 @@ class ClassifyTask(Task):
         C = len(self.labels)
         return (torch.cat(probs) if probs else torch.zeros(0, C)), order
 
+    def predict(self, model: nn.Module, inputs: Examples | list, device="cpu") -> tuple[list[str], Tensor]:
+        """Labels and class probabilities (N, C) for ``inputs`` (texts, (T, D) arrays, or ``Examples``), in order."""
+        if not isinstance(inputs, Examples):
+            kind = "text" if all(isinstance(x, str) for x in inputs) else "series"
+            inputs = Examples(
+                kind, [x if kind == "text" else np.asarray(x, np.float32) for x in inputs], None, "inputs"
+            )
+        probs, order = self.predict_proba(model, self.encode(inputs, with_labels=False), device)
+        by_input = torch.empty_like(probs)
+        by_input[torch.tensor(order, dtype=torch.long)] = probs  # back to input order
+        return [self.labels[i] for i in by_input.argmax(-1).tolist()], by_input
+
     def scores(self, model: nn.Module, data: _Encoded, device="cpu", dist_info=None) -> dict[str, Any]:
         """Loss, accuracy, macro-F1, per-class recall, and the confusion matrix of ``data`` (labels needed)."""
         rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
