@@ -224,7 +224,12 @@ def plot_training(records: list[dict[str, Any]], path: Path, primary: str) -> bo
 
 
 def confusion_matrix(targets: Tensor, predictions: Tensor, num_classes: int) -> Tensor:
-    """(C, C) int64 counts: row = true class, column = predicted class."""
+    """(C, C) int64 counts: row = true class, column = predicted class; ids outside [0, C) are a ValueError."""
+    for name, ids in (("targets", targets), ("predictions", predictions)):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes}), got values in [{int(ids.min())}, {int(ids.max())}]"
+            )
     index = targets.long() * num_classes + predictions.long()  # (N,)
     return torch.bincount(index.cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)
 

@@ -75,11 +75,12 @@ def _read_delimited(path: Path, labels: str) -> Examples:
         raise DataError(f"{path}: holds no examples")
     inputs, found = [], []
     sep = "a comma" if path.suffix.lower() == ".csv" else "a tab"
+    layout = "text,label" if path.suffix.lower() == ".csv" else "text<TAB>label"
     for i, fields in rows:
         if len(fields) > 2:
             raise DataError(f"{path}: line {i}: expected 2 columns (text, label), found {len(fields)}")
         if len(fields) == 1 and labels == "required":
-            raise DataError(f"{path}: line {i}: expected text{sep[1:]} then a label, found no label ({sep} is missing)")
+            raise DataError(f"{path}: line {i}: expected {layout}, found no label ({sep} is missing)")
         text_field = fields[0]
         if not text_field.strip():
             raise DataError(f"{path}: line {i}: empty text")
@@ -151,6 +152,8 @@ def _read_ts(path: Path, labels: str) -> Examples:
 
 def read_examples(path: str | os.PathLike, *, labels: str = "required") -> Examples:
     """Read a classification data file (see the module docstring); ``labels``: "required" or "optional"."""
+    if labels not in ("required", "optional"):
+        raise ValueError(f"labels must be 'required' or 'optional', got {labels!r}")
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in EXTENSIONS:
@@ -251,6 +254,8 @@ class LengthBuckets:
         return [batches[i] for i in shuffle]
 
     def get(self, epoch: int, k: int) -> Tensor:
+        if not 0 <= k < self.num_batches:
+            raise IndexError(f"k must lie in [0, {self.num_batches}), got {k}")
         if epoch != self._epoch:
             self._epoch, self._batches = epoch, self.epoch_batches(epoch)
         return self._batches[k * self.world_size + self.rank]
