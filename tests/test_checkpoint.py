@@ -126,3 +126,22 @@ def test_load_run_errors(tmp_path, tiny_run):
     (tmp_path / "last.pt").write_bytes(b"\0" * 10)
     with pytest.raises(CheckpointError, match="corrupt"):
         load_run(tmp_path)
+
+
+def test_format_1_runs_load_but_do_not_resume(tiny_run, tmp_path):
+    """A run written before tasks (kind "char_lm", the vocabulary at the top level) still samples and evaluates."""
+    from rnnkit.errors import ConfigError
+
+    cfg, result = tiny_run
+    old = tmp_path / "old"
+    old.mkdir()
+    payload = load_checkpoint(result.run_dir / "best.pt")
+    v1 = {key: value for key, value in payload.items() if key not in ("artefacts", "format_version")}
+    v1 |= {"kind": "char_lm", "vocab": payload["artefacts"]["vocab"]}
+    torch.save({**v1, "format_version": 1}, old / "last.pt")
+    run = load_run(old)
+    assert run.task.name == "lm" and run.vocab.chars == payload["artefacts"]["vocab"]
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, payload["model"][key])
+    with pytest.raises(ConfigError, match="older rnnkit"):
+        train_lm(cfg, old, resume=True)

@@ -130,6 +130,11 @@ def _check_resume(run_dir: Path, resume: bool) -> None:
 
 def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
     payload = load_checkpoint(run_dir / "last.pt", kind=task.name)
+    if payload["format_version"] < 2:
+        raise ConfigError(
+            f"cannot resume: {run_dir / 'last.pt'} was written by an older rnnkit (checkpoint format "
+            f"{payload['format_version']}); it can still be sampled and evaluated"
+        )
     saved = type(task.config).from_dict(payload["config"])
     if saved.model != task.config.model:
         raise ConfigError(f"cannot resume with another model config: saved {saved.model}, given {task.config.model}")
