@@ -213,17 +213,18 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     num_params = sum(p.numel() for p in model.parameters())
-    t0, step0, items_session = time.perf_counter(), step, 0
+    t0, step0, items_session, train_s = time.perf_counter(), step, 0, 0.0  # train_s: time in optimiser steps
 
     def elapsed() -> float:
         return elapsed_prev + time.perf_counter() - t0
 
     def rates() -> tuple[float, float | None]:
+        """Training throughput (items per second of optimiser steps: evaluations and checkpoints left out), ETA."""
         session = time.perf_counter() - t0
         etas = [max(0.0, 60 * cfg.max_minutes - elapsed())] if cfg.max_minutes else []
         if cfg.max_steps and step > step0:
             etas.append((cfg.max_steps - step) * session / (step - step0))
-        return (items_session / session if session > 0 else 0.0), (min(etas) if etas else None)
+        return (items_session / train_s if train_s > 0 else 0.0), (min(etas) if etas else None)
 
     def emit(kind: str, **fields: Any) -> None:
         if not info.is_main:
@@ -304,6 +305,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
         while not stopped_because:
             if k == 0:
                 state = None  # reset each epoch: every row starts again from zeros
+            step_start = time.perf_counter()
             batch = batches.get(epoch, k)
             # ranks agree on the clock (the slowest one's), so they agree on the learning rate and on stopping
             (now,) = all_reduce([elapsed()], "max", info, device)
@@ -330,6 +332,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             if k == len(batches):
                 epoch, k = epoch + 1, 0
             items_session += batches.items(batch) * info.world_size
+            train_s += time.perf_counter() - step_start
             loss_sum, loss_count = loss_sum + value, loss_count + 1
 
             if cfg.max_steps and step >= cfg.max_steps:
