@@ -243,7 +243,7 @@ def test_balanced_class_weights_are_n_over_c_times_count(tmp_path):
     task.prepare(None)
     # val_fraction 0.1 of 6 "a" rounds to 1 held out; of 2 "b" to 0: train counts a=5, b=2, n=7, C=2
     assert task.counts.tolist() == [5, 2]
-    torch.testing.assert_close(task.class_weights(), torch.tensor([7 / (2 * 5), 7 / (2 * 2)]))
+    torch.testing.assert_close(task.weight, torch.tensor([7 / (2 * 5), 7 / (2 * 2)]))
 
 
 # --- the command line: wrong task, bad input -----------------------------------------------------------------------

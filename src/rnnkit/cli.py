@@ -231,7 +231,7 @@ def _eval_classify(args: argparse.Namespace, run) -> int:
                     "loss": m["loss"],
                     "n": m["n"],
                     "recall": recall,
-                    "unknown_tokens": task.unknown_tokens,
+                    "unknown_tokens": data.unknown_tokens,
                     "run": str(args.run),
                     "checkpoint": str(run.path),
                     "step": run.step,

@@ -55,7 +55,6 @@ class Task(ABC):
     primary: ClassVar[str]  # the metric early stopping and best.pt follow
     higher_is_better: ClassVar[bool]
     unit: ClassVar[str] = "examples"  # what items_per_s counts
-    carries_state: ClassVar[bool] = False  # the recurrent state flows from one batch to the next (TBPTT)
 
     def __init__(self, config: RunConfig) -> None:
         if not isinstance(config, self.Config):
@@ -96,7 +95,7 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any, state: Any, device: torch.device) -> tuple[Tensor, Any]:
-        """The mean loss of one batch and the state to carry into the next (None unless ``carries_state``)."""
+        """The mean loss of one batch and the state to carry into the next (None for a task without carried state)."""
 
     def train_metrics(self, loss: float) -> dict[str, float]:
         """Metrics derived from a mean training loss, reported beside it (the LM's bits per character)."""

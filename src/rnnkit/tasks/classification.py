@@ -232,8 +232,8 @@ def _natural_order(labels: set[str]) -> list[str]:
 class _Encoded:
     """Examples as model inputs: a list of (T_i,) id tensors or (T_i, D) float tensors, label ids, lengths."""
 
-    def __init__(self, inputs: list[Tensor], targets: Tensor | None) -> None:
-        self.inputs, self.targets = inputs, targets
+    def __init__(self, inputs: list[Tensor], targets: Tensor | None, unknown_tokens: int = 0) -> None:
+        self.inputs, self.targets, self.unknown_tokens = inputs, targets, unknown_tokens
         self.lengths = [x.size(0) for x in inputs]
 
     def batch(self, idx: Tensor | list[int]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -291,6 +291,7 @@ class ClassifyTask(Task):
         self.val_set = self.encode(val) if val is not None and len(val) else self.train_set
         self.val_is_train = self.val_set is self.train_set
         self.counts = torch.bincount(self.train_set.targets, minlength=len(self.labels))
+        self.weight = self._class_weights()
 
     def _fit(self, train: Examples) -> None:
         """The label set, and the vocabulary (text) or the channel statistics (series), from the training file."""
@@ -322,7 +323,7 @@ class ClassifyTask(Task):
         if examples.kind != self.kind:
             raise DataError(f"{examples.source}: holds {examples.kind} examples, but this run classifies {self.kind}")
         cap = self.config.data.max_length or None
-        self.unknown_tokens = 0
+        unknown_tokens = 0
         if self.kind == "text":
             inputs = []
             for i, text in enumerate(examples.inputs):
@@ -331,7 +332,7 @@ class ClassifyTask(Task):
                     raise DataError(f"{examples.source}: example {i + 1} has no tokens")
                 ids, unknown = self.vocab.encode(tokens)
                 inputs.append(ids)
-                self.unknown_tokens += unknown
+                unknown_tokens += unknown
         else:
             inputs = []
             for i, x in enumerate(examples.inputs):
@@ -347,7 +348,7 @@ class ClassifyTask(Task):
             if bad:
                 raise DataError(f"{examples.source}: label {bad[0]!r} is not in the run's label set {self.labels}")
             targets = torch.tensor([index[y] for y in examples.labels], dtype=torch.long)
-        return _Encoded(inputs, targets)
+        return _Encoded(inputs, targets, unknown_tokens)
 
     def restore(self, artefacts: dict[str, Any]) -> None:
         self.labels = list(artefacts["labels"])
@@ -399,7 +400,7 @@ class ClassifyTask(Task):
     def batches(self, rank: int, world_size: int) -> _Batches:
         return _Batches(self.train_set, self._buckets(rank, world_size))
 
-    def class_weights(self) -> Tensor | None:
+    def _class_weights(self) -> Tensor | None:
         if self.config.train.class_weights == "none":
             return None
         counts = self.counts.double()
@@ -409,8 +410,7 @@ class ClassifyTask(Task):
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
         x, lengths, y = batch
         logits = model(x.to(device), lengths)  # (B, C)
-        weight = self.class_weights()
-        weight = None if weight is None else weight.to(device)
+        weight = None if self.weight is None else self.weight.to(device)
         return F.cross_entropy(
             logits, y.to(device), weight=weight, label_smoothing=self.config.train.label_smoothing
         ), None

@@ -216,7 +216,6 @@ class LMTask(Task):
     primary = "bpc"
     higher_is_better = False
     unit = "chars"
-    carries_state = True
 
     def prepare(self, artefacts: dict[str, Any] | None) -> None:
         text = load_text(self.config)
