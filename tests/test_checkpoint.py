@@ -23,14 +23,7 @@ from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
 from rnnkit.tasks.language_model import LMTrainConfig as TrainConfig
 from rnnkit.train import train_lm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads stall each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_save_load_round_trip_leaves_no_temp_files(tmp_path):

@@ -21,14 +21,7 @@ from rnnkit.tasks import TASKS, ClassifyConfig, ClassifyTask, LMConfig, LMTask, 
 from rnnkit.tasks.classification import ClassifyModelConfig
 from rnnkit.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads stall each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _contains_ab(rng: random.Random, n: int) -> list[tuple[str, str]]:

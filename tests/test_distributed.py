@@ -19,10 +19,8 @@ from _ddp_worker import config  # noqa: E402
 TEXT = "".join(f"for i in range({i % 9}):\n    total += i * {i % 4}\n" for i in range(80))
 
 
-@pytest.mark.slow
-def test_two_ranks_agree_and_equal_one_process_on_the_same_rows(tmp_path):
-    text_file = tmp_path / "text.txt"
-    text_file.write_text(TEXT)
+def _torchrun(worker: str, data: Path, tmp_path: Path) -> Path:
+    """Run ``worker DATA tmp_path/ddp tmp_path/params`` on 2 CPU ranks; returns the folder of per-rank results."""
     params = tmp_path / "params"
     params.mkdir()
     env = {
@@ -31,9 +29,17 @@ def test_two_ranks_agree_and_equal_one_process_on_the_same_rows(tmp_path):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")])),
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [str(HERE / "_ddp_worker.py"), str(text_file), str(tmp_path / "ddp"), str(params)]
+    cmd += [str(HERE / worker), str(data), str(tmp_path / "ddp"), str(params)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return params
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_and_equal_one_process_on_the_same_rows(tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT)
+    params = _torchrun("_ddp_worker.py", text_file, tmp_path)
 
     r0 = torch.load(params / "rank0.pt", weights_only=True)
     r1 = torch.load(params / "rank1.pt", weights_only=True)
@@ -64,17 +70,7 @@ def test_classifier_ranks_agree_and_validation_is_all_reduced(tmp_path):
     data = tmp_path / "d.tsv"
     words = [("ab" * (1 + i % 5), "x") if i % 2 else ("cd" * (1 + i % 3), "y") for i in range(90)]
     data.write_text("".join(f"{w}{i % 7}\t{y}\n" for i, (w, y) in enumerate(words)))
-    params = tmp_path / "params"
-    params.mkdir()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")])),
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [str(HERE / "_ddp_classify_worker.py"), str(data), str(tmp_path / "ddp"), str(params)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    params = _torchrun("_ddp_classify_worker.py", data, tmp_path)
     r0 = torch.load(params / "rank0.pt", weights_only=True)
     r1 = torch.load(params / "rank1.pt", weights_only=True)
     for k in r0["params"]:

@@ -14,13 +14,7 @@ import torch
 from rnnkit.data.labelled import LengthBuckets, TokenVocab, read_examples, stratified_split
 from rnnkit.errors import DataError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -34,13 +34,7 @@ def _config(text_file, model=None, **train) -> LMConfig:
     return LMConfig(ModelConfig(**m), DataConfig(data=str(text_file), val_fraction=0.1), TrainConfig(**t))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads stall each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- config ---------------------------------------------------------------------------------------------------

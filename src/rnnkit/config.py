@@ -31,9 +31,11 @@ __all__ = [
     "OPTIMIZERS",
     "RunConfig",
     "TrainConfig",
+    "check_bool",
     "check_choice",
     "check_float",
     "check_int",
+    "check_recurrent",
 ]
 
 INITS = ("torch", "orthogonal")
@@ -65,6 +67,18 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def check_recurrent(config: Any, max_size: int = 2**20) -> None:
+    """The checks every task's model section shares: ``mode``, ``embedding_size``, ``hidden_size``, ``num_layers``,
+    ``dropout``, ``backend`` and ``init`` (sizes far beyond any real model are a typo, not a request for terabytes)."""
+    check_choice("mode", config.mode, MODES)
+    check_int("embedding_size", config.embedding_size, 1, max_size)
+    check_int("hidden_size", config.hidden_size, 1, max_size)
+    check_int("num_layers", config.num_layers, 1, 1024)
+    check_float("dropout", config.dropout, 0.0, 1.0, high_open=True)
+    check_choice("backend", config.backend, BACKENDS)
+    check_choice("init", config.init, INITS)
 
 
 @dataclass(frozen=True)

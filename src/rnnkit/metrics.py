@@ -180,19 +180,35 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def plot_training(records: list[dict[str, Any]], path: Path, primary: str) -> bool:
-    """The training curves as a PNG (matplotlib Agg), written atomically; False when matplotlib is missing.
-
-    Left: training and validation loss against step. Right (when the primary metric is not the loss): the
-    validation ``primary`` metric, beside its training value when the task reports one (the LM's bpc).
-    """
+def _pyplot(what: str):
+    """matplotlib.pyplot on the Agg backend, or None (with a warning that ``what`` is skipped) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed: no loss plot")
+        log.warning("matplotlib is not installed: no %s", what)
+        return None
+    return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    try:
+        with atomic_open(path, suffix=".png") as (_, tmp):
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def plot_training(records: list[dict[str, Any]], path: Path, primary: str) -> bool:
+    """The training curves as a PNG (matplotlib Agg), written atomically; False when matplotlib is missing.
+
+    Left: training and validation loss against step. Right (when the primary metric is not the loss): the
+    validation ``primary`` metric, beside its training value when the task reports one (the LM's bpc).
+    """
+    plt = _pyplot("loss plot")
+    if plt is None:
         return False
 
     def curve(kind: str, key: str) -> list[tuple[int, float]]:
@@ -212,11 +228,7 @@ def plot_training(records: list[dict[str, Any]], path: Path, primary: str) -> bo
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    try:
-        with atomic_open(path, suffix=".png") as (_, tmp):
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 
@@ -262,13 +274,8 @@ def classification_metrics(confusion: Tensor) -> dict[str, Any]:
 
 def plot_confusion(confusion: Tensor, labels: list[str], path: Path, title: str = "") -> bool:
     """The confusion matrix as a PNG, rows normalised to recall, counts in the cells; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no confusion-matrix plot")
+    plt = _pyplot("confusion-matrix plot")
+    if plt is None:
         return False
     C = len(labels)
     counts = confusion.double()
@@ -290,11 +297,7 @@ def plot_confusion(confusion: Tensor, labels: list[str], path: Path, title: str 
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    try:
-        with atomic_open(path, suffix=".png") as (_, tmp):
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
     return True
 
 

@@ -26,15 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    BACKENDS,
-    INITS,
-    MODES,
     RunConfig,
     TrainConfig,
     check_bool,
     check_choice,
     check_float,
     check_int,
+    check_recurrent,
 )
 from rnnkit.data.labelled import Examples, LengthBuckets, TokenVocab, read_examples, stratified_split
 from rnnkit.distributed import all_reduce
@@ -56,7 +54,6 @@ __all__ = [
 ]
 
 POOLINGS = ("last", "mean", "max", "attention")
-MAX_SIZE = 2**20
 
 
 @dataclass(frozen=True)
@@ -78,16 +75,10 @@ class ClassifyModelConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_int("embedding_size", self.embedding_size, 1, MAX_SIZE)
-        check_int("hidden_size", self.hidden_size, 1, MAX_SIZE)
-        check_int("num_layers", self.num_layers, 1, 1024)
+        check_recurrent(self)
         check_bool("bidirectional", self.bidirectional)
         check_choice("pooling", self.pooling, POOLINGS)
-        check_int("head_size", self.head_size, 0, MAX_SIZE)
-        check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
-        check_choice("backend", self.backend, BACKENDS)
-        check_choice("init", self.init, INITS)
+        check_int("head_size", self.head_size, 0, 2**20)
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    BACKENDS,
-    INITS,
-    MODES,
     RunConfig,
     TrainConfig,
     check_bool,
-    check_choice,
     check_float,
     check_int,
+    check_recurrent,
 )
 from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
 from rnnkit.errors import ConfigError, DataError
@@ -39,8 +36,6 @@ from rnnkit.recurrent import RNN
 from rnnkit.tasks.base import Task
 
 __all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMTrainConfig", "lm_loss", "load_text"]
-
-MAX_SIZE = 2**20  # widths and depths far beyond any CPU or GPU model: a typo, not a request for terabytes
 
 
 @dataclass(frozen=True)
@@ -67,19 +62,13 @@ class LMModelConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_int("embedding_size", self.embedding_size, 1, MAX_SIZE)
-        check_int("hidden_size", self.hidden_size, 1, MAX_SIZE)
-        check_int("num_layers", self.num_layers, 1, 1024)
-        check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_recurrent(self)
         check_bool("tie_weights", self.tie_weights)
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ConfigError(
                 "tie_weights needs embedding_size == hidden_size, "
                 f"got embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
             )
-        check_choice("backend", self.backend, BACKENDS)
-        check_choice("init", self.init, INITS)
 
 
 @dataclass(frozen=True)
