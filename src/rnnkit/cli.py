@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = train_sub.add_parser(
             name,
             help=helps.get(name, name),
-            description=f"Train a {task_cls.title} model. Precedence: defaults < --config TOML < flags.",
+            description=f"Train a {helps.get(name, name)}. Precedence: defaults < --config TOML < flags.",
         )
         p.add_argument(
             "--out", default=None, metavar="DIR", help=f"run folder (default: a new runs/{name}-YYYYmmdd-HHMMSS)"

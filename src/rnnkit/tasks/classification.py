@@ -86,7 +86,9 @@ class ClassifyDataConfig:
     """The training file, the validation data, and how text is cut into tokens."""
 
     data: str | None = field(default=None, metadata={"help": "training file: .tsv, .csv, .ts or .npz (path; required)"})
-    val: str | None = field(default=None, metadata={"help": "validation file of the same kind (default: a split)"})
+    val: str | None = field(
+        default=None, metadata={"help": "validation file of the same kind (unset: a stratified split of --data)"}
+    )
     val_fraction: float = field(
         default=0.1,
         metadata={
