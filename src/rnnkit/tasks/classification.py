@@ -65,7 +65,7 @@ class ClassifyModelConfig:
     hidden_size: int = field(default=128, metadata={"help": "hidden state width per layer and direction (units)"})
     num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
     bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
-    pooling: str = field(default="attention", metadata={"help": "over the valid steps: last, mean, max or attention"})
+    pooling: str = field(default="mean", metadata={"help": "over the valid steps: last, mean, max or attention"})
     head_size: int = field(default=128, metadata={"help": "hidden width of the MLP head (units, 0 = one linear layer)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between layers and in the head, in [0, 1)"})
     backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
