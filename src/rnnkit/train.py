@@ -128,6 +128,11 @@ def _check_resume(run_dir: Path, resume: bool) -> None:
         raise ConfigError(f"out_dir must be a folder, got the file {run_dir}")
 
 
+def _schedule_budget(cfg: TrainConfig) -> tuple[str, float]:
+    """What the cosine's progress counts: the step budget, or the time budget when there is none (see lr_at)."""
+    return ("steps", cfg.max_steps) if cfg.max_steps else ("minutes", cfg.max_minutes)
+
+
 def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
     payload = load_checkpoint(run_dir / "last.pt", kind=task.name)
     if payload["format_version"] < 2:
@@ -138,15 +143,11 @@ def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
     saved = type(task.config).from_dict(payload["config"])
     if saved.model != task.config.model:
         raise ConfigError(f"cannot resume with another model config: saved {saved.model}, given {task.config.model}")
-    old, new = saved.train, task.config.train
-    if (old.max_steps, old.max_minutes if not old.max_steps else 0) != (
-        new.max_steps,
-        new.max_minutes if not new.max_steps else 0,
-    ):
+    old, new = _schedule_budget(saved.train), _schedule_budget(task.config.train)
+    if old != new:
         log.warning(
-            "resuming with max_steps=%s, max_minutes=%s instead of %s, %s: the learning-rate schedule changes from "
-            "here on, so the result will differ from an uninterrupted run",
-            new.max_steps, new.max_minutes, old.max_steps, old.max_minutes,
+            "resuming with max_%s=%s instead of %s: the learning-rate schedule changes from here on, so the result "
+            "will differ from an uninterrupted run", *new, old[1],
         )  # fmt: skip
     return payload
 
