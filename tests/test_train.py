@@ -207,3 +207,25 @@ def test_resume_with_another_model_is_refused(text_file, tmp_path):
     with pytest.raises(ConfigError, match="another model config"):
         train_lm(_config(text_file, model={"hidden_size": 32}, max_steps=4), tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
+def test_a_kill_between_checkpoint_writes_leaves_a_resumable_run(text_file, tmp_path, monkeypatch):
+    """The first evaluation writes last.pt and best.pt; dying after the first write must leave last.pt."""
+    import rnnkit.train
+
+    real_save = rnnkit.train.save_checkpoint
+    written = []
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        written.append(path.name)
+        if len(written) == 1:
+            raise KeyboardInterrupt  # stands for a SIGKILL right after the first file
+
+    monkeypatch.setattr(rnnkit.train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(_config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run")
+    assert written[0] == "last.pt"
+    monkeypatch.setattr(rnnkit.train, "save_checkpoint", real_save)
+    result = train_lm(_config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run", resume=True)
+    assert result.steps == 8 and (tmp_path / "run" / "best.pt").is_file()

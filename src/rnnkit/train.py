@@ -293,7 +293,8 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             **{f"val_{key}": v for key, v in last_metrics.items()},
             **{f"best_val_{task.primary}": best_metrics[task.primary]},
         )
-        save(*(("best.pt", "last.pt") if improved else ("last.pt",)))
+        # last.pt first: a kill between the two writes leaves a run that resumes (never a best.pt without a last.pt)
+        save(*(("last.pt", "best.pt") if improved else ("last.pt",)))
         return bool(cfg.patience) and stale >= cfg.patience
 
     emit("start", resumed=payload is not None, run_dir=str(run_dir), num_parameters=num_params,
