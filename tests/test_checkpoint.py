@@ -138,3 +138,15 @@ def test_format_1_runs_load_but_do_not_resume(tiny_run, tmp_path):
         assert torch.equal(value, payload["model"][key])
     with pytest.raises(ConfigError, match="older rnnkit"):
         train_lm(cfg, old, resume=True)
+
+
+def test_a_run_with_non_finite_weights_is_refused_in_one_line(tiny_run, tmp_path):
+    _, result = tiny_run
+    payload = load_checkpoint(result.run_dir / "best.pt")
+    key = next(iter(payload["model"]))
+    payload["model"][key] = payload["model"][key].clone().fill_(float("nan"))
+    (tmp_path / "nan").mkdir()
+    save_checkpoint(tmp_path / "nan" / "best.pt", payload)
+    with pytest.raises(CheckpointError, match=f"non-finite weights .*first in {key}.*diverged") as e:
+        load_run(tmp_path / "nan")
+    assert "\n" not in str(e.value)

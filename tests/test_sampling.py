@@ -129,3 +129,13 @@ def test_errors(lm):
     with pytest.raises(ValueError, match="length"):
         sample_text(model, vocab, "a", -1)
     assert sample_text(model, vocab, "a", 0) == ""
+
+
+def test_tiny_temperature_is_greedy_not_nan():
+    from rnnkit.sampling import _pick
+
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0 - 1e-3]])
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (1e-300, 1e-30):
+        assert _pick(logits, temperature, 0, 1.0, gen).item() == 1
+        assert _pick(logits, temperature, 0, 1e-300, gen).item() == 1

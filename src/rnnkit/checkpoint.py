@@ -195,6 +195,12 @@ def load_run(
         raise CheckpointError(
             f"{path}: checkpoint is incomplete or inconsistent ({type(e).__name__}: {first[:200]})"
         ) from e
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}: the model holds non-finite weights (NaN or inf, first in {bad[0]}): the run diverged; "
+            "train again with a lower --lr"
+        )
     model.to(device).eval()
     return LoadedRun(
         task=restored,

@@ -301,7 +301,7 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------------------------
 
 
-def _int_at_least(low: int):
+def _int_at_least(low: int, high: int = 2**63 - 1):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -309,6 +309,8 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
 
     return parse

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_json"]
+__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "remove_stale_temporaries"]
+
+# what atomic_open names its temporary files: ".{target}.{8 random characters from mkstemp}{suffix}"
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}(\.tmp|\.png)$")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -66,3 +70,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented JSON text plus a newline, written atomically."""
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder`` (only names ``atomic_open`` makes); returns them.
+
+    Call it only where no other process is writing into ``folder`` (the trainer's rank 0, at start).
+    """
+    removed = []
+    for p in Path(folder).iterdir():
+        if p.is_file() and _TEMPORARY.match(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

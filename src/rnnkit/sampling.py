@@ -61,7 +61,11 @@ def _pick(logits: Tensor, temperature: float, top_k: int, top_p: float, generato
     """logits (1, V) -> next token (1,)."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (1,)
-    probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)  # (1, V)
+    # float64, and the best logit shifted to 0 before dividing: a tiny temperature or top_p (down to 1e-300) then
+    # sends the other logits to -inf, never to inf - inf or 0 / 0
+    logits = logits.double()
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # (1, V), <= 0
+    probs = filter_logits(scaled, top_k=top_k, top_p=top_p).softmax(dim=-1)  # (1, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (1,)
 
 

@@ -44,7 +44,7 @@ from rnnkit.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, s
 from rnnkit.config import TrainConfig
 from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
 from rnnkit.errors import ConfigError, RnnkitError
-from rnnkit.io import atomic_write_json
+from rnnkit.io import atomic_write_json, remove_stale_temporaries
 from rnnkit.metrics import MetricsLog, plot_training, tensorboard_writer
 from rnnkit.sequence import detach_state
 from rnnkit.tasks.base import Task
@@ -206,6 +206,8 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             epoch, k, state = epoch + 1, 0, None  # the batch layout changed: start a new epoch
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(run_dir):  # what a killed earlier session was writing
+            log.info("removed %s, left by an interrupted write", stale)
         atomic_write_json(run_dir / "config.json", task.config.to_dict())
         task.write_files(run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_up_to_step=step if payload else -1) if info.is_main else None
