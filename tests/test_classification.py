@@ -324,3 +324,16 @@ def test_config_errors_name_the_field():
         ClassifyConfig.from_dict({"data": {"val_fraction": 0.7}})
     with pytest.raises(ConfigError, match="monitor must be one of accuracy, macro_f1"):
         ClassifyConfig.from_dict({"train": {"monitor": "loss"}})
+
+
+def test_attention_weights_sum_to_one_over_the_valid_steps_and_make_the_features():
+    torch.manual_seed(0)
+    model = SequenceClassifier(ClassifyModelConfig(pooling="attention", hidden_size=4), 2, vocab_size=7).double()
+    x, lengths = pad_sequences([torch.tensor([2, 3, 4, 5]), torch.tensor([6, 2])])
+    a = model.attention(x, lengths)  # (2, 4)
+    torch.testing.assert_close(a.sum(1), torch.ones(2, dtype=torch.float64))
+    assert (a[1, 2:] == 0).all() and (a[1, :2] > 0).all()
+    y, _ = model.rnn(model.encode(x), lengths=lengths)  # (2, 4, 8)
+    torch.testing.assert_close(model.features(x, lengths), (a.unsqueeze(-1) * y).sum(1))
+    with pytest.raises(ValueError, match="pooling='attention'"):
+        SequenceClassifier(ClassifyModelConfig(pooling="mean"), 2, vocab_size=7).attention(x, lengths)

@@ -15,7 +15,6 @@ are set to the channel's training mean, 0 after standardisation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,9 +196,13 @@ class SequenceClassifier(nn.Module):
             return y.sum(1) / lengths.to(y.device, y.dtype).unsqueeze(1)  # (B, K*H)
         if pooling == "max":
             return y.masked_fill(~mask, float("-inf")).amax(1)  # (B, K*H)
-        e = self.score(torch.tanh(self.attend(y))).masked_fill(~mask, float("-inf"))  # (B, T, 1)
-        a = torch.softmax(e, dim=1)  # (B, T, 1), zero past each length
+        a = self._weights(y, mask)  # (B, T, 1), zero past each length
         return (a * y).sum(1)  # (B, K*H)
+
+    def _weights(self, y: Tensor, mask: Tensor) -> Tensor:
+        """Attention pooling's weights: a_t = softmax_t(v^T tanh(W y_t + b)) over the valid steps; (B, T, 1)."""
+        e = self.score(torch.tanh(self.attend(y))).masked_fill(~mask, float("-inf"))  # (B, T, 1)
+        return torch.softmax(e, dim=1)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T) or (B, T, D), lengths (B,) -> logits (B, C)."""
@@ -210,8 +213,8 @@ class SequenceClassifier(nn.Module):
         if self.score is None:
             raise ValueError(f"attention needs pooling='attention', got {self.config.pooling!r}")
         y, _ = self.rnn(self.encode(x), lengths=lengths)  # (B, T, K*H)
-        mask = lengths_to_mask(lengths.to(y.device), y.size(1))
-        return torch.softmax(self.score(torch.tanh(self.attend(y))).squeeze(-1).masked_fill(~mask, -math.inf), 1)
+        mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
+        return self._weights(y, mask).squeeze(-1)  # (B, T)
 
 
 def _natural_order(labels: set[str]) -> list[str]:
