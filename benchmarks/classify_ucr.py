@@ -178,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--hidden-size", type=int, default=128, help="hidden width per direction (default 128)")
     g.add_argument("--num-layers", type=int, default=1, help="stacked layers (default 1)")
     g.add_argument("--bidirectional", default="true", choices=("true", "false"), help="(default true)")
-    g.add_argument(
-        "--pooling", default="mean", choices=("last", "mean", "max", "attention"), help="(default mean)"
-    )
+    g.add_argument("--pooling", default="mean", choices=("last", "mean", "max", "attention"), help="(default mean)")
     g.add_argument("--dropout", type=float, default=0.1, help="between layers and in the head (default 0.1)")
     g.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16: 36-67 train rows)")
     g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")

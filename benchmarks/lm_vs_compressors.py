@@ -21,11 +21,14 @@ from pathlib import Path
 import torch
 
 from rnnkit.checkpoint import load_run
-from rnnkit.config import DataConfig, LMConfig, ModelConfig, TrainConfig
 from rnnkit.data import split_text
 from rnnkit.errors import RnnkitError
 from rnnkit.metrics import evaluate_dynamic, evaluate_text
-from rnnkit.train import load_text, train_lm
+from rnnkit.tasks.language_model import LMConfig, load_text
+from rnnkit.tasks.language_model import LMDataConfig as DataConfig
+from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
+from rnnkit.tasks.language_model import LMTrainConfig as TrainConfig
+from rnnkit.train import train_lm
 
 COMPRESSORS = {
     "gzip -9": lambda b: gzip.compress(b, compresslevel=9, mtime=0),
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             config = LMConfig(model, data, train)
             run_dir = Path(args.out or time.strftime("runs/bench-lm-%Y%m%d-%H%M%S"))
             result = train_lm(config, run_dir)
-            print(f"trained {result.steps} steps in {result.elapsed_s:.0f} s ({result.tokens_per_second:.0f} tok/s)")
+            print(f"trained {result.steps} steps in {result.elapsed_s:.0f} s ({result.items_per_second:.0f} chars/s)")
             run = load_run(run_dir, "best")
         text = load_text(config)
         train_text, test_text = split_text(text, config.data.val_fraction)
