@@ -37,3 +37,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def one_error_line(capsys, status: int) -> str:
+    """The CLI's answer to a user error: exit status 2 and one stderr line ``rnnkit: error: ...``, no traceback."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("rnnkit: error:"), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    return lines[0]

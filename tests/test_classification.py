@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_error_line as _error_line
 from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.cli import main
 from rnnkit.errors import CheckpointError, ConfigError
@@ -240,15 +241,6 @@ def test_balanced_class_weights_are_n_over_c_times_count(tmp_path):
 
 
 # --- the command line: wrong task, bad input -----------------------------------------------------------------------
-
-
-def _error_line(capsys, status):
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert status == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("rnnkit: error:"), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
 
 
 def test_a_run_of_the_wrong_task_is_one_line(text_files, lm_text, tmp_path, capsys):

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from conftest import one_error_line as _one_error_line
 from rnnkit.checkpoint import save_checkpoint
 from rnnkit.cli import main
 
@@ -46,15 +47,6 @@ def run_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
     assert main(["train", "lm", "--data", str(corpus), "--out", str(out), "--max-steps", "20", *TINY]) == 0
     return out
-
-
-def _one_error_line(capsys, status):
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert status == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("rnnkit: error:"), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
 
 
 def test_train_prints_bpc_folder_and_sample(run_dir, capsys):

@@ -19,8 +19,8 @@ SKIP_DIRS = frozenset(
 )
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The contents of a UTF-8 text file (a leading BOM dropped).
+def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
+    """The contents of a UTF-8 text file (a leading BOM dropped); ``expected`` names the file kind in errors.
 
     DataError, with the path, for a missing file, a directory, an empty file, a binary file (NUL bytes) or
     bytes that are not UTF-8.
@@ -29,7 +29,7 @@ def read_text(path: str | os.PathLike) -> str:
     if not p.exists():
         raise DataError(f"{p}: no such file")
     if p.is_dir():
-        raise DataError(f"{p}: is a directory, expected a text file")
+        raise DataError(f"{p}: is a directory, expected {expected}")
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -42,7 +42,8 @@ def read_text(path: str | os.PathLike) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start})") from e
+        why = "" if expected == "a text file" else f", expected {expected}"
+        raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start}){why}") from e
     return text.removeprefix("\ufeff")
 
 

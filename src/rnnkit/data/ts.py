@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
 
 __all__ = ["TimeSeriesSet", "read_ts"]
@@ -188,24 +189,13 @@ def _example_array(where: str, fields: list[str], missing_allowed: bool) -> np.n
 
 
 def _read_lines(p: Path) -> list[str]:
-    """The lines of the UTF-8 file ``p`` (BOM and '\\r' dropped); DataError for a missing, empty or binary file."""
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a directory, expected a .ts file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"{p}: cannot read ({e.strerror or e})") from e
-    if not raw.strip():
+    """The lines of the UTF-8 file ``p`` (BOM dropped); DataError for a missing, empty or binary file."""
+    text = read_text(p, expected="a .ts file")
+    if not text.strip():
         raise DataError(f"{p}: file is empty, expected a .ts header and an @data section")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start}), expected a .ts text file") from e
     # split on '\n' only: str.splitlines also splits on form feeds and other separators, which would shift the
     # line numbers that errors report
-    return text.removeprefix("\ufeff").split("\n")
+    return text.split("\n")
 
 
 def _parse_header(p: Path, lines: list[str]) -> tuple[_Header, int]:
