@@ -329,3 +329,13 @@ def test_attention_weights_sum_to_one_over_the_valid_steps_and_make_the_features
     torch.testing.assert_close(model.features(x, lengths), (a.unsqueeze(-1) * y).sum(1))
     with pytest.raises(ValueError, match="pooling='attention'"):
         SequenceClassifier(ClassifyModelConfig(pooling="mean"), 2, vocab_size=7).attention(x, lengths)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_resuming_a_finished_run_changes_nothing(name, text_files, lm_text, tmp_path):
+    train(_task(name, text_files, lm_text), tmp_path / "r")
+    before = load_checkpoint(tmp_path / "r" / "last.pt")
+    result = train(_task(name, text_files, lm_text), tmp_path / "r", resume=True)
+    assert result.steps == 6 and result.stopped_because == "max_steps"
+    after = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])

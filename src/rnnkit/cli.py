@@ -113,12 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out.strip():
             raise UsageError("--out must name a folder, got an empty string")
         out = Path(args.out)
+    task = task_cls(config)
     progress = _Progress()
     try:
-        result = rnnkit.train.train(task_cls(config), out, resume=args.resume, on_event=progress)
+        result = rnnkit.train.train(task, out, resume=args.resume, on_event=progress)
     finally:
         progress.close()
-    task = task_cls(config)
     primary = task.primary
     print(
         f"val {primary}: best {result.best.get(primary, float('nan')):.4f}, "

@@ -299,8 +299,9 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
         save(*(("last.pt", "best.pt") if improved else ("last.pt",)))
         return bool(cfg.patience) and stale >= cfg.patience
 
+    facts = task.describe()
     emit("start", resumed=payload is not None, run_dir=str(run_dir), num_parameters=num_params,
-         world_size=info.world_size, device=str(device), task=task.name, **task.describe())  # fmt: skip
+         world_size=info.world_size, device=str(device), task=task.name, **facts)  # fmt: skip
     model.train()
     stopped_because, loss_sum, loss_count, last_evaluated = "", 0.0, 0, step if payload else -1
     if cfg.max_steps and step >= cfg.max_steps:
@@ -363,7 +364,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
     per_s, _ = rates()
     result = TrainResult(
         run_dir=run_dir, task=task.name, steps=step, best=best_metrics, last=last_metrics, items_per_second=per_s,
-        elapsed_s=elapsed(), stopped_because=stopped_because, num_parameters=num_params, info=task.describe(),
+        elapsed_s=elapsed(), stopped_because=stopped_because, num_parameters=num_params, info=facts,
         model=model,
     )  # fmt: skip
     if info.is_main:

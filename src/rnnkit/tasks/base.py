@@ -106,7 +106,7 @@ class Task(ABC):
         """Validation metrics: at least ``loss`` and ``self.primary``; the same on every rank."""
 
     def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
-        """Task plots written into the run folder at the end of training (a confusion matrix)."""
+        """Task plots written into the run folder at the end of training, after the last step's evaluation."""
         return None
 
     def is_better(self, new: dict[str, float], best: dict[str, float]) -> bool:

@@ -457,9 +457,13 @@ class ClassifyTask(Task):
 
     def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
         m = self.scores(model, self.val_set, device, dist_info)
+        self.last_confusion = m["confusion"]  # the plot at the end shows the last step's evaluation
         return {"loss": m["loss"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
 
     def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
-        conf = self.scores(model, self.val_set, device)["confusion"]
+        conf = getattr(self, "last_confusion", None)
+        if conf is None:  # a resumed run that had already finished: nothing evaluated in this session
+            conf = self.scores(model, self.val_set, device)["confusion"]
         where = "training set" if self.val_is_train else "validation set"
-        plot_confusion(conf, self.labels, run_dir / "confusion.png", f"confusion matrix, {where} (last step)")
+        title = f"confusion matrix, {where} (last step)"
+        plot_confusion(conf, self.labels, run_dir / "confusion.png", title)
