@@ -18,7 +18,16 @@ from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.cli import main
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.sequence import pad_sequences
-from rnnkit.tasks import TASKS, ClassifyConfig, ClassifyTask, LMConfig, LMTask, SequenceClassifier
+from rnnkit.tasks import (
+    TASKS,
+    ClassifyConfig,
+    ClassifyTask,
+    ForecastConfig,
+    ForecastTask,
+    LMConfig,
+    LMTask,
+    SequenceClassifier,
+)
 from rnnkit.tasks.classification import ClassifyModelConfig
 from rnnkit.train import train
 
@@ -95,16 +104,36 @@ def lm_text(tmp_path_factory):
 # --- the contract, for every task -------------------------------------------------------------------------------
 
 
-def _task(name, text_files, lm_text, **train):
-    if name == "lm":
-        return LMTask(_lm_config(lm_text, **train))
-    return ClassifyTask(_classify_config(text_files[0], **train))
+@pytest.fixture(scope="module")
+def series_csv(tmp_path_factory):
+    p = tmp_path_factory.mktemp("forecast") / "series.csv"
+    rng = np.random.default_rng(0)
+    rows = [f"s{i},{t},{10 + np.sin(t / 2 + i) + rng.normal(0, 0.1):.4f}" for i in range(4) for t in range(30)]
+    p.write_text("id,time,value\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def _forecast_config(data, **train) -> ForecastConfig:
+    t = {"batch_size": 8, "max_steps": 6, "max_minutes": 0, "eval_every": 3, "log_every": 1, "warmup_steps": 2}
+    m = {"hidden_size": 12, "num_layers": 2, "dropout": 0.2, "num_samples": 8}
+    d = {"data": str(data), "horizon": 4, "season_length": 6, "eval_samples": 8}
+    return ForecastConfig.from_dict({"model": m, "data": d, "train": t | train})
+
+
+@pytest.fixture
+def tasks(text_files, lm_text, series_csv):
+    """name -> a function making a fresh task of that name with train settings overridden."""
+    return {
+        "lm": lambda **train: LMTask(_lm_config(lm_text, **train)),
+        "classify": lambda **train: ClassifyTask(_classify_config(text_files[0], **train)),
+        "forecast": lambda **train: ForecastTask(_forecast_config(series_csv, **train)),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_every_task_trains_checkpoints_and_resumes_bit_exactly(name, text_files, lm_text, tmp_path):
-    assert set(TASKS) == {"lm", "classify"}  # a new task joins this test by its name here
-    straight = train(_task(name, text_files, lm_text), tmp_path / "straight")
+def test_every_task_trains_checkpoints_and_resumes_bit_exactly(name, tasks, tmp_path):
+    assert set(TASKS) == set(tasks)  # a new task joins this test by its name in the tasks fixture
+    straight = train(tasks[name](), tmp_path / "straight")
     assert straight.steps == 6 and straight.stopped_because == "max_steps" and straight.task == name
     files = {p.name for p in (tmp_path / "straight").iterdir()}
     assert {"config.json", "last.pt", "best.pt", "metrics.jsonl", "summary.json", "loss.png"} <= files
@@ -116,9 +145,9 @@ def test_every_task_trains_checkpoints_and_resumes_bit_exactly(name, text_files,
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_task(name, text_files, lm_text), tmp_path / "resumed", on_event=interrupt)
+        train(tasks[name](), tmp_path / "resumed", on_event=interrupt)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
-    resumed = train(_task(name, text_files, lm_text), tmp_path / "resumed", resume=True)
+    resumed = train(tasks[name](), tmp_path / "resumed", resume=True)
     assert resumed.steps == 6 and resumed.last == straight.last and resumed.best == straight.best
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
     assert a["kind"] == b["kind"] == name
@@ -132,10 +161,10 @@ def test_every_task_trains_checkpoints_and_resumes_bit_exactly(name, text_files,
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_resume_with_another_step_budget_warns(name, text_files, lm_text, tmp_path, caplog):
-    train(_task(name, text_files, lm_text, max_steps=3), tmp_path / "r")
+def test_resume_with_another_step_budget_warns(name, tasks, tmp_path, caplog):
+    train(tasks[name](max_steps=3), tmp_path / "r")
     with caplog.at_level("WARNING", logger="rnnkit.train"):
-        result = train(_task(name, text_files, lm_text, max_steps=5), tmp_path / "r", resume=True)
+        result = train(tasks[name](max_steps=5), tmp_path / "r", resume=True)
     assert result.steps == 5
     assert any("learning-rate schedule changes" in r.getMessage() for r in caplog.records)
 
@@ -248,7 +277,10 @@ def test_a_run_of_the_wrong_task_is_one_line(text_files, lm_text, tmp_path, caps
     train(ClassifyTask(_classify_config(text_files[0], max_steps=2, eval_every=2)), clf)
     train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm)
     line = _error_line(capsys, main(["predict", "--run", str(lm), "--data", str(text_files[1])]))
-    assert line == f"rnnkit: error: {lm} is a char LM run; predict needs a classify run"
+    assert line == (
+        f"rnnkit: error: {lm} is a char LM run; predict needs a classify or forecast run (sample "
+        "generates from a language model)"
+    )
     line = _error_line(capsys, main(["sample", "--run", str(clf)]))
     assert line == f"rnnkit: error: {clf} is a classify run; sample needs a char LM run"
     with pytest.raises(CheckpointError, match="is a classify run"):
@@ -332,10 +364,10 @@ def test_attention_weights_sum_to_one_over_the_valid_steps_and_make_the_features
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_resuming_a_finished_run_changes_nothing(name, text_files, lm_text, tmp_path):
-    train(_task(name, text_files, lm_text), tmp_path / "r")
+def test_resuming_a_finished_run_changes_nothing(name, tasks, tmp_path):
+    train(tasks[name](), tmp_path / "r")
     before = load_checkpoint(tmp_path / "r" / "last.pt")
-    result = train(_task(name, text_files, lm_text), tmp_path / "r", resume=True)
+    result = train(tasks[name](), tmp_path / "r", resume=True)
     assert result.steps == 6 and result.stopped_because == "max_steps"
     after = load_checkpoint(tmp_path / "r" / "last.pt")
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])

@@ -21,7 +21,7 @@ import torch
 
 from rnnkit import __version__
 from rnnkit.cliargs import add_config_flags, build_config, config_overrides
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import CheckpointError, DataError, RnnkitError
 
 log = logging.getLogger("rnnkit.cli")
 
@@ -176,6 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.checkpoint)
     if run.task.name == "classify":
         return _eval_classify(args, run)
+    if run.task.name == "forecast":
+        return _eval_forecast(args, run)
     from rnnkit.data import read_text
     from rnnkit.metrics import evaluate_dynamic, evaluate_text
 
@@ -249,6 +251,23 @@ def _eval_classify(args: argparse.Namespace, run) -> int:
     return 0
 
 
+def _check_out(path: str | None, force: bool, *, suffix: str | None = None) -> None:
+    """An output file that exists is overwritten only with --force (checked before any work is done)."""
+    if path is None:
+        return
+    if not path.strip():
+        raise UsageError("--out must name a file, got an empty string")
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{path} is a directory; give a file path")
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise UsageError(f"{path}: expected a {suffix} file name")
+    if p.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    if not p.parent.is_dir():
+        raise UsageError(f"{path}: the folder {p.parent} does not exist")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
     import io
@@ -257,10 +276,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rnnkit.data.labelled import read_examples
     from rnnkit.io import atomic_write
 
-    run = load_run(args.run, args.checkpoint, task="classify", purpose="predict")
+    run = load_run(args.run, args.checkpoint, purpose="predict")
+    if run.task.name == "forecast":
+        return _forecast(args, run)
+    if run.task.name != "classify":
+        raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify or forecast run "
+                              "(sample generates from a language model)")  # fmt: skip
     task = run.task
-    if args.out is not None and Path(args.out).exists() and not args.force:
-        raise UsageError(f"--out {args.out} exists; pass --force to overwrite it")
+    _check_out(args.out, args.force)
     labels, probs = task.predict(run.model, read_examples(args.data, labels="optional"))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -272,6 +295,138 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         atomic_write(args.out, buf.getvalue())
         _eprint(f"wrote {len(labels)} predictions to {args.out}")
+    return 0
+
+
+# --- forecast -----------------------------------------------------------------------------------------------------
+
+
+def _forecast_options(args: argparse.Namespace, task) -> dict:
+    from rnnkit.tasks.forecasting import parse_quantiles
+
+    levels = parse_quantiles(args.quantiles, "--quantiles") if getattr(args, "quantiles", None) else None
+    return {"horizon": getattr(args, "horizon", None), "levels": levels,
+            "num_samples": getattr(args, "num_samples", None), "seed": getattr(args, "seed", 0) or 0}  # fmt: skip
+
+
+def _read_future(task, path: str | None, history, horizon: int) -> dict | None:
+    """Covariates over the forecast steps, {id: (h, C)}, from a CSV like the history (values may be empty)."""
+    if not task.covariates:
+        return None
+    if path is None:
+        raise UsageError(
+            f"this run reads covariates {', '.join(task.covariates)}: give their values over the forecast steps "
+            "with --future FILE (id,time,value,covariates; value may be empty)"
+        )
+    from rnnkit.data.series import read_series
+
+    future = read_series(path, values=False)  # only the covariates are read; the value cells may be empty
+    if future.covariates != task.covariates:
+        raise DataError(f"{path}: covariate columns {future.covariates} differ from the run's {task.covariates}")
+    _check_continues(history, future, path, horizon)
+    return {s.id: s.covariates[:horizon] for s in future.series}
+
+
+def _check_continues(history, later, path: str, horizon: int | None) -> None:
+    """Every series of ``later`` is one of the history's and starts at the step after its history ends."""
+    known = history.by_id()
+    step = history.axis.step
+    for s in later.series:
+        if s.id not in known:
+            raise DataError(f"{path}: series {s.id!r} is not in the history {history.source}")
+        first = known[s.id].end(step) + step
+        if s.start != first:
+            ends = history.axis.format(known[s.id].end(step))
+            raise DataError(
+                f"{path}: series {s.id!r} starts at {later.axis.format(s.start)}, but its history ends at {ends} "
+                f"(expected {history.axis.format(first)})"
+            )
+        if horizon is not None and len(s) < horizon:
+            raise DataError(f"{path}: series {s.id!r} has {len(s)} steps, fewer than the horizon {horizon}")
+    missing = [sid for sid in known if sid not in {s.id for s in later.series}]
+    if missing:
+        raise DataError(f"{path}: no rows for series {missing[0]!r} ({len(missing)} series of the history missing)")
+
+
+def _forecast(args: argparse.Namespace, run) -> int:
+    import csv
+    import io
+
+    from rnnkit.io import atomic_write
+    from rnnkit.metrics import plot_forecasts
+
+    task = run.task
+    _check_out(args.out, args.force)
+    _check_out(getattr(args, "plot", None), args.force, suffix=".png")
+    history = task.read(args.data)
+    task._check_axis(history)
+    opts = _forecast_options(args, task)
+    h = opts["horizon"] or task.horizon
+    future = _read_future(task, getattr(args, "future", None), history, h)
+    f = task.forecast(run.model, history.series, horizon=h, levels=opts["levels"], num_samples=opts["num_samples"],
+                      future=future, seed=opts["seed"])  # fmt: skip
+    shown = sorted(opts["levels"] or task.config.model.levels())
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "time", "forecast", *(f"q{q:g}" for q in shown)])
+    for i, s in enumerate(history.series):
+        for k in range(h):
+            writer.writerow([s.id, history.axis.format(f["times"][i, k]), f"{f['median'][i, k]:.6g}",
+                             *(f"{f['quantiles'][q][i, k]:.6g}" for q in shown)])  # fmt: skip
+    if args.out is None:
+        sys.stdout.write(buf.getvalue())
+    else:
+        atomic_write(args.out, buf.getvalue())
+        _eprint(f"wrote {h} steps of {len(history.series)} series to {args.out}")
+    if getattr(args, "plot", None):
+        plot_forecasts(history.series, f, history.axis, Path(args.plot), title=f"{args.run}: forecasts")
+        _eprint(f"plot: {args.plot}")
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+
+    return _forecast(args, load_run(args.run, args.checkpoint, task="forecast", purpose="forecast"))
+
+
+def _eval_forecast(args: argparse.Namespace, run) -> int:
+    from rnnkit.metrics import forecast_scores, plot_forecasts
+
+    task = run.task
+    if args.actuals is None:
+        raise UsageError("eval of a forecast run needs --actuals FILE (the values that followed --data)")
+    _check_out(getattr(args, "plot", None), args.force, suffix=".png")
+    history = task.read(args.data)
+    task._check_axis(history)
+    actuals = task.read(args.actuals)
+    task._check_axis(actuals)
+    _check_continues(history, actuals, args.actuals, None)
+    lengths = {len(s) for s in actuals.series}
+    if len(lengths) > 1:
+        raise DataError(f"{args.actuals}: the series hold different numbers of steps ({min(lengths)} to "
+                        f"{max(lengths)}); give each series the same horizon")  # fmt: skip
+    h = lengths.pop()
+    future = {s.id: s.covariates for s in actuals.series} if task.covariates else None
+    opts = _forecast_options(args, task)
+    f = task.forecast(run.model, history.series, horizon=h, levels=opts["levels"], num_samples=opts["num_samples"],
+                      future=future, seed=opts["seed"])  # fmt: skip
+    truth = actuals.by_id()
+    y = [truth[s.id].values for s in history.series]
+    m = forecast_scores([s.values for s in history.series], y, list(f["median"]), task.season,
+                        {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
+    if getattr(args, "plot", None):
+        plot_forecasts(history.series, f, history.axis, Path(args.plot), actuals={s.id: truth[s.id].values
+                       for s in history.series}, title=f"{args.run} on {args.actuals}")  # fmt: skip
+    if args.json:
+        print(json.dumps({"task": "forecast", **m, "horizon": h, "season_length": task.season, "run": str(args.run),
+                          "checkpoint": str(run.path), "step": run.step}))  # fmt: skip
+    else:
+        print(
+            f"{args.actuals}: {m['series']} series x {h} steps, sMAPE {m['smape']:.3f}, MASE {m['mase']:.4f} "
+            f"(m = {task.season}), MAE {m['mae']:.4g}, RMSE {m['rmse']:.4g}, quantile loss {m['quantile_loss']:.4g}, "
+            f"80 % interval coverage {m['coverage_80']:.3f} (run {args.run}, {run.path.name}, step {run.step})"
+        )
     return 0
 
 
@@ -330,6 +485,24 @@ def _float_in(low: float, high: float, *, low_open: bool):
     return parse
 
 
+def _forecast_flags(p: argparse.ArgumentParser, *, out: bool) -> None:
+    """Flags of forecast, and of predict and eval on a forecast run."""
+    g = p.add_argument_group("forecast runs")
+    if out:
+        g.add_argument("--horizon", type=_int_at_least(1, 100_000), default=None,
+                       help="steps to forecast (default: the run's horizon)")  # fmt: skip
+        g.add_argument("--future", default=None, metavar="FILE.csv",
+                       help="covariates over the forecast steps, when the run has covariates")  # fmt: skip
+    g.add_argument("--quantiles", default=None, metavar="Q,Q,...",
+                   help="quantile levels to write/score (default: the run's, e.g. 0.1,0.5,0.9)")  # fmt: skip
+    g.add_argument("--num-samples", type=_int_at_least(1, 100_000), default=None,
+                   help="sampled paths per series (default: the run's)")  # fmt: skip
+    g.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
+    g.add_argument("--plot", default=None, metavar="FILE.png", help="draw a few series and their forecasts")
+    if not out and not any(a.dest == "force" for a in p._actions):
+        g.add_argument("--force", action="store_true", help="overwrite --plot if it exists")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rnnkit", description="Recurrent neural networks from the equations.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
@@ -340,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="task", required=True, parser_class=Parser)
-    helps = {"lm": "character language model", "classify": "sequence classifier (text or time series)"}
+    helps = {"lm": "character language model", "classify": "sequence classifier (text or time series)",
+             "forecast": "global probabilistic forecaster of time series (DeepAR-style)"}  # fmt: skip
     for name, task_cls in TASKS.items():
         p = train_sub.add_parser(
             name,
@@ -400,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="pull back toward the trained weights per step",
     )
+    ev.add_argument("--actuals", default=None, metavar="FILE.csv",
+                    help="forecast runs: the values that followed --data (same CSV layout)")  # fmt: skip
+    _forecast_flags(ev, out=False)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="class probabilities for each input of a file, under a classify run (CSV)")
@@ -408,7 +585,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
     pr.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    _forecast_flags(pr, out=False)
     pr.set_defaults(func=cmd_predict)
+
+    fc = sub.add_parser("forecast", help="forecasts of every series of a history CSV, under a forecast run (CSV)")
+    fc.add_argument("--run", required=True, metavar="DIR", help="run folder of a forecast run")
+    fc.add_argument("--data", required=True, metavar="FILE.csv", help="history: id,time,value[,covariates] rows")
+    fc.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
+    fc.add_argument("--force", action="store_true", help="overwrite --out / --plot if they exist")
+    fc.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    _forecast_flags(fc, out=True)
+    fc.set_defaults(func=cmd_forecast)
 
     bench = sub.add_parser("bench", help="RNN backend speed table")
     try:

@@ -73,7 +73,8 @@ def check_recurrent(config: Any, max_size: int = 2**20) -> None:
     """The checks every task's model section shares: ``mode``, ``embedding_size``, ``hidden_size``, ``num_layers``,
     ``dropout``, ``backend`` and ``init`` (sizes far beyond any real model are a typo, not a request for terabytes)."""
     check_choice("mode", config.mode, MODES)
-    check_int("embedding_size", config.embedding_size, 1, max_size)
+    if hasattr(config, "embedding_size"):  # a task without token inputs (forecasting) has none
+        check_int("embedding_size", config.embedding_size, 1, max_size)
     check_int("hidden_size", config.hidden_size, 1, max_size)
     check_int("num_layers", config.num_layers, 1, 1024)
     check_float("dropout", config.dropout, 0.0, 1.0, high_open=True)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,8 +29,13 @@ __all__ = [
     "evaluate_dynamic",
     "evaluate_ids",
     "evaluate_text",
+    "forecast_scores",
+    "mase_scale",
+    "pinball",
     "plot_confusion",
+    "plot_forecasts",
     "plot_training",
+    "smape",
 ]
 
 log = logging.getLogger(__name__)
@@ -308,3 +314,115 @@ def tensorboard_writer(log_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(log_dir))
+
+
+# --- forecasting ---------------------------------------------------------------------------------------------------
+
+
+def smape(actual, forecast) -> float:
+    """Symmetric MAPE in percent, as the M3 competition scored it: mean of 200 |y - f| / (|y| + |f|) (0 where both
+    are 0). ``actual`` and ``forecast`` are arrays of the same shape (a series or a stack of them)."""
+    y, f = np.asarray(actual, np.float64), np.asarray(forecast, np.float64)
+    denominator = np.abs(y) + np.abs(f)
+    ratio = np.divide(np.abs(y - f), denominator, out=np.zeros_like(y), where=denominator > 0)
+    return float(200.0 * ratio.mean())
+
+
+def mase_scale(history, season_length: int) -> float:
+    """MASE's denominator: the in-sample mean absolute error of the seasonal naive forecast at lag m,
+    mean |y_t - y_{t-m}| over t = m .. n-1 (lag 1 when the series is shorter than m + 1); NaN when n < 2."""
+    y = np.asarray(history, np.float64)
+    m = season_length if len(y) > season_length else 1
+    if len(y) <= m:
+        return math.nan
+    return float(np.abs(y[m:] - y[:-m]).mean())
+
+
+def pinball(actual, forecast_q, q: float) -> np.ndarray:
+    """Quantile (pinball) loss of level ``q`` per point: max(q (y - f), (q - 1)(y - f))."""
+    d = np.asarray(actual, np.float64) - np.asarray(forecast_q, np.float64)
+    return np.maximum(q * d, (q - 1.0) * d)
+
+
+def forecast_scores(
+    histories: list, actuals: list, medians: list, season_length: int, quantiles: dict[float, list] | None = None
+) -> dict[str, float]:
+    """Accuracy of forecasts of several series, one entry per series in each list.
+
+    ``smape`` (percent) and ``mase`` are the means over series of each series' score (as the M competitions
+    average them); a series whose MASE scale is 0 or undefined (a constant or one-point history) is left out of
+    ``mase`` and counted in ``mase_skipped``. ``mae`` and ``rmse`` pool every forecast point. With ``quantiles``
+    ({level: per-series arrays}), ``quantile_loss`` is the mean pinball loss over levels and points, and
+    ``coverage_80`` the share of actuals inside [q0.1, q0.9] when both levels are there.
+    """
+    if not (len(histories) == len(actuals) == len(medians)):
+        raise ValueError(
+            f"histories, actuals and medians must have one entry per series, got {len(histories)}, {len(actuals)} "
+            f"and {len(medians)}"
+        )
+    if not actuals:
+        raise ValueError("forecast_scores needs at least one series, got none")
+    per_smape, per_mase, errors = [], [], []
+    for history, y, f in zip(histories, actuals, medians, strict=True):
+        y, f = np.asarray(y, np.float64), np.asarray(f, np.float64)
+        if y.shape != f.shape:
+            raise ValueError(f"an actual and its forecast differ in shape: {y.shape} vs {f.shape}")
+        per_smape.append(smape(y, f))
+        scale = mase_scale(history, season_length)
+        if math.isfinite(scale) and scale > 0:
+            per_mase.append(float(np.abs(y - f).mean()) / scale)
+        errors.append(y - f)
+    e = np.concatenate(errors)
+    out = {
+        "smape": float(np.mean(per_smape)),
+        "mase": float(np.mean(per_mase)) if per_mase else math.nan,
+        "mase_skipped": len(actuals) - len(per_mase),
+        "mae": float(np.abs(e).mean()),
+        "rmse": float(np.sqrt((e**2).mean())),
+        "series": len(actuals),
+        "points": int(e.size),
+    }
+    if quantiles:
+        y_all = np.concatenate([np.asarray(y, np.float64) for y in actuals])
+        stacked = {q: np.concatenate([np.asarray(v, np.float64) for v in values]) for q, values in quantiles.items()}
+        out["quantile_loss"] = float(np.mean([pinball(y_all, f, q).mean() for q, f in stacked.items()]))
+        if 0.1 in stacked and 0.9 in stacked:
+            out["coverage_80"] = float(((y_all >= stacked[0.1]) & (y_all <= stacked[0.9])).mean())
+    return out
+
+
+def plot_forecasts(series: list, forecast: dict, axis, path: Path, *, actuals: dict | None = None, title: str = "",
+                   max_series: int = 4, history_steps: int | None = None) -> bool:  # fmt: skip
+    """A PNG of up to ``max_series`` series: the recent history, the actuals when given ({id: (h,)}), the median
+    forecast and its 80 % band (q0.1 to q0.9). ``series`` are ``rnnkit.data.series.Series``; ``forecast`` is
+    ``ForecastTask.forecast``'s result for them; ``axis`` their ``TimeAxis``. False without matplotlib."""
+    plt = _pyplot("forecast plot")
+    if plt is None:
+        return False
+    n = min(len(series), max_series)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n), squeeze=False)
+    h = forecast["median"].shape[1] if n else 0
+    keep = history_steps or max(3 * h, 24)
+    for i, ax in enumerate(axes[:, 0]):
+        s = series[i]
+        past = np.arange(len(s))[-keep:]
+        ahead = len(s) + np.arange(h)
+        ax.plot(past, s.values[-len(past) :], color="black", lw=1.2, label="history")
+        if actuals is not None and s.id in actuals:
+            y = np.asarray(actuals[s.id])[:h]
+            ax.plot(ahead[: len(y)], y, color="black", lw=1.2, ls="--", label="actual")
+        q = forecast["quantiles"]
+        if 0.1 in q and 0.9 in q:
+            ax.fill_between(ahead, q[0.1][i], q[0.9][i], color="tab:blue", alpha=0.25, label="80 % interval")
+        ax.plot(ahead, forecast["median"][i], color="tab:blue", lw=1.5, label="median forecast")
+        ticks = np.linspace(past[0], ahead[-1], 5).round().astype(int)
+        ax.set_xticks(ticks, [axis.format(s.start + axis.step * int(t)) for t in ticks], fontsize=8)
+        ax.set_title(f"{s.id}", fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(plt, fig, path)
+    return True

@@ -5,15 +5,19 @@
 
 from rnnkit.tasks.base import Task
 from rnnkit.tasks.classification import ClassifyConfig, ClassifyTask, SequenceClassifier
+from rnnkit.tasks.forecasting import ForecastConfig, Forecaster, ForecastTask
 from rnnkit.tasks.language_model import CharLM, LMConfig, LMTask, lm_loss
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask, ForecastTask)}
 
 __all__ = [
     "TASKS",
     "CharLM",
     "ClassifyConfig",
     "ClassifyTask",
+    "ForecastConfig",
+    "ForecastTask",
+    "Forecaster",
     "LMConfig",
     "LMTask",
     "SequenceClassifier",

@@ -1,0 +1,689 @@
+"""Probabilistic time-series forecasting: one global RNN over every series (DeepAR-style, Salinas et al. 2020).
+
+At step t of a window the network reads the scaled lagged values z_{t-l} / s (l in ``lags``: 1, 2, 3 and the
+seasonal m, 2m), whether each was observed, the calendar (or season phase) of t, the series' age log10(2 + age),
+the standardised covariates of t and, optionally, a learned embedding of the series id; ``rnnkit.RNN`` turns them
+into h_t, and a head turns h_t into a forecast of z_t:
+
+    scale      s = mean |z| over the observed context steps (1 when they are all 0), per window
+    gaussian   z_t / s ~ Normal(mu, sigma),                  (mu, sigma) = (W h_t + b, softplus(.))
+    studentt   z_t / s ~ StudentT(nu, mu, sigma),            nu = 2 + softplus(.)
+    negbin     z_t ~ NegativeBinomial(r, logits + log s),    counts; the mean scales with s
+    quantile   q_{t+j}^{(k)} = (W h_t + b)[j, k] / ... * s   every horizon j < H and level k at once (MQ-RNN's
+               "forking sequences": each step of a window predicts the H steps after it), pinball loss
+
+Training windows (context C + horizon H steps) are drawn across all series; the distribution heads learn by
+teacher forcing over the whole window and forecast by sampling ``num_samples`` paths autoregressively, each
+sampled value fed back as the next step's lag; the quantile head forecasts in one step. The point forecast is
+the median. Scaling each window by its own context (as DeepAR does) makes forecasts equivariant to a series'
+units (a series times 1000 gets forecasts times 1000) and lets a run forecast series it never saw.
+
+A window's context may begin before its series does: those steps are zero-padded and marked unobserved (and the
+loss skips them), so a series needs only ``horizon + 1`` points to train on, however long the context.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.config import (
+    RunConfig,
+    TrainConfig,
+    check_bool,
+    check_choice,
+    check_int,
+    check_recurrent,
+)
+from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, read_series
+from rnnkit.errors import ConfigError, DataError
+from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.io import atomic_write_json
+from rnnkit.metrics import forecast_scores
+from rnnkit.recurrent import RNN
+from rnnkit.tasks.base import Task
+
+__all__ = [
+    "HEADS",
+    "ForecastConfig",
+    "ForecastDataConfig",
+    "ForecastModelConfig",
+    "ForecastTask",
+    "ForecastTrainConfig",
+    "Forecaster",
+    "parse_quantiles",
+]
+
+log = logging.getLogger(__name__)
+
+HEADS = ("gaussian", "studentt", "negbin", "quantile")
+_PARAMS = {"gaussian": 2, "studentt": 3, "negbin": 2}
+
+
+def parse_quantiles(text: str, name: str = "quantiles") -> tuple[float, ...]:
+    """ "0.1,0.5,0.9" -> (0.1, 0.5, 0.9): distinct levels in (0, 1), sorted; ConfigError otherwise."""
+    try:
+        levels = sorted({float(part) for part in str(text).split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated numbers in (0, 1), got {text!r}") from None
+    if not levels or not all(0 < q < 1 for q in levels):
+        raise ConfigError(f"{name} must be comma-separated numbers in (0, 1), got {text!r}")
+    return tuple(levels)
+
+
+def parse_lags(text: str, season_length: int) -> tuple[int, ...]:
+    """ "auto" -> 1, 2, 3 and, for a season m > 1, m and 2m; else a comma list of positive integers."""
+    if text == "auto":
+        lags = {1, 2, 3} | ({season_length, 2 * season_length} if season_length > 1 else set())
+        return tuple(sorted(lags))
+    try:
+        lags = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ConfigError(f"lags must be 'auto' or comma-separated integers >= 1, got {text!r}") from None
+    if not lags or lags[0] < 1 or lags[-1] > 100_000:
+        raise ConfigError(f"lags must be 'auto' or comma-separated integers in [1, 100000], got {text!r}")
+    return tuple(lags)
+
+
+@dataclass(frozen=True)
+class ForecastModelConfig:
+    """Inputs -> rnnkit.RNN -> a distribution head (sampled) or a direct multi-horizon quantile head."""
+
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell: lstm, gru or elman"})
+    hidden_size: int = field(default=64, metadata={"help": "hidden state width per layer (units)"})
+    num_layers: int = field(default=2, metadata={"help": "stacked recurrent layers (count)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout between layers, in [0, 1)"})
+    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
+    init: str = field(
+        default="torch",
+        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
+    )
+    head: str = field(
+        default="studentt",
+        metadata={"help": "output: gaussian, studentt, negbin (counts; sampled paths) or quantile (direct)"},
+    )
+    id_embedding: int = field(default=0, metadata={"help": "width of a learned per-series vector (units, 0 = off)"})
+    lags: str = field(default="auto", metadata={"help": "lagged inputs: auto (1,2,3,m,2m) or a list like 1,2,12"})
+    quantiles: str = field(default="0.1,0.5,0.9", metadata={"help": "forecast quantile levels, comma-separated"})
+    num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
+
+    def __post_init__(self) -> None:
+        check_recurrent(self)
+        check_choice("head", self.head, HEADS)
+        check_int("id_embedding", self.id_embedding, 0, 2**16)
+        if not isinstance(self.lags, str):
+            raise ConfigError(f"lags must be a string ('auto' or like '1,2,12'), got {self.lags!r}")
+        if self.lags != "auto":
+            parse_lags(self.lags, 1)
+        parse_quantiles(self.quantiles)
+        check_int("num_samples", self.num_samples, 1, 100_000)
+
+    def levels(self) -> tuple[float, ...]:
+        """The levels a run forecasts: ``quantiles`` plus the median and the 80 % interval's ends."""
+        return tuple(sorted(set(parse_quantiles(self.quantiles)) | {0.1, 0.5, 0.9}))
+
+
+@dataclass(frozen=True)
+class ForecastDataConfig:
+    """The history file, how to read it, and the forecasting problem: horizon, context, season, validation."""
+
+    data: str | None = field(default=None, metadata={"help": "history CSV: id,time,value[,covariates] (path)"})
+    wide: bool = field(default=False, metadata={"help": "the CSV has a time column plus one column per series"})
+    fill: str = field(
+        default="none", metadata={"help": "gaps and missing values: none (an error), " + ", ".join(FILLS)}
+    )
+    horizon: int = field(default=0, metadata={"help": "steps to forecast (required, >= 1)"})
+    context_length: int = field(default=0, metadata={"help": "steps the network reads first (0 = max(2H, 2m))"})
+    season_length: int = field(
+        default=0, metadata={"help": "seasonal period m (steps; 0 = from the dates' frequency, 1 for integer times)"}
+    )
+    min_length: int = field(
+        default=0, metadata={"help": "drop series shorter than this (points, with a count; 0 = keep all)"}
+    )
+    validation: str = field(
+        default="last",
+        metadata={"help": "last (hold out each series' last horizon) or none (score the last window in-sample)"},
+    )
+    eval_samples: int = field(default=32, metadata={"help": "sampled paths per series in validation (count)"})
+
+    def __post_init__(self) -> None:
+        if self.data is not None and (not isinstance(self.data, str) or not self.data):
+            raise ConfigError(f"data must be a non-empty file path or unset, got {self.data!r}")
+        check_bool("wide", self.wide)
+        check_choice("fill", self.fill, ("none", *FILLS))
+        check_int("horizon", self.horizon, 0, 100_000)
+        check_int("context_length", self.context_length, 0, 1_000_000)
+        check_int("season_length", self.season_length, 0, 100_000)
+        check_int("min_length", self.min_length, 0)
+        check_choice("validation", self.validation, ("last", "none"))
+        check_int("eval_samples", self.eval_samples, 1, 100_000)
+
+
+@dataclass(frozen=True)
+class ForecastTrainConfig(TrainConfig):
+    """The trainer's settings, with defaults for windows of a few dozen steps."""
+
+    batch_size: int = field(default=64, metadata={"help": "windows per batch (count)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (after warmup)"})
+    max_minutes: float = field(default=3.0, metadata={"help": "stop after this much training time (minutes)"})
+
+
+@dataclass(frozen=True)
+class ForecastConfig(RunConfig):
+    """The whole forecasting run: ``model``, ``data`` and ``train`` sections."""
+
+    model: ForecastModelConfig = field(default_factory=ForecastModelConfig)
+    data: ForecastDataConfig = field(default_factory=ForecastDataConfig)
+    train: ForecastTrainConfig = field(default_factory=ForecastTrainConfig)
+
+
+class Forecaster(nn.Module):
+    """inputs (B, T, D) [+ series ids (B,)] -> rnnkit.RNN -> head outputs (B, T, P).
+
+    P is 2 (gaussian, negbin), 3 (studentt) or H * Q (quantile: H steps ahead times Q levels).
+    """
+
+    def __init__(self, config: ForecastModelConfig, input_size: int, *, num_series: int = 0, horizon: int = 1,
+                 levels: tuple[float, ...] = (0.5,)) -> None:  # fmt: skip
+        super().__init__()
+        self.config, self.horizon, self.levels = config, horizon, tuple(levels)
+        self.embed = nn.Embedding(num_series, config.id_embedding) if config.id_embedding and num_series else None
+        D = input_size + (config.id_embedding if self.embed is not None else 0)
+        self.rnn = RNN(config.mode, D, config.hidden_size, config.num_layers, dropout=config.dropout,
+                       backend=config.backend)  # fmt: skip
+        P = horizon * len(levels) if config.head == "quantile" else _PARAMS[config.head]
+        self.head = nn.Linear(config.hidden_size, P)
+        if config.init == "orthogonal":
+            init_orthogonal_(self.rnn)
+            if config.mode == "lstm":
+                init_forget_bias_(self.rnn, 1.0)
+
+    def forward(self, x: Tensor, ids: Tensor | None = None, state=None) -> tuple[Tensor, Any]:
+        """x (B, T, D), ids (B,) long (-1 = a series the run never saw: the mean embedding) -> (B, T, P), state."""
+        if self.embed is not None:
+            if ids is None:
+                raise ValueError("this model has series embeddings: pass ids (B,)")
+            known = ids.clamp(min=0)
+            e = torch.where((ids >= 0).unsqueeze(-1), self.embed(known), self.embed.weight.mean(0))  # (B, E)
+            x = torch.cat([x, e.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
+        y, state = self.rnn(x, state)  # (B, T, H)
+        return self.head(y), state
+
+
+def _distribution(head: str, out: Tensor, scale: Tensor) -> torch.distributions.Distribution:
+    """The head's distribution of z_t (negbin: raw counts) or z_t / s (the others); out (..., P), scale (...)."""
+    if head == "gaussian":
+        return torch.distributions.Normal(out[..., 0], F.softplus(out[..., 1]) + 1e-4)
+    if head == "studentt":
+        return torch.distributions.StudentT(2.0 + F.softplus(out[..., 2]), out[..., 0], F.softplus(out[..., 1]) + 1e-4)
+    total = F.softplus(out[..., 0]) + 1e-4
+    return torch.distributions.NegativeBinomial(total, logits=out[..., 1] + scale.log())
+
+
+def _pinball(target: Tensor, pred: Tensor, levels: Tensor) -> Tensor:
+    """Pinball loss per element: target (...), pred (..., Q), levels (Q,) -> (..., Q)."""
+    d = target.unsqueeze(-1) - pred
+    return torch.maximum(levels * d, (levels - 1) * d)
+
+
+class _Windows:
+    """Series laid end to end with ``pad`` unobserved steps before each, so any window is one fancy index."""
+
+    def __init__(self, series: list[Series], features: list[np.ndarray], pad: int) -> None:
+        F_ = features[0].shape[1] if features else 0
+        chunks_v, chunks_o, chunks_f, chunks_a = [], [], [], []
+        self.offsets, self.lengths = [], []
+        at = 0
+        for s, f in zip(series, features, strict=True):
+            n = len(s)
+            chunks_v += [np.zeros(pad), s.values]
+            chunks_o += [np.zeros(pad), np.ones(n)]
+            chunks_f += [np.zeros((pad, F_)), f]
+            chunks_a += [np.zeros(pad), np.arange(n, dtype=np.float64)]
+            self.offsets.append(at + pad)  # position of the series' first point
+            self.lengths.append(n)
+            at += pad + n
+        self.values = np.concatenate(chunks_v) if chunks_v else np.zeros(0)
+        self.observed = np.concatenate(chunks_o) if chunks_o else np.zeros(0)
+        self.features = np.concatenate(chunks_f) if chunks_f else np.zeros((0, F_))
+        self.age = np.concatenate(chunks_a) if chunks_a else np.zeros(0)
+
+    def take(self, series: np.ndarray, ends: np.ndarray, width: int) -> dict[str, Tensor]:
+        """Windows of ``width`` steps ending (exclusive) at point ``ends[b]`` of series ``series[b]``."""
+        base = np.asarray(self.offsets)[series] + ends  # (B,)
+        idx = base[:, None] - width + np.arange(width)[None, :]  # (B, width)
+        return {
+            "values": torch.from_numpy(self.values[idx]).float(),
+            "observed": torch.from_numpy(self.observed[idx]).float(),
+            "features": torch.from_numpy(self.features[idx]).float(),
+            "age": torch.from_numpy(self.age[idx]).float(),
+        }
+
+
+class _Batches:
+    def __init__(self, task: ForecastTask, pairs: np.ndarray, rank: int, world_size: int) -> None:
+        self.task, self.pairs, self.rank, self.world = task, pairs, rank, world_size
+        self.size = task.config.train.batch_size
+        self.per_rank = len(pairs) // world_size
+
+    def __len__(self) -> int:
+        return max(1, math.ceil(self.per_rank / self.size))
+
+    def get(self, epoch: int, k: int):
+        g = torch.Generator().manual_seed(self.task.config.train.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.pairs), generator=g).numpy()
+        mine = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank] if self.world > 1 else order
+        pick = self.pairs[mine[k * self.size : (k + 1) * self.size]]  # (B, 2): series index, window end
+        return self.task.window_batch(self.task.train_windows, pick[:, 0], pick[:, 1])
+
+    def items(self, batch) -> int:
+        return batch["values"].size(0)
+
+
+class ForecastTask(Task):
+    """``rnnkit train forecast``: one global model forecasting every series of a CSV file."""
+
+    name = "forecast"
+    title = "forecast"
+    Config = ForecastConfig
+    primary = "mase"
+    higher_is_better = False
+    unit = "windows"
+
+    # --- data -------------------------------------------------------------------------------------------------
+
+    def read(self, path: str, *, wide: bool | None = None, fill: str | None = None) -> SeriesSet:
+        """A CSV of series read as this run reads its history (its ``wide`` and ``fill`` unless given)."""
+        d = self.config.data
+        how = d.fill if fill is None else fill
+        return read_series(path, wide=d.wide if wide is None else wide, fill=None if how == "none" else how)
+
+    def prepare(self, artefacts: dict[str, Any] | None) -> None:
+        d = self.config.data
+        if d.data is None:
+            raise ConfigError("forecast needs --data FILE (a CSV of id,time,value rows, or --wide)")
+        if d.horizon < 1:
+            raise ConfigError(f"forecast needs --horizon H (the steps to forecast, >= 1), got {d.horizon}")
+        data = self.read(d.data)
+        if artefacts is not None:
+            self.restore(artefacts)
+            self._check_axis(data)
+        self.dropped = 0
+        if d.min_length:
+            kept = [s for s in data.series if len(s) >= d.min_length]
+            self.dropped = len(data.series) - len(kept)
+            if self.dropped:
+                log.warning(
+                    "dropped %d of %d series shorter than --min-length %d", self.dropped, len(data), d.min_length
+                )
+            if not kept:
+                raise DataError(f"{data.source}: no series has --min-length {d.min_length} points")
+            data.series = kept
+        H = d.horizon
+        need = H + 1 + (H if d.validation == "last" else 0)
+        short = [s for s in data.series if len(s) < need]
+        if short:
+            how = "horizon + 1 points to train on" + (
+                " after the held-out last horizon" if d.validation == "last" else ""
+            )
+            raise DataError(
+                f"{data.source}: series {short[0].id!r} has {len(short[0])} points, fewer than {need} ({how}; "
+                f"{len(short)} such series); drop them with --min-length {need}"
+                + (" or validate in-sample with --validation none" if d.validation == "last" else "")
+            )
+        if self.config.model.head == "negbin":
+            bad = next((s for s in data.series if (s.values < 0).any() or (s.values != np.round(s.values)).any()), None)
+            if bad is not None:
+                raise DataError(f"{data.source}: series {bad.id!r} is not counts (negative or fractional values); "
+                                "the negbin head needs non-negative integers")  # fmt: skip
+        if artefacts is None:
+            self._fit(data)
+        self.history = data
+        index = {sid: i for i, sid in enumerate(self.ids)}
+        self.run_ids = np.array([index.get(s.id, -1) for s in data.series], np.int64)  # row -> embedding row
+        self.train_series = [self._cut(s, H if d.validation == "last" else 0) for s in data.series]
+        self.train_windows = self.windows(self.train_series)
+        self.pairs = self._pairs()
+        self.val_windows = self.windows(data.series)
+
+    def _fit(self, data: SeriesSet) -> None:
+        d = self.config.data
+        self.axis = data.axis
+        self.season = d.season_length or data.axis.season_length()
+        self.horizon = d.horizon
+        self.context = d.context_length or max(2 * d.horizon, 2 * self.season)
+        self.lags = parse_lags(self.config.model.lags, self.season)
+        self.ids = [s.id for s in data.series]
+        self.covariates = list(data.covariates)
+        if self.covariates:
+            values = np.concatenate([s.covariates[: len(s) - (d.horizon if d.validation == "last" else 0)]
+                                     for s in data.series])  # fmt: skip
+            mean, std = values.mean(0), values.std(0)
+            self.cov_mean, self.cov_std = mean.tolist(), np.where(std > 1e-12, std, 1.0).tolist()
+        else:
+            self.cov_mean, self.cov_std = [], []
+
+    def _check_axis(self, data: SeriesSet) -> None:
+        if (
+            (data.axis.kind, data.axis.step) != (self.axis.kind, self.axis.step)
+            and len(data.series)
+            and any(len(s) > 1 for s in data.series)
+        ):
+            raise DataError(f"{data.source}: its times are {data.axis.name}, but this run was trained on "
+                            f"{self.axis.name} times")  # fmt: skip
+        if data.covariates != self.covariates:
+            raise DataError(f"{data.source}: covariate columns {data.covariates} differ from the run's "
+                            f"{self.covariates}")  # fmt: skip
+
+    @staticmethod
+    def _cut(s: Series, k: int) -> Series:
+        return Series(s.id, s.start, s.values[: len(s) - k], s.covariates[: len(s) - k]) if k else s
+
+    def _pairs(self) -> np.ndarray:
+        """Every training window as (series index, end): the last H points before ``end`` are all observed and
+        at least one context point is."""
+        H = self.horizon
+        pairs = [np.stack([np.full(len(s) - H, i), np.arange(H + 1, len(s) + 1)], 1)
+                 for i, s in enumerate(self.train_series) if len(s) > H]  # fmt: skip
+        return np.concatenate(pairs).astype(np.int64)
+
+    def restore(self, artefacts: dict[str, Any]) -> None:
+        self.axis = TimeAxis.from_dict(artefacts["axis"])
+        self.season, self.horizon, self.context = (
+            int(artefacts["season"]),
+            int(artefacts["horizon"]),
+            int(artefacts["context"]),
+        )
+        self.lags = tuple(int(x) for x in artefacts["lags"])
+        self.ids = list(artefacts["ids"])
+        self.covariates = list(artefacts["covariates"])
+        self.cov_mean, self.cov_std = list(artefacts["cov_mean"]), list(artefacts["cov_std"])
+
+    def artefacts(self) -> dict[str, Any]:
+        return {
+            "axis": self.axis.to_dict(), "season": self.season, "horizon": self.horizon, "context": self.context,
+            "lags": list(self.lags), "ids": self.ids, "covariates": self.covariates, "cov_mean": self.cov_mean,
+            "cov_std": self.cov_std,
+        }  # fmt: skip
+
+    def write_files(self, run_dir: Path) -> None:
+        atomic_write_json(run_dir / "series.json", {
+            "frequency": self.axis.name, **self.artefacts(), "dropped_short_series": self.dropped,
+            "filled_values": self.history.filled,
+        })  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "series": len(self.train_series), "train_windows": len(self.pairs), "frequency": self.axis.name,
+            "season_length": self.season, "horizon": self.horizon, "context_length": self.context,
+            "lags": list(self.lags), "covariates": len(self.covariates), "dropped_series": self.dropped,
+        }  # fmt: skip
+
+    # --- model inputs -----------------------------------------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        """Calendar sin/cos pairs, the season phase (integer times), covariates."""
+        return self.features(np.zeros(1, np.int64), np.zeros((1, len(self.covariates)))).shape[1]
+
+    def features(self, ordinals: np.ndarray, covariates: np.ndarray) -> np.ndarray:
+        """Known-in-advance features of each time (N, F): sin/cos of the calendar phases (or, for integer times
+        with a season m > 1, of the phase within the season), then the standardised covariates."""
+        phases = self.axis.calendar_phases(ordinals)  # (N, F0)
+        if self.axis.kind == "int" and self.season > 1:
+            phases = ((np.asarray(ordinals) // self.axis.step) % self.season / self.season)[:, None]
+        angle = 2 * np.pi * phases
+        cov = (np.asarray(covariates, np.float64) - np.asarray(self.cov_mean)) / np.asarray(self.cov_std)
+        return np.concatenate([np.sin(angle), np.cos(angle), cov.reshape(len(angle), -1)], axis=1)
+
+    def input_size(self) -> int:
+        return 2 * len(self.lags) + 1 + self.num_features
+
+    def windows(self, series: list[Series]) -> _Windows:
+        feats = [self.features(s.start + self.axis.step * np.arange(len(s)), s.covariates) for s in series]
+        return _Windows(series, feats, self.context + max(self.lags))
+
+    def window_batch(self, windows: _Windows, series: np.ndarray, ends: np.ndarray) -> dict[str, Tensor]:
+        """Training/validation windows: maxlag + C + H steps ending at ``ends``, and the series' run ids."""
+        W = max(self.lags) + self.context + self.horizon
+        batch = windows.take(series, ends, W)
+        batch["ids"] = torch.as_tensor(self.run_ids[series], dtype=torch.long)
+        return batch
+
+    def inputs(self, values: Tensor, observed: Tensor, features: Tensor, age: Tensor, scale: Tensor,
+               steps: Tensor) -> Tensor:  # fmt: skip
+        """The network's input (B, len(steps), D) at window positions ``steps``: lagged scaled values, their
+        observed flags, log10(2 + age), the features. values/observed/age (B, L), features (B, L, F), scale (B,)."""
+        lag = torch.tensor(self.lags, device=values.device)
+        idx = steps[:, None] - lag[None, :]  # (S, nlags)
+        z = values[:, idx] * observed[:, idx] / scale[:, None, None]  # (B, S, nlags)
+        o = observed[:, idx]
+        a = torch.log10(2.0 + age[:, steps]).unsqueeze(-1)  # (B, S, 1)
+        return torch.cat([z, o, a, features[:, steps]], dim=-1)
+
+    def context_scale(self, values: Tensor, observed: Tensor) -> Tensor:
+        """s (B,): the mean |z| over the observed context steps (the C steps before the horizon); 1 where 0."""
+        C, H = self.context, self.horizon
+        v, o = values[:, -(C + H) : -H], observed[:, -(C + H) : -H]
+        s = (v.abs() * o).sum(1) / o.sum(1).clamp(min=1)
+        return torch.where(s > 0, s, torch.ones_like(s))
+
+    # --- training ---------------------------------------------------------------------------------------------
+
+    def build_model(self) -> Forecaster:
+        m = self.config.model
+        return Forecaster(m, self.input_size(), num_series=len(self.ids), horizon=self.horizon, levels=m.levels())
+
+    def batches(self, rank: int, world_size: int) -> _Batches:
+        if len(self.pairs) < world_size:
+            raise DataError(f"{len(self.pairs)} training windows cannot be shared by {world_size} processes")
+        return _Batches(self, self.pairs, rank, world_size)
+
+    def _window_loss(self, model: Forecaster, batch: dict[str, Tensor], device) -> tuple[Tensor, Tensor]:
+        """Summed loss and the count of scored values of a batch of windows (teacher forcing, whole window)."""
+        b = {k: v.to(device) for k, v in batch.items()}
+        values, observed = b["values"], b["observed"]
+        scale = self.context_scale(values, observed)  # (B,)
+        L = values.size(1)
+        steps = torch.arange(max(self.lags), L, device=device)  # the model's C + H positions
+        out, _ = model(self.inputs(values, observed, b["features"], b["age"], scale, steps), b["ids"])  # (B, S, P)
+        target, mask = values[:, steps], observed[:, steps]  # (B, S)
+        head = self.config.model.head
+        if head == "quantile":
+            H, Q = self.horizon, len(model.levels)
+            pred = out.view(*out.shape[:2], H, Q)  # (B, S, H, Q): step s predicts z_{s+j}
+            j = torch.arange(H, device=device)
+            pos = steps[:, None] + j[None, :]  # (S, H) window positions predicted
+            inside = pos < L
+            pos = pos.clamp(max=L - 1)
+            y = values[:, pos] / scale[:, None, None]  # (B, S, H)
+            m = observed[:, pos] * inside  # (B, S, H)
+            levels = torch.tensor(model.levels, device=device, dtype=out.dtype)
+            loss = _pinball(y, pred, levels).mean(-1) * m  # (B, S, H)
+            return loss.sum(), m.sum()
+        dist = _distribution(head, out, scale[:, None])
+        z = target if head == "negbin" else target / scale[:, None]
+        nll = -dist.log_prob(z) * mask
+        return nll.sum(), mask.sum()
+
+    def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
+        total, count = self._window_loss(model, batch, device)
+        return total / count.clamp(min=1), None
+
+    # --- forecasting ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forecast(self, model: Forecaster, series: list[Series], *, horizon: int | None = None,
+                 levels: tuple[float, ...] | None = None, num_samples: int | None = None,
+                 future: dict[str, np.ndarray] | None = None, seed: int = 0, device="cpu",
+                 batch_size: int = 256) -> dict[str, Any]:  # fmt: skip
+        """Forecasts of the ``horizon`` steps after each series' last point.
+
+        Returns {"median": (N, h), "quantiles": {level: (N, h)}, "times": (N, h) ordinals}. ``future`` maps a
+        series id to its covariates (h, C) over the horizon (needed when the run has covariates).
+        """
+        h = self.horizon if horizon is None else horizon
+        head = self.config.model.head
+        levels = tuple(sorted(set(levels or self.config.model.levels()) | {0.5}))
+        if h < 1:
+            raise ValueError(f"horizon must be >= 1, got {h}")
+        if head == "quantile":
+            if h > self.horizon:
+                raise DataError(f"a quantile-head run forecasts at most its trained horizon {self.horizon}, "
+                                f"asked for {h}")  # fmt: skip
+            missing = [q for q in levels if not any(abs(q - k) < 1e-9 for k in model.levels)]
+            if missing:
+                raise DataError(f"a quantile-head run forecasts only its trained levels "
+                                f"{', '.join(f'{q:g}' for q in model.levels)}; asked for {missing[0]:g}")  # fmt: skip
+        S = num_samples or self.config.model.num_samples
+        was_training = model.training
+        model.eval()
+        quantiles, times = {q: [] for q in levels}, []
+        index = {sid: i for i, sid in enumerate(self.ids)}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for start in range(0, len(series), batch_size):
+                    chunk = series[start : start + batch_size]
+                    ids = np.array([index.get(s.id, -1) for s in chunk], np.int64)
+                    b, t = self._forecast_inputs(chunk, h, future)
+                    times.append(t)
+                    b["ids"] = torch.as_tensor(ids)
+                    if head == "quantile":
+                        q = self._quantile_forecast(model, b, h, levels, device)
+                    else:
+                        q = self._sampled_forecast(model, b, h, levels, S, device)
+                    for level in levels:
+                        quantiles[level].append(q[level])
+        finally:
+            model.train(was_training)
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, h))  # noqa: E731
+        out = {q: cat(v) for q, v in quantiles.items()}
+        return {"median": out[0.5], "quantiles": out, "times": cat(times).astype(np.int64)}
+
+    def _forecast_inputs(self, chunk: list[Series], h: int, future) -> tuple[dict[str, Tensor], np.ndarray]:
+        """maxlag + C steps of history (padded before a short series) and h future steps, per series."""
+        P, C = max(self.lags), self.context
+        L = P + C + h
+        B = len(chunk)
+        values, observed, age = np.zeros((B, L)), np.zeros((B, L)), np.zeros((B, L))
+        feats = np.zeros((B, L, self.num_features))
+        times = np.zeros((B, h), np.int64)
+        step = self.axis.step
+        for i, s in enumerate(chunk):
+            n = min(len(s), P + C)
+            values[i, P + C - n : P + C] = s.values[-n:]
+            observed[i, P + C - n : P + C] = 1
+            age[i, P + C - n :] = np.arange(len(s) - n, len(s) + h)
+            t_hist = s.start + step * np.arange(len(s) - n, len(s))
+            t_future = s.end(step) + step * np.arange(1, h + 1)
+            times[i] = t_future
+            cov_future = np.zeros((h, len(self.covariates)))
+            if self.covariates:
+                if future is None or s.id not in future:
+                    raise DataError(f"series {s.id!r}: this run reads covariates {self.covariates}; give their "
+                                    f"values over the {h} forecast steps (--future FILE)")  # fmt: skip
+                cov_future = np.asarray(future[s.id], np.float64)
+                if cov_future.shape != (h, len(self.covariates)):
+                    raise DataError(f"series {s.id!r}: the future covariates hold {cov_future.shape[0]} steps, "
+                                    f"expected {h}")  # fmt: skip
+            ordinals = np.concatenate([t_hist, t_future])
+            cov = np.concatenate([s.covariates[-n:], cov_future])
+            feats[i, P + C - n :] = self.features(ordinals, cov)
+        batch = {"values": torch.from_numpy(values).float(), "observed": torch.from_numpy(observed).float(),
+                 "features": torch.from_numpy(feats).float(), "age": torch.from_numpy(age).float()}  # fmt: skip
+        return batch, times
+
+    def _scale_of_history(self, values: Tensor, observed: Tensor, end: int) -> Tensor:
+        C = self.context
+        v, o = values[:, end - C : end], observed[:, end - C : end]
+        s = (v.abs() * o).sum(1) / o.sum(1).clamp(min=1)
+        return torch.where(s > 0, s, torch.ones_like(s))
+
+    def _quantile_forecast(self, model, b, h, levels, device) -> dict[float, np.ndarray]:
+        P, C = max(self.lags), self.context
+        b = {k: v.to(device) for k, v in b.items()}
+        scale = self._scale_of_history(b["values"], b["observed"], P + C)
+        steps = torch.arange(P, P + C + 1, device=device)  # the context, then the first future step
+        out, _ = model(self.inputs(b["values"], b["observed"], b["features"], b["age"], scale, steps), b["ids"])
+        pred = out[:, -1].view(-1, self.horizon, len(model.levels))[:, :h]  # (B, h, Q)
+        pred = pred.sort(dim=-1).values * scale[:, None, None]  # no crossing quantiles
+        pick = {q: min(range(len(model.levels)), key=lambda k: abs(model.levels[k] - q)) for q in levels}
+        return {q: pred[..., k].float().cpu().numpy().astype(np.float64) for q, k in pick.items()}
+
+    def _sampled_forecast(self, model, b, h, levels, S, device) -> dict[float, np.ndarray]:
+        P, C = max(self.lags), self.context
+        head = self.config.model.head
+        b = {k: v.to(device) for k, v in b.items()}
+        scale = self._scale_of_history(b["values"], b["observed"], P + C)
+        B = scale.size(0)
+        steps = torch.arange(P, P + C, device=device)
+        x = self.inputs(b["values"], b["observed"], b["features"], b["age"], scale, steps)
+        _, state = model(x, b["ids"])  # read the context once, then S paths per series
+        rep = lambda t: t.repeat_interleave(S, dim=0)  # noqa: E731
+        values, observed = rep(b["values"]).clone(), rep(b["observed"]).clone()
+        features, age, ids, s = rep(b["features"]), rep(b["age"]), rep(b["ids"]), rep(scale)
+        if isinstance(state, tuple):  # (h, c), each (L, B, H)
+            state = type(state)(*(t.repeat_interleave(S, dim=1) for t in state))
+        else:
+            state = state.repeat_interleave(S, dim=1)
+        for k in range(h):
+            t = P + C + k
+            x = self.inputs(values, observed, features, age, s, torch.tensor([t], device=device))
+            out, state = model(x, ids, state)
+            dist = _distribution(head, out[:, 0], s)
+            z = dist.sample()
+            values[:, t] = z if head == "negbin" else z * s
+            observed[:, t] = 1
+        paths = values[:, P + C :].view(B, S, h)
+        qs = torch.tensor(levels, device=device, dtype=paths.dtype)
+        how = "nearest" if head == "negbin" else "linear"  # a count's quantiles are counts
+        est = torch.quantile(paths, qs, dim=1, interpolation=how)  # (Q, B, h)
+        return {q: est[i].cpu().numpy().astype(np.float64) for i, q in enumerate(levels)}
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+
+    def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
+        """Teacher-forced loss and forecast accuracy on each series' last horizon (held out, or in-sample)."""
+        H = self.horizon
+        n = np.arange(len(self.history.series))
+        ends = np.array([len(s) for s in self.history.series], np.int64)
+        total, count = 0.0, 0.0
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(n), 256):
+                batch = self.window_batch(self.val_windows, n[start : start + 256], ends[start : start + 256])
+                t, c = self._window_loss(model, batch, device)
+                total, count = total + float(t), count + float(c)
+        model.train(was_training)
+        histories = [s.values[:-H] for s in self.history.series]
+        cut = [self._cut(s, H) for s in self.history.series]
+        future = {s.id: s.covariates[-H:] for s in self.history.series} if self.covariates else None
+        f = self.forecast(model, cut, num_samples=self.config.data.eval_samples, seed=self.config.train.seed,
+                          future=future, device=device)  # fmt: skip
+        actuals = [s.values[-H:] for s in self.history.series]
+        m = forecast_scores(histories, actuals, list(f["median"]), self.season,
+                            {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
+        self.last_forecast = (cut, f)
+        return {"loss": total / max(count, 1.0), "mase": m["mase"], "smape": m["smape"],
+                "coverage_80": m["coverage_80"], "quantile_loss": m["quantile_loss"]}  # fmt: skip
+
+    def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
+        from rnnkit.metrics import plot_forecasts
+
+        if getattr(self, "last_forecast", None) is None:
+            self.evaluate(model, device, None)
+        cut, f = self.last_forecast
+        H = self.horizon
+        actuals = {s.id: s.values[-H:] for s in self.history.series}
+        where = "held-out last horizon" if self.config.data.validation == "last" else "last horizon (in-sample)"
+        plot_forecasts(cut, f, self.axis, run_dir / "forecast.png", actuals=actuals, title=f"validation: {where}")
