@@ -241,7 +241,7 @@ def test_forecast_csv_continues_each_series_in_time(trained, seasonal, tmp_path,
     assert "exists; pass --force" in one_error_line(capsys, status)
 
 
-def test_forecast_times_continue_dated_series(tmp_path):
+def test_forecast_times_continue_dated_series(tmp_path, capsys):
     rng = np.random.default_rng(2)
     rows = ["id,time,value"]
     for i, start in enumerate((2001, 2003)):
@@ -258,6 +258,15 @@ def test_forecast_times_continue_dated_series(tmp_path):
     f = run.task.forecast(run.model, history.series)
     times = [[history.axis.format(t) for t in row] for row in f["times"]]
     assert times == [["2004-01-31", "2004-02-29", "2004-03-31"], ["2006-01-31", "2006-02-28", "2006-03-31"]]
+    # one actual per series has no frequency of its own: it is read on the run's monthly grid
+    actuals = tmp_path / "actuals.csv"
+    actuals.write_text("id,time,value\nm0,2004-01-31,100\nm1,2006-01-31,101\n")
+    assert main(["eval", "--run", str(tmp_path / "run"), "--data", str(data), "--actuals", str(actuals)]) == 0
+    actuals.write_text("id,time,value\nm0,2004-02-29,100\nm1,2006-01-31,101\n")
+    status = main(["eval", "--run", str(tmp_path / "run"), "--data", str(data), "--actuals", str(actuals)])
+    assert "series 'm0' starts at 2004-02-29, but its history ends at 2003-12-31 (expected 2004-01-31)" in (
+        one_error_line(capsys, status)
+    )
 
 
 def test_eval_and_forecast_refuse_bad_input_in_one_line(trained, seasonal, tmp_path, capsys):

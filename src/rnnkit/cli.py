@@ -301,12 +301,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --- forecast -----------------------------------------------------------------------------------------------------
 
 
-def _forecast_options(args: argparse.Namespace, task) -> dict:
+def _run_forecast(args: argparse.Namespace, task, model, series: list, horizon: int | None, future) -> dict:
+    """``task.forecast`` with the command's --quantiles, --num-samples and --seed, and a progress bar on a TTY."""
     from rnnkit.tasks.forecasting import parse_quantiles
 
     levels = parse_quantiles(args.quantiles, "--quantiles") if getattr(args, "quantiles", None) else None
-    return {"horizon": getattr(args, "horizon", None), "levels": levels,
-            "num_samples": getattr(args, "num_samples", None), "seed": getattr(args, "seed", 0) or 0}  # fmt: skip
+    bar = None
+    if sys.stderr.isatty() and len(series) > 256:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(series), file=sys.stderr, unit="series", desc="forecast", dynamic_ncols=True)
+    try:
+        return task.forecast(model, series, horizon=horizon, levels=levels, num_samples=args.num_samples,
+                             future=future, seed=args.seed, progress=bar.update if bar else None)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _read_future(task, path: str | None, history, horizon: int) -> dict | None:
@@ -320,9 +330,8 @@ def _read_future(task, path: str | None, history, horizon: int) -> dict | None:
         )
     from rnnkit.data.series import read_series
 
-    future = read_series(path, values=False)  # only the covariates are read; the value cells may be empty
-    if future.covariates != task.covariates:
-        raise DataError(f"{path}: covariate columns {future.covariates} differ from the run's {task.covariates}")
+    future = read_series(path, values=False, axis=task.axis)  # only the covariates: value cells may be empty
+    task.check_compatible(future)
     _check_continues(history, future, path, horizon)
     return {s.id: s.covariates[:horizon] for s in future.series}
 
@@ -359,13 +368,10 @@ def _forecast(args: argparse.Namespace, run) -> int:
     _check_out(args.out, args.force)
     _check_out(getattr(args, "plot", None), args.force, suffix=".png")
     history = task.read(args.data)
-    task._check_axis(history)
-    opts = _forecast_options(args, task)
-    h = opts["horizon"] or task.horizon
+    h = getattr(args, "horizon", None) or task.horizon
     future = _read_future(task, getattr(args, "future", None), history, h)
-    f = task.forecast(run.model, history.series, horizon=h, levels=opts["levels"], num_samples=opts["num_samples"],
-                      future=future, seed=opts["seed"])  # fmt: skip
-    shown = sorted(opts["levels"] or task.config.model.levels())
+    f = _run_forecast(args, task, run.model, history.series, h, future)
+    shown = sorted(f["quantiles"]) if args.quantiles else list(task.config.model.levels())
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "time", "forecast", *(f"q{q:g}" for q in shown)])
@@ -398,9 +404,7 @@ def _eval_forecast(args: argparse.Namespace, run) -> int:
         raise UsageError("eval of a forecast run needs --actuals FILE (the values that followed --data)")
     _check_out(getattr(args, "plot", None), args.force, suffix=".png")
     history = task.read(args.data)
-    task._check_axis(history)
     actuals = task.read(args.actuals)
-    task._check_axis(actuals)
     _check_continues(history, actuals, args.actuals, None)
     lengths = {len(s) for s in actuals.series}
     if len(lengths) > 1:
@@ -408,9 +412,7 @@ def _eval_forecast(args: argparse.Namespace, run) -> int:
                         f"{max(lengths)}); give each series the same horizon")  # fmt: skip
     h = lengths.pop()
     future = {s.id: s.covariates for s in actuals.series} if task.covariates else None
-    opts = _forecast_options(args, task)
-    f = task.forecast(run.model, history.series, horizon=h, levels=opts["levels"], num_samples=opts["num_samples"],
-                      future=future, seed=opts["seed"])  # fmt: skip
+    f = _run_forecast(args, task, run.model, history.series, h, future)
     truth = actuals.by_id()
     y = [truth[s.id].values for s in history.series]
     m = forecast_scores([s.values for s in history.series], y, list(f["median"]), task.season,

@@ -247,11 +247,18 @@ def _rows(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, list[str]
 
 
 def read_series(
-    path: str | os.PathLike, *, wide: bool = False, fill: str | None = None, values: bool = True
+    path: str | os.PathLike,
+    *,
+    wide: bool = False,
+    fill: str | None = None,
+    values: bool = True,
+    axis: TimeAxis | None = None,
 ) -> SeriesSet:
     """The series of a long or (``wide=True``) wide CSV file, on their inferred time axis; see the module docs.
 
-    ``values=False`` reads a file of future covariates, whose value cells may be empty (they stay NaN).
+    ``axis``: put the times on this grid instead of inferring one (a trained run's: a file of one point per series
+    has no frequency of its own). ``values=False`` reads a file of future covariates, whose value cells may be
+    empty (they stay NaN).
     """
     if fill is not None and fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)} or None, got {fill!r}")
@@ -298,7 +305,14 @@ def read_series(
     order: dict[str, list[int]] = {}
     for k, i in enumerate(raw_ids):
         order.setdefault(i, []).append(k)
-    if style == "int":
+    if axis is not None:
+        if (style == "int") != (axis.kind == "int"):
+            have, want = ("integer", "date") if style == "int" else ("date", "integer")
+            raise DataError(f"{source}: its times are {have}s, but the run's are {want}s")
+        stamps = ints or [int((t - EPOCH).total_seconds()) for t in parsed]
+        _sorted_groups(order, stamps, cell_lines, source, raw_ids)
+        ordinals = [12 * t.year + t.month - 1 for t in parsed] if axis.kind == "month" else stamps
+    elif style == "int":
         ordinals = ints
         step = _grid_step(ordinals, _sorted_groups(order, ordinals, cell_lines, source, raw_ids))
         axis = TimeAxis("int", max(step, 1))

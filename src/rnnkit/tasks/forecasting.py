@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,10 @@ class ForecastTask(Task):
         """A CSV of series read as this run reads its history (its ``wide`` and ``fill`` unless given)."""
         d = self.config.data
         how = d.fill if fill is None else fill
-        return read_series(path, wide=d.wide if wide is None else wide, fill=None if how == "none" else how)
+        data = read_series(path, wide=d.wide if wide is None else wide, fill=None if how == "none" else how,
+                           axis=getattr(self, "axis", None))  # fmt: skip
+        self.check_compatible(data)
+        return data
 
     def prepare(self, artefacts: dict[str, Any] | None) -> None:
         d = self.config.data
@@ -312,10 +316,9 @@ class ForecastTask(Task):
             raise ConfigError("forecast needs --data FILE (a CSV of id,time,value rows, or --wide)")
         if d.horizon < 1:
             raise ConfigError(f"forecast needs --horizon H (the steps to forecast, >= 1), got {d.horizon}")
-        data = self.read(d.data)
         if artefacts is not None:
             self.restore(artefacts)
-            self._check_axis(data)
+        data = self.read(d.data)
         self.dropped = 0
         if d.min_length:
             kept = [s for s in data.series if len(s) >= d.min_length]
@@ -371,15 +374,9 @@ class ForecastTask(Task):
         else:
             self.cov_mean, self.cov_std = [], []
 
-    def _check_axis(self, data: SeriesSet) -> None:
-        if (
-            (data.axis.kind, data.axis.step) != (self.axis.kind, self.axis.step)
-            and len(data.series)
-            and any(len(s) > 1 for s in data.series)
-        ):
-            raise DataError(f"{data.source}: its times are {data.axis.name}, but this run was trained on "
-                            f"{self.axis.name} times")  # fmt: skip
-        if data.covariates != self.covariates:
+    def check_compatible(self, data: SeriesSet) -> None:
+        """A file read for a trained run has the run's covariate columns (its times are put on the run's grid)."""
+        if getattr(self, "covariates", None) is not None and data.covariates != self.covariates:
             raise DataError(f"{data.source}: covariate columns {data.covariates} differ from the run's "
                             f"{self.covariates}")  # fmt: skip
 
@@ -524,11 +521,12 @@ class ForecastTask(Task):
     def forecast(self, model: Forecaster, series: list[Series], *, horizon: int | None = None,
                  levels: tuple[float, ...] | None = None, num_samples: int | None = None,
                  future: dict[str, np.ndarray] | None = None, seed: int = 0, device="cpu",
-                 batch_size: int = 256) -> dict[str, Any]:  # fmt: skip
+                 batch_size: int = 256, progress: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
         """Forecasts of the ``horizon`` steps after each series' last point.
 
         Returns {"median": (N, h), "quantiles": {level: (N, h)}, "times": (N, h) ordinals}. ``future`` maps a
-        series id to its covariates (h, C) over the horizon (needed when the run has covariates).
+        series id to its covariates (h, C) over the horizon (needed when the run has covariates). ``progress``
+        is called with the number of series done after each batch of them.
         """
         h = self.horizon if horizon is None else horizon
         head = self.config.model.head
@@ -563,6 +561,8 @@ class ForecastTask(Task):
                         q = self._sampled_forecast(model, b, h, levels, S, device)
                     for level in levels:
                         quantiles[level].append(q[level])
+                    if progress is not None:
+                        progress(len(chunk))
         finally:
             model.train(was_training)
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, h))  # noqa: E731
