@@ -43,8 +43,8 @@ def rnnkit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rnnkit", *args]
 
 
-def train_classifier(data: Path, out_dir: Path, options: list[str]) -> tuple[dict, float]:
-    """Run ``rnnkit train classify --data DATA --out OUT_DIR OPTIONS``; return (summary.json, wall seconds).
+def train_run(task: str, out_dir: Path, args: list[str]) -> tuple[dict, float]:
+    """Run ``rnnkit train TASK --out OUT_DIR ARGS``; return (summary.json, wall seconds).
 
     OUT_DIR is the benchmark's own folder: a run left there by an earlier benchmark is removed first (rnnkit
     refuses to train over a finished run). The child's stdout and stderr both stream to our stderr. A non-zero exit
@@ -53,7 +53,7 @@ def train_classifier(data: Path, out_dir: Path, options: list[str]) -> tuple[dic
     if out_dir.exists():
         log(f"removing the earlier run {out_dir}")
         shutil.rmtree(out_dir)
-    cmd = rnnkit_command("train", "classify", "--data", str(data), "--out", str(out_dir), *options)
+    cmd = rnnkit_command("train", task, "--out", str(out_dir), *args)
     log("$ " + " ".join(cmd[1:]))
     start = time.perf_counter()
     done = subprocess.run(cmd, stdout=sys.stderr, stderr=None)
@@ -64,6 +64,11 @@ def train_classifier(data: Path, out_dir: Path, options: list[str]) -> tuple[dic
     if not summary_path.is_file():
         raise RuntimeError(f"rnnkit train finished but wrote no {summary_path}")
     return json.loads(summary_path.read_text()), wall
+
+
+def train_classifier(data: Path, out_dir: Path, options: list[str]) -> tuple[dict, float]:
+    """``rnnkit train classify --data DATA --out OUT_DIR OPTIONS`` (see ``train_run``)."""
+    return train_run("classify", out_dir, ["--data", str(data), *options])
 
 
 def evaluate_classifier(run_dir: Path, data: Path) -> dict:

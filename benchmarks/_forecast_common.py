@@ -26,11 +26,9 @@ the fits; every fit is still checked for a finite forecast.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -42,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _classify_common import log, rnnkit_command
+from _classify_common import log, rnnkit_command, train_run
 
 RNNKIT_OPTIONS_HELP = 'extra `rnnkit train forecast` options as one string, e.g. "--hidden-size 64 --seed 1"'
 
@@ -89,28 +87,9 @@ def _run(cmd: list[str], what: str) -> float:
 def train_forecaster(
     csv_path: Path, out_dir: Path, horizon: int, season_length: int, options: list[str]
 ) -> tuple[dict, float]:
-    """Run ``rnnkit train forecast --data CSV --horizon H --season-length M --out OUT_DIR OPTIONS``; return
-    (summary.json, wall seconds).
-
-    OUT_DIR is the benchmark's own folder: a run left there by an earlier benchmark is removed first (rnnkit
-    refuses to train over a finished run). A non-zero exit raises ``RuntimeError`` naming the command.
-    """
-    if out_dir.exists():
-        log(f"removing the earlier run {out_dir}")
-        shutil.rmtree(out_dir)
-    cmd = rnnkit_command(
-        "train", "forecast",
-        "--data", str(csv_path),
-        "--horizon", str(horizon),
-        "--season-length", str(season_length),
-        "--out", str(out_dir),
-        *options,
-    )  # fmt: skip
-    wall = _run(cmd, "rnnkit train")
-    summary_path = out_dir / "summary.json"
-    if not summary_path.is_file():
-        raise RuntimeError(f"rnnkit train finished but wrote no {summary_path}")
-    return json.loads(summary_path.read_text()), wall
+    """``rnnkit train forecast --data CSV --horizon H --season-length M --out OUT_DIR OPTIONS`` (see ``train_run``)."""
+    args = ["--data", str(csv_path), "--horizon", str(horizon), "--season-length", str(season_length), *options]
+    return train_run("forecast", out_dir, args)
 
 
 def _time_key(text: str) -> tuple[int, float | str]:

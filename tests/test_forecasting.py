@@ -239,6 +239,11 @@ def test_forecast_csv_continues_each_series_in_time(trained, seasonal, tmp_path,
     capsys.readouterr()
     status = main(["forecast", "--run", str(trained), "--data", str(seasonal[0]), "--out", str(out)])
     assert "exists; pass --force" in one_error_line(capsys, status)
+    before = out.read_text()
+    assert main(["predict", "--run", str(trained), "--data", str(seasonal[0]), "--out", str(out), "--force"]) == 0
+    assert out.read_text().splitlines()[0] == "id,time,forecast,q0.1,q0.5,q0.9"  # predict = forecast for this task
+    medians = [[line.split(",")[2] for line in text.splitlines()[1:]] for text in (before, out.read_text())]
+    assert medians[0] == medians[1]  # the same seed gives the same forecasts
 
 
 def test_forecast_times_continue_dated_series(tmp_path, capsys):
@@ -333,3 +338,19 @@ def test_a_quantile_run_forecasts_only_its_trained_levels_and_horizon(tmp_path, 
         run.task.forecast(run.model, series, horizon=13)
     with pytest.raises(DataError, match=r"only its trained levels 0\.1, 0\.5, 0\.9; asked for 0\.05"):
         run.task.forecast(run.model, series, levels=(0.05, 0.5))
+
+
+def test_series_sampling_weighs_short_and_long_series_alike(tmp_path):
+    data = _write(tmp_path / "two.csv", {"long": (0, np.arange(400.0)), "short": (0, np.arange(30.0))})
+    counts = {}
+    for sampling in ("windows", "series"):
+        task = ForecastTask(_config(data, data={"horizon": 5, "sampling": sampling, "validation": "none"}))
+        task.prepare(None)
+        batches = task.batches(0, 1)
+        drawn = np.concatenate([task.pairs[batches._epoch(e)] for e in range(3)])
+        assert ((drawn[:, 1] >= 6) & (drawn[:, 1] <= np.array([400, 30])[drawn[:, 0]])).all()  # valid windows
+        counts[sampling] = np.bincount(drawn[:, 0], minlength=2) / len(drawn)
+        again = task.batches(0, 1)
+        assert np.array_equal(again.get(2, 1)["values"], batches.get(2, 1)["values"])  # (epoch, k) -> one batch
+    assert counts["windows"][1] == pytest.approx(25 / 420, abs=1e-9)  # each window once: by length
+    assert counts["series"][1] == pytest.approx(0.5, abs=0.04)

@@ -581,23 +581,20 @@ def build_parser() -> argparse.ArgumentParser:
     _forecast_flags(ev, out=False)
     ev.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="class probabilities for each input of a file, under a classify run (CSV)")
-    pr.add_argument("--run", required=True, metavar="DIR", help="run folder of a classify run")
-    pr.add_argument("--data", required=True, metavar="FILE", help=".tsv, .csv, .ts or .npz; labels in it are ignored")
-    pr.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
-    pr.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-    _forecast_flags(pr, out=False)
-    pr.set_defaults(func=cmd_predict)
-
-    fc = sub.add_parser("forecast", help="forecasts of every series of a history CSV, under a forecast run (CSV)")
-    fc.add_argument("--run", required=True, metavar="DIR", help="run folder of a forecast run")
-    fc.add_argument("--data", required=True, metavar="FILE.csv", help="history: id,time,value[,covariates] rows")
-    fc.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
-    fc.add_argument("--force", action="store_true", help="overwrite --out / --plot if they exist")
-    fc.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-    _forecast_flags(fc, out=True)
-    fc.set_defaults(func=cmd_forecast)
+    for name, help_text, data_help, func in (
+        ("predict", "one CSV row of results per input of a file, under a classify or forecast run",
+         "classify: .tsv, .csv, .ts or .npz (labels ignored); forecast: the history CSV", cmd_predict),
+        ("forecast", "forecasts of every series of a history CSV, under a forecast run (CSV)",
+         "history: id,time,value[,covariates] rows", cmd_forecast),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--run", required=True, metavar="DIR", help="run folder")
+        p.add_argument("--data", required=True, metavar="FILE", help=data_help)
+        p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
+        p.add_argument("--force", action="store_true", help="overwrite --out (and --plot) if they exist")
+        p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+        _forecast_flags(p, out=name == "forecast")
+        p.set_defaults(func=func)
 
     bench = sub.add_parser("bench", help="RNN backend speed table")
     try:

@@ -154,6 +154,11 @@ class ForecastDataConfig:
         metadata={"help": "last (hold out each series' last horizon) or none (score the last window in-sample)"},
     )
     eval_samples: int = field(default=32, metadata={"help": "sampled paths per series in validation (count)"})
+    sampling: str = field(
+        default="windows",
+        metadata={"help": "training windows: windows (each once per epoch) or series (a series uniformly, then "
+                  "one of its windows)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.data is not None and (not isinstance(self.data, str) or not self.data):
@@ -166,6 +171,7 @@ class ForecastDataConfig:
         check_int("min_length", self.min_length, 0)
         check_choice("validation", self.validation, ("last", "none"))
         check_int("eval_samples", self.eval_samples, 1, 100_000)
+        check_choice("sampling", self.sampling, ("windows", "series"))
 
 
 @dataclass(frozen=True)
@@ -270,19 +276,38 @@ class _Windows:
 
 
 class _Batches:
+    """An epoch is ``len(pairs)`` windows: every window once in a shuffled order (``sampling="windows"``), or as
+    many draws of a series chosen uniformly and then a window of it (``"series"``: short series weigh as much as
+    long ones, as every series counts once in the accuracy)."""
+
     def __init__(self, task: ForecastTask, pairs: np.ndarray, rank: int, world_size: int) -> None:
         self.task, self.pairs, self.rank, self.world = task, pairs, rank, world_size
         self.size = task.config.train.batch_size
         self.per_rank = len(pairs) // world_size
+        self.series = np.unique(pairs[:, 0])
+        first = np.searchsorted(pairs[:, 0], self.series)  # pairs are grouped by series, ends ascending
+        self.first, self.count = first, np.diff(np.append(first, len(pairs)))
+        self.epoch, self.order = None, None
 
     def __len__(self) -> int:
         return max(1, math.ceil(self.per_rank / self.size))
 
+    def _epoch(self, epoch: int) -> np.ndarray:
+        """Indices into ``pairs`` of this epoch's windows, in order, for this rank."""
+        if self.epoch != epoch:
+            seed = self.task.config.train.seed * 1_000_003 + epoch
+            if self.task.config.data.sampling == "windows":
+                order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(seed)).numpy()
+            else:
+                rng = np.random.default_rng(seed)
+                which = rng.integers(0, len(self.series), len(self.pairs))
+                order = self.first[which] + (rng.random(len(self.pairs)) * self.count[which]).astype(np.int64)
+            start = self.rank * self.per_rank if self.world > 1 else 0
+            self.epoch, self.order = epoch, order[start : start + self.per_rank]
+        return self.order
+
     def get(self, epoch: int, k: int):
-        g = torch.Generator().manual_seed(self.task.config.train.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.pairs), generator=g).numpy()
-        mine = order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank] if self.world > 1 else order
-        pick = self.pairs[mine[k * self.size : (k + 1) * self.size]]  # (B, 2): series index, window end
+        pick = self.pairs[self._epoch(epoch)[k * self.size : (k + 1) * self.size]]  # (B, 2): series index, end
         return self.task.window_batch(self.task.train_windows, pick[:, 0], pick[:, 1])
 
     def items(self, batch) -> int:
