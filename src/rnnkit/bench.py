@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rnnkit.cliargs import int_flag
 from rnnkit.errors import ConfigError
 from rnnkit.kernels import extension
 from rnnkit.kernels.ops import linear, onednn_available
@@ -45,12 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--shapes", default="32x128x256,64x64x512", help="comma-separated BxTxH shapes, batch x time x hidden"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per measurement (median)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave torch's default)")
-    parser.add_argument("--tokens", type=int, default=100, help="tokens per batch-1 generation measurement")
+    parser.add_argument("--repeats", type=int_flag(1, 1000), default=5, help="interleaved rounds per measurement "
+                        "(median; 1 to 1000)")  # fmt: skip
+    parser.add_argument("--threads", type=int_flag(0, 1024), default=0,
+                        help="torch intra-op threads (0: leave torch's default)")  # fmt: skip
+    parser.add_argument("--tokens", type=int_flag(1, 1_000_000), default=100,
+                        help="tokens per batch-1 generation measurement")  # fmt: skip
     parser.add_argument("--skip-loop-train", action="store_true", help="leave out the slow 'loop' backend's train step")
     parser.add_argument("--quick", action="store_true", help="toy sizes and 2 rounds: a smoke run of the table")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default: cpu)")
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -64,7 +68,13 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
         parts = item.strip().lower().split("x")
         if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise ConfigError(f"--shapes must be BxTxH items like 32x128x256, got {item.strip()!r}")
-        shapes.append(tuple(int(p) for p in parts))
+        B, T, H = (int(p) for p in parts)
+        if B > 65_536 or T > 1_000_000 or H > 16_384 or B * T * H > 2**31:
+            raise ConfigError(
+                f"--shapes item {item.strip()!r} is too large to time here (B <= 65536, T <= 1000000, H <= 16384, "
+                "B*T*H <= 2^31)"
+            )
+        shapes.append((B, T, H))
     return shapes
 
 

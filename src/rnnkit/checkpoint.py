@@ -24,12 +24,12 @@ A run folder holds config.json, last.pt, best.pt, metrics.jsonl, summary.json, l
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
 import zipfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """
     if "kind" not in payload:
         raise ValueError("payload must have a 'kind' entry (the task's name, such as 'lm'), got none")
-    atomic_write(path, partial(torch.save, {**payload, "format_version": FORMAT_VERSION}))
+    buffer = io.BytesIO()  # serialised first: a full disk then fails in our write (a clear ENOSPC), not inside torch
+    torch.save({**payload, "format_version": FORMAT_VERSION}, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, map_location="cpu") -> dict[str, Any]:
@@ -176,6 +178,8 @@ def load_run(
     if not path.is_file() and which == "best":
         path = run_dir / "last.pt"
     if not path.is_file():
+        if (run_dir / "best.pt").is_file():
+            raise CheckpointError(f"{run_dir}: holds no {which}.pt, only best.pt (use --checkpoint best)")
         raise CheckpointError(f"{run_dir}: not an rnnkit run folder (no best.pt or last.pt in it)")
     payload = load_checkpoint(path)
     kind = payload.get("kind")

@@ -11,8 +11,10 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,8 +22,9 @@ from pathlib import Path
 import torch
 
 from rnnkit import __version__
-from rnnkit.cliargs import add_config_flags, build_config, config_overrides
+from rnnkit.cliargs import add_config_flags, build_config, config_overrides, float_flag, int_flag
 from rnnkit.errors import CheckpointError, DataError, RnnkitError
+from rnnkit.io import check_output
 
 log = logging.getLogger("rnnkit.cli")
 
@@ -33,6 +36,10 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --len is not --length: a typo stays an error
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, no usage block
         raise UsageError(message)
 
@@ -149,6 +156,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     run = load_run(args.run, args.checkpoint, task="lm", purpose="sample")
     gen = torch.Generator().manual_seed(args.seed)
+    run.vocab.encode(args.prompt)  # a prompt the model cannot read fails before anything is printed
     out = sys.stdout
     if args.echo_prompt:
         out.write(args.prompt)
@@ -251,23 +259,6 @@ def _eval_classify(args: argparse.Namespace, run) -> int:
     return 0
 
 
-def _check_out(path: str | None, force: bool, *, suffix: str | None = None) -> None:
-    """An output file that exists is overwritten only with --force (checked before any work is done)."""
-    if path is None:
-        return
-    if not path.strip():
-        raise UsageError("--out must name a file, got an empty string")
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{path} is a directory; give a file path")
-    if suffix is not None and p.suffix.lower() != suffix:
-        raise UsageError(f"{path}: expected a {suffix} file name")
-    if p.exists() and not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it")
-    if not p.parent.is_dir():
-        raise UsageError(f"{path}: the folder {p.parent} does not exist")
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     import csv
     import io
@@ -283,7 +274,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify or forecast run "
                               "(sample generates from a language model)")  # fmt: skip
     task = run.task
-    _check_out(args.out, args.force)
+    check_output(args.out, force=args.force)
     labels, probs = task.predict(run.model, read_examples(args.data, labels="optional"))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -365,8 +356,8 @@ def _forecast(args: argparse.Namespace, run) -> int:
     from rnnkit.metrics import plot_forecasts
 
     task = run.task
-    _check_out(args.out, args.force)
-    _check_out(getattr(args, "plot", None), args.force, suffix=".png")
+    check_output(args.out, force=args.force)
+    check_output(getattr(args, "plot", None), force=args.force, suffix=".png", flag="--plot")
     history = task.read(args.data)
     h = getattr(args, "horizon", None) or task.horizon
     future = _read_future(task, getattr(args, "future", None), history, h)
@@ -402,7 +393,7 @@ def _eval_forecast(args: argparse.Namespace, run) -> int:
     task = run.task
     if args.actuals is None:
         raise UsageError("eval of a forecast run needs --actuals FILE (the values that followed --data)")
-    _check_out(getattr(args, "plot", None), args.force, suffix=".png")
+    check_output(getattr(args, "plot", None), force=args.force, suffix=".png", flag="--plot")
     history = task.read(args.data)
     actuals = task.read(args.actuals)
     _check_continues(history, actuals, args.actuals, None)
@@ -444,6 +435,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_gradflow(args: argparse.Namespace) -> int:
     from rnnkit.diagnostics import compare_gradient_flow, plot_gradient_flow, summary
 
+    check_output(args.out, force=args.force, suffix=".png")
     curves = compare_gradient_flow(
         ("elman", "lstm", "gru"), hidden_size=args.hidden_size, seq_len=args.seq_len, seed=args.seed
     )
@@ -458,48 +450,19 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------------------------
 
 
-def _int_at_least(low: int, high: int = 2**63 - 1):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float, *, low_open: bool):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not ((value > low) if low_open else (value >= low)) or not value <= high:
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value:g}")
-        return value
-
-    return parse
-
-
 def _forecast_flags(p: argparse.ArgumentParser, *, out: bool) -> None:
     """Flags of forecast, and of predict and eval on a forecast run."""
     g = p.add_argument_group("forecast runs")
     if out:
-        g.add_argument("--horizon", type=_int_at_least(1, 100_000), default=None,
+        g.add_argument("--horizon", type=int_flag(1, 100_000), default=None,
                        help="steps to forecast (default: the run's horizon)")  # fmt: skip
         g.add_argument("--future", default=None, metavar="FILE.csv",
                        help="covariates over the forecast steps, when the run has covariates")  # fmt: skip
     g.add_argument("--quantiles", default=None, metavar="Q,Q,...",
                    help="quantile levels to write/score (default: the run's, e.g. 0.1,0.5,0.9)")  # fmt: skip
-    g.add_argument("--num-samples", type=_int_at_least(1, 100_000), default=None,
+    g.add_argument("--num-samples", type=int_flag(1, 100_000), default=None,
                    help="sampled paths per series (default: the run's)")  # fmt: skip
-    g.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
+    g.add_argument("--seed", type=int_flag(0), default=0, help="sampling seed (default: 0)")
     g.add_argument("--plot", default=None, metavar="FILE.png", help="draw a few series and their forecasts")
     if not out and not any(a.dest == "force" for a in p._actions):
         g.add_argument("--force", action="store_true", help="overwrite --plot if it exists")
@@ -535,18 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--run", required=True, metavar="DIR", help="run folder")
     sample.add_argument("--prompt", default="", help="text to continue (default: empty, starts after a newline)")
     sample.add_argument("--echo-prompt", action="store_true", help="print the prompt before the continuation")
-    sample.add_argument("--length", type=_int_at_least(0), default=500, help="characters to generate (default: 500)")
+    sample.add_argument("--length", type=int_flag(0), default=500, help="characters to generate (default: 500)")
     sample.add_argument(
         "--temperature",
-        type=_float_in(0, float("inf"), low_open=False),
+        type=float_flag(0, float("inf"), low_open=False),
         default=0.8,
         help="softmax temperature, 0 = greedy (default 0.8)",
     )
-    sample.add_argument("--top-k", type=_int_at_least(0), default=0, help="keep the k likeliest chars (0 = off)")
+    sample.add_argument("--top-k", type=int_flag(0), default=0, help="keep the k likeliest chars (0 = off)")
     sample.add_argument(
-        "--top-p", type=_float_in(0, 1, low_open=True), default=1.0, help="nucleus mass in (0, 1] (default: 1 = off)"
+        "--top-p", type=float_flag(0, 1, low_open=True), default=1.0, help="nucleus mass in (0, 1] (default: 1 = off)"
     )
-    sample.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
+    sample.add_argument("--seed", type=int_flag(0), default=0, help="sampling seed (default: 0)")
     sample.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     sample.set_defaults(func=cmd_sample)
 
@@ -559,20 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ev.add_argument(
         "--batch-size",
-        type=_int_at_least(1),
+        type=int_flag(1),
         default=None,
         help="rows scored at once (default: 16; 2 with --dynamic-lr, where few rows adapt best)",
     )
     ev.add_argument(
         "--dynamic-lr",
-        type=_float_in(0, 1e3, low_open=False),
+        type=float_flag(0, 1e3, low_open=False),
         default=0.0,
         help="dynamic evaluation: RMS-normalised step size on each chunk after it is scored, e.g. 0.001 "
         "(default: 0 = static)",
     )
     ev.add_argument(
         "--dynamic-decay",
-        type=_float_in(0, 1, low_open=False),
+        type=float_flag(0, 1, low_open=False),
         default=0.0,
         help="pull back toward the trained weights per step",
     )
@@ -606,10 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     gf = sub.add_parser("gradflow", help="gradient flow of Elman, LSTM and GRU through time (PNG + ratios)")
-    gf.add_argument("--seq-len", type=_int_at_least(1), default=100, help="time steps T (default: 100)")
-    gf.add_argument("--hidden-size", type=_int_at_least(1), default=64, help="hidden units H (default: 64)")
+    gf.add_argument("--seq-len", type=int_flag(1, 100_000), default=100, help="time steps T (default: 100)")
+    gf.add_argument("--hidden-size", type=int_flag(1, 4096), default=64, help="hidden units H (default: 64)")
     gf.add_argument("--out", default="gradflow.png", metavar="FILE.png", help="plot path (default: gradflow.png)")
-    gf.add_argument("--seed", type=_int_at_least(0), default=0, help="seed (default: 0)")
+    gf.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    gf.add_argument("--seed", type=int_flag(0), default=0, help="seed (default: 0)")
     gf.set_defaults(func=cmd_gradflow)
     return parser
 
@@ -636,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("rnnkit.kernels.extension").setLevel(logging.INFO)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `rnnkit predict ... | head`: the reader left; stop quietly, as a SIGPIPE'd tool does
+        # the flush at exit would fail again on the closed pipe; a stdout without a descriptor has nothing to flush
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (RnnkitError, UsageError) as e:
         _eprint(f"rnnkit: error: {e}")
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import typing
 from typing import Any
@@ -20,9 +21,19 @@ except ImportError:  # pragma: no cover - Python 3.10: the tomli backport, if in
 
 from rnnkit.config import RunConfig
 from rnnkit.errors import ConfigError
+from rnnkit.io import read_input
 from rnnkit.tasks.language_model import LMConfig
 
-__all__ = ["add_config_flags", "build_config", "config_overrides", "load_toml", "parse_bool", "to_toml"]
+__all__ = [
+    "add_config_flags",
+    "build_config",
+    "config_overrides",
+    "float_flag",
+    "int_flag",
+    "load_toml",
+    "parse_bool",
+    "to_toml",
+]
 
 
 def parse_bool(text: str) -> bool:
@@ -33,6 +44,39 @@ def parse_bool(text: str) -> bool:
     if value in ("false", "no", "0", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def int_flag(low: int, high: int = 2**63 - 1):
+    """argparse ``type=``: an integer in [low, high] (the default ceiling keeps it inside int64)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    return parse
+
+
+def float_flag(low: float, high: float, *, low_open: bool = False):
+    """argparse ``type=``: a finite number in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or not ((value > low) if low_open else (value >= low)) or not value <= high:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value:g}")
+        return value
+
+    return parse
 
 
 def _flag_type(hint: Any):
@@ -75,8 +119,7 @@ def load_toml(path: str | os.PathLike, config_cls: type[RunConfig] = LMConfig) -
     """Read a TOML config with the task's tables; an unknown table or key is a ConfigError naming it and the file."""
     if tomllib is None:  # pragma: no cover
         raise ConfigError("reading a TOML config needs Python >= 3.11 (tomllib)")
-    with open(path, "rb") as fh:  # OSError (missing file) goes to the caller
-        raw = fh.read()
+    raw = read_input(path, expected="a TOML config file", error=ConfigError)
     try:
         d = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

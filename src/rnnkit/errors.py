@@ -23,3 +23,7 @@ class DataError(RnnkitError, ValueError):
 
 class CheckpointError(RnnkitError, ValueError):
     """A run folder or checkpoint is missing, corrupt, of another model kind or another format version."""
+
+
+class OutputError(RnnkitError, ValueError):
+    """An output cannot be written: it exists (and no --force), its folder is missing, or the disk is full."""

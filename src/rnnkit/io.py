@@ -1,23 +1,44 @@
-"""Atomic file writes: a reader, a crash, Ctrl-C or kill sees the old file or the whole new one, never half of one.
+"""Files in and out: user files read with one set of checks, outputs written atomically.
 
-Every file rnnkit writes into a run folder (checkpoints, config, vocabulary, label set, metrics, plots, the
-summary) goes through ``atomic_write``: the bytes go to a hidden temporary file in the same folder, which is
+Every file rnnkit writes (checkpoints, config, vocabulary, label set, metrics, plots, the summary, predictions and
+forecasts) goes through ``atomic_write``: the bytes go to a hidden temporary file in the same folder, which is
 flushed, fsynced and moved over the target with ``os.replace`` (atomic on POSIX and Windows), then the folder
-itself is fsynced so the rename survives a power loss.
+itself is fsynced so the rename survives a power loss. A full disk is one ``OutputError`` line naming the target,
+and the old file is left as it was. ``check_output`` says, before any work is done, whether a path a user named may
+be written (no overwrite without ``--force``).
+
+Every file a user names is read through ``read_input``: only regular files (a FIFO, a device such as /dev/zero or
+a directory would block or never end), at most ``MAX_INPUT_BYTES``, each failure one line naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_write_json", "remove_stale_temporaries"]
+from rnnkit.errors import DataError, OutputError, RnnkitError
+
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "atomic_open",
+    "atomic_write",
+    "atomic_write_json",
+    "check_input",
+    "check_output",
+    "read_input",
+    "remove_stale_temporaries",
+]
+
+MAX_INPUT_BYTES = 4 << 30  # 4 GiB: far above any corpus or table rnnkit trains on in memory
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # what atomic_open names its temporary files: ".{target}.{8 random characters from mkstemp}{suffix}"
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}(\.tmp|\.png)$")
@@ -44,18 +65,36 @@ def atomic_open(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tu
     writers can tell the format. On any exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise _output_error(path, e) from e
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints and plots private, JSON not
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _FULL:
+            raise _output_error(path, e) from e
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _output_error(path: Path, e: OSError) -> RnnkitError:
+    if e.errno in _FULL:
+        return OutputError(f"{path}: no space left on device ({e.strerror}); the old file, if any, is unchanged")
+    return OutputError(f"{path}: cannot write ({e.strerror or e})")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], Any]) -> None:
@@ -83,3 +122,52 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def check_input(path: str | os.PathLike, *, expected: str = "a file", error: type[RnnkitError] = DataError) -> int:
+    """The size in bytes of ``path``, a regular file of at most ``MAX_INPUT_BYTES``; else ``error`` naming it."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise error(f"{p}: no such file") from None
+    except OSError as e:
+        raise error(f"{p}: cannot read ({e.strerror or e})") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{p}: is a directory, expected {expected}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) else "not a file"
+        raise error(f"{p}: is {kind}, not a regular file; expected {expected}")
+    if st.st_size > MAX_INPUT_BYTES:
+        raise error(f"{p}: {st.st_size:,} bytes, more than the {MAX_INPUT_BYTES:,} rnnkit reads into memory")
+    return st.st_size
+
+
+def read_input(path: str | os.PathLike, *, expected: str = "a file", error: type[RnnkitError] = DataError) -> bytes:
+    """The bytes of a user's file, after ``check_input``; an unreadable file is ``error`` naming it."""
+    check_input(path, expected=expected, error=error)
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_INPUT_BYTES + 1)[:MAX_INPUT_BYTES]
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def check_output(path: str | os.PathLike | None, *, force: bool = False, suffix: str | None = None,
+                 flag: str = "--out") -> None:  # fmt: skip
+    """Whether the user's output path may be written: a file name (with ``suffix`` when given) in an existing
+    folder, not a folder, and not an existing file unless ``force``. OutputError naming ``flag`` otherwise."""
+    if path is None:
+        return
+    text = os.fspath(path)
+    if not text.strip():
+        raise OutputError(f"{flag} must name a file, got an empty string")
+    p = Path(text)
+    if p.is_dir():
+        raise OutputError(f"{flag} {p} is a directory; give a file path")
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise OutputError(f"{flag} {p}: expected a file name ending in {suffix}")
+    if not p.parent.is_dir():
+        raise OutputError(f"{flag} {p}: the folder {p.parent} does not exist")
+    if (p.exists() or p.is_symlink()) and not force:
+        raise OutputError(f"{flag} {p} exists; pass --force to overwrite it")

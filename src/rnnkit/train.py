@@ -128,6 +128,35 @@ def _check_resume(run_dir: Path, resume: bool) -> None:
         raise ConfigError(f"out_dir must be a folder, got the file {run_dir}")
 
 
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new model on ``device``: CUDA's free memory, or Linux's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_fits(task: Task, device: torch.device) -> None:
+    """ConfigError before any allocation when the model, with its gradients and AdamW's two moments (4 copies of
+    the parameters), is larger than the memory available: built on the meta device, it costs nothing to measure."""
+    with torch.device("meta"):
+        probe = task.build_model()
+    size = sum(p.numel() * p.element_size() for p in probe.parameters())
+    free = _available_bytes(device)
+    if free is not None and 4 * size > free:
+        count = sum(p.numel() for p in probe.parameters())
+        raise ConfigError(
+            f"the model has {count:,} parameters: {4 * size / 2**30:.1f} GiB with its gradients and optimiser "
+            f"state, more than the {free / 2**30:.1f} GiB available on {device.type}; choose smaller sizes"
+        )
+
+
 def _schedule_budget(cfg: TrainConfig) -> tuple[str, float]:
     """What the cosine's progress counts: the step budget, or the time budget when there is none (see lr_at)."""
     return ("steps", cfg.max_steps) if cfg.max_steps else ("minutes", cfg.max_minutes)
@@ -183,6 +212,7 @@ def train(
 def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event) -> TrainResult:
     cfg = task.config.train
     _seed_everything(cfg.seed + info.rank)  # ranks draw different dropout masks
+    _check_fits(task, device)
     torch.manual_seed(cfg.seed)  # ... but build identical models
     model = task.build_model().to(device)
     torch.manual_seed(cfg.seed + info.rank)
@@ -204,12 +234,14 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
         )
         if k >= len(batches) or (state is not None and state[0].size(-2) != cfg.batch_size):
             epoch, k, state = epoch + 1, 0, None  # the batch layout changed: start a new epoch
+    finished = payload is not None and bool(cfg.max_steps) and step >= cfg.max_steps
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_temporaries(run_dir):  # what a killed earlier session was writing
             log.info("removed %s, left by an interrupted write", stale)
-        atomic_write_json(run_dir / "config.json", task.config.to_dict())
-        task.write_files(run_dir)
+        if not finished:  # a resume with nothing left to do leaves the folder's record of what ran as it is
+            atomic_write_json(run_dir / "config.json", task.config.to_dict())
+            task.write_files(run_dir)
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_up_to_step=step if payload else -1) if info.is_main else None
     tb = tensorboard_writer(run_dir / "tensorboard") if info.is_main else None
     net = model

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
+from rnnkit.io import check_input
 
 __all__ = ["EXTENSIONS", "Examples", "LengthBuckets", "TokenVocab", "read_examples", "stratified_split"]
 
@@ -105,6 +106,7 @@ def _check_finite(path: Path, series: list[np.ndarray], allow_nan: bool) -> None
 
 
 def _read_npz(path: Path, labels: str) -> Examples:
+    check_input(path, expected="an .npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -8,6 +8,7 @@ import sysconfig
 from pathlib import Path
 
 from rnnkit.errors import DataError
+from rnnkit.io import read_input
 
 __all__ = ["default_corpus", "read_text", "split_text", "stdlib_files"]
 
@@ -22,18 +23,12 @@ SKIP_DIRS = frozenset(
 def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
     """The contents of a UTF-8 text file (a leading BOM dropped); ``expected`` names the file kind in errors.
 
-    DataError, with the path, for a missing file, a directory, an empty file, a binary file (NUL bytes) or
-    bytes that are not UTF-8.
+    DataError, with the path, for a missing file, a directory, a FIFO or device, a file over
+    ``rnnkit.io.MAX_INPUT_BYTES``, an empty file (or one holding only a BOM), a binary file (NUL bytes) or bytes
+    that are not UTF-8.
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a directory, expected {expected}")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"{p}: cannot read ({e.strerror or e})") from e
+    raw = read_input(p, expected=expected)
     if not raw:
         raise DataError(f"{p}: file is empty")
     nul = raw.find(b"\0")
@@ -44,7 +39,10 @@ def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
     except UnicodeDecodeError as e:
         why = "" if expected == "a text file" else f", expected {expected}"
         raise DataError(f"{p}: not UTF-8 text (invalid byte at offset {e.start}){why}") from e
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    if not text:
+        raise DataError(f"{p}: holds only a byte-order mark, no text")
+    return text
 
 
 def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:

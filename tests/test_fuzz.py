@@ -1,0 +1,327 @@
+"""The command line under bad and odd input: a table of file cases and property-based flags for every command.
+
+Every case runs ``rnnkit.cli.main`` in this process under a deadline (SIGALRM: a blocking read is interrupted) and
+asserts the contract of ``rnnkit.cli``: exit 0 or 2, never a traceback; on exit 2 exactly one stderr line
+``rnnkit: error: ...`` and not one byte changed among the files that existed before; on success the files that
+existed before are unchanged too (only new files appear). The corpus covers every task's commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rnnkit.checkpoint import load_checkpoint, save_checkpoint
+from rnnkit.cli import build_parser, main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DEADLINE_S = 60
+CORPUS: list[str] = []  # every case run
+DONE: list[str] = []  # the tests of this module that finished
+
+
+@contextmanager
+def deadline(seconds: int):
+    """TimeoutError when the body runs longer than ``seconds`` (a hang is a failure, not a stuck CI job)."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """{path: (mode, sha1)} of every regular file under ``root`` (FIFOs, devices and symlinks are not read)."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            st_ = os.lstat(p)
+            if stat.S_ISREG(st_.st_mode):
+                files[str(p)] = (st_.st_mode, hashlib.sha1(p.read_bytes()).hexdigest())
+    return files
+
+
+def check(argv: list[str], root: Path, capsys) -> int:
+    """Run one case and assert the contract (see the module docstring); returns the exit status."""
+    argv = [str(a) for a in argv]
+    CORPUS.append(" ".join(argv))
+    capsys.readouterr()
+    before = snapshot(root)
+    with deadline(DEADLINE_S):
+        status = main(argv)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err + out.out, (argv, out.err[-3000:])
+    assert status in (0, 2), (argv, status, out.err[-3000:])
+    after = snapshot(root)
+    if status == 2:
+        lines = out.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rnnkit: error: "), (argv, out.err)
+        assert after == before, argv
+    else:
+        assert {k: after.get(k) for k in before} == before, argv  # only new files
+    return status
+
+
+# --- fixtures: good data, trained runs of every task, and bad files -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.fixture(scope="module")
+def good(root) -> dict[str, Path]:
+    """Small data files and a trained run of each task."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    g = {"text": root / "text.txt", "tsv": root / "labelled.tsv", "csv": root / "series.csv",
+         "actuals": root / "actuals.csv"}  # fmt: skip
+    g["text"].write_text("def f(x):\n    return x + 1\n" * 60)
+    g["tsv"].write_text("".join(f"{'ab' * (i % 3 + 1)}{'c' * (i % 2)}\t{i % 2}\n" for i in range(60)))
+    rows = [f"s{i},{t},{10 + np.sin(t / 2 + i) + rng.normal(0, 0.1):.4f}" for i in range(3) for t in range(30)]
+    g["csv"].write_text("id,time,value\n" + "\n".join(rows) + "\n")
+    g["actuals"].write_text("id,time,value\n" + "".join(f"s{i},{t},10\n" for i in range(3) for t in (30, 31)))
+    small = ["--max-steps", "2", "--max-minutes", "0", "--eval-every", "2", "--hidden-size", "8"]
+    for task, data, extra in (
+        ("lm", g["text"], ["--embedding-size", "4", "--batch-size", "2", "--bptt", "8"]),
+        ("classify", g["tsv"], ["--embedding-size", "4", "--head-size", "4"]),
+        ("forecast", g["csv"], ["--horizon", "2", "--num-samples", "4", "--eval-samples", "4"]),
+    ):
+        g[task] = root / f"run-{task}"
+        assert main(["train", task, "--data", str(data), "--out", str(g[task]), *small, *extra]) == 0
+    return g
+
+
+@pytest.fixture(scope="module")
+def bad(root, good) -> dict[str, Path]:
+    """Files and run folders no command should accept, each made once."""
+    d = root / "bad"
+    d.mkdir()
+    b = {name: d / name for name in ("empty.txt", "nul.bin", "latin1.txt", "bom.txt", "utf16.txt", "folder",
+                                      "fifo", "loop", "devzero", "missing.txt")}  # fmt: skip
+    b["empty.txt"].write_bytes(b"")
+    b["nul.bin"].write_bytes(b"abc\x00def\n" * 10)
+    b["latin1.txt"].write_bytes("caf\xe9 na\xefve\n".encode("latin-1") * 10)
+    b["bom.txt"].write_bytes(b"\xef\xbb\xbf")
+    b["utf16.txt"].write_text("hello\tworld\n", encoding="utf-16")
+    b["folder"].mkdir()
+    os.mkfifo(b["fifo"])
+    (d / "loop2").symlink_to(b["loop"])
+    b["loop"].symlink_to(d / "loop2")
+    b["devzero"].symlink_to("/dev/zero")
+    runs = {}
+    for name in ("truncated", "foreign", "only-best", "mismatched", "wrong-kind"):
+        runs[name] = d / f"run-{name}"
+        runs[name].mkdir()
+    best = (good["lm"] / "best.pt").read_bytes()
+    (runs["truncated"] / "best.pt").write_bytes(best[: len(best) // 2])
+    torch.save({"weights": torch.zeros(3)}, runs["foreign"] / "best.pt")
+    (runs["only-best"] / "best.pt").write_bytes(best)
+    payload = load_checkpoint(good["lm"] / "best.pt")
+    payload["config"]["model"]["hidden_size"] = 9  # the weights are H=8
+    save_checkpoint(runs["mismatched"] / "best.pt", payload)
+    payload = load_checkpoint(good["lm"] / "best.pt")
+    payload["kind"] = "speech"
+    save_checkpoint(runs["wrong-kind"] / "best.pt", payload)
+    return b | runs
+
+
+# --- the file table ---------------------------------------------------------------------------------------------
+
+FILES = ("empty.txt", "nul.bin", "latin1.txt", "bom.txt", "utf16.txt", "folder", "fifo", "loop", "devzero",
+         "missing.txt")  # fmt: skip
+RUNS = ("truncated", "foreign", "only-best", "mismatched", "wrong-kind")
+TINY = ["--max-steps", "1", "--max-minutes", "0", "--hidden-size", "4"]
+
+
+def _data_commands(g: dict[str, Path], f: Path, out: Path) -> list[list]:
+    """Every command that reads a user's file, with ``f`` in that file's place."""
+    return [
+        ["train", "lm", "--data", f, "--out", out, *TINY],
+        ["train", "classify", "--data", f, "--out", out, *TINY],
+        ["train", "classify", "--data", g["tsv"], "--val", f, "--out", out, *TINY],
+        ["train", "forecast", "--data", f, "--horizon", "2", "--out", out, *TINY],
+        ["train", "lm", "--data", g["text"], "--config", f, "--out", out, *TINY],
+        ["eval", "--run", g["lm"], "--data", f],
+        ["eval", "--run", g["classify"], "--data", f],
+        ["eval", "--run", g["forecast"], "--data", f, "--actuals", g["actuals"]],
+        ["eval", "--run", g["forecast"], "--data", g["csv"], "--actuals", f],
+        ["predict", "--run", g["classify"], "--data", f],
+        ["forecast", "--run", g["forecast"], "--data", f],
+        ["sample", "--run", f, "--length", "3"],
+        ["eval", "--run", f, "--data", g["text"]],
+    ]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_command_refuses_a_bad_file_in_one_line(name, good, bad, root, capsys):
+    for argv in _data_commands(good, bad[name], root / "out-never"):
+        assert check(argv, root, capsys) == 2, argv
+        assert not (root / "out-never").exists()
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_every_run_command_refuses_a_broken_run_folder(name, good, bad, root, capsys):
+    run = bad[name]
+    cases = [
+        ["sample", "--run", run, "--checkpoint", "last"],
+        ["train", "lm", "--data", good["text"], "--out", run, "--resume", *TINY],
+        ["train", "lm", "--data", good["text"], "--out", run, *TINY],
+    ]
+    if name != "only-best":  # a folder with a good best.pt alone still samples, evaluates and predicts
+        cases += [
+            ["sample", "--run", run, "--length", "3"],
+            ["eval", "--run", run, "--data", good["text"]],
+            ["predict", "--run", run, "--data", good["tsv"]],
+            ["forecast", "--run", run, "--data", good["csv"]],
+        ]
+    for argv in cases:
+        assert check(argv, root, capsys) == 2, argv
+
+
+def test_the_wrong_task_and_existing_outputs_are_refused(good, root, capsys):
+    out = root / "exists.csv"
+    out.write_text("keep me\n")
+    cases = [
+        ["sample", "--run", good["classify"]],
+        ["sample", "--run", good["forecast"]],
+        ["predict", "--run", good["lm"], "--data", good["text"]],
+        ["forecast", "--run", good["classify"], "--data", good["csv"]],
+        ["eval", "--run", good["forecast"], "--data", good["csv"]],  # no --actuals
+        ["predict", "--run", good["classify"], "--data", good["tsv"], "--out", out],
+        ["forecast", "--run", good["forecast"], "--data", good["csv"], "--out", out],
+        ["forecast", "--run", good["forecast"], "--data", good["csv"], "--out", root / "no-folder" / "f.csv"],
+        ["forecast", "--run", good["forecast"], "--data", good["csv"], "--out", ""],
+        ["forecast", "--run", good["forecast"], "--data", good["csv"], "--plot", root / "plot.txt"],
+        ["gradflow", "--out", out],
+        ["gradflow", "--out", root / "plot.png.txt"],
+        ["sample", "--run", good["lm"], "--prompt", "\u2603", "--echo-prompt"],
+        ["sample", "--run", good["lm"], "--len", "3"],  # no abbreviations
+        ["train", "lm", "--data", good["text"], "--out", "", *TINY],
+        ["bench", "--threads", "-1"],
+        ["bench", "--tokens", "0"],
+        ["bench", "--repeats", "-5"],
+        ["bench", "--device", "bogus"],
+        ["bench", "--shapes", "100000x100000x100000"],
+        ["gradflow", "--hidden-size", "1000000000000"],
+        ["train", "lm", "--data", good["text"], "--hidden-size", "1000000", "--out", root / "huge", *TINY[:4]],
+    ]
+    for argv in cases:
+        assert check(argv, root, capsys) == 2, argv
+    assert out.read_text() == "keep me\n"
+
+
+def test_a_closed_pipe_stops_quietly(good, root, monkeypatch, capsys):
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("rnnkit.cli._forecast", closed)
+    status = main(["forecast", "--run", str(good["forecast"]), "--data", str(good["csv"])])
+    assert status == 141 and capsys.readouterr().err == ""
+
+
+# --- property-based flags ---------------------------------------------------------------------------------------
+
+VALUES = ["-1", "0", "1", "2", "3", "0.5", "nan", "inf", "-inf", "1e-300", "1e300", "9223372036854775808", "",
+          "x", "lstm", "gru", "true", "auto", "0,1", "/nonexistent/file", "\u00e9", "3\x00"]  # fmt: skip
+SKIP = {"-h", "--help", "--memory", "--version", "--out", "--force", "--plot", "--data", "--run", "--val",
+        "--config", "--resume", "--actuals", "--future"}  # fmt: skip
+
+
+def _subparsers() -> dict[str, object]:
+    """{"train lm": parser, "sample": parser, ...} from the real command line."""
+    import argparse
+
+    def children(p) -> dict:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices
+        return {}
+
+    out = {}
+    for name, p in children(build_parser()).items():
+        kids = children(p)
+        out |= {f"{name} {k}": q for k, q in kids.items()} if kids else {name: p}
+    return out
+
+
+def _flags(parser) -> list[tuple[str, object]]:
+    return [(a.option_strings[-1], a) for a in parser._actions if a.option_strings and a.option_strings[-1] not in SKIP]
+
+
+def _base(command: str, g: dict[str, Path], out: Path) -> list:
+    """A cheap, valid invocation of ``command``; the drawn flags come after it and override it."""
+    tiny = ["--max-steps", "2", "--max-minutes", "0", "--eval-every", "1", "--hidden-size", "4", "--batch-size", "4"]
+    return {
+        "train lm": ["train", "lm", "--data", g["text"], "--out", out, *tiny, "--embedding-size", "4", "--bptt", "8"],
+        "train classify": ["train", "classify", "--data", g["tsv"], "--out", out, *tiny, "--embedding-size", "4"],
+        "train forecast": ["train", "forecast", "--data", g["csv"], "--out", out, "--horizon", "2", *tiny,
+                           "--num-samples", "4", "--eval-samples", "4"],
+        "sample": ["sample", "--run", g["lm"], "--length", "5"],
+        "eval": ["eval", "--run", g["forecast"], "--data", g["csv"], "--actuals", g["actuals"], "--num-samples", "4"],
+        "predict": ["predict", "--run", g["classify"], "--data", g["tsv"]],
+        "forecast": ["forecast", "--run", g["forecast"], "--data", g["csv"], "--num-samples", "4"],
+        "gradflow": ["gradflow", "--seq-len", "4", "--hidden-size", "3", "--out", out.with_suffix(".png")],
+        "bench": ["bench", "--quick", "--modes", "elman", "--shapes", "2x3x4", "--skip-loop-train", "--repeats", "1",
+                  "--tokens", "2"],
+    }[command]  # fmt: skip
+
+
+COMMANDS = sorted(_subparsers())
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_drawn_flags_get_a_result_or_one_line(command, good, root, capsys):
+    parser = _subparsers()[command]
+    flags = _flags(parser)
+    counter = iter(range(10**6))
+
+    @settings(max_examples=30, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(st.lists(st.tuples(st.sampled_from(flags), st.sampled_from(VALUES)), max_size=4))
+    def case(drawn):
+        argv = _base(command, good, root / "drawn" / f"{command.replace(' ', '-')}-{next(counter)}")
+        (root / "drawn").mkdir(exist_ok=True)
+        for (flag, action), value in drawn:
+            if action.nargs == 0:
+                argv.append(flag)
+            elif action.choices is not None and value not in ("", "x"):
+                argv += [flag, sorted(map(str, action.choices))[len(value) % len(action.choices)]]
+            else:
+                argv += [flag, value]
+        check(argv, root, capsys)
+
+    case()
+
+
+@pytest.fixture(autouse=True)
+def _count(request):
+    yield
+    DONE.append(request.node.name)
+
+
+def test_the_corpus_is_large_enough():
+    """Runs last in this module (pytest keeps file order): the cases above add up to at least 300."""
+    expected = len(FILES) + len(RUNS) + 2 + len(COMMANDS)
+    if len(DONE) < expected:
+        pytest.skip(f"only {len(DONE)} of the module's {expected} corpus tests ran")
+    assert len(CORPUS) >= 300, len(CORPUS)
