@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnnkit.checkpoint import load_checkpoint, load_run
-from rnnkit.errors import ConfigError, DataError
+from rnnkit.errors import CheckpointError, ConfigError, DataError
 from rnnkit.metrics import evaluate_text
 from rnnkit.tasks.language_model import LMConfig, load_text
 from rnnkit.tasks.language_model import LMDataConfig as DataConfig
@@ -229,3 +229,24 @@ def test_a_kill_between_checkpoint_writes_leaves_a_resumable_run(text_file, tmp_
     monkeypatch.setattr(rnnkit.train, "save_checkpoint", real_save)
     result = train_lm(_config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run", resume=True)
     assert result.steps == 8 and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_resuming_a_finished_run_with_a_smaller_budget_rewrites_nothing(text_file, tmp_path):
+    train_lm(_config(text_file, max_steps=4, eval_every=2), tmp_path / "run")
+    config = (tmp_path / "run" / "config.json").read_bytes()
+    result = train_lm(_config(text_file, max_steps=2, eval_every=2), tmp_path / "run", resume=True)
+    assert result.steps == 4 and result.stopped_because == "max_steps"
+    assert (tmp_path / "run" / "config.json").read_bytes() == config  # still the budget that ran
+
+
+def test_a_model_too_big_for_memory_is_refused_before_it_is_built(text_file, tmp_path):
+    with pytest.raises(ConfigError, match=r"the model has [\d,]+ parameters: .* GiB available on cpu"):
+        train_lm(_config(text_file, model={"hidden_size": 2**20}, max_steps=2), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_last_on_a_folder_with_only_best_says_so(text_file, tmp_path):
+    train_lm(_config(text_file, max_steps=2, eval_every=2), tmp_path / "run")
+    (tmp_path / "run" / "last.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"holds no last\.pt, only best\.pt \(use --checkpoint best\)"):
+        load_run(tmp_path / "run", "last")
