@@ -43,6 +43,17 @@ def rnnkit_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rnnkit", *args]
 
 
+def run_command(cmd: list[str], what: str) -> float:
+    """Run ``cmd`` with its stdout and stderr on our stderr; wall seconds, or RuntimeError naming the command."""
+    log("$ " + " ".join(cmd[1:]))
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdout=sys.stderr, stderr=None)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} exited with {done.returncode}: {' '.join(cmd)}")
+    return wall
+
+
 def train_run(task: str, out_dir: Path, args: list[str]) -> tuple[dict, float]:
     """Run ``rnnkit train TASK --out OUT_DIR ARGS``; return (summary.json, wall seconds).
 
@@ -53,13 +64,7 @@ def train_run(task: str, out_dir: Path, args: list[str]) -> tuple[dict, float]:
     if out_dir.exists():
         log(f"removing the earlier run {out_dir}")
         shutil.rmtree(out_dir)
-    cmd = rnnkit_command("train", task, "--out", str(out_dir), *args)
-    log("$ " + " ".join(cmd[1:]))
-    start = time.perf_counter()
-    done = subprocess.run(cmd, stdout=sys.stderr, stderr=None)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"rnnkit train exited with {done.returncode}: {' '.join(cmd)}")
+    wall = run_command(rnnkit_command("train", task, "--out", str(out_dir), *args), "rnnkit train")
     summary_path = out_dir / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"rnnkit train finished but wrote no {summary_path}")

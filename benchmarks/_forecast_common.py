@@ -29,9 +29,7 @@ import csv
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -40,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _classify_common import log, rnnkit_command, train_run
+from _classify_common import rnnkit_command, run_command, train_run
 
 RNNKIT_OPTIONS_HELP = 'extra `rnnkit train forecast` options as one string, e.g. "--hidden-size 64 --seed 1"'
 
@@ -71,17 +69,6 @@ def write_long_csv(path: Path, series: dict[str, np.ndarray]) -> None:
         writer.writerow(["id", "time", "value"])
         for sid, values in series.items():
             writer.writerows((sid, t, repr(float(v))) for t, v in enumerate(np.asarray(values, np.float64), start=1))
-
-
-def _run(cmd: list[str], what: str) -> float:
-    """Run ``cmd`` with its stdout and stderr on our stderr; wall seconds, or RuntimeError naming the command."""
-    log("$ " + " ".join(cmd[1:]))
-    start = time.perf_counter()
-    done = subprocess.run(cmd, stdout=sys.stderr, stderr=None)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} exited with {done.returncode}: {' '.join(cmd)}")
-    return wall
 
 
 def train_forecaster(
@@ -129,7 +116,7 @@ def forecast(run_dir: Path, csv_path: Path, out_csv: Path, options: list[str]) -
     """``rnnkit forecast --run RUN --data CSV --out OUT_CSV --force OPTIONS`` -> ``read_forecast_csv(OUT_CSV)``."""
     cmd = rnnkit_command("forecast", "--run", str(run_dir), "--data", str(csv_path), "--out", str(out_csv), "--force",
                          *options)  # fmt: skip
-    _run(cmd, "rnnkit forecast")
+    run_command(cmd, "rnnkit forecast")
     if not out_csv.is_file():
         raise RuntimeError(f"rnnkit forecast finished but wrote no {out_csv}")
     return read_forecast_csv(out_csv)
