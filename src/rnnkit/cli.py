@@ -319,33 +319,12 @@ def _read_future(task, path: str | None, history, horizon: int) -> dict | None:
             f"this run reads covariates {', '.join(task.covariates)}: give their values over the forecast steps "
             "with --future FILE (id,time,value,covariates; value may be empty)"
         )
-    from rnnkit.data.series import read_series
+    from rnnkit.data.series import check_continues, read_series
 
     future = read_series(path, values=False, axis=task.axis)  # only the covariates: value cells may be empty
     task.check_compatible(future)
-    _check_continues(history, future, path, horizon)
+    check_continues(history, future, horizon)
     return {s.id: s.covariates[:horizon] for s in future.series}
-
-
-def _check_continues(history, later, path: str, horizon: int | None) -> None:
-    """Every series of ``later`` is one of the history's and starts at the step after its history ends."""
-    known = history.by_id()
-    step = history.axis.step
-    for s in later.series:
-        if s.id not in known:
-            raise DataError(f"{path}: series {s.id!r} is not in the history {history.source}")
-        first = known[s.id].end(step) + step
-        if s.start != first:
-            ends = history.axis.format(known[s.id].end(step))
-            raise DataError(
-                f"{path}: series {s.id!r} starts at {later.axis.format(s.start)}, but its history ends at {ends} "
-                f"(expected {history.axis.format(first)})"
-            )
-        if horizon is not None and len(s) < horizon:
-            raise DataError(f"{path}: series {s.id!r} has {len(s)} steps, fewer than the horizon {horizon}")
-    missing = [sid for sid in known if sid not in {s.id for s in later.series}]
-    if missing:
-        raise DataError(f"{path}: no rows for series {missing[0]!r} ({len(missing)} series of the history missing)")
 
 
 def _forecast(args: argparse.Namespace, run) -> int:
@@ -388,6 +367,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def _eval_forecast(args: argparse.Namespace, run) -> int:
+    from rnnkit.data.series import check_continues
     from rnnkit.metrics import forecast_scores, plot_forecasts
 
     task = run.task
@@ -396,7 +376,7 @@ def _eval_forecast(args: argparse.Namespace, run) -> int:
     check_output(getattr(args, "plot", None), force=args.force, suffix=".png", flag="--plot")
     history = task.read(args.data)
     actuals = task.read(args.actuals)
-    _check_continues(history, actuals, args.actuals, None)
+    check_continues(history, actuals)
     lengths = {len(s) for s in actuals.series}
     if len(lengths) > 1:
         raise DataError(f"{args.actuals}: the series hold different numbers of steps ({min(lengths)} to "

@@ -28,7 +28,7 @@ import numpy as np
 from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
 
-__all__ = ["FILLS", "Series", "SeriesSet", "TimeAxis", "read_series"]
+__all__ = ["FILLS", "Series", "SeriesSet", "TimeAxis", "check_continues", "read_series"]
 
 FILLS = ("ffill", "interpolate", "zero")
 MISSING = {"", "nan", "NaN", "NAN", "NA", "na", "N/A", "null", "None"}
@@ -394,3 +394,28 @@ def _fill(x: np.ndarray, how: str) -> np.ndarray:
     last = np.maximum.accumulate(np.where(bad, -1, idx))  # ffill: index of the last value at or before each step
     last = np.where(last < 0, good[0], last)  # a leading gap takes the first value
     return x[last]
+
+
+def check_continues(history: SeriesSet, later: SeriesSet, horizon: int | None = None) -> None:
+    """DataError unless ``later`` (actuals, future covariates) has every series of ``history`` and no other, each
+    starting at the step after its history ends, with at least ``horizon`` steps when given."""
+    known = history.by_id()
+    step = history.axis.step
+    for s in later.series:
+        if s.id not in known:
+            raise DataError(f"{later.source}: series {s.id!r} is not in the history {history.source}")
+        first = known[s.id].end(step) + step
+        if s.start != first:
+            ends = history.axis.format(known[s.id].end(step))
+            raise DataError(
+                f"{later.source}: series {s.id!r} starts at {later.axis.format(s.start)}, but its history ends at "
+                f"{ends} (expected {history.axis.format(first)})"
+            )
+        if horizon is not None and len(s) < horizon:
+            raise DataError(f"{later.source}: series {s.id!r} has {len(s)} steps, fewer than the horizon {horizon}")
+    given = {s.id for s in later.series}
+    missing = [sid for sid in known if sid not in given]
+    if missing:
+        raise DataError(
+            f"{later.source}: no rows for series {missing[0]!r} ({len(missing)} series of the history missing)"
+        )

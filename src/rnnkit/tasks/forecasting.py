@@ -491,10 +491,11 @@ class ForecastTask(Task):
         a = torch.log10(2.0 + age[:, steps]).unsqueeze(-1)  # (B, S, 1)
         return torch.cat([z, o, a, features[:, steps]], dim=-1)
 
-    def context_scale(self, values: Tensor, observed: Tensor) -> Tensor:
-        """s (B,): the mean |z| over the observed context steps (the C steps before the horizon); 1 where 0."""
-        C, H = self.context, self.horizon
-        v, o = values[:, -(C + H) : -H], observed[:, -(C + H) : -H]
+    def context_scale(self, values: Tensor, observed: Tensor, end: int | None = None) -> Tensor:
+        """s (B,): the mean |z| over the observed steps of the context, the C steps before position ``end`` (default:
+        before the window's last H, a training window's horizon); 1 where that mean is 0."""
+        end = values.size(1) - self.horizon if end is None else end
+        v, o = values[:, end - self.context : end], observed[:, end - self.context : end]
         s = (v.abs() * o).sum(1) / o.sum(1).clamp(min=1)
         return torch.where(s > 0, s, torch.ones_like(s))
 
@@ -627,16 +628,10 @@ class ForecastTask(Task):
                  "features": torch.from_numpy(feats).float(), "age": torch.from_numpy(age).float()}  # fmt: skip
         return batch, times
 
-    def _scale_of_history(self, values: Tensor, observed: Tensor, end: int) -> Tensor:
-        C = self.context
-        v, o = values[:, end - C : end], observed[:, end - C : end]
-        s = (v.abs() * o).sum(1) / o.sum(1).clamp(min=1)
-        return torch.where(s > 0, s, torch.ones_like(s))
-
     def _quantile_forecast(self, model, b, h, levels, device) -> dict[float, np.ndarray]:
         P, C = max(self.lags), self.context
         b = {k: v.to(device) for k, v in b.items()}
-        scale = self._scale_of_history(b["values"], b["observed"], P + C)
+        scale = self.context_scale(b["values"], b["observed"], P + C)
         steps = torch.arange(P, P + C + 1, device=device)  # the context, then the first future step
         out, _ = model(self.inputs(b["values"], b["observed"], b["features"], b["age"], scale, steps), b["ids"])
         pred = out[:, -1].view(-1, self.horizon, len(model.levels))[:, :h]  # (B, h, Q)
@@ -648,7 +643,7 @@ class ForecastTask(Task):
         P, C = max(self.lags), self.context
         head = self.config.model.head
         b = {k: v.to(device) for k, v in b.items()}
-        scale = self._scale_of_history(b["values"], b["observed"], P + C)
+        scale = self.context_scale(b["values"], b["observed"], P + C)
         B = scale.size(0)
         steps = torch.arange(P, P + C, device=device)
         x = self.inputs(b["values"], b["observed"], b["features"], b["age"], scale, steps)
