@@ -250,3 +250,18 @@ def test_checkpoint_last_on_a_folder_with_only_best_says_so(text_file, tmp_path)
     (tmp_path / "run" / "last.pt").unlink()
     with pytest.raises(CheckpointError, match=r"holds no last\.pt, only best\.pt \(use --checkpoint best\)"):
         load_run(tmp_path / "run", "last")
+
+
+def test_an_epoch_budget_is_a_step_budget_of_whole_passes(text_file, tmp_path):
+    from rnnkit.tasks.language_model import LMTask
+
+    cfg = _config(text_file, max_steps=0, max_minutes=0, max_epochs=1.5, eval_every=1000)
+    task = LMTask(cfg)
+    task.prepare(None)
+    per_epoch = len(task.batches(0, 1))
+    result = train_lm(cfg, tmp_path / "run")
+    assert result.steps == math.ceil(1.5 * per_epoch) and result.stopped_because == "max_epochs"
+    capped = train_lm(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=3)), tmp_path / "capped")
+    assert capped.steps == 3 and capped.stopped_because == "max_steps"  # the smaller budget wins
+    with pytest.raises(ConfigError, match="max_steps, max_epochs or max_minutes must be > 0"):
+        _config(text_file, max_steps=0, max_minutes=0, max_epochs=0)

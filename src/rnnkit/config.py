@@ -86,8 +86,10 @@ def check_recurrent(config: Any, max_size: int = 2**20) -> None:
 class TrainConfig:
     """The optimisation loop every task shares: batches, optimiser, schedule, budgets, evaluation, checkpoints.
 
-    At least one budget must be set. With ``max_steps`` the warmup + cosine schedule runs over the steps; with
-    only ``max_minutes`` it runs over the wall-clock budget (the cosine's progress is elapsed / budget).
+    At least one budget must be set. ``max_epochs`` is a step budget of ceil(max_epochs x batches per epoch) steps
+    (the smaller of the two when ``max_steps`` is set too). With a step budget the warmup + cosine schedule runs over
+    the steps; with only ``max_minutes`` it runs over the wall-clock budget (the cosine's progress is elapsed /
+    budget).
     A task may extend it (the language model adds ``bptt`` and ``eval_chars``).
     """
 
@@ -103,6 +105,9 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimiser steps (steps, 0 = no limit)"})
     max_minutes: float = field(
         default=5.0, metadata={"help": "stop after this much training time (minutes, 0 = no limit)"}
+    )
+    max_epochs: float = field(
+        default=0.0, metadata={"help": "stop after this many passes over the training batches (0 = no limit)"}
     )
     eval_every: int = field(default=200, metadata={"help": "validate every this many steps (steps)"})
     patience: int = field(
@@ -125,8 +130,11 @@ class TrainConfig:
         check_float("clip", self.clip, 0.0, math.inf, high_open=True)
         check_int("max_steps", self.max_steps, 0)
         check_float("max_minutes", self.max_minutes, 0.0, math.inf, high_open=True)
-        if self.max_steps == 0 and self.max_minutes == 0:
-            raise ConfigError("max_steps or max_minutes must be > 0 (a step or time budget), got both 0")
+        check_float("max_epochs", self.max_epochs, 0.0, 1e9)
+        if self.max_steps == 0 and self.max_minutes == 0 and self.max_epochs == 0:
+            raise ConfigError(
+                "max_steps, max_epochs or max_minutes must be > 0 (a step, epoch or time budget), got all 0"
+            )
         check_int("eval_every", self.eval_every, 1)
         check_int("patience", self.patience, 0)
         check_int("checkpoint_every", self.checkpoint_every, 0)

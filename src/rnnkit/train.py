@@ -25,6 +25,7 @@ warning says so), or when the number of processes changes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -78,7 +79,7 @@ class TrainResult:
     last: dict[str, float]  # validation metrics of the last evaluation
     items_per_second: float  # training throughput, in the task's unit (characters, examples)
     elapsed_s: float
-    stopped_because: str  # "max_steps", "max_minutes" or "patience"
+    stopped_because: str  # "max_steps", "max_epochs", "max_minutes" or "patience"
     num_parameters: int
     info: dict[str, Any] = field(default_factory=dict)  # the task's facts about its data
     model: nn.Module | None = field(default=None, repr=False)  # the trained model (unwrapped), last step
@@ -157,9 +158,22 @@ def _check_fits(task: Task, device: torch.device) -> None:
         )
 
 
+def _with_epoch_budget(cfg: TrainConfig, batches_per_epoch: int) -> tuple[TrainConfig, str]:
+    """The config the loop runs with, ``max_epochs`` turned into steps, and the name of the step budget that
+    stops it ("max_steps" or "max_epochs")."""
+    if not cfg.max_epochs:
+        return cfg, "max_steps"
+    steps = max(1, math.ceil(cfg.max_epochs * batches_per_epoch))
+    if cfg.max_steps and cfg.max_steps <= steps:
+        return cfg, "max_steps"
+    return dataclasses.replace(cfg, max_steps=steps), "max_epochs"
+
+
 def _schedule_budget(cfg: TrainConfig) -> tuple[str, float]:
-    """What the cosine's progress counts: the step budget, or the time budget when there is none (see lr_at)."""
-    return ("steps", cfg.max_steps) if cfg.max_steps else ("minutes", cfg.max_minutes)
+    """What the cosine's progress counts: the step (or epoch) budget, or the time budget when there is none."""
+    if cfg.max_steps or cfg.max_epochs:
+        return ("steps/epochs", f"{cfg.max_steps}/{cfg.max_epochs:g}")
+    return ("minutes", cfg.max_minutes)
 
 
 def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
@@ -218,6 +232,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
     torch.manual_seed(cfg.seed + info.rank)
     optimizer = _make_optimizer(model, cfg)
     batches = task.batches(info.rank, info.world_size)
+    cfg, step_budget = _with_epoch_budget(cfg, len(batches))
     step, epoch, k, state = 0, 0, 0, None  # next batch: k of epoch; state: carried into it
     elapsed_prev, items_prev, best_metrics, last_metrics, stale = 0.0, 0, {}, {}, 0
     if payload is not None:
@@ -337,7 +352,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
     model.train()
     stopped_because, loss_sum, loss_count, last_evaluated = "", 0.0, 0, step if payload else -1
     if cfg.max_steps and step >= cfg.max_steps:
-        stopped_because = "max_steps"  # a resume of a finished run: nothing left to do
+        stopped_because = step_budget  # a resume of a finished run: nothing left to do
     try:
         while not stopped_because:
             if k == 0:
@@ -373,7 +388,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             loss_sum, loss_count = loss_sum + value, loss_count + 1
 
             if cfg.max_steps and step >= cfg.max_steps:
-                stopped_because = "max_steps"
+                stopped_because = step_budget
             if step % cfg.log_every == 0 or stopped_because:
                 mean = loss_sum / max(loss_count, 1)
                 emit("step", loss=mean, **task.train_metrics(mean), epoch=epoch)
