@@ -64,7 +64,7 @@ def test_config_fields_are_unique_and_documented_with_help():
         (ModelConfig, {"mode": "transformer"}, "mode must be one of elman, lstm, gru, got 'transformer'"),
         (TrainConfig, {"max_steps": -1}, "max_steps must be an integer >= 0, got -1"),
         (TrainConfig, {"lr": 0.0}, r"lr must be a number in \(0.0, inf\), got 0.0"),
-        (TrainConfig, {"max_steps": 0, "max_minutes": 0}, "max_steps or max_minutes must be > 0"),
+        (TrainConfig, {"max_steps": 0, "max_minutes": 0}, "max_steps, max_epochs or max_minutes must be > 0"),
         (TrainConfig, {"batch_size": 2.5}, r"batch_size must be an integer in \[1, 16777216\], got 2.5"),
         (DataConfig, {"val_fraction": 0.9}, r"val_fraction must be a number in \(0.0, 0.5\], got 0.9"),
     ],
