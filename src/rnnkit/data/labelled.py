@@ -202,11 +202,13 @@ class TokenVocab:
         self.index = {t: i for i, t in enumerate(tokens)}
 
     @classmethod
-    def build(cls, token_lists: list[list[str]], max_size: int) -> TokenVocab:
-        """The ``max_size`` most frequent tokens (ties in code-point order), after <pad> and <unk>."""
-        counts = Counter(t for tokens in token_lists for t in tokens if t not in (cls.PAD, cls.UNK))  # ids 0, 1
-        ranked = sorted(counts, key=lambda t: (-counts[t], t))[: max(0, max_size - 2)]
-        return cls([cls.PAD, cls.UNK, *sorted(ranked)])
+    def build(cls, token_lists: list[list[str]], max_size: int, specials: tuple[str, ...] = ()) -> TokenVocab:
+        """The ``max_size`` most frequent tokens (ties in code-point order), after <pad>, <unk> and ``specials``
+        (such as a sequence model's <s> and </s>, ids 2, 3, ...)."""
+        reserved = (cls.PAD, cls.UNK, *specials)
+        counts = Counter(t for tokens in token_lists for t in tokens if t not in reserved)
+        ranked = sorted(counts, key=lambda t: (-counts[t], t))[: max(0, max_size - len(reserved))]
+        return cls([*reserved, *sorted(ranked)])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -215,6 +217,21 @@ class TokenVocab:
         """Token ids (T,) int64 and how many tokens were unknown."""
         ids = [self.index.get(t, 1) for t in tokens]
         return torch.tensor(ids, dtype=torch.long), ids.count(1)
+
+    def decode(self, ids: list[int] | Tensor, *, stop: str | None = None) -> list[str]:
+        """Ids -> tokens, up to (not including) the first ``stop`` token when given; padding is left out."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= i < len(self.tokens)]
+        if bad:
+            raise ValueError(f"ids must be in [0, {len(self.tokens)}), got {bad[0]}")
+        out = []
+        for i in ids:
+            token = self.tokens[i]
+            if token == stop:
+                break
+            if i != 0:
+                out.append(token)
+        return out
 
 
 class LengthBuckets:
