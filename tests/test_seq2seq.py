@@ -1,0 +1,106 @@
+"""The encoder-decoder with attention: padding is ignored, beam 1 is greedy, beam scores are the model's own
+log-probabilities, and the reverse task is learned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit.seq2seq import BOS, EOS, PAD, Attention, Seq2Seq, beam_search, greedy
+from rnnkit.sequence import pad_sequences
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model(attention="general", **kw) -> Seq2Seq:
+    torch.manual_seed(0)
+    return Seq2Seq(12, 9, embedding_size=6, hidden_size=8, attention=attention, **kw).eval()
+
+
+def _batch(seqs):
+    x, lengths = pad_sequences([torch.tensor(s) for s in seqs])
+    return x, lengths
+
+
+@pytest.mark.parametrize("attention", ["dot", "general", "bahdanau"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "elman"])
+def test_more_padding_changes_no_output(attention, mode):
+    model = _model(attention, mode=mode)
+    x, lengths = _batch([[4, 5, 6, 7], [8, 9]])
+    wider = torch.cat([x, torch.zeros(2, 3, dtype=torch.long)], dim=1)  # three more padding steps
+    target = torch.tensor([[BOS, 4, 5], [BOS, 6, 4]])
+    torch.testing.assert_close(model(x, lengths, target), model(wider, lengths, target))
+    memory, state = model.encode(wider, lengths)
+    _, _, a = model.step(torch.tensor([BOS, BOS]), state, memory)
+    assert (a[1, 2:] == 0).all() and torch.allclose(a.sum(-1), torch.ones(2))
+
+
+def test_attention_checks_its_arguments():
+    with pytest.raises(ValueError, match="kind must be one of dot, general, bahdanau"):
+        Attention("cosine", 4, 4)
+    with pytest.raises(ValueError, match="dot attention needs query_size == memory_size"):
+        Attention("dot", 4, 6)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_beam_one_is_greedy(tie):
+    model = _model(tie_embeddings=tie)
+    x, lengths = _batch([[4, 5, 6], [7, 8, 9, 10, 11], [5]])
+    g = greedy(model, x, lengths, max_length=7)
+    b = beam_search(model, x, lengths, beam=1, max_length=7)
+    assert [h.tokens for h in g] == [h[0].tokens for h in b]
+    assert [h.score for h in g] == pytest.approx([h[0].score for h in b], abs=1e-5)
+
+
+def test_a_beam_score_is_the_log_probability_of_its_sequence():
+    model = _model(attention="bahdanau", num_layers=2, decoder_layers=2)
+    x, lengths = _batch([[4, 5, 6, 7], [8, 9]])
+    results = beam_search(model, x, lengths, beam=4, max_length=6, n_best=3)
+    for row, hyps in enumerate(results):
+        assert len(hyps) == 3
+        assert [h.normalised for h in hyps] == sorted((h.normalised for h in hyps), reverse=True)
+        for h in hyps:
+            target = torch.tensor([[BOS, *h.tokens]])
+            logits = model(x[row : row + 1, : lengths[row]], lengths[row : row + 1], target[:, :-1])
+            logp = F.log_softmax(logits, -1).gather(-1, target[:, 1:, None]).sum().item()
+            assert h.score == pytest.approx(logp, abs=1e-4)
+            assert h.tokens[-1] == EOS or len(h.tokens) == 6
+
+
+def test_wider_beams_find_sequences_at_least_as_likely():
+    model = _model()
+    x, lengths = _batch([[4, 5, 6, 7, 8], [9, 10, 11]])
+    narrow = beam_search(model, x, lengths, beam=1, max_length=8, alpha=0.0)
+    wide = beam_search(model, x, lengths, beam=6, max_length=8, alpha=0.0)
+    for a, b in zip(narrow, wide, strict=True):
+        assert b[0].score >= a[0].score - 1e-6
+
+
+@pytest.mark.slow
+def test_learns_to_reverse_sequences():
+    torch.manual_seed(0)
+    model = Seq2Seq(14, 14, embedding_size=16, hidden_size=48, attention="general")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=900, pct_start=0.2)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n):
+        seqs = [torch.randint(4, 14, (int(torch.randint(5, 21, (1,), generator=g)),), generator=g) for _ in range(n)]
+        x, lengths = pad_sequences(seqs)
+        y, _ = pad_sequences([torch.cat([torch.tensor([BOS]), s.flip(0), torch.tensor([EOS])]) for s in seqs])
+        return x, lengths, y, seqs
+
+    for _ in range(900):
+        x, lengths, y, _ = batch(64)
+        logits = model(x, lengths, y[:, :-1])
+        loss = F.cross_entropy(logits.transpose(1, 2), y[:, 1:], ignore_index=PAD)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    x, lengths, _, seqs = batch(200)
+    hyps = greedy(model, x, lengths, max_length=25)
+    exact = sum(h.tokens == [*s.flip(0).tolist(), EOS] for h, s in zip(hyps, seqs, strict=True)) / len(seqs)
+    assert exact >= 0.99, exact
