@@ -26,6 +26,8 @@ from rnnkit.tasks import (
     ForecastTask,
     LMConfig,
     LMTask,
+    Seq2SeqConfig,
+    Seq2SeqTask,
     SequenceClassifier,
 )
 from rnnkit.tasks.classification import ClassifyModelConfig
@@ -120,13 +122,28 @@ def _forecast_config(data, **train) -> ForecastConfig:
     return ForecastConfig.from_dict({"model": m, "data": d, "train": t | train})
 
 
+@pytest.fixture(scope="module")
+def pairs_tsv(tmp_path_factory):
+    p = tmp_path_factory.mktemp("seq2seq") / "pairs.tsv"
+    words = ["abc", "bca", "cab", "abcd", "dcab", "bd", "db", "cc", "ad", "da"]
+    p.write_text("".join(f"{w}\t{w[::-1]}\n" for w in words * 4))
+    return p
+
+
+def _seq2seq_config(data, **train) -> Seq2SeqConfig:
+    t = {"batch_size": 8, "max_steps": 6, "max_minutes": 0, "eval_every": 3, "log_every": 1, "warmup_steps": 2}
+    m = {"hidden_size": 8, "embedding_size": 4, "dropout": 0.2}
+    return Seq2SeqConfig.from_dict({"model": m, "data": {"data": str(data), "val_fraction": 0.2}, "train": t | train})
+
+
 @pytest.fixture
-def tasks(text_files, lm_text, series_csv):
+def tasks(text_files, lm_text, series_csv, pairs_tsv):
     """name -> a function making a fresh task of that name with train settings overridden."""
     return {
         "lm": lambda **train: LMTask(_lm_config(lm_text, **train)),
         "classify": lambda **train: ClassifyTask(_classify_config(text_files[0], **train)),
         "forecast": lambda **train: ForecastTask(_forecast_config(series_csv, **train)),
+        "seq2seq": lambda **train: Seq2SeqTask(_seq2seq_config(pairs_tsv, **train)),
     }
 
 
@@ -278,7 +295,7 @@ def test_a_run_of_the_wrong_task_is_one_line(text_files, lm_text, tmp_path, caps
     train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm)
     line = _error_line(capsys, main(["predict", "--run", str(lm), "--data", str(text_files[1])]))
     assert line == (
-        f"rnnkit: error: {lm} is a char LM run; predict needs a classify or forecast run (sample "
+        f"rnnkit: error: {lm} is a char LM run; predict needs a classify, forecast or seq2seq run (sample "
         "generates from a language model)"
     )
     line = _error_line(capsys, main(["sample", "--run", str(clf)]))

@@ -94,7 +94,8 @@ def good(root) -> dict[str, Path]:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     g = {"text": root / "text.txt", "tsv": root / "labelled.tsv", "csv": root / "series.csv",
-         "actuals": root / "actuals.csv"}  # fmt: skip
+         "actuals": root / "actuals.csv", "pairs": root / "pairs.tsv"}  # fmt: skip
+    g["pairs"].write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "bca", "cab", "abcd", "dcab", "bd") * 5))
     g["text"].write_text("def f(x):\n    return x + 1\n" * 60)
     g["tsv"].write_text("".join(f"{'ab' * (i % 3 + 1)}{'c' * (i % 2)}\t{i % 2}\n" for i in range(60)))
     rows = [f"s{i},{t},{10 + np.sin(t / 2 + i) + rng.normal(0, 0.1):.4f}" for i in range(3) for t in range(30)]
@@ -105,6 +106,7 @@ def good(root) -> dict[str, Path]:
         ("lm", g["text"], ["--embedding-size", "4", "--batch-size", "2", "--bptt", "8"]),
         ("classify", g["tsv"], ["--embedding-size", "4", "--head-size", "4"]),
         ("forecast", g["csv"], ["--horizon", "2", "--num-samples", "4", "--eval-samples", "4"]),
+        ("seq2seq", g["pairs"], ["--embedding-size", "4"]),
     ):
         g[task] = root / f"run-{task}"
         assert main(["train", task, "--data", str(data), "--out", str(g[task]), *small, *extra]) == 0
@@ -166,6 +168,9 @@ def _data_commands(g: dict[str, Path], f: Path, out: Path) -> list[list]:
         ["eval", "--run", g["forecast"], "--data", f, "--actuals", g["actuals"]],
         ["eval", "--run", g["forecast"], "--data", g["csv"], "--actuals", f],
         ["predict", "--run", g["classify"], "--data", f],
+        ["train", "seq2seq", "--data", f, "--out", out, *TINY],
+        ["eval", "--run", g["seq2seq"], "--data", f],
+        ["predict", "--run", g["seq2seq"], "--data", f],
         ["forecast", "--run", g["forecast"], "--data", f],
         ["sample", "--run", f, "--length", "3"],
         ["eval", "--run", f, "--data", g["text"]],
@@ -276,6 +281,7 @@ def _base(command: str, g: dict[str, Path], out: Path) -> list:
         "train classify": ["train", "classify", "--data", g["tsv"], "--out", out, *tiny, "--embedding-size", "4"],
         "train forecast": ["train", "forecast", "--data", g["csv"], "--out", out, "--horizon", "2", *tiny,
                            "--num-samples", "4", "--eval-samples", "4"],
+        "train seq2seq": ["train", "seq2seq", "--data", g["pairs"], "--out", out, *tiny, "--embedding-size", "4"],
         "sample": ["sample", "--run", g["lm"], "--length", "5"],
         "eval": ["eval", "--run", g["forecast"], "--data", g["csv"], "--actuals", g["actuals"], "--num-samples", "4"],
         "predict": ["predict", "--run", g["classify"], "--data", g["tsv"]],

@@ -3,12 +3,17 @@ log-probabilities, and the reverse task is learned."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import one_error_line
+from rnnkit.cli import main
 from rnnkit.seq2seq import BOS, EOS, PAD, Attention, Seq2Seq, beam_search, greedy
 from rnnkit.sequence import pad_sequences
+from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, edit_distance, sequence_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,3 +109,63 @@ def test_learns_to_reverse_sequences():
     hyps = greedy(model, x, lengths, max_length=25)
     exact = sum(h.tokens == [*s.flip(0).tolist(), EOS] for h, s in zip(hyps, seqs, strict=True)) / len(seqs)
     assert exact >= 0.99, exact
+    # a confident model makes </s> the second-best first token: that early, unlikely ending must not end the search
+    beams = beam_search(model, x, lengths, beam=3, max_length=25)
+    exact = sum(h[0].tokens == [*s.flip(0).tolist(), EOS] for h, s in zip(beams, seqs, strict=True)) / len(seqs)
+    assert exact >= 0.99, exact
+
+
+# --- the task and its commands ----------------------------------------------------------------------------------
+
+
+def test_edit_distance_and_sequence_scores_by_hand():
+    assert edit_distance(list("kitten"), list("sitting")) == 3
+    assert edit_distance([], ["a", "b"]) == 2
+    m = sequence_scores(
+        [["K", "AE", "T"], ["R", "EH", "D"], ["D", "OW"]],
+        [[["K", "AE", "T"]], [["R", "IY", "D"], ["R", "EH", "D"]], [["D", "AO", "G"]]],
+    )
+    # wrong: only the third; edits: 0, 0 (second reference), 2 (substitute OW, insert G) over 3 + 3 + 3 tokens
+    assert m == {"wer": pytest.approx(1 / 3), "ter": pytest.approx(2 / 9), "exact": pytest.approx(2 / 3), "n": 3}
+
+
+def test_held_out_sources_keep_all_their_targets_on_one_side(tmp_path):
+    lines = [f"w{i}\tp{i}\n" for i in range(40)] + ["w3\tq3\n", "w7\tq7\n"]
+    p = tmp_path / "pairs.tsv"
+    p.write_text("".join(lines))
+    cfg = Seq2SeqConfig.from_dict({"data": {"data": str(p), "val_fraction": 0.25}})
+    task = Seq2SeqTask(cfg)
+    task.prepare(None)
+    held = {"".join(s) for s in task.val_pairs.sources}
+    assert len(held) == 10 and all("".join(s) not in held for s in task.read(str(p), "required").sources
+                                   if "".join(s) not in held)  # fmt: skip
+    for source, refs in zip(task.val_pairs.sources, task.val_pairs.references, strict=True):
+        word = "".join(source)
+        expected = [list(t.split("\t")[1].strip()) for t in lines if t.split("\t")[0] == word]
+        assert refs == expected  # w3 and w7, when held out, are scored against both their targets
+
+
+def test_train_predict_and_eval_from_the_command_line(tmp_path, capsys):
+    pairs = tmp_path / "pairs.tsv"
+    words = ["abc", "bca", "cab", "abcd", "dcab", "bd", "db", "cc", "ad", "da", "bad", "dab"]
+    pairs.write_text("".join(f"{w}\t{w[::-1]}\n" for w in words * 6))
+    run = tmp_path / "run"
+    sizes = ["--hidden-size", "16", "--embedding-size", "8", "--attention", "bahdanau"]
+    argv = ["train", "seq2seq", "--data", str(pairs), "--out", str(run), "--max-steps", "30", "--max-minutes", "0",
+            "--eval-every", "15", *sizes]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    new = tmp_path / "new.txt"
+    new.write_text("bad\nabzc\tignored\n")
+    assert main(["predict", "--run", str(run), "--data", str(new), "--beam", "3"]) == 0
+    out = capsys.readouterr()
+    rows = out.out.splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["bad", "abzc"]  # input order, sources as written
+    assert "1 source token(s) not in the run's vocabulary" in out.err
+    assert main(["eval", "--run", str(run), "--data", str(pairs), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["task"] == "seq2seq" and m["n"] == len(words) and set(m) >= {"wer", "ter", "exact", "beam"}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("abc\n")
+    status = main(["eval", "--run", str(run), "--data", str(bad)])
+    assert "line 1: no tab; expected source<TAB>target" in one_error_line(capsys, status)

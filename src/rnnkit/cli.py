@@ -186,6 +186,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_classify(args, run)
     if run.task.name == "forecast":
         return _eval_forecast(args, run)
+    if run.task.name == "seq2seq":
+        return _eval_seq2seq(args, run)
     from rnnkit.data import read_text
     from rnnkit.metrics import evaluate_dynamic, evaluate_text
 
@@ -270,9 +272,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     run = load_run(args.run, args.checkpoint, purpose="predict")
     if run.task.name == "forecast":
         return _forecast(args, run)
+    if run.task.name == "seq2seq":
+        return _predict_seq2seq(args, run)
     if run.task.name != "classify":
-        raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify or forecast run "
-                              "(sample generates from a language model)")  # fmt: skip
+        raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify, forecast or seq2seq "
+                              "run (sample generates from a language model)")  # fmt: skip
     task = run.task
     check_output(args.out, force=args.force)
     labels, probs = task.predict(run.model, read_examples(args.data, labels="optional"))
@@ -403,6 +407,45 @@ def _eval_forecast(args: argparse.Namespace, run) -> int:
     return 0
 
 
+# --- seq2seq -------------------------------------------------------------------------------------------------------
+
+
+def _predict_seq2seq(args: argparse.Namespace, run) -> int:
+    from rnnkit.io import atomic_write
+    from rnnkit.tasks.seq2seq import EncodedPairs
+
+    task = run.task
+    check_output(args.out, force=args.force)
+    pairs = task.read(args.data, "none")
+    data = EncodedPairs(task, pairs)
+    outputs = task.decode(run.model, data, beam=args.beam)
+    join = "" if task.config.data.target_tokens == "chars" else " "
+    text = "".join(f"{src}\t{join.join(out[0])}\n" for src, out in zip(pairs.texts, outputs, strict=True))
+    if data.unknown:
+        _eprint(f"{data.unknown} source token(s) not in the run's vocabulary (read as the unknown symbol)")
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write(args.out, text)
+        _eprint(f"wrote {len(outputs)} predictions to {args.out}")
+    return 0
+
+
+def _eval_seq2seq(args: argparse.Namespace, run) -> int:
+    from rnnkit.tasks.seq2seq import EncodedPairs, merge_references
+
+    task = run.task
+    data = EncodedPairs(task, merge_references(task.read(args.data, "alternatives")))  # a source once, all its targets
+    m = task.scores(run.model, data, beam=args.beam)
+    if args.json:
+        print(json.dumps({"task": "seq2seq", **m, "beam": args.beam, "unknown_tokens": data.unknown,
+                          "run": str(args.run), "checkpoint": str(run.path), "step": run.step}))  # fmt: skip
+    else:
+        print(f"{args.data}: {m['n']} sources, WER {m['wer']:.4f}, TER {m['ter']:.4f}, exact {m['exact']:.4f} "
+              f"(beam {args.beam}; run {args.run}, {run.path.name}, step {run.step})")  # fmt: skip
+    return 0
+
+
 # --- bench / gradflow ----------------------------------------------------------------------------------------------
 
 
@@ -444,6 +487,10 @@ def _forecast_flags(p: argparse.ArgumentParser, *, out: bool) -> None:
                    help="sampled paths per series (default: the run's)")  # fmt: skip
     g.add_argument("--seed", type=int_flag(0), default=0, help="sampling seed (default: 0)")
     g.add_argument("--plot", default=None, metavar="FILE.png", help="draw a few series and their forecasts")
+    if not out and not any(a.dest == "beam" for a in p._actions):
+        p.add_argument_group("seq2seq runs").add_argument(
+            "--beam", type=int_flag(1, 64), default=1, help="beam width (default: 1 = greedy)"
+        )
     if not out and not any(a.dest == "force" for a in p._actions):
         g.add_argument("--force", action="store_true", help="overwrite --plot if it exists")
 
@@ -459,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="task", required=True, parser_class=Parser)
     helps = {"lm": "character language model", "classify": "sequence classifier (text or time series)",
-             "forecast": "global probabilistic forecaster of time series (DeepAR-style)"}  # fmt: skip
+             "forecast": "global probabilistic forecaster of time series (DeepAR-style)",
+             "seq2seq": "encoder-decoder with attention on source<TAB>target pairs"}  # fmt: skip
     for name, task_cls in TASKS.items():
         p = train_sub.add_parser(
             name,

@@ -187,8 +187,10 @@ def beam_search(model: Seq2Seq, source: Tensor, lengths: Tensor, beam: int, max_
     """Batched beam search: the ``n_best`` hypotheses of each row, best first, ranked by score / length**alpha.
 
     The encoder runs once per batch; each step scores the beam x vocabulary continuations of every row at once. A
-    hypothesis ends at </s>; a row stops when it holds ``beam`` finished ones, and at ``max_length`` its live beams
-    are taken as they are.
+    hypothesis ends at </s> when that ending is among the step's best ``beam`` candidates; a row stops when it holds
+    ``beam`` finished ones and its best live hypothesis, normalised by its length so far, ranks below the beam-th of
+    them (the rule of Hugging Face's ``BeamHypotheses``: an early, unlikely ending cannot stop a row whose live
+    beam is far better); at ``max_length`` its live beams are taken as they are.
     """
     if beam < 1 or n_best < 1 or n_best > beam:
         raise ValueError(f"need 1 <= n_best <= beam, got beam={beam}, n_best={n_best}")
@@ -217,20 +219,24 @@ def beam_search(model: Seq2Seq, source: Tensor, lengths: Tensor, beam: int, max_
             if done[b]:
                 continue
             k = 0
-            for score, origin, token in zip(top_l[b], origin_l[b], token_l[b], strict=True):
+            for rank, (score, origin, token) in enumerate(zip(top_l[b], origin_l[b], token_l[b], strict=True)):
                 if score == float("-inf"):
                     break
                 seq = [*history[b][origin], token]
                 if token == EOS:
-                    finished[b].append(Hypothesis(seq, score, score / len(seq) ** alpha))
+                    if rank < beam:  # an ending counts only among the step's best ``beam`` candidates
+                        finished[b].append(Hypothesis(seq, score, score / len(seq) ** alpha))
                 else:
                     new_scores[b, k], new_origin[b, k], new_token[b, k] = score, origin, token
                     new_history[b][k] = seq
                     k += 1
                 if k == beam:
                     break
-            if len(finished[b]) >= beam or k == 0:
+            if k == 0:
                 done[b] = True
+            elif len(finished[b]) >= beam:  # done once no live hypothesis ranks above the beam-th finished one
+                kth = sorted((h.normalised for h in finished[b]), reverse=True)[beam - 1]
+                done[b] = max(top for top in new_scores[b, :k].tolist()) / (t + 1) ** alpha <= kth
         if all(done):
             break
         if t == max_length - 1:

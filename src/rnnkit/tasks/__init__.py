@@ -7,8 +7,9 @@ from rnnkit.tasks.base import Task
 from rnnkit.tasks.classification import ClassifyConfig, ClassifyTask, SequenceClassifier
 from rnnkit.tasks.forecasting import ForecastConfig, Forecaster, ForecastTask
 from rnnkit.tasks.language_model import CharLM, LMConfig, LMTask, lm_loss
+from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask, ForecastTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask, ForecastTask, Seq2SeqTask)}
 
 __all__ = [
     "TASKS",
@@ -20,6 +21,8 @@ __all__ = [
     "Forecaster",
     "LMConfig",
     "LMTask",
+    "Seq2SeqConfig",
+    "Seq2SeqTask",
     "SequenceClassifier",
     "Task",
     "lm_loss",

@@ -1,0 +1,321 @@
+"""Sequence to sequence (``rnnkit train seq2seq``): pairs of token sequences in, a model that writes the target.
+
+The model is ``rnnkit.seq2seq.Seq2Seq`` (an RNN encoder, an attention decoder); training is teacher forcing with
+label smoothing over batches grouped by source length; validation decodes (greedy, or ``--beam K``) and scores
+
+    wer   share of sources whose output is none of their references (a source's references: all its targets)
+    ter   token edit distance to the nearest reference, summed, over the summed length of those references
+    exact 1 - wer
+
+Without ``--val``, a seeded ``val_fraction`` of the distinct sources is held out, every pair of a source on the
+same side (all pronunciations of a word), and each held-out source is scored against all its targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnkit.config import RunConfig, TrainConfig, check_bool, check_choice, check_float, check_int, check_recurrent
+from rnnkit.data.labelled import LengthBuckets, TokenVocab
+from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
+from rnnkit.errors import ConfigError
+from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.io import atomic_write_json
+from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, beam_search, greedy
+from rnnkit.sequence import pad_sequences
+from rnnkit.tasks.base import Task
+
+__all__ = ["EncodedPairs", "Seq2SeqConfig", "Seq2SeqTask", "edit_distance", "merge_references", "sequence_scores"]
+
+SPECIALS = ("<s>", "</s>")
+
+
+@dataclass(frozen=True)
+class Seq2SeqModelConfig:
+    """Embedding -> rnnkit.RNN encoder -> attention decoder (``rnnkit.seq2seq.Seq2Seq``)."""
+
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell of encoder and decoder: lstm, gru or elman"})
+    embedding_size: int = field(default=64, metadata={"help": "token embedding width, both sides (units)"})
+    hidden_size: int = field(default=128, metadata={"help": "encoder width per direction (units; decoder: x2 if bi)"})
+    num_layers: int = field(default=1, metadata={"help": "encoder layers (count)"})
+    bidirectional: bool = field(default=True, metadata={"help": "read the source both ways"})
+    decoder_layers: int = field(default=1, metadata={"help": "decoder cells stacked (count)"})
+    attention: str = field(default="general", metadata={"help": "score: dot, general (Luong) or bahdanau"})
+    input_feeding: bool = field(default=True, metadata={"help": "feed the last attentional vector to the decoder"})
+    tie_embeddings: bool = field(default=False, metadata={"help": "output layer shares the target embedding"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout on embeddings, between layers and before output"})
+    backend: str = field(default="auto", metadata={"help": "encoder RNN implementation: auto, loop, native or fused"})
+    init: str = field(default="torch", metadata={"help": "initialisation: torch or orthogonal"})
+
+    def __post_init__(self) -> None:
+        check_recurrent(self)
+        check_bool("bidirectional", self.bidirectional)
+        check_int("decoder_layers", self.decoder_layers, 1, 64)
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_bool("input_feeding", self.input_feeding)
+        check_bool("tie_embeddings", self.tie_embeddings)
+
+
+@dataclass(frozen=True)
+class Seq2SeqDataConfig:
+    """The pair files, their tokens, and how validation decodes."""
+
+    data: str | None = field(default=None, metadata={"help": "training pairs: source<TAB>target lines (path)"})
+    val: str | None = field(default=None, metadata={"help": "validation pairs (unset: held-out sources of --data)"})
+    val_fraction: float = field(default=0.05, metadata={"help": "without --val: share of distinct sources held out"})
+    source_tokens: str = field(default="chars", metadata={"help": "source tokens: chars or space (separated)"})
+    target_tokens: str = field(default="chars", metadata={"help": "target tokens: chars or space (separated)"})
+    max_target_length: int = field(default=0, metadata={"help": "longest target kept (tokens, 0 = no limit)"})
+    too_long: str = field(default="drop", metadata={"help": "a longer target: drop (with a count) or error"})
+    max_vocab: int = field(default=50_000, metadata={"help": "most frequent tokens kept per side (count)"})
+    beam: int = field(default=1, metadata={"help": "beam width when validating (1 = greedy)"})
+
+    def __post_init__(self) -> None:
+        for name in ("data", "val"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name} must be a non-empty file path or unset, got {value!r}")
+        check_float("val_fraction", self.val_fraction, 0.0, 0.5)
+        check_choice("source_tokens", self.source_tokens, TOKENS)
+        check_choice("target_tokens", self.target_tokens, TOKENS)
+        check_int("max_target_length", self.max_target_length, 0, 100_000)
+        check_choice("too_long", self.too_long, ("drop", "error"))
+        check_int("max_vocab", self.max_vocab, 8, 2**24)
+        check_int("beam", self.beam, 1, 64)
+
+
+@dataclass(frozen=True)
+class Seq2SeqTrainConfig(TrainConfig):
+    """The trainer's settings plus label smoothing."""
+
+    batch_size: int = field(default=64, metadata={"help": "pairs per batch (count)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy, in [0, 1)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig(RunConfig):
+    """The whole sequence-to-sequence run: ``model``, ``data`` and ``train`` sections."""
+
+    model: Seq2SeqModelConfig = field(default_factory=Seq2SeqModelConfig)
+    data: Seq2SeqDataConfig = field(default_factory=Seq2SeqDataConfig)
+    train: Seq2SeqTrainConfig = field(default_factory=Seq2SeqTrainConfig)
+
+
+def edit_distance(a: list, b: list) -> int:
+    """Levenshtein distance between two token lists (insertions, deletions, substitutions cost 1)."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def sequence_scores(outputs: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
+    """wer, ter, exact and n of outputs against their references (see the module docstring)."""
+    if len(outputs) != len(references) or not outputs:
+        raise ValueError(f"need one or more outputs, one per reference list, got {len(outputs)} and {len(references)}")
+    wrong, distance, length = 0, 0, 0
+    for out, refs in zip(outputs, references, strict=True):
+        wrong += out not in refs
+        d, ref = min((edit_distance(out, r), r) for r in refs)
+        distance, length = distance + d, length + len(ref)
+    wer = wrong / len(outputs)
+    return {"wer": wer, "ter": distance / max(length, 1), "exact": 1.0 - wer, "n": len(outputs)}
+
+
+class EncodedPairs:
+    """Encoded pairs: source ids (S_i,), target ids <s> ... </s> (T_i + 2,), and every source's references."""
+
+    def __init__(self, task: Seq2SeqTask, pairs: Pairs) -> None:
+        self.sources, self.unknown = [], 0
+        for tokens in pairs.sources:
+            ids, unknown = task.source_vocab.encode(tokens)
+            self.sources.append(ids)
+            self.unknown += unknown
+        self.targets = [torch.cat([torch.tensor([BOS]), task.target_vocab.encode(refs[0])[0], torch.tensor([EOS])])
+                        for refs in pairs.references] if pairs.references and pairs.references[0] else []  # fmt: skip
+        self.references = pairs.references
+        self.lengths = [len(s) for s in self.sources]
+
+    def batch(self, idx: list[int]):
+        x, lengths = pad_sequences([self.sources[i] for i in idx])
+        y = pad_sequences([self.targets[i] for i in idx])[0] if self.targets else None
+        return x, lengths, y
+
+
+class _Batches:
+    def __init__(self, data: EncodedPairs, buckets: LengthBuckets) -> None:
+        self.data, self.buckets = data, buckets
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def get(self, epoch: int, k: int):
+        return self.data.batch(self.buckets.get(epoch, k).tolist())
+
+    def items(self, batch) -> int:
+        return int((batch[2][:, 1:] != PAD).sum())  # target tokens
+
+
+class Seq2SeqTask(Task):
+    """``rnnkit train seq2seq``: source<TAB>target pairs; the model writes the target."""
+
+    name = "seq2seq"
+    title = "seq2seq"
+    Config = Seq2SeqConfig
+    primary = "wer"
+    higher_is_better = False
+    unit = "tokens"
+
+    def read(self, path: str, targets: str) -> Pairs:
+        """Pairs from ``path`` as this run tokenises them (``targets``: required, alternatives or none)."""
+        d = self.config.data
+        return read_pairs(path, source_tokens=d.source_tokens, target_tokens=d.target_tokens, targets=targets,
+                          max_target_length=d.max_target_length if targets == "required" else 0,
+                          too_long=d.too_long)  # fmt: skip
+
+    def prepare(self, artefacts: dict[str, Any] | None) -> None:
+        d = self.config.data
+        if d.data is None:
+            raise ConfigError("seq2seq needs --data FILE (source<TAB>target lines)")
+        train = self.read(d.data, "required")
+        self.dropped = train.dropped
+        val = self.read(d.val, "alternatives") if d.val is not None else None
+        if val is None and d.val_fraction > 0:
+            train, val = _split_by_source(train, d.val_fraction, self.config.train.seed)
+        if artefacts is not None:
+            self.restore(artefacts)
+        else:
+            self.source_vocab = TokenVocab.build(train.sources, d.max_vocab)
+            self.target_vocab = TokenVocab.build([r[0] for r in train.references], d.max_vocab, SPECIALS)
+        self.train_set = EncodedPairs(self, train)
+        self.val_pairs = val if val is not None and len(val) else merge_references(train)
+        self.val_set = EncodedPairs(self, self.val_pairs)
+        self.val_is_train = val is None or not len(val)
+
+    def restore(self, artefacts: dict[str, Any]) -> None:
+        self.source_vocab = TokenVocab(list(artefacts["source_tokens"]))
+        self.target_vocab = TokenVocab(list(artefacts["target_tokens"]))
+
+    def artefacts(self) -> dict[str, Any]:
+        return {"source_tokens": self.source_vocab.tokens, "target_tokens": self.target_vocab.tokens}
+
+    def write_files(self, run_dir: Path) -> None:
+        atomic_write_json(run_dir / "vocab.json", {"format": "rnnkit.seq2seq/1", **self.artefacts()})
+
+    def build_model(self) -> Seq2Seq:
+        m = self.config.model
+        model = Seq2Seq(len(self.source_vocab), len(self.target_vocab), mode=m.mode, embedding_size=m.embedding_size,
+                        hidden_size=m.hidden_size, num_layers=m.num_layers, bidirectional=m.bidirectional,
+                        decoder_layers=m.decoder_layers, attention=m.attention, input_feeding=m.input_feeding,
+                        tie_embeddings=m.tie_embeddings, dropout=m.dropout, backend=m.backend)  # fmt: skip
+        if m.init == "orthogonal":
+            init_orthogonal_(model.encoder)
+            if m.mode == "lstm":
+                init_forget_bias_(model.encoder, 1.0)
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        return {"train_pairs": len(self.train_set.sources), "val_sources": len(self.val_set.sources),
+                "validates_on_training_set": self.val_is_train, "source_vocab": len(self.source_vocab),
+                "target_vocab": len(self.target_vocab), "dropped_long_targets": self.dropped}  # fmt: skip
+
+    def batches(self, rank: int, world_size: int) -> _Batches:
+        cfg = self.config.train
+        buckets = LengthBuckets(self.train_set.lengths, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size)
+        return _Batches(self.train_set, buckets)
+
+    def loss(self, model: nn.Module, batch, state, device: torch.device):
+        x, lengths, y = batch
+        y = y.to(device)
+        logits = model(x.to(device), lengths, y[:, :-1])  # (B, T, V)
+        return F.cross_entropy(logits.transpose(1, 2), y[:, 1:], ignore_index=PAD,
+                               label_smoothing=self.config.train.label_smoothing), None  # fmt: skip
+
+    # --- decoding and scoring -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, model: Seq2Seq, data: EncodedPairs, *, beam: int = 1, device="cpu", batch_size: int = 256,
+               n_best: int = 1) -> list[list[list[str]]]:  # fmt: skip
+        """The ``n_best`` outputs (token lists) of every source of ``data``, in input order."""
+        was_training = model.training
+        model.eval()
+        order = sorted(range(len(data.sources)), key=lambda i: data.lengths[i])
+        out: list[list[list[str]]] = [[] for _ in order]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x, lengths, _ = data.batch(idx)
+            limit = 2 * int(lengths.max()) + 10
+            if beam == 1 and n_best == 1:
+                hyps = [[h] for h in greedy(model, x.to(device), lengths, limit)]
+            else:
+                hyps = beam_search(model, x.to(device), lengths, beam, limit, n_best=n_best)
+            for i, hs in zip(idx, hyps, strict=True):
+                out[i] = [self.target_vocab.decode(h.tokens, stop="</s>") for h in hs]
+        model.train(was_training)
+        return out
+
+    def scores(self, model: Seq2Seq, data: EncodedPairs, *, beam: int = 1, device="cpu") -> dict[str, float]:
+        outputs = [o[0] for o in self.decode(model, data, beam=beam, device=device)]
+        return sequence_scores(outputs, data.references)
+
+    def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
+        m = self.scores(model, self.val_set, beam=self.config.data.beam, device=device)
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(self.val_set.sources), 256):
+                x, lengths, y = self.val_set.batch(list(range(start, min(start + 256, len(self.val_set.sources)))))
+                logits = model(x.to(device), lengths, y[:, :-1].to(device))
+                total += float(F.cross_entropy(logits.transpose(1, 2), y[:, 1:].to(device), ignore_index=PAD,
+                                               reduction="sum"))  # fmt: skip
+                count += int((y[:, 1:] != PAD).sum())
+        model.train(was_training)
+        return {"loss": total / max(count, 1), "wer": m["wer"], "ter": m["ter"], "exact": m["exact"]}
+
+
+def _split_by_source(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+    """A seeded share of the distinct source texts held out (all lines of a source on one side); the held-out
+    side has one entry per source, scored against all its targets."""
+    texts = sorted(set(pairs.texts))
+    n_val = min(len(texts) - 1, round(fraction * len(texts)))
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:n_val].tolist()
+    held = {texts[i] for i in order}
+
+    def subset(in_val: bool) -> Pairs:
+        idx = [i for i, t in enumerate(pairs.texts) if (t in held) == in_val]
+        return Pairs([pairs.sources[i] for i in idx], [pairs.references[i] for i in idx], [pairs.lines[i] for i in idx],
+                     pairs.source, 0, [pairs.texts[i] for i in idx])  # fmt: skip
+
+    train = subset(False)
+    train.dropped = pairs.dropped
+    return train, merge_references(subset(True))
+
+
+def merge_references(pairs: Pairs) -> Pairs:
+    """One entry per distinct source text, its references the targets of all its lines (in file order)."""
+    merged: dict[str, int] = {}
+    out = Pairs([], [], [], pairs.source, pairs.dropped, [])
+    for source, refs, line, text in zip(pairs.sources, pairs.references, pairs.lines, pairs.texts, strict=True):
+        if text in merged:
+            out.references[merged[text]] += [r for r in refs if r not in out.references[merged[text]]]
+            continue
+        merged[text] = len(out.sources)
+        out.sources.append(source)
+        out.references.append(list(refs))
+        out.lines.append(line)
+        out.texts.append(text)
+    return out
