@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import one_error_line
 from rnnkit.cli import main
-from rnnkit.seq2seq import BOS, EOS, PAD, Attention, Seq2Seq, beam_search, greedy
+from rnnkit.seq2seq import BOS, EOS, PAD, Attention, Seq2Seq, alignment, beam_search, greedy
 from rnnkit.sequence import pad_sequences
 from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask, edit_distance, sequence_scores
 
@@ -154,6 +154,7 @@ def test_train_predict_and_eval_from_the_command_line(tmp_path, capsys):
     argv = ["train", "seq2seq", "--data", str(pairs), "--out", str(run), "--max-steps", "30", "--max-minutes", "0",
             "--eval-every", "15", *sizes]  # fmt: skip
     assert main(argv) == 0
+    assert (run / "attention.png").stat().st_size > 0
     capsys.readouterr()
     new = tmp_path / "new.txt"
     new.write_text("bad\nabzc\tignored\n")
@@ -169,3 +170,11 @@ def test_train_predict_and_eval_from_the_command_line(tmp_path, capsys):
     bad.write_text("abc\n")
     status = main(["eval", "--run", str(run), "--data", str(bad)])
     assert "line 1: no tab; expected source<TAB>target" in one_error_line(capsys, status)
+
+
+def test_alignment_rows_are_distributions_over_the_source():
+    model = _model("bahdanau")
+    tokens, weights = alignment(model, torch.tensor([4, 5, 6, 7]), max_length=5)
+    assert weights.shape == (len(tokens), 4) and torch.allclose(weights.sum(-1), torch.ones(len(tokens)))
+    x, lengths = _batch([[4, 5, 6, 7]])
+    assert tokens == greedy(model, x, lengths, 5)[0].tokens

@@ -32,6 +32,7 @@ __all__ = [
     "forecast_scores",
     "mase_scale",
     "pinball",
+    "plot_alignments",
     "plot_confusion",
     "plot_forecasts",
     "plot_training",
@@ -423,6 +424,25 @@ def plot_forecasts(series: list, forecast: dict, axis, path: Path, *, actuals: d
             ax.legend(fontsize=8, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(plt, fig, path)
+    return True
+
+
+def plot_alignments(examples: list[tuple[list[str], list[str], Tensor]], path: Path, title: str = "") -> bool:
+    """Attention heatmaps, one panel per (source tokens, output tokens, weights (T, S)); False without matplotlib."""
+    plt = _pyplot("attention plot")
+    if plt is None or not examples:
+        return False
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 3.4), squeeze=False)
+    for ax, (source, output, weights) in zip(axes[0], examples, strict=True):
+        ax.imshow(weights.detach().float().cpu().numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(source)), source, fontsize=7)
+        ax.set_yticks(range(len(output)), output, fontsize=7)
+        ax.set_xlabel("source")
+        ax.set_ylabel("output")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(plt, fig, path)
     return True

@@ -27,7 +27,18 @@ from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, LSTMState
 from rnnkit.recurrent import RNN
 from rnnkit.sequence import lengths_to_mask
 
-__all__ = ["ATTENTIONS", "BOS", "EOS", "PAD", "Attention", "Hypothesis", "Seq2Seq", "beam_search", "greedy"]
+__all__ = [
+    "ATTENTIONS",
+    "BOS",
+    "EOS",
+    "PAD",
+    "Attention",
+    "Hypothesis",
+    "Seq2Seq",
+    "alignment",
+    "beam_search",
+    "greedy",
+]
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 ATTENTIONS = ("dot", "general", "bahdanau")
@@ -179,6 +190,21 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_length: int) -> 
             break
         previous = best
     return [Hypothesis(t, s, s / max(len(t), 1)) for t, s in zip(tokens, scores, strict=True)]
+
+
+@torch.no_grad()
+def alignment(model: Seq2Seq, source: Tensor, max_length: int) -> tuple[list[int], Tensor]:
+    """Greedy output of one source (S,) and its attention weights (T, S): row t is where step t looked."""
+    memory, state = model.encode(source.unsqueeze(0), torch.tensor([source.numel()]))
+    previous, tokens, rows = torch.tensor([BOS]), [], []
+    for _ in range(max_length):
+        logits, state, a = model.step(previous, state, memory)
+        previous = logits.argmax(-1)
+        tokens.append(int(previous))
+        rows.append(a[0])
+        if tokens[-1] == EOS:
+            break
+    return tokens, torch.stack(rows)
 
 
 @torch.no_grad()

@@ -27,7 +27,8 @@ from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
 from rnnkit.errors import ConfigError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
 from rnnkit.io import atomic_write_json
-from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, beam_search, greedy
+from rnnkit.metrics import plot_alignments
+from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, alignment, beam_search, greedy
 from rnnkit.sequence import pad_sequences
 from rnnkit.tasks.base import Task
 
@@ -285,6 +286,22 @@ class Seq2SeqTask(Task):
                 count += int((y[:, 1:] != PAD).sum())
         model.train(was_training)
         return {"loss": total / max(count, 1), "wer": m["wer"], "ter": m["ter"], "exact": m["exact"]}
+
+    def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
+        """attention.png: where the decoder looked, for the first four validation sources (greedy decoding)."""
+        was_training = model.training
+        model.eval()
+        examples = []
+        for source in self.val_set.sources[:4]:
+            tokens, weights = alignment(model, source.to(device), 2 * source.numel() + 10)
+            examples.append((_tokens_of(self.source_vocab, source.tolist()), _tokens_of(self.target_vocab, tokens),
+                             weights))  # fmt: skip
+        model.train(was_training)
+        plot_alignments(examples, run_dir / "attention.png", "attention (validation, greedy)")
+
+
+def _tokens_of(vocab: TokenVocab, ids: list[int]) -> list[str]:
+    return [vocab.tokens[i] for i in ids]
 
 
 def _split_by_source(pairs: Pairs, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
