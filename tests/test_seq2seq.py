@@ -163,6 +163,10 @@ def test_train_predict_and_eval_from_the_command_line(tmp_path, capsys):
     rows = out.out.splitlines()
     assert [r.split("\t")[0] for r in rows] == ["bad", "abzc"]  # input order, sources as written
     assert "1 source token(s) not in the run's vocabulary" in out.err
+    assert main(["predict", "--run", str(run), "--data", str(new), "--beam", "3", "--n-best", "2"]) == 0
+    assert [r.split("\t")[0] for r in capsys.readouterr().out.splitlines()] == ["bad", "bad", "abzc", "abzc"]
+    status = main(["predict", "--run", str(run), "--data", str(new), "--n-best", "2"])
+    assert "--n-best must be <= --beam" in one_error_line(capsys, status)
     assert main(["eval", "--run", str(run), "--data", str(pairs), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["task"] == "seq2seq" and m["n"] == len(words) and set(m) >= {"wer", "ter", "exact", "beam"}

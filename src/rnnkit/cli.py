@@ -418,9 +418,11 @@ def _predict_seq2seq(args: argparse.Namespace, run) -> int:
     check_output(args.out, force=args.force)
     pairs = task.read(args.data, "none")
     data = EncodedPairs(task, pairs)
-    outputs = task.decode(run.model, data, beam=args.beam)
+    if args.n_best > args.beam:
+        raise UsageError(f"--n-best must be <= --beam, got {args.n_best} and {args.beam}")
+    outputs = task.decode(run.model, data, beam=args.beam, n_best=args.n_best)
     join = "" if task.config.data.target_tokens == "chars" else " "
-    text = "".join(f"{src}\t{join.join(out[0])}\n" for src, out in zip(pairs.texts, outputs, strict=True))
+    text = "".join(f"{src}\t{join.join(o)}\n" for src, out in zip(pairs.texts, outputs, strict=True) for o in out)
     if data.unknown:
         _eprint(f"{data.unknown} source token(s) not in the run's vocabulary (read as the unknown symbol)")
     if args.out is None:
@@ -436,12 +438,13 @@ def _eval_seq2seq(args: argparse.Namespace, run) -> int:
 
     task = run.task
     data = EncodedPairs(task, merge_references(task.read(args.data, "alternatives")))  # a source once, all its targets
-    m = task.scores(run.model, data, beam=args.beam)
+    m = task.scores(run.model, data, beam=args.beam, text=True)
     if args.json:
         print(json.dumps({"task": "seq2seq", **m, "beam": args.beam, "unknown_tokens": data.unknown,
                           "run": str(args.run), "checkpoint": str(run.path), "step": run.step}))  # fmt: skip
     else:
-        print(f"{args.data}: {m['n']} sources, WER {m['wer']:.4f}, TER {m['ter']:.4f}, exact {m['exact']:.4f} "
+        text = f", BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}" if "bleu" in m else ""
+        print(f"{args.data}: {m['n']} sources, WER {m['wer']:.4f}, TER {m['ter']:.4f}, exact {m['exact']:.4f}{text} "
               f"(beam {args.beam}; run {args.run}, {run.path.name}, step {run.step})")  # fmt: skip
     return 0
 
@@ -488,8 +491,10 @@ def _forecast_flags(p: argparse.ArgumentParser, *, out: bool) -> None:
     g.add_argument("--seed", type=int_flag(0), default=0, help="sampling seed (default: 0)")
     g.add_argument("--plot", default=None, metavar="FILE.png", help="draw a few series and their forecasts")
     if not out and not any(a.dest == "beam" for a in p._actions):
-        p.add_argument_group("seq2seq runs").add_argument(
-            "--beam", type=int_flag(1, 64), default=1, help="beam width (default: 1 = greedy)"
+        group = p.add_argument_group("seq2seq runs")
+        group.add_argument("--beam", type=int_flag(1, 64), default=1, help="beam width (default: 1 = greedy)")
+        group.add_argument(
+            "--n-best", type=int_flag(1, 64), default=1, help="predict: the N best outputs a source, best first"
         )
     if not out and not any(a.dest == "force" for a in p._actions):
         g.add_argument("--force", action="store_true", help="overwrite --plot if it exists")

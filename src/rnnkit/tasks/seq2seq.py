@@ -32,7 +32,15 @@ from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, alignment, beam_s
 from rnnkit.sequence import pad_sequences
 from rnnkit.tasks.base import Task
 
-__all__ = ["EncodedPairs", "Seq2SeqConfig", "Seq2SeqTask", "edit_distance", "merge_references", "sequence_scores"]
+__all__ = [
+    "EncodedPairs",
+    "Seq2SeqConfig",
+    "Seq2SeqTask",
+    "edit_distance",
+    "merge_references",
+    "sequence_scores",
+    "text_scores",
+]
 
 SPECIALS = ("<s>", "</s>")
 
@@ -134,6 +142,18 @@ def sequence_scores(outputs: list[list[str]], references: list[list[list[str]]])
         distance, length = distance + d, length + len(ref)
     wer = wrong / len(outputs)
     return {"wer": wer, "ter": distance / max(length, 1), "exact": 1.0 - wer, "n": len(outputs)}
+
+
+def text_scores(outputs: list[list[str]], references: list[list[list[str]]], joiner: str) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu, against each source's first reference, tokens joined by ``joiner``), or {}
+    when sacrebleu is not installed (it is optional: ``pip install sacrebleu``)."""
+    try:
+        import sacrebleu
+    except ImportError:
+        return {}
+    hyps = [joiner.join(o) for o in outputs]
+    refs = [[joiner.join(r[0]) for r in references]]
+    return {"bleu": sacrebleu.corpus_bleu(hyps, refs).score, "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
 
 
 class EncodedPairs:
@@ -268,9 +288,14 @@ class Seq2SeqTask(Task):
         model.train(was_training)
         return out
 
-    def scores(self, model: Seq2Seq, data: EncodedPairs, *, beam: int = 1, device="cpu") -> dict[str, float]:
+    def scores(self, model: Seq2Seq, data: EncodedPairs, *, beam: int = 1, device="cpu",
+               text: bool = False) -> dict[str, float]:  # fmt: skip
+        """wer, ter, exact, n of ``data``'s outputs; with ``text``, also bleu and chrf (when sacrebleu is there)."""
         outputs = [o[0] for o in self.decode(model, data, beam=beam, device=device)]
-        return sequence_scores(outputs, data.references)
+        m = sequence_scores(outputs, data.references)
+        if text:
+            m |= text_scores(outputs, data.references, "" if self.config.data.target_tokens == "chars" else " ")
+        return m
 
     def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
         m = self.scores(model, self.val_set, beam=self.config.data.beam, device=device)
