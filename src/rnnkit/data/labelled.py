@@ -31,7 +31,15 @@ from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
 from rnnkit.io import check_input
 
-__all__ = ["EXTENSIONS", "Examples", "LengthBuckets", "TokenVocab", "read_examples", "stratified_split"]
+__all__ = [
+    "EXTENSIONS",
+    "BucketBatches",
+    "Examples",
+    "LengthBuckets",
+    "TokenVocab",
+    "read_examples",
+    "stratified_split",
+]
 
 EXTENSIONS = (".tsv", ".csv", ".ts", ".npz")
 HEADER_TEXT = {"text", "sentence", "sequence", "word", "name", "input", "x", "document", "review"}
@@ -287,3 +295,20 @@ class LengthBuckets:
             padded += int(lens.max()) * len(idx)
             valid += int(lens.sum())
         return 1.0 - valid / padded
+
+
+class BucketBatches:
+    """The task contract's ``Batches`` over ``LengthBuckets``: batch k of an epoch is ``data.batch(indices)``, and
+    ``count(batch)`` is what the throughput counts in it (examples, target tokens)."""
+
+    def __init__(self, data, buckets: LengthBuckets, count) -> None:
+        self.data, self.buckets, self.count = data, buckets, count
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def get(self, epoch: int, k: int):
+        return self.data.batch(self.buckets.get(epoch, k).tolist())
+
+    def items(self, batch) -> int:
+        return self.count(batch)

@@ -33,7 +33,14 @@ from rnnkit.config import (
     check_int,
     check_recurrent,
 )
-from rnnkit.data.labelled import Examples, LengthBuckets, TokenVocab, read_examples, stratified_split
+from rnnkit.data.labelled import (
+    BucketBatches,
+    Examples,
+    LengthBuckets,
+    TokenVocab,
+    read_examples,
+    stratified_split,
+)
 from rnnkit.distributed import all_reduce
 from rnnkit.errors import ConfigError, DataError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
@@ -239,20 +246,6 @@ class _Encoded:
         return x, lengths, y
 
 
-class _Batches:
-    def __init__(self, data: _Encoded, buckets: LengthBuckets) -> None:
-        self.data, self.buckets = data, buckets
-
-    def __len__(self) -> int:
-        return len(self.buckets)
-
-    def get(self, epoch: int, k: int):
-        return self.data.batch(self.buckets.get(epoch, k))
-
-    def items(self, batch) -> int:
-        return batch[0].size(0)
-
-
 class ClassifyTask(Task):
     """``rnnkit train classify``: one label per sequence (text or time series)."""
 
@@ -393,8 +386,8 @@ class ClassifyTask(Task):
         return LengthBuckets(self.train_set.lengths, cfg.train.batch_size, cfg.train.seed, bucket=cfg.data.bucket,
                              rank=rank, world_size=world_size)  # fmt: skip
 
-    def batches(self, rank: int, world_size: int) -> _Batches:
-        return _Batches(self.train_set, self._buckets(rank, world_size))
+    def batches(self, rank: int, world_size: int) -> BucketBatches:
+        return BucketBatches(self.train_set, self._buckets(rank, world_size), lambda batch: batch[0].size(0))
 
     def _class_weights(self) -> Tensor | None:
         if self.config.train.class_weights == "none":

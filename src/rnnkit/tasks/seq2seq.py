@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.config import RunConfig, TrainConfig, check_bool, check_choice, check_float, check_int, check_recurrent
-from rnnkit.data.labelled import LengthBuckets, TokenVocab
+from rnnkit.data.labelled import BucketBatches, LengthBuckets, TokenVocab
 from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
 from rnnkit.errors import ConfigError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
@@ -176,20 +176,6 @@ class EncodedPairs:
         return x, lengths, y
 
 
-class _Batches:
-    def __init__(self, data: EncodedPairs, buckets: LengthBuckets) -> None:
-        self.data, self.buckets = data, buckets
-
-    def __len__(self) -> int:
-        return len(self.buckets)
-
-    def get(self, epoch: int, k: int):
-        return self.data.batch(self.buckets.get(epoch, k).tolist())
-
-    def items(self, batch) -> int:
-        return int((batch[2][:, 1:] != PAD).sum())  # target tokens
-
-
 class Seq2SeqTask(Task):
     """``rnnkit train seq2seq``: source<TAB>target pairs; the model writes the target."""
 
@@ -253,10 +239,10 @@ class Seq2SeqTask(Task):
                 "validates_on_training_set": self.val_is_train, "source_vocab": len(self.source_vocab),
                 "target_vocab": len(self.target_vocab), "dropped_long_targets": self.dropped}  # fmt: skip
 
-    def batches(self, rank: int, world_size: int) -> _Batches:
+    def batches(self, rank: int, world_size: int) -> BucketBatches:
         cfg = self.config.train
         buckets = LengthBuckets(self.train_set.lengths, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size)
-        return _Batches(self.train_set, buckets)
+        return BucketBatches(self.train_set, buckets, lambda batch: int((batch[2][:, 1:] != PAD).sum()))  # tokens
 
     def loss(self, model: nn.Module, batch, state, device: torch.device):
         x, lengths, y = batch
