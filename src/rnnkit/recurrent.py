@@ -3,36 +3,34 @@
 - ``scan(step, x, state, lengths, reverse)``: the one time loop, for any ``y, state = step(x_t, state)``.
 - ``Recurrent(cell)``: a cell module over time; ``Bidirectional`` and ``Stack`` combine them, so a custom cell
   gets direction, depth and masking for free.
-- ``RNN(mode, ...)``: the torch.nn-compatible layer (Elman, LSTM or GRU; stacked; bidirectional; padded or
-  packed batches) with a choice of backend.
+- ``RNN(mode, ...)``: the torch.nn-compatible layer for any cell of the table (``rnnkit.cells.CELLS``): stacked,
+  bidirectional, padded or packed batches, with zoneout, weight-drop and locked dropout, on a choice of backend
+  (``rnnkit.backends``).
 
 Shapes: B batch, T time, D input features, H hidden, L layers, K directions (1 or 2).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import _VF, Tensor, nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.cells import LSTMState, check_nonlinearity, check_size, elman_step, gru_step, lstm_step
-from rnnkit.sequence import check_lengths, flip_padded, map_state, mask_to_lengths
+from rnnkit import backends
+from rnnkit.backends import BACKENDS, between_layers, locked_dropout, loop_layer
+from rnnkit.cells import CELLS, NONLINEARITIES, CellSpec, LSTMState, cell_spec, check_size
+from rnnkit.sequence import check_lengths, mask_to_lengths
 
-__all__ = ["BACKENDS", "MODES", "RNN", "Bidirectional", "Recurrent", "Stack", "register_backend", "scan"]
+__all__ = ["BACKENDS", "MODES", "RNN", "TORCH_MODES", "Bidirectional", "Recurrent", "Stack", "scan"]
 
 State = Any  # a Tensor or a (named) tuple of Tensors
-Runner = Callable[["RNN", Tensor, State, "Tensor | None"], "tuple[Tensor, State]"]
 
-MODES = ("elman", "lstm", "gru")
-MODE_ALIASES = {"elman": "elman", "rnn": "elman", "lstm": "lstm", "gru": "gru"}
-GATES = {"elman": 1, "lstm": 4, "gru": 3}
-BACKENDS = ("auto", "loop", "native", "fused")
+MODES = tuple(CELLS)  # every cell in the table (rnnkit.cells registers them on import)
+TORCH_MODES = ("elman", "lstm", "gru")  # the cells torch.nn has
 
 
 def scan(
@@ -52,28 +50,12 @@ def scan(
         for t in range(T):
             y[:, t], state = step(x[:, t], state)
     """
+    mask = None
     if lengths is not None:  # scan is public: validate here too (a list, a wrong shape, a zero length)
         lengths = check_lengths(lengths, x.size(0), x.size(1))
-    if reverse:
-        x = flip_padded(x, lengths)
-    T = x.size(1)
-    mask = None
-    if lengths is not None:
-        steps = torch.arange(T).unsqueeze(1)  # (T, 1)
-        mask = (steps < lengths.unsqueeze(0)).to(x.device).unsqueeze(-1)  # (T, B, 1)
-    ys = []
-    for t in range(T):
-        y, new_state = step(x[:, t], state)  # y: (B, H)
-        if mask is not None and t > 0:  # every length is >= 1, so step 0 is valid for all rows
-            m = mask[t]  # (B, 1)
-            new_state = map_state(lambda new, old, m=m: torch.where(m, new, old), new_state, state)
-            y = torch.where(m, y, torch.zeros_like(y))
-        ys.append(y)
-        state = new_state
-    out = torch.stack(ys, dim=1)  # (B, T, H)
-    if reverse:
-        out = flip_padded(out, lengths)
-    return out, state
+        mask = (torch.arange(x.size(1)).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)  # (T, B, 1)
+    out, state = loop_layer(step, x.transpose(0, 1), state, mask, reverse)  # (T, B, H)
+    return out.transpose(0, 1), state
 
 
 def _check_sequence(x: object, feature_size: int, what: str = "x", kinds: str = "a Tensor or PackedSequence") -> Tensor:
@@ -167,92 +149,60 @@ class Stack(nn.Module):
 # --- the torch.nn-compatible layer -----------------------------------------------------------------------
 
 
-def _run_loop(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None) -> tuple[Tensor, State]:
-    """The readable reference: each layer and direction is ``scan`` over the cell's step function."""
-    is_lstm = rnn.mode == "lstm"
-    finals = []
-    for layer in range(rnn.num_layers):
-        if layer > 0:
-            x = F.dropout(x, rnn.dropout, rnn.training)
-        outputs = []
-        for direction in range(rnn.num_directions):
-            k = layer * rnn.num_directions + direction
-            state = LSTMState(hx[0][k], hx[1][k]) if is_lstm else hx[k]
-            out, state = scan(rnn.step_function(layer, direction), x, state, lengths, reverse=direction == 1)
-            outputs.append(out)
-            finals.append(state)
-        x = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]  # (B, T, K*H)
-    if is_lstm:
-        return x, LSTMState(torch.stack([s.h for s in finals]), torch.stack([s.c for s in finals]))
-    return x, torch.stack(finals)  # (L*K, B, H)
+def _check_rate(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
-_VF_FUNCTIONS = {"lstm": "lstm", "gru": "gru", "tanh": "rnn_tanh", "relu": "rnn_relu"}
-
-
-def _run_native(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None) -> tuple[Tensor, State]:
-    """torch.nn's own fused kernels (oneDNN on CPU, cuDNN on CUDA), called on our parameters."""
-    fn = getattr(_VF, _VF_FUNCTIONS[rnn.nonlinearity if rnn.mode == "elman" else rnn.mode])
-    args = (rnn.flat_weights(), rnn.bias, rnn.num_layers, rnn.dropout, rnn.training, rnn.bidirectional)
-    hx_arg = tuple(hx) if rnn.mode == "lstm" else hx
-    if lengths is None:
-        result = fn(x, hx_arg, *args, True)  # batch_first=True
-        out, hidden = result[0], result[1:]
-    else:
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        order, unorder = packed.sorted_indices, packed.unsorted_indices
-        hx_arg = map_state(lambda h: h.index_select(1, order), hx_arg)
-        result = fn(packed.data, packed.batch_sizes, hx_arg, *args)
-        out_packed = PackedSequence(result[0], packed.batch_sizes, order, unorder)
-        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=x.size(1))
-        hidden = tuple(h.index_select(1, unorder) for h in result[1:])
-    return out, (LSTMState(*hidden) if rnn.mode == "lstm" else hidden[0])
-
-
-_RUNNERS: dict[str, Runner] = {"loop": _run_loop, "native": _run_native}
-
-
-def register_backend(name: str, runner: Runner) -> None:
-    """Plug a fast path in as ``RNN(..., backend=name)``; it must agree with ``"loop"`` (see tests)."""
-    if name not in BACKENDS or name == "auto":
-        raise ValueError(f"name must be one of {BACKENDS[1:]}, got {name!r}")
-    _RUNNERS[name] = runner
-
-
-def _runner(name: str) -> Runner:
-    if name not in _RUNNERS:
-        import rnnkit.kernels  # noqa: F401  (registers the hand-written backends)
-    if name not in _RUNNERS:
-        raise ValueError(f"backend {name!r} is not available in this build")
-    return _RUNNERS[name]
+def _check_zoneout(value: object) -> tuple[float, float]:
+    """zoneout: one rate for h and c, or a pair (h, c)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"zoneout must be a number or a pair (h, c) of numbers in [0, 1), got {value!r}")
+        return _check_rate("zoneout[0]", value[0]), _check_rate("zoneout[1]", value[1])
+    rate = _check_rate("zoneout", value)
+    return rate, rate
 
 
 class RNN(nn.Module):
-    """Elman, LSTM or GRU layers, stacked and optionally bidirectional, compatible with torch.nn.
+    """Layers of any cell in the table (Elman, LSTM, GRU, LayerNorm LSTM, minGRU...), stacked and optionally
+    bidirectional, compatible with torch.nn for the cells torch.nn has.
 
     ``RNN("lstm", D, H, num_layers=L)`` has the parameters of ``torch.nn.LSTM(D, H, L)`` under the same names
     (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse`` for the backward
     direction) and the same default initialisation, so ``load_state_dict`` works both ways; see also
-    ``from_torch`` and ``to_torch``.
+    ``from_torch`` and ``to_torch``. Other cells name their parameters ``{kind}_l{k}`` by the kinds of their spec
+    (``rnnkit.cells.CELLS[mode].parameters``).
 
     ``forward(x, state=None, lengths=None) -> (output, state)``:
       - ``x``: (B, T, D) with ``batch_first=True`` (the default here, unlike torch.nn), else (T, B, D); or a
         ``PackedSequence``, which gives a ``PackedSequence`` back.
-      - ``state``: ``None`` for zeros; h0 (L*K, B, H) for Elman and GRU; ``(h0, c0)`` for LSTM.
+      - ``state``: ``None`` for zeros; h0 (L*K, B, H), or ``(h0, c0)`` for cells with a memory cell (LSTM).
       - ``lengths``: (B,) valid lengths of a padded batch, each in [1, T]. Outputs past a length are zero,
         the final state is each row's last valid state, and the reverse direction starts at each row's end.
       - ``mask``: the Keras-style alternative to ``lengths``, a (B, T) bool tensor ((T, B) when not
         ``batch_first``), True on valid steps; prefix masks only (anything else is a ValueError).
       - ``output``: (B, T, K*H) (or (T, B, K*H)); ``state`` in the layout above (an ``LSTMState`` for LSTM).
 
+    Regularisers (all off by default, all only while training except zoneout's expectation):
+      - ``dropout``: between layers, torch.nn's (a fresh mask each step), or one mask per sequence with
+        ``locked_dropout=True``;
+      - ``dropout_input`` / ``dropout_output``: locked (variational) dropout on the input and the output, one mask
+        per sequence for all steps (Gal and Ghahramani 2016; AWD-LSTM, Merity et al. 2017);
+      - ``weight_drop``: DropConnect on the recurrent weights, one mask per forward pass (AWD-LSTM);
+      - ``zoneout``: each unit of h (and c) keeps its previous value with this probability (Krueger et al. 2016),
+        a number or a pair (h, c); at evaluation the expectation.
+
     ``backend`` picks the engine, all proven equal by tests: ``"loop"`` steps the cell equations in Python
     (the readable reference), ``"native"`` calls torch.nn's fused kernels (oneDNN/cuDNN), ``"fused"`` is
-    rnnkit's hand-written BPTT, and ``"auto"`` chooses per mode and device (``rnnkit.kernels.auto_backend``).
+    rnnkit's whole-layer kernel (hand-written BPTT, or the cell's parallel scan), and ``"auto"`` chooses per cell,
+    options and device (``rnnkit.backends.resolve``).
     """
 
     def __init__(
         self,
-        mode: str,
+        mode: str | CellSpec,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -263,43 +213,63 @@ class RNN(nn.Module):
         bidirectional: bool = False,
         nonlinearity: str = "tanh",
         backend: str = "auto",
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_drop: float = 0.0,
+        dropout_input: float = 0.0,
+        dropout_output: float = 0.0,
+        locked_dropout: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if mode not in MODE_ALIASES:
-            raise ValueError(f"mode must be one of {tuple(MODE_ALIASES)}, got {mode!r}")
-        self.mode = MODE_ALIASES[mode]
+        self.spec = cell_spec(mode)
+        self.mode = self.spec.name
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.num_layers = check_size("num_layers", num_layers)
-        self.nonlinearity = check_nonlinearity(nonlinearity)
-        if self.mode != "elman" and nonlinearity != "tanh":
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+        if "nonlinearity" in self.spec.options:
+            self.options = self.spec.check_options(nonlinearity=nonlinearity)
+        elif nonlinearity != "tanh":
             raise ValueError(f"nonlinearity applies to mode 'elman' only, got {nonlinearity!r} for {self.mode!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        else:
+            self.options = self.spec.check_options()
+        self.nonlinearity = nonlinearity
+        self.dropout = _check_rate("dropout", dropout)
+        self.zoneout = _check_zoneout(zoneout)
+        self.weight_drop = _check_rate("weight_drop", weight_drop)
+        self.dropout_input = _check_rate("dropout_input", dropout_input)
+        self.dropout_output = _check_rate("dropout_output", dropout_output)
+        self.locked_dropout = bool(locked_dropout)
+        if self.weight_drop > 0 and self.spec.recurrent_weight is None:
+            raise ValueError(f"weight_drop needs a cell with recurrent weights, and {self.mode!r} has none")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.backend = backend
+        if backend != "auto" and backend not in backends.usable_backends(self):
+            raise ValueError(
+                f"backend {backend!r} cannot run this RNN (cell {self.mode!r}"
+                + (", zoneout" if self.zoneout != (0.0, 0.0) else "")
+                + f"); it can run on {backends.usable_backends(self)}"
+            )
 
-        G, H = GATES[self.mode], hidden_size
         kw = {"device": device, "dtype": dtype}
+        self._kinds: list[list[str]] = []  # per layer and direction, the parameter kinds in flat order
         self._flat_weight_names: list[str] = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else H * self.num_directions
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
             for direction in range(self.num_directions):
-                shapes = {"weight_ih": (G * H, layer_input), "weight_hh": (G * H, H)}
-                if bias:
-                    shapes |= {"bias_ih": (G * H,), "bias_hh": (G * H,)}
+                shapes = self.spec.shapes(layer_input, hidden_size, self.bias)
                 for kind, shape in shapes.items():
                     name = self._param_name(kind, layer, direction)
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **kw)))
                     self._flat_weight_names.append(name)
+                self._kinds.append(list(shapes))
         self.reset_parameters()
 
     @staticmethod
@@ -307,54 +277,67 @@ class RNN(nn.Module):
         return f"{kind}_l{layer}" + ("_reverse" if direction == 1 else "")
 
     def reset_parameters(self) -> None:
-        """torch.nn's default: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)]."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        """The cell's initialisation: torch.nn's uniform in [-1/sqrt(H), 1/sqrt(H)] unless the spec says otherwise
+        (LayerNorm gains 1 and shifts 0)."""
+        with torch.no_grad():
+            K = self.num_directions
+            for k, kinds in enumerate(self._kinds):
+                for kind in kinds:
+                    p = getattr(self, self._param_name(kind, k // K, k % K))
+                    self.spec.initialise(kind, p, self.hidden_size)
 
     def flat_weights(self) -> list[Tensor]:
         """Parameters in torch.nn's ``_flat_weights`` order: per layer, per direction, w_ih, w_hh, b_ih, b_hh."""
         return [getattr(self, name) for name in self._flat_weight_names]
 
+    def layer_params(self, layer: int, direction: int = 0) -> dict[str, Tensor | None]:
+        """One layer and direction's parameters by kind (every kind of the spec; a bias kind None without bias)."""
+        kinds = self.spec.parameters(1, 1)
+        return {kind: getattr(self, self._param_name(kind, layer, direction), None) for kind in kinds}
+
     def layer_weights(self, layer: int, direction: int = 0) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction (biases None without bias)."""
-        get = partial(lambda kind: getattr(self, self._param_name(kind, layer, direction), None))
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        p = self.layer_params(layer, direction)
+        return p["weight_ih"], p.get("weight_hh"), p.get("bias_ih"), p.get("bias_hh")
+
+    def forward_weights(self) -> list[dict[str, Tensor | None]]:
+        """Per layer and direction (k = layer * K + direction), the parameters a forward pass uses: with
+        ``weight_drop`` while training, the recurrent weight gets a DropConnect mask, one per forward pass."""
+        K = self.num_directions
+        weights = [self.layer_params(k // K, k % K) for k in range(self.num_layers * K)]
+        if self.weight_drop > 0 and self.training:
+            kind = self.spec.recurrent_weight
+            for w in weights:
+                w[kind] = F.dropout(w[kind], self.weight_drop, True)  # kept weights scaled by 1/(1-p)
+        return weights
+
+    def step_with(self, weights: dict[str, Tensor | None]) -> Callable[[Tensor, State], tuple[Tensor, State]]:
+        """``y, state = step(x_t, state)`` on the given parameters of one layer and direction, zoneout included."""
+        step = backends.step_function(self, weights)
+        if self.zoneout != (0.0, 0.0):
+            step = backends.zoneout(step, self.spec, *self.zoneout, self.training)
+        return step
 
     def step_function(self, layer: int, direction: int = 0) -> Callable[[Tensor, State], tuple[Tensor, State]]:
-        """``y, state = step(x_t, state)`` for one layer and direction: the cell equations of ``rnnkit.cells``."""
-        w = self.layer_weights(layer, direction)
-        if self.mode == "lstm":
+        """``y, state = step(x_t, state)`` for one layer and direction: the cell's equations (``CellSpec.step``)."""
+        return self.step_with(self.layer_params(layer, direction))
 
-            def step(x_t: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
-                state = lstm_step(x_t, state, *w)
-                return state.h, state
-
-        elif self.mode == "gru":
-
-            def step(x_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-                h = gru_step(x_t, h, *w)
-                return h, h
-
-        else:
-
-            def step(x_t: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-                h = elman_step(x_t, h, *w, nonlinearity=self.nonlinearity)
-                return h, h
-
-        return step
+    def between_layers(self, x: Tensor) -> Tensor:
+        """Dropout on the time-major input (T, B, F) of a layer above the first (``rnnkit.backends``)."""
+        return between_layers(x, self.dropout, self.locked_dropout, self.training)
 
     def initial_state(self, batch_size: int, *, device=None, dtype=None) -> State:
         """The zero state: (L*K, B, H), or an LSTMState of two such tensors."""
-        ref = self.weight_hh_l0
+        ref = self.weight_ih_l0
         shape = (self.num_layers * self.num_directions, batch_size, self.hidden_size)
         zeros = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
-        return LSTMState(zeros, zeros.clone()) if self.mode == "lstm" else zeros
+        return LSTMState(zeros, zeros.clone()) if self.spec.has_cell else zeros
 
     def _check_state(self, state: State, batch_size: int) -> State:
         expected = (self.num_layers * self.num_directions, batch_size, self.hidden_size)
-        names = ("state.h", "state.c") if self.mode == "lstm" else ("state",)
-        if self.mode == "lstm":
+        has_cell = self.spec.has_cell
+        names = ("state.h", "state.c") if has_cell else ("state",)
+        if has_cell:
             if not isinstance(state, tuple) or len(state) != 2:
                 raise TypeError(f"state must be an LSTMState(h, c) or a pair of Tensors, got {type(state).__name__}")
             parts = tuple(state)
@@ -365,15 +348,11 @@ class RNN(nn.Module):
                 raise TypeError(f"{name} must be a Tensor of shape {expected}, got {type(part).__name__}")
             if tuple(part.shape) != expected:
                 raise ValueError(f"{name} must have shape (L*K, B, H)={expected}, got {tuple(part.shape)}")
-        return LSTMState(*parts) if self.mode == "lstm" else parts[0]
+        return LSTMState(*parts) if has_cell else parts[0]
 
     def resolved_backend(self, x: Tensor) -> str:
         """The backend a forward pass on ``x`` uses (resolves ``"auto"``)."""
-        if self.backend != "auto":
-            return self.backend
-        from rnnkit.kernels import auto_backend
-
-        return auto_backend(self, x)
+        return backends.resolve(self, x)
 
     def forward(
         self,
@@ -403,18 +382,26 @@ class RNN(nn.Module):
             if bool((lengths == T).all()):
                 lengths = None  # nothing is padded: the unmasked path gives the same result
         state = self.initial_state(B, device=x.device, dtype=x.dtype) if state is None else self._check_state(state, B)
-        out, state = _runner(self.resolved_backend(x))(self, x, state, lengths)  # (B, T, K*H)
+        out, state = self._run(x, state, lengths)
         if packed is not None:
             return _repack(out, packed), state
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, state
 
+    def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+        """The checked, batch-first forward: locked dropout around the backend's run of every layer."""
+        x = locked_dropout(x, self.dropout_input, self.training)  # (B, T, D)
+        run = backends.runner(self.resolved_backend(x))
+        out, state = run(self, x, state, lengths, self.forward_weights())  # (B, T, K*H)
+        return locked_dropout(out, self.dropout_output, self.training), state
+
     def step(self, x_t: Tensor, state: State = None) -> tuple[Tensor, State]:
         """One time step through every layer, for generation: ``x_t`` (B, D) -> ``y_t`` (B, H), new state.
 
         The same as ``forward`` on a length-1 sequence (unidirectional layers only), through the fastest
-        single-step path (``rnnkit.kernels.fast_step``). The state layout is that of ``forward``.
+        single-step path (``rnnkit.kernels.fast_step``) where the cell has one. The state layout is that of
+        ``forward``.
         """
         if self.bidirectional:
             raise ValueError("step needs a unidirectional RNN (bidirectional=False), got bidirectional=True")
@@ -425,9 +412,12 @@ class RNN(nn.Module):
         state = (
             self.initial_state(B, device=x_t.device, dtype=x_t.dtype) if state is None else self._check_state(state, B)
         )
-        from rnnkit.kernels import fast_step
+        from rnnkit.kernels.step import can_fast, fast_step
 
-        return fast_step(self, x_t, state)
+        if can_fast(self, x_t, state):
+            return fast_step(self, x_t, state)
+        out, state = self._run(x_t.unsqueeze(1), state, None)  # (B, 1, H)
+        return out.squeeze(1), state
 
     def extra_repr(self) -> str:
         s = f"{self.mode!r}, {self.input_size}, {self.hidden_size}"
@@ -440,6 +430,11 @@ class RNN(nn.Module):
             ("bidirectional", False),
             ("nonlinearity", "tanh"),
             ("backend", "auto"),
+            ("zoneout", (0.0, 0.0)),
+            ("weight_drop", 0.0),
+            ("dropout_input", 0.0),
+            ("dropout_output", 0.0),
+            ("locked_dropout", False),
         ]:
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
@@ -474,8 +469,17 @@ class RNN(nn.Module):
         return rnn.train(module.training)
 
     def to_torch(self) -> nn.RNNBase:
-        """A ``torch.nn.RNN/LSTM/GRU`` with this configuration and a copy of these weights."""
-        cls = {"elman": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[self.mode]
+        """A ``torch.nn.RNN/LSTM/GRU`` with this configuration and a copy of these weights.
+
+        Raises ValueError for a cell torch.nn does not have, and for zoneout (torch.nn has no equivalent); the
+        training-only regularisers (weight-drop, locked dropout) are left behind, which changes nothing at
+        evaluation.
+        """
+        cls = self.spec.torch_module
+        if cls is None:
+            raise ValueError(f"cell {self.mode!r} has no torch.nn equivalent (torch.nn has {TORCH_MODES})")
+        if self.zoneout != (0.0, 0.0):
+            raise ValueError(f"zoneout={self.zoneout} has no torch.nn equivalent; build the RNN with zoneout=0")
         kw: dict[str, Any] = {"nonlinearity": self.nonlinearity} if self.mode == "elman" else {}
         ref = self.weight_ih_l0
         module = cls(

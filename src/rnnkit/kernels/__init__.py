@@ -1,5 +1,8 @@
 """Fast paths for ``rnnkit.RNN``, each proven equal to the ``"loop"`` reference by the test suite.
 
+This package imports nothing from ``rnnkit.recurrent`` or ``rnnkit.backends``: the fused layers are a table by
+cell name (``fused.LAYERS``) that ``rnnkit.backends`` reads.
+
 ``auto_backend`` is the documented rule behind ``backend="auto"``.
 """
 
@@ -17,12 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["auto_backend", "fast_step"]
 
 from rnnkit.kernels.extension import wanted
-from rnnkit.kernels.fused import run_fused
 from rnnkit.kernels.step import fast_step
-from rnnkit.recurrent import register_backend
-
-register_backend("fused", run_fused)
-
 
 # With the C++ loops, fused runs inference (no autograd) from this many multiply-adds per recurrent step
 # (B * G*H * H) and Elman trains fused from this many state values per step (B * H); GRU always trains fused.

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.cells import LSTMState
+from rnnkit.cells.spec import LSTMState
 from rnnkit.kernels.extension import wanted
 
-__all__ = ["fast_step", "prepared_step_weights", "torch_step"]
+__all__ = ["can_fast", "fast_step", "prepared_step_weights", "torch_step"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _NP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -211,7 +211,15 @@ def _numpy_step(rnn, x_t: Tensor, state):
     return y, torch.from_numpy(h_out)
 
 
-def _can_fast(rnn, x_t: Tensor, state) -> bool:
+# The cells the fast step knows; the others step through their backend on a length-1 sequence.
+FAST_STEP_CELLS = ("elman", "lstm", "gru")
+
+
+def can_fast(rnn, x_t: Tensor, state) -> bool:
+    """Whether ``fast_step`` computes ``rnn``'s step: a cell it knows, no zoneout, no autograd, no training-mode
+    dropout between layers."""
+    if rnn.mode not in FAST_STEP_CELLS or rnn.zoneout != (0.0, 0.0):
+        return False
     if rnn.training and rnn.dropout > 0 and rnn.num_layers > 1:
         return False
     if not torch.is_grad_enabled():
@@ -253,11 +261,6 @@ def fast_step(rnn, x_t: Tensor, state):
     Equal to ``rnn(x_t.unsqueeze(1), state)`` with the time axis dropped (tests/test_fused.py checks it).
     On CPU: the C++ step for batches up to ``CPP_STEP_MAX_BATCH`` when the extension is built, else NumPy.
     """
-    if not _can_fast(rnn, x_t, state):
-        from rnnkit.recurrent import _runner
-
-        out, state = _runner(rnn.resolved_backend(x_t))(rnn, x_t.unsqueeze(1), state, None)  # (B, 1, H)
-        return out.squeeze(1), state
     if x_t.device.type == "cpu" and x_t.dtype in (torch.float32, torch.float64) and x_t.dtype == rnn.weight_hh_l0.dtype:
         ext = wanted(x_t) if x_t.size(0) <= CPP_STEP_MAX_BATCH else None
         if ext is not None:
