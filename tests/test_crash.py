@@ -39,8 +39,9 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def straight(corpus, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("straight") / "run"
+    started = time.monotonic()
     subprocess.run(_train(corpus, out), env=ENV, check=True, capture_output=True, timeout=300)
-    return load_checkpoint(out / "last.pt")
+    return {**load_checkpoint(out / "last.pt"), "seconds": time.monotonic() - started}
 
 
 @pytest.mark.slow
@@ -51,13 +52,16 @@ def test_killed_runs_resume_to_the_same_bits(seed, corpus, straight, tmp_path):
     killed_at = []  # the step of last.pt after each kill (None: killed before the first checkpoint)
     for _attempt in range(12):
         resume = ["--resume"] if (out / "last.pt").exists() else []
+        left = 1 - (load_checkpoint(out / "last.pt")["step"] / 3000 if resume else 0)  # share of the steps to run
         proc = subprocess.Popen(_train(corpus, out, *resume), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
         if len(killed_at) < 3:  # the first three attempts die at a random moment of training
             started = time.monotonic()
             while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() - started < 60:
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 5.0))
+            # a random moment within the first half of what the rest of the run takes, timed on the uninterrupted
+            # run, so each kill lands inside training however fast this machine is
+            time.sleep(rng.uniform(0.0, 0.5 * left * straight["seconds"]))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=60)

@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rnnkit.cells import cell_spec
 from rnnkit.cliargs import int_flag
 from rnnkit.errors import ConfigError
 from rnnkit.kernels import extension
 from rnnkit.kernels.ops import linear, onednn_available
-from rnnkit.recurrent import GATES, MODES, RNN
+from rnnkit.recurrent import RNN, TORCH_MODES
 
 __all__ = ["add_arguments", "run"]
 
@@ -80,9 +81,9 @@ def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
 
 def _parse_modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in TORCH_MODES]
     if not modes or bad:
-        raise ConfigError(f"--modes must be a comma-separated subset of {MODES}, got {text!r}")
+        raise ConfigError(f"--modes must be a comma-separated subset of {TORCH_MODES}, got {text!r}")
     return modes
 
 
@@ -185,7 +186,8 @@ def _bench_memory(mode, shape, write) -> None:
 
 
 def _layer_flops(mode: str, B: int, T: int, D: int, H: int) -> float:
-    return 2.0 * B * T * GATES[mode] * H * (D + H)  # forward GEMM flops of one layer and direction
+    G = cell_spec(mode).shapes(D, H)["weight_ih"][0] // H  # gates
+    return 2.0 * B * T * G * H * (D + H)  # forward GEMM flops of one layer and direction
 
 
 def _bench_sequence(mode, shape, repeats, device, loop_train, write) -> dict[str, float]:

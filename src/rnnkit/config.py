@@ -20,6 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from rnnkit.cells import cell_spec
 from rnnkit.errors import ConfigError
 from rnnkit.recurrent import BACKENDS, MODES
 
@@ -29,6 +30,7 @@ __all__ = [
     "INITS",
     "MODES",
     "OPTIMIZERS",
+    "Regularisers",
     "RunConfig",
     "TrainConfig",
     "check_bool",
@@ -80,6 +82,41 @@ def check_recurrent(config: Any, max_size: int = 2**20) -> None:
     check_float("dropout", config.dropout, 0.0, 1.0, high_open=True)
     check_choice("backend", config.backend, BACKENDS)
     check_choice("init", config.init, INITS)
+    if config.init == "orthogonal" and cell_spec(config.mode).recurrent_weight is None:
+        raise ConfigError(f"init orthogonal needs a cell with recurrent weights, and mode {config.mode!r} has none")
+    if isinstance(config, Regularisers):
+        for name in ("zoneout", "weight_drop", "dropout_input", "dropout_output"):
+            check_float(name, getattr(config, name), 0.0, 1.0, high_open=True)
+        check_bool("locked_dropout", config.locked_dropout)
+        if config.weight_drop > 0 and cell_spec(config.mode).recurrent_weight is None:
+            raise ConfigError(f"weight_drop needs a cell with recurrent weights, and mode {config.mode!r} has none")
+
+
+@dataclass(frozen=True)
+class Regularisers:
+    """The recurrent regularisers every task's model section has (all off by default); see ``rnnkit.RNN``."""
+
+    zoneout: float = field(
+        default=0.0,
+        metadata={"help": "zoneout on h and c: chance a unit keeps its previous value (Krueger et al. 2016), [0, 1)"},
+    )
+    weight_drop: float = field(
+        default=0.0, metadata={"help": "DropConnect on the recurrent weights, one mask per batch (AWD-LSTM), [0, 1)"}
+    )
+    dropout_input: float = field(
+        default=0.0, metadata={"help": "locked dropout on the recurrence's input, one mask per sequence, [0, 1)"}
+    )
+    dropout_output: float = field(
+        default=0.0, metadata={"help": "locked dropout on the recurrence's output, one mask per sequence, [0, 1)"}
+    )
+    locked_dropout: bool = field(
+        default=False, metadata={"help": "between layers, one dropout mask per sequence instead of one per step"}
+    )
+
+    def rnn_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``rnnkit.RNN`` these fields set."""
+        names = ("zoneout", "weight_drop", "dropout_input", "dropout_output", "locked_dropout")
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def gradient_flow(
     step = rnn.step_function(0, 0)
     with torch.enable_grad():
         # h_0 needs a graph even when the parameters are frozen, so the initial state is a leaf that wants grad.
-        if rnn.mode == "lstm":
+        if rnn.spec.has_cell:
             state = LSTMState(state.h[0].detach().requires_grad_(), state.c[0].detach())  # 2 x (B, H)
         else:
             state = state[0].detach().requires_grad_()  # (B, H)
@@ -124,7 +124,7 @@ def compare_gradient_flow(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             rnn = RNN(mode, input_size, hidden_size, backend="loop", dtype=dtype)
-        if rnn.mode == "lstm" and forget_bias is not None:
+        if rnn.spec.has_cell and forget_bias is not None:
             init_forget_bias_(rnn, forget_bias)
         curves[mode] = gradient_flow(rnn, x, loss_fn=loss_fn)
     log.info("gradient flow, T=%d H=%d seed=%d: vanishing factors %s", seq_len, hidden_size, seed, summary(curves))

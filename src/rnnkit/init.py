@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["init_forget_bias_", "init_orthogonal_"]
+__all__ = ["init_forget_bias_", "init_orthogonal_", "initialise_"]
 
 
 def _gate_blocks(module: nn.Module, prefix: str):
@@ -66,3 +66,19 @@ def init_forget_bias_(module: nn.Module, value: float = 1.0) -> nn.Module:
         H = _hidden_size(module, name, b)
         b[H : 2 * H] = value if name.rsplit(".", 1)[-1].startswith("bias_ih") else 0.0
     return module
+
+
+INITS = ("torch", "orthogonal")
+
+
+def initialise_(rnn: nn.Module, init: str) -> nn.Module:
+    """A task's ``init`` choice on an ``rnnkit.RNN``: ``"torch"`` keeps the cell's default; ``"orthogonal"`` makes
+    each gate block of W_hh orthogonal and, for cells with a memory cell (LSTM), sets the forget bias to 1
+    (Jozefowicz et al. 2015). Returns ``rnn``."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "orthogonal":
+        init_orthogonal_(rnn)
+        if rnn.spec.has_cell and rnn.bias:
+            init_forget_bias_(rnn, 1.0)
+    return rnn

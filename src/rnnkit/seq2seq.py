@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, LSTMState
+from rnnkit.cells import Cell, LSTMState, cell_spec
 from rnnkit.recurrent import RNN
 from rnnkit.sequence import lengths_to_mask
 
@@ -42,7 +42,6 @@ __all__ = [
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 ATTENTIONS = ("dot", "general", "bahdanau")
-_CELLS = {"elman": ElmanCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 class Attention(nn.Module):
@@ -91,20 +90,19 @@ class Seq2Seq(nn.Module):
     def __init__(self, source_vocab: int, target_vocab: int, *, mode: str = "lstm", embedding_size: int = 64,
                  hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = True, decoder_layers: int = 1,
                  attention: str = "general", input_feeding: bool = True, tie_embeddings: bool = False,
-                 dropout: float = 0.0, backend: str = "auto") -> None:  # fmt: skip
+                 dropout: float = 0.0, backend: str = "auto", encoder_options: dict | None = None) -> None:  # fmt: skip
         super().__init__()
-        if mode not in _CELLS:
-            raise ValueError(f"mode must be one of {', '.join(_CELLS)}, got {mode!r}")
+        self.spec = cell_spec(mode)
         K = 2 if bidirectional else 1
         D = K * hidden_size  # the decoder is as wide as the memory, so dot attention always applies
-        self.mode, self.K, self.D, self.input_feeding = mode, K, D, input_feeding
+        self.mode, self.K, self.D, self.input_feeding = self.spec.name, K, D, input_feeding
         self.src_embed = nn.Embedding(source_vocab, embedding_size, padding_idx=PAD)
         self.encoder = RNN(mode, embedding_size, hidden_size, num_layers, dropout=dropout, bidirectional=bidirectional,
-                           backend=backend)  # fmt: skip
+                           backend=backend, **(encoder_options or {}))  # fmt: skip
         self.tgt_embed = nn.Embedding(target_vocab, embedding_size, padding_idx=PAD)
         self.bridge = nn.Linear(D, D)
         sizes = [embedding_size + (D if input_feeding else 0)] + [D] * (decoder_layers - 1)
-        self.cells = nn.ModuleList(_CELLS[mode](size, D) for size in sizes)
+        self.cells = nn.ModuleList(Cell(mode, size, D) for size in sizes)
         self.attention = Attention(attention, D, D)
         self.combine = nn.Linear(2 * D, D, bias=False)
         self.drop = nn.Dropout(dropout)
@@ -122,7 +120,7 @@ class Seq2Seq(nn.Module):
         memory, state = self.encoder(self.drop(self.src_embed(source)), lengths=lengths)  # (B, S, D)
         h = state.h if isinstance(state, tuple) else state  # (L*K, B, H)
         s0 = torch.tanh(self.bridge(torch.cat(list(h[-self.K :]), dim=-1)))  # (B, D)
-        layers = [LSTMState(s0, torch.zeros_like(s0)) if self.mode == "lstm" else s0 for _ in self.cells]
+        layers = [LSTMState(s0, torch.zeros_like(s0)) if self.spec.has_cell else s0 for _ in self.cells]
         mask = lengths_to_mask(lengths.to(memory.device), memory.size(1))  # (B, S)
         return Memory(memory, self.attention.keys(memory), mask), (layers, torch.zeros_like(s0))
 

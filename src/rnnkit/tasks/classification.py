@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
+    MODES,
+    Regularisers,
     RunConfig,
     TrainConfig,
     check_bool,
@@ -43,7 +45,7 @@ from rnnkit.data.labelled import (
 )
 from rnnkit.distributed import all_reduce
 from rnnkit.errors import ConfigError, DataError
-from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confusion
 from rnnkit.recurrent import RNN
@@ -63,10 +65,10 @@ POOLINGS = ("last", "mean", "max", "attention")
 
 
 @dataclass(frozen=True)
-class ClassifyModelConfig:
+class ClassifyModelConfig(Regularisers):
     """Embedding or standardisation -> rnnkit.RNN -> pooling -> MLP head (``SequenceClassifier``)."""
 
-    mode: str = field(default="gru", metadata={"help": "recurrent cell: lstm, gru or elman"})
+    mode: str = field(default="gru", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
     embedding_size: int = field(default=64, metadata={"help": "token embedding width (units; text only)"})
     hidden_size: int = field(default=128, metadata={"help": "hidden state width per layer and direction (units)"})
     num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
@@ -170,7 +172,7 @@ class SequenceClassifier(nn.Module):
             D = input_channels
         K, H = 2 if config.bidirectional else 1, config.hidden_size
         self.rnn = RNN(config.mode, D, H, config.num_layers, dropout=config.dropout,
-                       bidirectional=config.bidirectional, backend=config.backend)  # fmt: skip
+                       bidirectional=config.bidirectional, backend=config.backend, **config.rnn_options())  # fmt: skip
         self.score = nn.Linear(K * H, 1) if config.pooling == "attention" else None
         self.attend = nn.Linear(K * H, K * H) if config.pooling == "attention" else None
         self.drop = nn.Dropout(config.dropout)
@@ -179,10 +181,7 @@ class SequenceClassifier(nn.Module):
                                       nn.Linear(config.head_size, num_classes))  # fmt: skip
         else:
             self.head = nn.Linear(K * H, num_classes)
-        if config.init == "orthogonal":
-            init_orthogonal_(self.rnn)
-            if config.mode == "lstm":
-                init_forget_bias_(self.rnn, 1.0)  # Jozefowicz et al. 2015
+        initialise_(self.rnn, config.init)
 
     def encode(self, x: Tensor) -> Tensor:
         """The RNN's input: token embeddings (B, T) -> (B, T, E), or standardised series (B, T, D)."""

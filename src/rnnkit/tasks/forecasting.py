@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
+    MODES,
+    Regularisers,
     RunConfig,
     TrainConfig,
     check_bool,
@@ -46,7 +48,7 @@ from rnnkit.config import (
 )
 from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, read_series
 from rnnkit.errors import ConfigError, DataError
-from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import forecast_scores
 from rnnkit.recurrent import RNN
@@ -95,10 +97,10 @@ def parse_lags(text: str, season_length: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ForecastModelConfig:
+class ForecastModelConfig(Regularisers):
     """Inputs -> rnnkit.RNN -> a distribution head (sampled) or a direct multi-horizon quantile head."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell: lstm, gru or elman"})
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
     hidden_size: int = field(default=64, metadata={"help": "hidden state width per layer (units)"})
     num_layers: int = field(default=2, metadata={"help": "stacked recurrent layers (count)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between layers, in [0, 1)"})
@@ -205,13 +207,10 @@ class Forecaster(nn.Module):
         self.embed = nn.Embedding(num_series, config.id_embedding) if config.id_embedding and num_series else None
         D = input_size + (config.id_embedding if self.embed is not None else 0)
         self.rnn = RNN(config.mode, D, config.hidden_size, config.num_layers, dropout=config.dropout,
-                       backend=config.backend)  # fmt: skip
+                       backend=config.backend, **config.rnn_options())  # fmt: skip
         P = horizon * len(levels) if config.head == "quantile" else _PARAMS[config.head]
         self.head = nn.Linear(config.hidden_size, P)
-        if config.init == "orthogonal":
-            init_orthogonal_(self.rnn)
-            if config.mode == "lstm":
-                init_forget_bias_(self.rnn, 1.0)
+        initialise_(self.rnn, config.init)
 
     def forward(self, x: Tensor, ids: Tensor | None = None, state=None) -> tuple[Tensor, Any]:
         """x (B, T, D), ids (B,) long (-1 = a series the run never saw: the mean embedding) -> (B, T, P), state."""

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
+    MODES,
+    Regularisers,
     RunConfig,
     TrainConfig,
     check_bool,
@@ -30,7 +32,7 @@ from rnnkit.config import (
 )
 from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
 from rnnkit.errors import ConfigError, DataError
-from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.init import initialise_
 from rnnkit.metrics import evaluate_ids
 from rnnkit.recurrent import RNN
 from rnnkit.tasks.base import Task
@@ -39,10 +41,10 @@ __all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMT
 
 
 @dataclass(frozen=True)
-class LMModelConfig:
+class LMModelConfig(Regularisers):
     """Embedding -> rnnkit.RNN -> dropout -> linear head (``CharLM``)."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell: lstm, gru or elman"})
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
     embedding_size: int = field(default=64, metadata={"help": "character embedding width (units)"})
     hidden_size: int = field(default=384, metadata={"help": "hidden state width per layer (units)"})
     num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
@@ -130,17 +132,15 @@ class CharLM(nn.Module):
         self.config = config
         E, H, V = config.embedding_size, config.hidden_size, vocab_size
         self.embedding = nn.Embedding(V, E)
-        self.rnn = RNN(config.mode, E, H, config.num_layers, dropout=config.dropout, backend=config.backend)
+        self.rnn = RNN(config.mode, E, H, config.num_layers, dropout=config.dropout, backend=config.backend,
+                       **config.rnn_options())  # fmt: skip
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(H, V)
         if config.tie_weights:
             # Weight tying (Press & Wolf 2016, "Using the Output Embedding to Improve Language Models"):
             # the head's (V, H) weight is the embedding's (V, E) table, E == H.
             self.head.weight = self.embedding.weight
-        if config.init == "orthogonal":
-            init_orthogonal_(self.rnn)
-            if config.mode == "lstm":
-                init_forget_bias_(self.rnn, 1.0)  # Jozefowicz et al. 2015
+        initialise_(self.rnn, config.init)
 
     def forward(self, tokens: Tensor, state=None) -> tuple[Tensor, object]:
         """tokens (B, T) long -> logits (B, T, V), new state."""

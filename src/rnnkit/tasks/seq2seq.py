@@ -21,11 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnkit.config import RunConfig, TrainConfig, check_bool, check_choice, check_float, check_int, check_recurrent
+from rnnkit.config import (
+    MODES,
+    Regularisers,
+    RunConfig,
+    TrainConfig,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_recurrent,
+)
 from rnnkit.data.labelled import BucketBatches, LengthBuckets, TokenVocab
 from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
 from rnnkit.errors import ConfigError
-from rnnkit.init import init_forget_bias_, init_orthogonal_
+from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import plot_alignments
 from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, alignment, beam_search, greedy
@@ -46,10 +56,10 @@ SPECIALS = ("<s>", "</s>")
 
 
 @dataclass(frozen=True)
-class Seq2SeqModelConfig:
+class Seq2SeqModelConfig(Regularisers):
     """Embedding -> rnnkit.RNN encoder -> attention decoder (``rnnkit.seq2seq.Seq2Seq``)."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell of encoder and decoder: lstm, gru or elman"})
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell of encoder and decoder: " + ", ".join(MODES)})
     embedding_size: int = field(default=64, metadata={"help": "token embedding width, both sides (units)"})
     hidden_size: int = field(default=128, metadata={"help": "encoder width per direction (units; decoder: x2 if bi)"})
     num_layers: int = field(default=1, metadata={"help": "encoder layers (count)"})
@@ -227,11 +237,9 @@ class Seq2SeqTask(Task):
         model = Seq2Seq(len(self.source_vocab), len(self.target_vocab), mode=m.mode, embedding_size=m.embedding_size,
                         hidden_size=m.hidden_size, num_layers=m.num_layers, bidirectional=m.bidirectional,
                         decoder_layers=m.decoder_layers, attention=m.attention, input_feeding=m.input_feeding,
-                        tie_embeddings=m.tie_embeddings, dropout=m.dropout, backend=m.backend)  # fmt: skip
-        if m.init == "orthogonal":
-            init_orthogonal_(model.encoder)
-            if m.mode == "lstm":
-                init_forget_bias_(model.encoder, 1.0)
+                        tie_embeddings=m.tie_embeddings, dropout=m.dropout, backend=m.backend,
+                        encoder_options=m.rnn_options())  # fmt: skip
+        initialise_(model.encoder, m.init)
         return model
 
     def describe(self) -> dict[str, Any]:
