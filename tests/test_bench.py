@@ -19,7 +19,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_quick_table_structure():
     lines: list[str] = []
-    status = run(_args("--quick", "--modes", "gru,lstm", "--repeats", "1"), lines.append)
+    status = run(_args("--quick", "--modes", "gru,lstm", "--repeats", "1", "--cells", "layernorm-lstm"), lines.append)
     assert status == 0
     assert lines[0].startswith("rnnkit bench: device=cpu")
     assert "GEMM peak" in lines[1] and "GFLOP/s" in lines[1]
@@ -44,6 +44,15 @@ def test_quick_table_structure():
     train_nn = [r for r in rows if r[2] == "train" and r[3] == "torch.nn"]
     assert all(float(r[8]) == 1.0 for r in train_nn)  # memory ratio of torch.nn to itself
     assert any("share of the GEMM peak" in line for line in lines)
+    cell_rows = [line.split() for line in lines if line.split()[0] == "layernorm-lstm"]
+    assert {(r[1], r[3]) for r in cell_rows} >= {("8x16x32", "loop"), ("4x8x16", "loop")}
+    assert all(float(r[5].rstrip("x")) == 1.0 for r in cell_rows if r[3] == "loop")  # against the cell's own loop
+    reg = {(r[0], r[1]): r for r in (line.split() for line in lines) if "+" in r[0]}
+    for mode in ("gru", "lstm"):
+        for name in ("plain", "weight-drop", "locked", "zoneout"):
+            assert (f"{mode}+{name}", "8x16x32") in reg
+        assert float(reg[(f"{mode}+plain", "8x16x32")][5].rstrip("x")) == 1.0
+        assert reg[(f"{mode}+zoneout", "8x16x32")][3] == "loop"  # zoneout runs on the loop backend
     assert "saved_tensors_hooks" in lines[-1]
 
 

@@ -7,6 +7,10 @@ For each mode and shape (B x T x H, input size D = H, one layer), three tasks:
 - ``step``: batch-1 generation with a 2-layer model, ``RNN.step`` (``kernels.fast_step``) against a torch
   ``LSTMCell``/``GRUCell``/``RNNCell`` loop (us per token).
 
+Then the cells torch.nn lacks (``--cells``), each backend's train step against the cell's own ``loop``, and the
+regularisers (``--regularisers``): a train step with weight-drop, locked dropout or zoneout against the same layer
+without (ratio < 1: what the regulariser costs).
+
 Every task times its candidates interleaved in one process (one call of each in turn, ``--repeats`` rounds)
 and reports medians, the ratio torch.nn time / backend time (> 1: faster than torch.nn), GFLOP/s and the share
 of the measured GEMM peak (the faster of ``torch.mm`` and oneDNN's linear on 2048^3). The train rows also
@@ -27,12 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rnnkit.backends import available_backends
 from rnnkit.cells import cell_spec
 from rnnkit.cliargs import int_flag
 from rnnkit.errors import ConfigError
 from rnnkit.kernels import extension
 from rnnkit.kernels.ops import linear, onednn_available
-from rnnkit.recurrent import RNN, TORCH_MODES
+from rnnkit.recurrent import MODES, RNN, TORCH_MODES
 
 __all__ = ["add_arguments", "run"]
 
@@ -53,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch intra-op threads (0: leave torch's default)")  # fmt: skip
     parser.add_argument("--tokens", type=int_flag(1, 1_000_000), default=100,
                         help="tokens per batch-1 generation measurement")  # fmt: skip
+    parser.add_argument(
+        "--cells",
+        default=None,
+        help="comma-separated cells torch.nn lacks, timed against their loop (default: all; '' = none)",
+    )
+    parser.add_argument("--regularisers", default="lstm,gru",
+                        help="modes whose train step is timed with each regulariser ('' = none)")  # fmt: skip
     parser.add_argument("--skip-loop-train", action="store_true", help="leave out the slow 'loop' backend's train step")
     parser.add_argument("--quick", action="store_true", help="toy sizes and 2 rounds: a smoke run of the table")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default: cpu)")
@@ -269,13 +281,76 @@ def _bench_step(mode, H, tokens, repeats, device, write) -> None:
         write(_row(mode, f"1x1x{H}", "step", label, per * 1e6, t["torch.nn"] / t[name], flops / per / 1e9, ""))
 
 
+def _bench_cell(mode, shape, repeats, device, write) -> None:
+    """A cell torch.nn lacks: each of its backends' train step against its loop (ratio = loop time / this)."""
+    B, T, H = shape
+    rnn = RNN(mode, H, H, device=device)
+    x = torch.randn(B, T, H, device=device, requires_grad=True)
+    backends = [b for b in available_backends(rnn.spec) if b != "native"]
+
+    def train(backend):
+        def fn():
+            rnn.backend = backend
+            rnn(x)[0].sum().backward()
+
+        return fn
+
+    t = interleaved_medians({b: train(b) for b in backends}, repeats, device)
+    for b in backends:
+        rnn.backend = b
+        mib = saved_bytes(lambda: rnn(x)[0].sum(), [*rnn.parameters(), x]) / 2**20
+        flops = 3 * _layer_flops(mode, B, T, H, H)
+        write(_row(mode, f"{B}x{T}x{H}", "train", b, t[b] * 1e3, t["loop"] / t[b], flops / t[b] / 1e9, f"{mib:9.1f}"))
+
+
+REGULARISERS = {
+    "plain": {},
+    "weight-drop": {"weight_drop": 0.25},
+    "locked": {"dropout_input": 0.1, "dropout_output": 0.1},
+    "zoneout": {"zoneout": 0.1},
+}
+
+
+def _bench_regularisers(mode, shape, repeats, device, write) -> None:
+    """A train step with each regulariser against the same layer without (ratio = plain time / this)."""
+    B, T, H = shape
+    x = torch.randn(B, T, H, device=device, requires_grad=True)
+    rnns = {}
+    for name, options in REGULARISERS.items():
+        torch.manual_seed(0)
+        rnns[name] = RNN(mode, H, H, device=device, **options).train()
+
+    def train(rnn):
+        return lambda: rnn(x)[0].sum().backward()
+
+    t = interleaved_medians({name: train(rnn) for name, rnn in rnns.items()}, repeats, device)
+    flops = 3 * _layer_flops(mode, B, T, H, H)
+    for name, rnn in rnns.items():
+        ratio, gflops = t["plain"] / t[name], flops / t[name] / 1e9
+        write(
+            _row(f"{mode}+{name}", f"{B}x{T}x{H}", "train", rnn.resolved_backend(x), t[name] * 1e3, ratio, gflops, "")
+        )
+
+
+def _parse_names(text: str | None, choices: tuple[str, ...], flag: str) -> list[str]:
+    if text is None:
+        return list(choices)
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in choices]
+    if bad:
+        raise ConfigError(f"{flag} must be a comma-separated subset of {choices}, got {text!r}")
+    return names
+
+
 def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
-    return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {ratio:7.2f}x {gflops:8.1f} {extra}"
+    return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {ratio:7.2f}x {gflops:8.1f} {extra}".rstrip()
 
 
 def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
     """Measure and write the table through ``write``; returns the exit status (0)."""
     modes = _parse_modes(args.modes)
+    cells = _parse_names(getattr(args, "cells", None), tuple(m for m in MODES if m not in TORCH_MODES), "--cells")
+    regularised = _parse_names(getattr(args, "regularisers", ""), TORCH_MODES, "--regularisers")
     shapes = _parse_shapes("8x16x32,4x8x16" if args.quick else args.shapes)
     repeats = 2 if args.quick else args.repeats
     tokens = 5 if args.quick else args.tokens
@@ -312,6 +387,14 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
                 write(f"{'':6} {'x'.join(map(str, shape)):12} train step share of the GEMM peak ({best:.0f}): {shares}")
         for H in sorted({s[2] for s in shapes}):
             _bench_step(mode, H, tokens, repeats, device, write)
+    if cells or regularised:
+        write("cells torch.nn lacks (ratio = the cell's loop time / this) and regularisers (mode+regulariser, "
+              "ratio = time without it / this; backend as auto picks it); saved-MiB as above")  # fmt: skip
+    for shape in shapes:
+        for mode in cells:
+            _bench_cell(mode, shape, repeats, device, write)
+        for mode in regularised:
+            _bench_regularisers(mode, shape, repeats, device, write)
     write(
         "train/forward: ms per call, one layer, D = H; step: us per token, batch 1, 2 layers. GFLOP/s counts "
         "the GEMM flops (train = 3x forward). saved-MiB: bytes of the distinct storages saved for backward "
