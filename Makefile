@@ -9,7 +9,7 @@ PYTHON ?= python3
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,tensorboard]'  # the tests test the extras too
 	touch $(STAMP)
 
 # The main job: train a character-level LSTM on the built-in corpus for a few minutes, then generate.
@@ -23,12 +23,12 @@ demo: $(STAMP)
 
 # The test suite (what .ci/run calls): lint, then every test on the CPU.
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
 bench: $(STAMP)
 	$(VENV)/bin/rnnkit bench

@@ -174,6 +174,7 @@ def _data_commands(g: dict[str, Path], f: Path, out: Path) -> list[list]:
         ["forecast", "--run", g["forecast"], "--data", f],
         ["sample", "--run", f, "--length", "3"],
         ["eval", "--run", f, "--data", g["text"]],
+        ["export", "--run", f, "--format", "torchscript", "--out", out],
     ]
 
 
@@ -198,6 +199,7 @@ def test_every_run_command_refuses_a_broken_run_folder(name, good, bad, root, ca
             ["eval", "--run", run, "--data", good["text"]],
             ["predict", "--run", run, "--data", good["tsv"]],
             ["forecast", "--run", run, "--data", good["csv"]],
+            ["export", "--run", run, "--format", "onnx", "--out", good["text"].with_name("never.onnx")],
         ]
     for argv in cases:
         assert check(argv, root, capsys) == 2, argv
@@ -228,6 +230,12 @@ def test_the_wrong_task_and_existing_outputs_are_refused(good, root, capsys):
         ["bench", "--device", "bogus"],
         ["bench", "--shapes", "100000x100000x100000"],
         ["gradflow", "--hidden-size", "1000000000000"],
+        ["export", "--run", good["lm"], "--format", "onnx", "--out", out],
+        ["export", "--run", good["seq2seq"], "--format", "torch", "--out", out],
+        ["export", "--run", good["classify"], "--format", "tflite", "--out", root / "m.tflite"],
+        ["export", "--run", good["forecast"], "--format", "onnx", "--out", ""],
+        ["export", "--run", good["text"], "--format", "onnx", "--out", root / "m.onnx"],
+        ["export", "--run", root, "--format", "torchscript", "--out", root / "no-folder" / "m.pt"],
         ["train", "lm", "--data", good["text"], "--hidden-size", "1000000", "--out", root / "huge", *TINY[:4]],
     ]
     for argv in cases:
@@ -286,9 +294,10 @@ def _base(command: str, g: dict[str, Path], out: Path) -> list:
         "eval": ["eval", "--run", g["forecast"], "--data", g["csv"], "--actuals", g["actuals"], "--num-samples", "4"],
         "predict": ["predict", "--run", g["classify"], "--data", g["tsv"]],
         "forecast": ["forecast", "--run", g["forecast"], "--data", g["csv"], "--num-samples", "4"],
+        "export": ["export", "--run", g["seq2seq"], "--format", "torchscript", "--out", out.with_suffix(".pt")],
         "gradflow": ["gradflow", "--seq-len", "4", "--hidden-size", "3", "--out", out.with_suffix(".png")],
         "bench": ["bench", "--quick", "--modes", "elman", "--shapes", "2x3x4", "--skip-loop-train", "--repeats", "1",
-                  "--tokens", "2"],
+                  "--tokens", "2", "--no-compile"],
     }[command]  # fmt: skip
 
 

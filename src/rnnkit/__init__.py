@@ -3,7 +3,7 @@
 from rnnkit import reference
 from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, LSTMState
 from rnnkit.diagnostics import compare_gradient_flow, gradient_flow, plot_gradient_flow
-from rnnkit.errors import CheckpointError, ConfigError, DataError, RnnkitError
+from rnnkit.errors import CheckpointError, ConfigError, DataError, ExportError, RnnkitError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
 from rnnkit.recurrent import RNN, Bidirectional, Recurrent, Stack, scan
 from rnnkit.sequence import detach_state, flip_padded, last_valid, lengths_to_mask, pad_sequences
@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ElmanCell",
+    "ExportError",
     "GRUCell",
     "LSTMCell",
     "LSTMState",

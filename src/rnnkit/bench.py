@@ -5,7 +5,8 @@ For each mode and shape (B x T x H, input size D = H, one layer), three tasks:
 - ``train``: forward + backward of ``output.sum()`` (ms per call);
 - ``forward``: forward under ``torch.no_grad()`` in eval mode (ms per call);
 - ``step``: batch-1 generation with a 2-layer model, ``RNN.step`` (``kernels.fast_step``) against a torch
-  ``LSTMCell``/``GRUCell``/``RNNCell`` loop (us per token).
+  ``LSTMCell``/``GRUCell``/``RNNCell`` loop (us per token);
+- ``compile``: inference of ``torch.compile(rnn)`` against the same RNN eager (``--no-compile`` leaves it out).
 
 Then the cells torch.nn lacks (``--cells``), each backend's train step against the cell's own ``loop``, and the
 regularisers (``--regularisers``): a train step with weight-drop, locked dropout or zoneout against the same layer
@@ -68,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-loop-train", action="store_true", help="leave out the slow 'loop' backend's train step")
     parser.add_argument("--quick", action="store_true", help="toy sizes and 2 rounds: a smoke run of the table")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default: cpu)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the torch.compile rows (compiling takes seconds per mode)")  # fmt: skip
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -342,6 +345,45 @@ def _parse_names(text: str | None, choices: tuple[str, ...], flag: str) -> list[
     return names
 
 
+def _bench_compile(mode, shape, repeats, device, write) -> None:
+    """Inference of ``torch.compile(rnn)`` against the same RNN eager and torch.nn, ms per call (warm: the compile
+    and a recompile for a second shape happen before the timing, and are reported beside it)."""
+    B, T, H = shape
+    ours = RNN(mode, H, H, device=device).eval()
+    ref = ours.to_torch().eval()
+    x = torch.randn(B, T, H, device=device)
+    label = f"{B}x{T}x{H}"
+    start = time.perf_counter()
+    compiled = torch.compile(ours)
+    try:
+        with torch.no_grad():
+            compiled(x)  # the first call compiles
+            compiled(x[:, : max(1, T // 2)])  # a second length: the recompile with a dynamic time axis
+    except Exception as e:  # Inductor needs a C++ compiler on CPU: without one the row says why, the table goes on
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        write(f"{mode:6} {label:12} {'compile':8} unavailable ({type(e).__name__}: {first})")
+        return
+    compile_s = time.perf_counter() - start
+
+    def forward(module):
+        def fn():
+            with torch.no_grad():
+                module(x)
+
+        return fn
+
+    t = interleaved_medians({"torch.nn": forward(ref), "eager": forward(ours), "compiled": forward(compiled)},
+                            repeats, device)  # fmt: skip
+    flops = _layer_flops(mode, B, T, H, H)
+    for name in ("torch.nn", "eager", "compiled"):
+        extra = (
+            f"eager/compiled {t['eager'] / t['compiled']:.2f}x, compiled in {compile_s:.1f} s"
+            if name == "compiled"
+            else ""
+        )
+        write(_row(mode, label, "compile", name, t[name] * 1e3, t["torch.nn"] / t[name], flops / t[name] / 1e9, extra))
+
+
 def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
     return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {ratio:7.2f}x {gflops:8.1f} {extra}".rstrip()
 
@@ -387,6 +429,8 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
                 write(f"{'':6} {'x'.join(map(str, shape)):12} train step share of the GEMM peak ({best:.0f}): {shares}")
         for H in sorted({s[2] for s in shapes}):
             _bench_step(mode, H, tokens, repeats, device, write)
+        if not args.no_compile:
+            _bench_compile(mode, shapes[0], repeats, device, write)
     if cells or regularised:
         write("cells torch.nn lacks (ratio = the cell's loop time / this) and regularisers (mode+regulariser, "
               "ratio = time without it / this; backend as auto picks it); saved-MiB as above")  # fmt: skip
@@ -400,6 +444,7 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
         "the GEMM flops (train = 3x forward). saved-MiB: bytes of the distinct storages saved for backward "
         "(torch.autograd.graph.saved_tensors_hooks; parameters and input excluded; transient backward buffers "
         "not counted), and its ratio to torch.nn. peak-RSS (--memory): growth of the process's peak resident "
-        "memory over three train steps, each backend in a fresh process; ratio = torch.nn / this (> 1: less)."
+        "memory over three train steps, each backend in a fresh process; ratio = torch.nn / this (> 1: less). "
+        "compile: forward of torch.compile(RNN) (inference; the first shape) against the same RNN eager."
     )
     return 0

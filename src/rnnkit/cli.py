@@ -1,4 +1,4 @@
-"""The ``rnnkit`` command: train, sample, eval, predict, bench, gradflow. The only module of the package that prints.
+"""The ``rnnkit`` command: train, sample, eval, predict, export, bench, gradflow. The package's only printing module.
 
 Errors the user can fix (bad config, data, paths, run folders, arguments) print ONE line ``rnnkit: error: ...`` on
 stderr and exit with status 2; Ctrl-C prints one line saying what was saved and exits 130. Any
@@ -449,6 +449,38 @@ def _eval_seq2seq(args: argparse.Namespace, run) -> int:
     return 0
 
 
+# --- export --------------------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rnnkit import export
+    from rnnkit.checkpoint import load_run
+
+    if not args.out.strip():
+        raise UsageError("--out must name a file, got an empty string")
+    if args.format == "onnx":
+        export.require("onnx")  # before any work: one line naming the pip install
+    run = load_run(args.run, args.checkpoint, purpose="export")
+    if args.format == "torch":
+        check_output(args.out, force=args.force)
+        export.save_torch(run.model, args.out)
+        print(f"wrote {args.out} (torch: the model with torch.nn recurrences; torch.load(weights_only=False) "
+              "with rnnkit importable)")  # fmt: skip
+        return 0
+    graphs = run.task.export_graphs(run.model)
+    paths = export.output_paths(args.out, graphs)
+    for path in paths:
+        check_output(path, force=args.force)
+    export.export_graphs(graphs, args.out, args.format)
+    runner = "onnxruntime" if args.format == "onnx" else "torch.jit.load"
+    for graph, path in zip(graphs, paths, strict=True):
+        print(f"wrote {path} ({args.format}{', ' + graph.name if graph.name else ''}): {graph.signature()}")
+        if args.format == "torchscript" or export.available("onnxruntime"):
+            print(f"  checked with {runner}: outputs within {export.max_difference(path, args.format, graph):.1e} "
+                  "of the model's on an example batch")  # fmt: skip
+    return 0
+
+
 # --- bench / gradflow ----------------------------------------------------------------------------------------------
 
 
@@ -591,6 +623,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
         _forecast_flags(p, out=name == "forecast")
         p.set_defaults(func=func)
+
+    from rnnkit import export as export_module
+
+    ex = sub.add_parser(
+        "export",
+        help="a run's model as ONNX, TorchScript or torch.nn, runnable without rnnkit",
+        description="Export a run's whole model (see rnnkit.export for each task's graph). "
+        "A seq2seq run writes two graphs: FILE's name with .encoder and .decoder before its suffix.",
+    )
+    ex.add_argument("--run", required=True, metavar="DIR", help="run folder")
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=export_module.FORMATS,
+        help="onnx (onnxruntime and others; needs the [export] extra), torchscript (torch.jit.load), "
+        "torch (the model with torch.nn recurrences, torch.save'd)",
+    )
+    ex.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    ex.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    ex.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    ex.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="RNN backend speed table")
     try:

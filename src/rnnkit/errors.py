@@ -27,3 +27,7 @@ class CheckpointError(RnnkitError, ValueError):
 
 class OutputError(RnnkitError, ValueError):
     """An output cannot be written: it exists (and no --force), its folder is missing, or the disk is full."""
+
+
+class ExportError(RnnkitError, ValueError):
+    """A model cannot be exported as asked: a recurrence with no torch.nn or ONNX form, or a missing extra."""

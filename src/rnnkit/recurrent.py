@@ -377,12 +377,20 @@ class RNN(nn.Module):
             x = x.transpose(0, 1)  # (T, B, D) -> (B, T, D)
         x = _check_sequence(x, self.input_size)
         B, T = x.shape[:2]
+        # export hook (rnnkit.export): a trace records one path, so under torch.jit.trace / torch.onnx / torch.export
+        # no shortcut that depends on the values, and torch.nn's kernels, which every exporter knows. torch.compile
+        # runs the recurrence eagerly behind a graph break: Inductor unrolls torch.nn's GRU and Elman kernels over T
+        # (minutes of compiling), and fused's C++ loops cannot run on its fake tensors
+        exporting, compiling = _exporting(), torch.compiler.is_compiling()
         if lengths is not None:
             lengths = check_lengths(lengths, B, T)
-            if bool((lengths == T).all()):
+            if not (exporting or compiling) and bool((lengths == T).all()):
                 lengths = None  # nothing is padded: the unmasked path gives the same result
         state = self.initial_state(B, device=x.device, dtype=x.dtype) if state is None else self._check_state(state, B)
-        out, state = self._run(x, state, lengths)
+        if compiling and not exporting:
+            out, state = _run_eagerly(self, x, state, lengths)  # (B, T, K*H), behind a graph break
+        else:
+            out, state = self._run(x, state, lengths)  # (B, T, K*H)
         if packed is not None:
             return _repack(out, packed), state
         if not self.batch_first:
@@ -392,7 +400,9 @@ class RNN(nn.Module):
     def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """The checked, batch-first forward: locked dropout around the backend's run of every layer."""
         x = locked_dropout(x, self.dropout_input, self.training)  # (B, T, D)
-        run = backends.runner(self.resolved_backend(x))
+        # export hook: under a tracer or torch.export, torch.nn's kernels wherever they compute this RNN
+        native = _exporting() and "native" in backends.usable_backends(self)
+        run = backends.runner("native" if native else self.resolved_backend(x))
         out, state = run(self, x, state, lengths, self.forward_weights())  # (B, T, K*H)
         return locked_dropout(out, self.dropout_output, self.training), state
 
@@ -439,6 +449,13 @@ class RNN(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Export hook: ``torch.jit.script(rnn)`` scripts the torch.nn twin in rnnkit's contract (``rnnkit.export``):
+        ``forward(x, state=None, lengths=None)`` on padded tensors (no ``PackedSequence``, no ``mask``)."""
+        from rnnkit.export import scriptable
+
+        return scriptable(self)
 
     # --- conversion to and from torch.nn ---------------------------------------------------------------
 
@@ -496,6 +513,16 @@ class RNN(nn.Module):
         )
         module.load_state_dict(self.state_dict())
         return module.train(self.training)
+
+
+def _exporting() -> bool:
+    """Export hook: whether torch is tracing or exporting this forward (``rnnkit.export``)."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+# export hook: torch.compile's graph break around the recurrence. torch.compiler.disable would import torch._dynamo
+# with rnnkit (1.3 s more per process); torch's own lazy form imports it at the first call, under torch.compile
+_run_eagerly = torch._disable_dynamo(RNN._run)
 
 
 def _repack(out: Tensor, like: PackedSequence) -> PackedSequence:

@@ -153,6 +153,41 @@ class Seq2Seq(nn.Module):
         return torch.stack(out, dim=1)
 
 
+class EncoderGraph(nn.Module):
+    """Export graph: source (B, S), lengths (B,) -> memory, keys (B, S, D), mask (B, S), h0 [c0] (Ld, B, D), feed0."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, source: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+        memory, (layers, feed) = self.model.encode(source, lengths)
+        return (memory.memory, memory.keys, memory.mask, *_stack_layers(layers), feed)
+
+
+class DecoderGraph(nn.Module):
+    """Export graph, one decoder step: previous (B,), h0 [c0] (Ld, B, D), feed0 (B, D), memory, keys, mask
+    -> logits (B, V), hn [cn], feed (B, D), attention (B, S)."""
+
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, previous: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        n = 2 if self.model.spec.has_cell else 1
+        parts, (feed, memory, keys, mask) = rest[:n], rest[n:]
+        layers = [LSTMState(parts[0][k], parts[1][k]) if n == 2 else parts[0][k] for k in range(len(self.model.cells))]
+        logits, (layers, feed), a = self.model.step(previous, (layers, feed), Memory(memory, keys, mask))
+        return (logits, *_stack_layers(layers), feed, a)
+
+
+def _stack_layers(layers: list) -> tuple[Tensor, ...]:
+    """The decoder's per-layer states as (Ld, B, D) tensors: (h, c) for LSTM cells, (h,) else."""
+    if isinstance(layers[0], tuple):
+        return torch.stack([s.h for s in layers]), torch.stack([s.c for s in layers])
+    return (torch.stack(layers),)
+
+
 def reorder(state, index: Tensor):
     """The decoder state of the rows ``index`` (beam search's bookkeeping)."""
     layers, feed = state

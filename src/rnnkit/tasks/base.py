@@ -87,6 +87,12 @@ class Task(ABC):
         """Human-readable artefacts in the run folder (vocab.json, labels.json), written atomically."""
         return None
 
+    def export_graphs(self, model: nn.Module) -> list[Any]:
+        """The graphs ``rnnkit export`` writes of ``model``: ``rnnkit.export.Graph``s of plain torch.nn modules."""
+        from rnnkit.errors import ExportError
+
+        raise ExportError(f"export of a {self.title} run is not supported")
+
     # --- training ---------------------------------------------------------------------------------------------
 
     @abstractmethod

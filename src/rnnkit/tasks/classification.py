@@ -223,6 +223,17 @@ class SequenceClassifier(nn.Module):
         return self._weights(y, mask).squeeze(-1)  # (B, T)
 
 
+class _ClassifyGraph(nn.Module):
+    """Export graph (``rnnkit export``): x (B, T) int64 or (B, T, D) float, lengths (B,) int64 -> logits (B, C)."""
+
+    def __init__(self, model: SequenceClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor]:
+        return (self.model(x, lengths),)
+
+
 def _natural_order(labels: set[str]) -> list[str]:
     """Numeric labels in numeric order ("2" before "10"), others in code-point order."""
     try:
@@ -370,6 +381,15 @@ class ClassifyTask(Task):
         model.mean.copy_(self.mean)
         model.std.copy_(self.std)
         return model
+
+    def export_graphs(self, model: SequenceClassifier) -> list:
+        """One graph: the padded batch and its lengths in, the logits out (softmax them for probabilities)."""
+        from rnnkit.export import Graph, to_torch_modules
+
+        lengths = torch.tensor([4, 2, 3])  # ragged, so the trace records the packed path the lengths take
+        x = torch.ones(3, 4, dtype=torch.long) if self.kind == "text" else torch.zeros(3, 4, self.channels)
+        axes = {"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
+        return [Graph(_ClassifyGraph(to_torch_modules(model).eval()), (x, lengths), ["x", "lengths"], ["logits"], axes)]
 
     def describe(self) -> dict[str, Any]:
         return {

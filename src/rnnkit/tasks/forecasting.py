@@ -224,6 +224,21 @@ class Forecaster(nn.Module):
         return self.head(y), state
 
 
+class _ForecastGraph(nn.Module):
+    """Export graph (``rnnkit export``): x (B, T, D) [, ids (B,) int64], h0 [c0] -> params (B, T, P), hn [cn]."""
+
+    def __init__(self, model: Forecaster, ids: bool) -> None:
+        super().__init__()
+        self.model, self.ids = model, ids
+
+    def forward(self, x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        from rnnkit.export import flat_state, nested_state
+
+        ids, state = (rest[0], rest[1:]) if self.ids else (None, rest)
+        out, new_state = self.model(x, ids, nested_state(state))  # (B, T, P)
+        return (out, *flat_state(new_state))
+
+
 def _distribution(head: str, out: Tensor, scale: Tensor) -> torch.distributions.Distribution:
     """The head's distribution of z_t (negbin: raw counts) or z_t / s (the others); out (..., P), scale (...)."""
     if head == "gaussian":
@@ -503,6 +518,21 @@ class ForecastTask(Task):
     def build_model(self) -> Forecaster:
         m = self.config.model
         return Forecaster(m, self.input_size(), num_series=len(self.ids), horizon=self.horizon, levels=m.levels())
+
+    def export_graphs(self, model: Forecaster) -> list:
+        """One graph, the network: inputs (``inputs``: scaled lags, flags, age, features) and state in, the head's
+        parameters and state out. Scaling, lags and the sampled paths stay with the caller."""
+        from rnnkit.export import Graph, batch_axes, flat_state, state_names, to_torch_modules
+
+        x = torch.zeros(2, 3, self.input_size())
+        state = flat_state(model.rnn.initial_state(2))  # (L, 2, H) each
+        ids = (torch.tensor([0, -1]),) if model.embed is not None else ()  # -1: a series the run never saw
+        ins, outs = state_names(len(state) == 2)
+        names = ["x", *(["ids"] if ids else []), *ins]
+        axes = {"x": {0: "batch", 1: "time"}, "ids": {0: "batch"}, "params": {0: "batch", 1: "time"}}
+        axes = {k: v for k, v in axes.items() if k in names or k == "params"} | batch_axes(ins + outs)
+        graph = _ForecastGraph(to_torch_modules(model).eval(), bool(ids))
+        return [Graph(graph, (x, *ids, *state), names, ["params", *outs], axes)]
 
     def batches(self, rank: int, world_size: int) -> _Batches:
         if len(self.pairs) < world_size:

@@ -167,6 +167,20 @@ class CharLM(nn.Module):
         return self.rnn.initial_state(batch_size, device=device)
 
 
+class _LMGraph(nn.Module):
+    """Export graph (``rnnkit export``): tokens (B, T) int64, h0 [c0] (L, B, H) -> logits (B, T, V), hn [cn]."""
+
+    def __init__(self, model: CharLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        from rnnkit.export import flat_state, nested_state
+
+        logits, new_state = self.model(tokens, nested_state(state))  # (B, T, V)
+        return (logits, *flat_state(new_state))
+
+
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar."""
     V = logits.size(-1)
@@ -229,6 +243,16 @@ class LMTask(Task):
 
     def build_model(self) -> CharLM:
         return CharLM(len(self.vocab), self.config.model)
+
+    def export_graphs(self, model: CharLM) -> list:
+        """One graph: tokens and state in, logits and state out, so a caller primes on a prompt, then steps."""
+        from rnnkit.export import Graph, batch_axes, flat_state, state_names, to_torch_modules
+
+        state = flat_state(model.initial_state(2))  # (L, 2, H) each
+        ins, outs = state_names(len(state) == 2)
+        axes = {"tokens": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}} | batch_axes(ins + outs)
+        graph = _LMGraph(to_torch_modules(model).eval())
+        return [Graph(graph, (torch.zeros(2, 3, dtype=torch.long), *state), ["tokens", *ins], ["logits", *outs], axes)]
 
     def describe(self) -> dict[str, Any]:
         return {"train_chars": len(self.train_text), "val_chars": int(self.val_ids.numel()) - 1,

@@ -242,6 +242,34 @@ class Seq2SeqTask(Task):
         initialise_(model.encoder, m.init)
         return model
 
+    def export_graphs(self, model: Seq2Seq) -> list:
+        """Two graphs: the encoder, and one decoder step that greedy or beam search calls in a loop."""
+        from rnnkit.export import Graph, state_names, to_torch_modules
+        from rnnkit.seq2seq import DecoderGraph, EncoderGraph
+
+        model = to_torch_modules(model).eval()
+        source, lengths = torch.full((3, 4), 4, dtype=torch.long), torch.tensor([4, 2, 3])
+        encoder = EncoderGraph(model)
+        with torch.no_grad():
+            encoded = encoder(source, lengths)  # memory, keys, mask, h0 [c0], feed0
+        ins, outs = state_names(model.spec.has_cell)
+        memory = ["memory", "keys", "mask"]
+        axes = {name: {0: "batch", 1: "source_time"} for name in memory} | {"source": {0: "batch", 1: "source_time"}}
+        axes |= (
+            {name: {1: "batch"} for name in ins + outs}
+            | {name: {0: "batch"} for name in ("lengths", "feed0", "previous", "logits", "feed")}
+            | {"attention": {0: "batch", 1: "source_time"}}
+        )
+        n = len(ins)
+        step_inputs = (torch.full((3,), 2, dtype=torch.long), *encoded[3 : 3 + n], encoded[-1], *encoded[:3])
+        return [
+            Graph(encoder, (source, lengths), ["source", "lengths"], [*memory, *ins, "feed0"],
+                  {k: v for k, v in axes.items() if k in ("source", "lengths", *memory, *ins, "feed0")}, "encoder"),
+            Graph(DecoderGraph(model), step_inputs, ["previous", *ins, "feed0", *memory],
+                  ["logits", *outs, "feed", "attention"],
+                  {k: v for k, v in axes.items() if k not in ("source", "lengths")}, "decoder"),
+        ]  # fmt: skip
+
     def describe(self) -> dict[str, Any]:
         return {"train_pairs": len(self.train_set.sources), "val_sources": len(self.val_set.sources),
                 "validates_on_training_set": self.val_is_train, "source_vocab": len(self.source_vocab),
