@@ -63,7 +63,7 @@ class NumpyCell:
     backward: Callable[..., tuple[Any, Any]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CellSpec:
     name: str
     title: str
@@ -79,6 +79,14 @@ class CellSpec:
     recurrent_weight: str | None = "weight_hh"
     reference: NumpyCell | None = None
     aliases: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"CellSpec({self.name!r})"
+
+    def __reduce__(self):
+        # pickled by name: a spec holds functions made inside its module (layouts, references) that pickle cannot
+        # write, and the registered spec is the one to come back (torch.save of a whole RNN, Cell or task model)
+        return cell_spec, (self.name,)
 
     def shapes(self, input_size: int, hidden_size: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
         """Parameter kind -> shape for one layer and direction (no ``bias_*`` kinds when ``bias`` is False)."""
