@@ -7,6 +7,9 @@ backward of the summed output) and an inference forward (no autograd), float32 o
 timed interleaved in one process (one call of each in turn, ``--repeats`` rounds, after a warm-up call each) and
 the medians reported, with the ratio loop time / scan time (> 1: the scan is faster). The numbers tell where
 ``backend="auto"`` should send these cells.
+
+On a shared CPU, prefer ``--threads 1``: with two threads whose OpenMP workers spun against other processes, single
+timings came out 10 to 100 times too slow, at random; one thread gave steady medians.
 """
 
 from __future__ import annotations
