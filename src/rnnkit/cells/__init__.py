@@ -6,7 +6,7 @@ over time, stacked and in both directions. The modules that define cells are imp
 ``rnnkit.cells`` fills the table.
 """
 
-from rnnkit.cells import classic, layernorm  # noqa: F401  (each registers its cells, in this order)
+from rnnkit.cells import classic, layernorm, minimal, seeds  # noqa: F401  (each registers its cells, in this order)
 from rnnkit.cells.classic import NONLINEARITIES, elman_step, gru_step, lstm_step
 from rnnkit.cells.modules import Cell, ElmanCell, GRUCell, LSTMCell, check_size
 from rnnkit.cells.spec import CELLS, CellSpec, LSTMState, NumpyCell, cell_spec, register
