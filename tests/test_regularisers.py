@@ -230,3 +230,11 @@ def test_seq2seq_decoder_takes_any_cell():
     logits, _, weights = model.step(torch.tensor([2, 2]), state, memory)
     assert logits.shape == (2, 7) and torch.allclose(weights.sum(-1), torch.ones(2))
     assert F.softmax(logits, -1).isfinite().all()
+
+
+def test_auto_rule_for_the_scan_cells():
+    rnn = RNN("mingru", D, 16)
+    assert rnn.resolved_backend(torch.randn(8, 20, D)) == "fused"  # 8 x 16 state values: the scan
+    assert rnn.resolved_backend(torch.randn(8, 1, D)) == "loop"  # one step
+    assert RNN("minlstm", D, 256).resolved_backend(torch.randn(32, 20, D)) == "loop"  # 8192 values: the loop
+    assert RNN("layernorm-lstm", D, 256).resolved_backend(torch.randn(32, 20, D)) in ("fused", "loop")

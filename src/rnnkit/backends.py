@@ -188,8 +188,20 @@ def usable_backends(rnn: RNN) -> tuple[str, ...]:
     return out
 
 
+# A cell's sequence form (the parallel scan of minGRU/minLSTM) runs from here down in state values per step (B * H),
+# above it its step loop: the scan was 1.0-13x the loop's speed at up to 512 values and 0.3-0.9x from 2048 on, on
+# CPU, one thread (benchmarks/min_scan.py); a single step always goes to the loop.
+SCAN_MAX_VALUES = 1024
+
+
 def resolve(rnn: RNN, x: Tensor) -> str:
-    """The backend a forward pass of ``rnn`` on ``x`` runs (``"auto"`` resolved)."""
+    """The backend a forward pass of ``rnn`` on ``x`` runs (``"auto"`` resolved).
+
+    Rule: the cells torch.nn has follow ``rnnkit.kernels.auto_backend`` among the backends that can run the
+    options (zoneout: loop only; locked dropout between layers: not native); a cell with a hand-written fused layer
+    runs it; a cell with a sequence form runs it up to ``SCAN_MAX_VALUES`` state values per step on CPU (any size
+    elsewhere) and for more than one step; else the loop.
+    """
     usable = usable_backends(rnn)
     if rnn.backend != "auto":
         return rnn.backend
@@ -197,6 +209,9 @@ def resolve(rnn: RNN, x: Tensor) -> str:
         choice = auto_backend(rnn, x)
         if choice in usable:
             return choice
+    if "fused" in usable and rnn.spec.name not in LAYERS:  # the sequence form
+        small = x.device.type != "cpu" or x.size(0) * rnn.hidden_size <= SCAN_MAX_VALUES
+        return "fused" if small and x.size(1) > 1 else "loop"
     return "fused" if "fused" in usable else usable[0]
 
 
