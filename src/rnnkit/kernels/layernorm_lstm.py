@@ -47,7 +47,7 @@ from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.layernorm import EPS
 from rnnkit.kernels.lstm import _factors, _outputs, _previous  # the same gate factors and state layout as LSTM
-from rnnkit.kernels.ops import backward_slices, linear, tanh_, tanh_scale, time_steps, weight_grad
+from rnnkit.kernels.ops import backward_slices, linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
 
 __all__ = ["LayerNormLSTMFunction", "layernorm_lstm_layer"]
 
@@ -92,11 +92,12 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b, a_ih, a_hh, a_c, b_c, keep
     if keep:
         C[first] = c0
     stats_hh, stats_c, qs = [], [], []  # per step: (mean, rstd) (B, 1) each, q (B, H)
-    w_hh_t = w_hh.t()
     h, c = h0, c0
     for t in time_steps(T, reverse):
         cur = t if reverse else t + 1
-        a = torch.mm(h, w_hh_t, out=A[t]) if keep else torch.mm(h, w_hh_t)  # (B, 4H)
+        a = linear(h, w_hh)  # (B, 4H)
+        if keep:
+            A[t] = a
         z, mu, r = torch.native_layer_norm(a, (4 * H,), g_hh, None, EPS)  # (B, 4H)
         act = torch.sigmoid(z.add_(Z[t]), out=Z[t])  # i, f, o (and g at scale 2)
         if scale == 1.0:
@@ -181,6 +182,7 @@ class LayerNormLSTMFunction(torch.autograd.Function):
         def add(key: str, value: Tensor) -> None:
             sums[key] = sums[key].add_(value) if key in sums else value
 
+        w_hh_t = w_hh.t().contiguous()  # (H, 4H)
         order = list(time_steps(T, not reverse))  # backward visits the steps in the opposite order
         gh = gh + dy[order[0]]
         s = 0
@@ -203,7 +205,7 @@ class LayerNormLSTMFunction(torch.autograd.Function):
                     nm = 1 - m[t]  # (B, 1): rows past their length pass the gradients through
                     gc = torch.mul(dk, forget[t]).addcmul_(nm, gc)
                     carry = torch.addcmul(carry, nm, gh)
-                gh = torch.addmm(carry, da, w_hh)  # (B, H)
+                gh = linear_add(da, carry, w_hh_t)  # (B, H)
                 s += 1
             if not reverse:  # dAs is in visiting order (a forward direction backward: t1-1..t0), rows in time order
                 dAs.reverse()
