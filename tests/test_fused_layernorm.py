@@ -10,7 +10,7 @@ import torch
 from conftest import tol
 from rnnkit.backends import resolve
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import ops
+from rnnkit.kernels import layernorm_lstm, ops
 from rnnkit.kernels.layernorm_lstm import LayerNormLSTMFunction, layernorm_lstm_layer
 from rnnkit.recurrent import RNN
 
@@ -81,10 +81,11 @@ def test_fused_equals_loop(layers, bidirectional, padded, dtype):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("slice_steps", [1, 2])
 def test_backward_in_time_slices_equals_loop(bidirectional, slice_steps, monkeypatch):
-    """The backward folds each time slice (ops.backward_slices) into the sums before the next; with slices of 1 and
-    2 steps (T = 5: uneven), outputs and every gradient still equal the "loop" reference."""
-    monkeypatch.setattr(ops, "SLICE_ROWS", slice_steps * B)
-    assert len(ops.backward_slices(T, B, False)) == -(-T // slice_steps)
+    """The backward recomputes the products and folds each time slice (ops.backward_slices) into the sums before
+    the next; with slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient still equal the "loop"
+    reference."""
+    monkeypatch.setattr(layernorm_lstm, "SLICE_ROWS", slice_steps * B)
+    assert len(ops.backward_slices(T, B, False, layernorm_lstm.SLICE_ROWS)) == -(-T // slice_steps)
     rnn = _model(2, bidirectional, True, torch.float64)
     x = torch.randn(B, T, D, dtype=torch.float64)
     ref_out, ref_grads = _run(rnn, "loop", x, None, LENGTHS)

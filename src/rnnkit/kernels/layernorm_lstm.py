@@ -21,22 +21,28 @@ BPTT, with gh = dL/dh_t and gc = dL/dc_t flowing back from step t+1::
     du = gh * m * o * (1 - q^2)                                     # dL/dLN(k_t)
     dk = LNback_c(du) + m * gc
     dz = [dk * g * i(1-i),  dk * c_{t-1} * f(1-f),  dk * i * (1-g^2),  gh * m * q * o(1-o)]   # (B, 4H)
-    dA = LNback_hh(dz)
+    dA = LNback_hh(dz);  da_hh += sum_b dz * A^
     gc = dk * f + (1 - m) * gc
     gh = dA W_hh + (1 - m) * gh + m_{t-1} * dy_{t-1}
 
 and over many steps at once (a slice of the time axis, after its steps)::
 
     dP = LNback_ih(dz);  dx = dP W_ih;  dW_ih = sum_t dP^T x_t;  dW_hh = sum_t dA^T h_{t-1}
-    db_ih = db_hh = sum_t dz;  da_ih = sum_t dz * P^;  da_hh = sum_t dz * A^;  da_c = sum_t du * k^;  db_c = sum_t du
+    db_ih = db_hh = sum_t dz;  da_ih = sum_t dz * P^;  da_c = sum_t du * k^;  db_c = sum_t du
 
 The input side LN(P_t; a_ih) does not depend on h, so its forward runs once for all steps before the loop and its
-backward once per time slice after the loop, as do every gain's and bias's gradient. The factors of dz that do
-not depend on gh or gc are lstm.py's (``_factors``), computed after the forward loop. The per-step LayerNorms and
-their backward (LNback with only dL/dv) are ATen's ``native_layer_norm`` and ``native_layer_norm_backward``: one
-call each instead of some eight elementwise ops and reductions, the per-call overhead that dominates a Python step.
-With the tanh scale of ops.py the gains (and shifts) of the g rows and of the cell's LN are doubled, so the
-products are the same and one sigmoid serves all four gates.
+backward once per time slice after the slice's steps, as do every gain's and bias's gradient but a_hh's. The
+factors of dz that do not depend on gh or gc (lstm.py's ``Q``, with q for tanh(c)) are computed after the
+forward loop over the activations' own buffer. What the backward keeps is x, h, c, the factors and each LN's
+mean and 1/std; the products P and A are recomputed slice by slice, one GEMM each over the whole slice, instead
+of holding two (T, B, 4H) tensors from the forward to the backward (benchmarks/layernorm_fused.py measures the
+peak memory).
+
+The per-step LayerNorms and their backward (LNback with only dL/dv) are ATen's ``native_layer_norm`` and
+``native_layer_norm_backward``: one call each instead of some eight elementwise ops and reductions, each of which
+would pay Python's and the dispatcher's per-call cost on every step. With ops.tanh_scale the gains (and shifts)
+of the g rows and of the cell's LN are doubled, so one sigmoid serves all four gates and the products stay
+unscaled.
 """
 
 from __future__ import annotations
@@ -46,12 +52,20 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.layernorm import EPS
-from rnnkit.kernels.lstm import _factors, _outputs, _previous  # the same gate factors and state layout as LSTM
+from rnnkit.kernels.lstm import _outputs, _previous  # the same state layout as LSTM
 from rnnkit.kernels.ops import backward_slices, linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
 
 __all__ = ["LayerNormLSTMFunction", "layernorm_lstm_layer"]
 
 _ln_backward = torch.ops.aten.native_layer_norm_backward.default
+
+# The backward runs over slices of the time axis, each folded into dx and the parameter gradients before the
+# next: it recomputes the slice's products P = x W_ih^T and A = h W_hh^T (one GEMM each, over the whole slice)
+# rather than keep two (T, B, 4H) tensors from the forward, and its buffers hold a slice only. A slice is an
+# eighth of the sequence, at most SLICE_ROWS rows (steps x batch), so that those buffers stay small beside what
+# the forward keeps at every size (benchmarks/layernorm_fused.py prints the peak memory of both backends).
+SLICES = 8
+SLICE_ROWS = 256
 
 
 def _scaled(v: Tensor | None, rows: Tensor | None) -> Tensor | None:
@@ -82,10 +96,8 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b, a_ih, a_hh, a_c, b_c, keep
     P = linear(x.reshape(T * B, D), w_ih)  # (T*B, 4H) input products
     Z, mean_ih, rstd_ih = torch.native_layer_norm(P, (4 * H,), g_ih, g_b, EPS)  # (T*B, 4H); then activations
     Z = Z.view(T, B, 4 * H)
-    if not keep:
-        del P
+    del P  # the backward recomputes it slice by slice: one GEMM, where keeping it would cost (T, B, 4H)
     S = x.new_zeros(T + 1, B, H)  # zeros, not empty: see ops.py on page faults
-    A = x.new_zeros(T, B, 4 * H) if keep else None  # the hidden products, for LNback_hh
     C = x.new_zeros(T + 1, B, H) if keep else None  # c in time order
     first = T if reverse else 0
     S[first] = h0
@@ -96,8 +108,6 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b, a_ih, a_hh, a_c, b_c, keep
     for t in time_steps(T, reverse):
         cur = t if reverse else t + 1
         a = linear(h, w_hh)  # (B, 4H)
-        if keep:
-            A[t] = a
         z, mu, r = torch.native_layer_norm(a, (4 * H,), g_hh, None, EPS)  # (B, 4H)
         act = torch.sigmoid(z.add_(Z[t]), out=Z[t])  # i, f, o (and g at scale 2)
         if scale == 1.0:
@@ -121,9 +131,9 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b, a_ih, a_hh, a_c, b_c, keep
         return S, c, None
     order = slice(None, None, -1) if reverse else slice(None)  # the lists are in visiting order; store in time order
     stats = [torch.stack(list(v)[order]) for v in (*zip(*stats_hh, strict=True), *zip(*stats_c, strict=True))]
-    Q, p, forget = _factors(Z, torch.stack(qs[order]), C, mask, reverse)
-    del Z, qs
-    saved = {"P": P.view(T, B, 4 * H), "stats_ih": (mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1)), "A": A, "C": C}
+    Q, p, forget = _factors_(Z, torch.stack(qs[order]), C, mask, reverse)
+    del qs
+    saved = {"stats_ih": (mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1)), "C": C}
     saved |= {"stats_hh": tuple(stats[:2]), "stats_c": tuple(stats[2:]), "Q": Q, "p": p, "forget": forget}
     return S, c, saved
 
@@ -136,7 +146,26 @@ def _ln_grads(d, v, mean, rstd, gain, need) -> tuple[Tensor | None, Tensor | Non
     return _ln_backward(*rows, [*need, False])[:2]
 
 
-_KEYS = ("P", "A", "C", "Q", "p", "forget")
+def _factors_(act: Tensor, q: Tensor, C: Tensor, mask: Tensor | None, reverse: bool):
+    """lstm.py's ``_factors``, written over the activations act (T, B, 4H) instead of beside them (one (T, B, 4H)
+    buffer less at the forward's peak): returns Q = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), m q o(1-o)] in act's
+    storage, p = m o (1 - q^2) and F = f (T, B, H)."""
+    i, f, g, o = act.chunk(4, -1)  # 4 x (T, B, H) views
+    forget = f.clone()
+    p = torch.mul(q, q).neg_().add_(1).mul_(o)  # o (1 - q^2)
+    o.addcmul_(o, o, value=-1).mul_(q)  # q o(1-o)
+    f.addcmul_(f, f, value=-1).mul_(_previous(C, reverse))  # c_{t-1} f(1-f)
+    di = torch.mul(g, g).neg_().add_(1).mul_(i)  # i (1-g^2), before i is overwritten
+    i.addcmul_(i, i, value=-1).mul_(g)  # g i(1-i)
+    g.copy_(di)
+    if mask is not None:
+        m = mask.to(act.dtype)
+        p.mul_(m)
+        o.mul_(m)
+    return act, p, forget
+
+
+_KEYS = ("C", "Q", "p", "forget")
 
 
 class LayerNormLSTMFunction(torch.autograd.Function):
@@ -160,7 +189,7 @@ class LayerNormLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_last, dc_last):
-        x, S, m, w_ih, w_hh, a_ih, a_hh, a_c, P, A, C, Q, p, forget, *stats = ctx.saved_tensors
+        x, S, m, w_ih, w_hh, a_ih, a_hh, a_c, C, Q, p, forget, *stats = ctx.saved_tensors
         mean_ih, rstd_ih, mean_hh, rstd_hh, mean_c, rstd_c = stats
         reverse = ctx.reverse
         T, B, D = x.shape
@@ -171,10 +200,12 @@ class LayerNormLSTMFunction(torch.autograd.Function):
         gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
         K = _outputs(C, reverse)  # (T, B, H): the LN_c input at t (the frozen c on masked steps, where du = 0)
         h_prev = _previous(S, reverse)  # (T, B, H)
-        spans = backward_slices(T, B, reverse)  # the time slices, each folded into the sums before the next
+        rows_per_slice = min(SLICE_ROWS, B * -(-T // SLICES))
+        spans = backward_slices(T, B, reverse, rows_per_slice)  # each slice folded into the sums before the next
         n = max(t1 - t0 for t0, t1 in spans)
         dZ = x.new_zeros(n, B, 4 * H)  # dz of the slice's steps; zeros: see ops.py on page faults
         dU = x.new_zeros(n, B, H)  # du of the slice's steps
+        A = x.new_zeros(n, B, 4 * H)  # the slice's A, each step's turned into its dA, then P for the input side
         dZ4, Q4 = dZ.view(n, B, 4, H), Q.view(T, B, 4, H)
         dx = x.new_empty(T, B, D) if need[0] else None
         sums: dict[str, Tensor] = {}
@@ -183,12 +214,15 @@ class LayerNormLSTMFunction(torch.autograd.Function):
             sums[key] = sums[key].add_(value) if key in sums else value
 
         w_hh_t = w_hh.t().contiguous()  # (H, 4H)
+        hh_mask = [True, need[10], False]  # dL/dA, and dL/da_hh step by step: A_t becomes dA_t in its place
         order = list(time_steps(T, not reverse))  # backward visits the steps in the opposite order
         gh = gh + dy[order[0]]
         s = 0
         for t0, t1 in spans:
-            dAs = []
-            for _ in range(t1 - t0):
+            L = t1 - t0
+            rows = slice(t0, t1)
+            torch.mm(h_prev[rows].reshape(-1, H), w_hh.t(), out=A[:L].view(-1, 4 * H))  # A again, in one GEMM
+            for _ in range(L):
                 t = order[s]
                 j = t - t0
                 du = torch.mul(gh, p[t], out=dU[j])  # (B, H)
@@ -196,8 +230,10 @@ class LayerNormLSTMFunction(torch.autograd.Function):
                 dk = dk.add_(gc) if m is None else dk.addcmul_(gc, m[t])  # (B, H)
                 torch.mul(dk.unsqueeze(1), Q4[t, :, :3], out=dZ4[j, :, :3])  # di, df, dg
                 torch.mul(gh, Q4[t, :, 3], out=dZ4[j, :, 3])  # do
-                da = _ln_backward(dZ[j], A[t], (4 * H,), mean_hh[t], rstd_hh[t], a_hh, None, [True, False, False])[0]
-                dAs.append(da)  # (B, 4H)
+                da, ga, _ = _ln_backward(dZ[j], A[j], (4 * H,), mean_hh[t], rstd_hh[t], a_hh, None, hh_mask)
+                if need[10]:
+                    add("a_hh", ga)
+                A[j] = da  # (B, 4H); A_t is not read again
                 carry = dy[order[s + 1]] if s + 1 < T else torch.zeros_like(gh)  # (B, H)
                 if m is None:
                     gc = dk * forget[t]
@@ -207,25 +243,20 @@ class LayerNormLSTMFunction(torch.autograd.Function):
                     carry = torch.addcmul(carry, nm, gh)
                 gh = linear_add(da, carry, w_hh_t)  # (B, H)
                 s += 1
-            if not reverse:  # dAs is in visiting order (a forward direction backward: t1-1..t0), rows in time order
-                dAs.reverse()
-            L = t1 - t0
             dz = dZ[:L].view(-1, 4 * H)  # (L*B, 4H)
-            rows = slice(t0, t1)
+            if need[6]:
+                add("w_hh", weight_grad(A[:L].view(-1, 4 * H), h_prev[rows].reshape(-1, H)))
             if need[0] or need[5] or need[9]:
-                dP, da_ih = _ln_grads(dz, P[rows], mean_ih[rows], rstd_ih[rows], a_ih, [need[0] or need[5], need[9]])
+                P = torch.mm(x[rows].reshape(-1, D), w_ih.t(), out=A[:L].view(-1, 4 * H))  # (L*B, 4H) over dA
+                dP, da_ih = _ln_grads(dz, P, mean_ih[rows], rstd_ih[rows], a_ih, [need[0] or need[5], need[9]])
                 if dx is not None:
                     torch.mm(dP, w_ih, out=dx[rows].view(-1, D))
                 if need[5]:
                     add("w_ih", weight_grad(dP, x[rows].reshape(-1, D)))
                 if need[9]:
                     add("a_ih", da_ih)
-            if need[6]:
-                add("w_hh", weight_grad(torch.cat(dAs), h_prev[rows].reshape(-1, H)))
             if need[7] or need[8]:
                 add("b", dz.sum(0))
-            if need[10]:
-                add("a_hh", _ln_grads(dz, A[rows], mean_hh[rows], rstd_hh[rows], a_hh, [False, True])[1])
             if need[11]:
                 add("a_c", _ln_grads(dU[:L], K[rows], mean_c[rows], rstd_c[rows], a_c, [False, True])[1])
             if need[12]:
