@@ -4,8 +4,10 @@
 
 Time: one training step (forward, then backward of ``out.sum()``) of ``RNN(cell, H, H, 1)`` in float32 on
 (B, T, H) input, once per backend per round; the rounds interleave the two backends (alternating which goes
-first), and the table shows the medians and their ratio loop / fused (> 1: fused faster). The load average is
-printed before and after: on a shared machine other jobs slow either backend at random.
+first), and the table shows the medians and their ratio loop / fused (> 1: fused faster), of the wall time and
+of the process's CPU time. The load average is printed before and after: on a shared machine other jobs slow
+either backend at random, most of all with 2 threads, where a parallel region waits for a thread that another
+process holds; with ``--threads 1`` the CPU time is the measure that other jobs disturb least.
 
 Memory (tracemalloc does not see torch's buffers, and torch's CPU allocator keeps no peak counter), each backend
 in a fresh process after a warm-up step, three ways:
@@ -57,19 +59,19 @@ def _setup(cell: str, B: int, T: int, H: int, seed: int = 0):
     return RNN(cell, H, H, 1), torch.randn(B, T, H)
 
 
-def train_step(rnn: RNN, x: torch.Tensor, backend: str) -> float:
-    """One forward + backward of out.sum(); returns its wall time in seconds."""
+def train_step(rnn: RNN, x: torch.Tensor, backend: str) -> tuple[float, float]:
+    """One forward + backward of out.sum(); returns its wall time and the process's CPU time, in seconds."""
     rnn.backend = backend
     rnn.zero_grad(set_to_none=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out, _ = rnn(x)
     out.sum().backward()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def time_backends(cell: str, B: int, T: int, H: int, rounds: int) -> dict[str, list[float]]:
+def time_backends(cell: str, B: int, T: int, H: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     rnn, x = _setup(cell, B, T, H)
-    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    times: dict[str, list[tuple[float, float]]] = {b: [] for b in BACKENDS}
     for b in BACKENDS:  # warm-up: first-call costs (oneDNN set-up, page faults of a fresh heap)
         train_step(rnn, x, b)
     for r in range(rounds):
@@ -155,16 +157,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.cell}, float32, D = H, 1 layer, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    head = f"{'B x T x H':>14} | {'loop ms':>9} {'fused ms':>9} {'ratio':>6} | rounds (loop/fused, ms)"
+    head = f"{'B x T x H':>14} | wall ms: loop, fused, ratio | CPU ms: loop, fused, ratio | wall per round (loop/fused)"
     if not args.no_memory:
         head += " | MiB loop, fused: peak | rss | saved"
     print(head)
     for B, T, H in args.sizes:
         times = time_backends(args.cell, B, T, H, args.rounds)
-        med = {b: statistics.median(v) * 1e3 for b, v in times.items()}
-        spread = " ".join(f"{a * 1e3:.0f}/{b * 1e3:.0f}" for a, b in zip(times["loop"], times["fused"], strict=True))
-        line = f"{f'{B} x {T} x {H}':>14} | {med['loop']:9.1f} {med['fused']:9.1f} {med['loop'] / med['fused']:5.2f}x"
-        line += f" | {spread}"
+        line = f"{f'{B} x {T} x {H}':>14}"
+        for k in (0, 1):  # wall, CPU
+            med = {b: statistics.median(v[k] for v in runs) * 1e3 for b, runs in times.items()}
+            line += f" | {med['loop']:8.1f} {med['fused']:8.1f} {med['loop'] / med['fused']:5.2f}x"
+        pairs = zip(times["loop"], times["fused"], strict=True)
+        line += " | " + " ".join(f"{a[0] * 1e3:.0f}/{b[0] * 1e3:.0f}" for a, b in pairs)
         if not args.no_memory:
             mem = {b: measure_memory(args.cell, B, T, H, b, args.threads) for b in BACKENDS}
             for key in ("peak", "rss", "saved"):
