@@ -95,6 +95,7 @@ def test_backward_in_time_slices_equals_loop(cell, bidirectional, slice_steps, m
     the next; with slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient still equal the "loop"
     reference."""
     monkeypatch.setattr(layernorm_lstm, "SLICE_ROWS", slice_steps * B)
+    monkeypatch.setattr(layernorm_lstm, "KEEP_P", slice_steps == 1)  # both ways of getting P in the backward
     assert len(ops.backward_slices(T, B, False, layernorm_lstm.SLICE_ROWS)) == -(-T // slice_steps)
     rnn = _model(cell, 2, bidirectional, True, torch.float64)
     x = torch.randn(B, T, D, dtype=torch.float64)

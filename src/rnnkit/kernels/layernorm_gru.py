@@ -25,7 +25,7 @@ and over a slice of the time axis at once, after its steps::
 The layout is gru.py's: W_ih's gate rows (and a_ih, b_ih) reordered (n, z, r), W_hh's (z, r, n), so the step's
 gradient row [dn, dz, dr, dh_n] holds the input side in its first 3H columns and the hidden side in its last 3H;
 LN is over all 3H units, so reordering them changes nothing but the order. The factors are gru.py's
-(``_factors``); as in layernorm_lstm.py, the products P and A are recomputed slice by slice in the backward
+(``_factors``); as in layernorm_lstm.py (its slices and KEEP_P), A is recomputed slice by slice in the backward
 rather than kept, the LayerNorms are ATen's, and ops.tanh_scale doubles the n rows' gains and shifts.
 """
 
@@ -36,9 +36,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.layernorm import EPS
+from rnnkit.kernels import layernorm_lstm  # its slicing and KEEP_P, read at each call
 from rnnkit.kernels.gru import _factors, _outputs, _previous, _to_hh, _to_ih  # gru.py's layout and factors
-from rnnkit.kernels.layernorm_lstm import SLICE_ROWS, SLICES, _ln_grads
-from rnnkit.kernels.ops import backward_slices, linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
+from rnnkit.kernels.layernorm_lstm import _ln_grads
+from rnnkit.kernels.ops import linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
 
 __all__ = ["LayerNormGRUFunction", "layernorm_gru_layer"]
 
@@ -62,8 +63,10 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, a_ih, a_hh, keep: boo
     scale = tanh_scale(x)  # the n rows are fed 2a: their gains and shifts doubled (LN undoes a scaled W)
     g_ih, s_ih = _scale_block(a_ih, 0, scale), _scale_block(b_ih, 0, scale)
     g_hh, s_hh = _scale_block(a_hh, 2, scale), _scale_block(b_hh, 2, scale)
-    Z, mean_ih, rstd_ih = torch.native_layer_norm(linear(x.reshape(T * B, D), w_ih), (3 * H,), g_ih, s_ih, EPS)
+    P = linear(x.reshape(T * B, D), w_ih)  # (T*B, 3H) input products
+    Z, mean_ih, rstd_ih = torch.native_layer_norm(P, (3 * H,), g_ih, s_ih, EPS)
     Z = Z.view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place into [n, z, r]
+    P = P.view(T, B, 3 * H) if keep and layernorm_lstm.KEEP_P else None  # else the backward recomputes it
     S = x.new_zeros(T + 1, B, H)  # zeros, not empty: see ops.py on page faults
     S[T if reverse else 0] = h0
     h, ghn, stats = h0, [], []
@@ -84,7 +87,7 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, a_ih, a_hh, keep: boo
     order = slice(None, None, -1) if reverse else slice(None)  # the lists are in visiting order; store in time order
     Q, zc = _factors(Z, torch.stack(ghn[order]).div_(scale), S, mask, reverse)
     mean_hh, rstd_hh = (torch.stack(list(v)[order]) for v in zip(*stats, strict=True))
-    return S, (Q, zc, mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1), mean_hh, rstd_hh)
+    return S, (Q, zc, mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1), mean_hh, rstd_hh, P)
 
 
 class LayerNormGRUFunction(torch.autograd.Function):
@@ -108,7 +111,7 @@ class LayerNormGRUFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_last):
-        x, S, m, w_ih, w_hh, a_ih, a_hh, Q, zc, mean_ih, rstd_ih, mean_hh, rstd_hh = ctx.saved_tensors
+        x, S, m, w_ih, w_hh, a_ih, a_hh, Q, zc, mean_ih, rstd_ih, mean_hh, rstd_hh, P_kept = ctx.saved_tensors
         reverse = ctx.reverse
         T, B, D = x.shape
         H = w_hh.size(1)
@@ -116,7 +119,7 @@ class LayerNormGRUFunction(torch.autograd.Function):
         dy = torch.zeros_like(zc) if dy is None else dy if m is None else dy * m  # (T, B, H)
         g = torch.zeros_like(zc[0]) if dh_last is None else dh_last  # (B, H)
         h_prev = _previous(S, reverse)  # (T, B, H)
-        spans = backward_slices(T, B, reverse, min(SLICE_ROWS, B * -(-T // SLICES)))
+        spans = layernorm_lstm.slices(T, B, reverse)
         n = max(t1 - t0 for t0, t1 in spans)
         dG = x.new_zeros(n, B, 4 * H)  # [dn, dz, dr, dgh_n] of the slice's steps; zeros: see ops.py on page faults
         A = x.new_zeros(n, B, 3 * H)  # the slice's A, each step's turned into its dA, then P for the input side
@@ -153,7 +156,10 @@ class LayerNormGRUFunction(torch.autograd.Function):
             if need[5]:
                 add("w_hh", weight_grad(A[:L].view(-1, 3 * H), h_prev[rows].reshape(-1, H)))
             if need[0] or need[4] or need[8]:
-                P = torch.mm(x[rows].reshape(-1, D), w_ih.t(), out=A[:L].view(-1, 3 * H))  # (L*B, 3H) over dA
+                if P_kept is not None:
+                    P = P_kept[rows].view(-1, 3 * H)
+                else:  # (L*B, 3H), over dA
+                    P = torch.mm(x[rows].reshape(-1, D), w_ih.t(), out=A[:L].view(-1, 3 * H))
                 dP, da_ih = _ln_grads(gi, P, mean_ih[rows], rstd_ih[rows], a_ih, [need[0] or need[4], need[8]])
                 if dx is not None:
                     torch.mm(dP, w_ih, out=dx[rows].view(-1, D))

@@ -33,10 +33,9 @@ and over many steps at once (a slice of the time axis, after its steps)::
 The input side LN(P_t; a_ih) does not depend on h, so its forward runs once for all steps before the loop and its
 backward once per time slice after the slice's steps, as do every gain's and bias's gradient but a_hh's. The
 factors of dz that do not depend on gh or gc (lstm.py's ``Q``, with q for tanh(c)) are computed after the
-forward loop over the activations' own buffer. What the backward keeps is x, h, c, the factors and each LN's
-mean and 1/std; the products P and A are recomputed slice by slice, one GEMM each over the whole slice, instead
-of holding two (T, B, 4H) tensors from the forward to the backward (benchmarks/layernorm_fused.py measures the
-peak memory).
+forward loop over the activations' own buffer. What the backward keeps is x, h, c, P, the factors and each
+LN's mean and 1/std; A is recomputed slice by slice, one GEMM over the whole slice, instead of being held from
+the forward to the backward (see KEEP_P).
 
 The per-step LayerNorms and their backward (LNback with only dL/dv) are ATen's ``native_layer_norm`` and
 ``native_layer_norm_backward``: one call each instead of some eight elementwise ops and reductions, each of which
@@ -55,17 +54,19 @@ from rnnkit.cells.layernorm import EPS
 from rnnkit.kernels.lstm import _outputs, _previous  # the same state layout as LSTM
 from rnnkit.kernels.ops import backward_slices, linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
 
-__all__ = ["LayerNormLSTMFunction", "layernorm_lstm_layer"]
+__all__ = ["LayerNormLSTMFunction", "layernorm_lstm_layer", "slices"]
 
 _ln_backward = torch.ops.aten.native_layer_norm_backward.default
 
 # The backward runs over slices of the time axis, each folded into dx and the parameter gradients before the
-# next: it recomputes the slice's products P = x W_ih^T and A = h W_hh^T (one GEMM each, over the whole slice)
-# rather than keep two (T, B, 4H) tensors from the forward, and its buffers hold a slice only. A slice is an
-# eighth of the sequence, at most SLICE_ROWS rows (steps x batch), so that those buffers stay small beside what
-# the forward keeps at every size (benchmarks/layernorm_fused.py prints the peak memory of both backends).
+# next, so its buffers hold a slice only: an eighth of the sequence, at most SLICE_ROWS rows (steps x batch).
+# It recomputes the slice's hidden products A = h W_hh^T (one GEMM over the slice) rather than keep a (T, B, 4H)
+# tensor from the forward; the input products P are kept (KEEP_P) or recomputed the same way. The step is bound
+# by its GEMMs: each recomputed product adds one to the six a training step needs, while keeping both puts the
+# peak memory above the loop backend's; benchmarks/layernorm_fused.py measures both.
 SLICES = 8
 SLICE_ROWS = 256
+KEEP_P = True
 
 
 def _scaled(v: Tensor | None, rows: Tensor | None) -> Tensor | None:
@@ -73,6 +74,11 @@ def _scaled(v: Tensor | None, rows: Tensor | None) -> Tensor | None:
     if v is None or rows is None:
         return v
     return (v.view(4, -1) * rows).view(-1)
+
+
+def slices(T: int, B: int, reverse: bool) -> list[tuple[int, int]]:
+    """The backward's time slices (ops.backward_slices) of an eighth of T steps, at most SLICE_ROWS rows each."""
+    return backward_slices(T, B, reverse, min(SLICE_ROWS, B * -(-T // SLICES)))
 
 
 def _bias(b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
@@ -96,7 +102,7 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b, a_ih, a_hh, a_c, b_c, keep
     P = linear(x.reshape(T * B, D), w_ih)  # (T*B, 4H) input products
     Z, mean_ih, rstd_ih = torch.native_layer_norm(P, (4 * H,), g_ih, g_b, EPS)  # (T*B, 4H); then activations
     Z = Z.view(T, B, 4 * H)
-    del P  # the backward recomputes it slice by slice: one GEMM, where keeping it would cost (T, B, 4H)
+    P = P.view(T, B, 4 * H) if keep and KEEP_P else None  # else the backward recomputes it
     S = x.new_zeros(T + 1, B, H)  # zeros, not empty: see ops.py on page faults
     C = x.new_zeros(T + 1, B, H) if keep else None  # c in time order
     first = T if reverse else 0
@@ -133,7 +139,7 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b, a_ih, a_hh, a_c, b_c, keep
     stats = [torch.stack(list(v)[order]) for v in (*zip(*stats_hh, strict=True), *zip(*stats_c, strict=True))]
     Q, p, forget = _factors_(Z, torch.stack(qs[order]), C, mask, reverse)
     del qs
-    saved = {"stats_ih": (mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1)), "C": C}
+    saved = {"stats_ih": (mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1)), "C": C, "P": P}
     saved |= {"stats_hh": tuple(stats[:2]), "stats_c": tuple(stats[2:]), "Q": Q, "p": p, "forget": forget}
     return S, c, saved
 
@@ -165,7 +171,7 @@ def _factors_(act: Tensor, q: Tensor, C: Tensor, mask: Tensor | None, reverse: b
     return act, p, forget
 
 
-_KEYS = ("C", "Q", "p", "forget")
+_KEYS = ("C", "Q", "p", "forget", "P")
 
 
 class LayerNormLSTMFunction(torch.autograd.Function):
@@ -189,7 +195,7 @@ class LayerNormLSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_last, dc_last):
-        x, S, m, w_ih, w_hh, a_ih, a_hh, a_c, C, Q, p, forget, *stats = ctx.saved_tensors
+        x, S, m, w_ih, w_hh, a_ih, a_hh, a_c, C, Q, p, forget, P_kept, *stats = ctx.saved_tensors
         mean_ih, rstd_ih, mean_hh, rstd_hh, mean_c, rstd_c = stats
         reverse = ctx.reverse
         T, B, D = x.shape
@@ -200,8 +206,7 @@ class LayerNormLSTMFunction(torch.autograd.Function):
         gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
         K = _outputs(C, reverse)  # (T, B, H): the LN_c input at t (the frozen c on masked steps, where du = 0)
         h_prev = _previous(S, reverse)  # (T, B, H)
-        rows_per_slice = min(SLICE_ROWS, B * -(-T // SLICES))
-        spans = backward_slices(T, B, reverse, rows_per_slice)  # each slice folded into the sums before the next
+        spans = slices(T, B, reverse)  # each slice folded into the sums before the next
         n = max(t1 - t0 for t0, t1 in spans)
         dZ = x.new_zeros(n, B, 4 * H)  # dz of the slice's steps; zeros: see ops.py on page faults
         dU = x.new_zeros(n, B, H)  # du of the slice's steps
@@ -247,7 +252,10 @@ class LayerNormLSTMFunction(torch.autograd.Function):
             if need[6]:
                 add("w_hh", weight_grad(A[:L].view(-1, 4 * H), h_prev[rows].reshape(-1, H)))
             if need[0] or need[5] or need[9]:
-                P = torch.mm(x[rows].reshape(-1, D), w_ih.t(), out=A[:L].view(-1, 4 * H))  # (L*B, 4H) over dA
+                if P_kept is not None:
+                    P = P_kept[rows].view(-1, 4 * H)
+                else:  # (L*B, 4H), over dA
+                    P = torch.mm(x[rows].reshape(-1, D), w_ih.t(), out=A[:L].view(-1, 4 * H))
                 dP, da_ih = _ln_grads(dz, P, mean_ih[rows], rstd_ih[rows], a_ih, [need[0] or need[5], need[9]])
                 if dx is not None:
                     torch.mm(dP, w_ih, out=dx[rows].view(-1, D))
