@@ -11,7 +11,7 @@ import torch
 from conftest import tol
 from rnnkit.backends import resolve
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import layernorm_lstm, ops
+from rnnkit.kernels import layernorm_gru, layernorm_lstm, ops
 from rnnkit.kernels.layernorm_gru import LayerNormGRUFunction, layernorm_gru_layer
 from rnnkit.kernels.layernorm_lstm import LayerNormLSTMFunction, layernorm_lstm_layer
 from rnnkit.recurrent import RNN
@@ -95,7 +95,8 @@ def test_backward_in_time_slices_equals_loop(cell, bidirectional, slice_steps, m
     the next; with slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient still equal the "loop"
     reference."""
     monkeypatch.setattr(layernorm_lstm, "SLICE_ROWS", slice_steps * B)
-    monkeypatch.setattr(layernorm_lstm, "KEEP_P", slice_steps == 1)  # both ways of getting P in the backward
+    for module in (layernorm_lstm, layernorm_gru):  # both ways of getting P in the backward
+        monkeypatch.setattr(module, "KEEP_P", slice_steps == 1)
     assert len(ops.backward_slices(T, B, False, layernorm_lstm.SLICE_ROWS)) == -(-T // slice_steps)
     rnn = _model(cell, 2, bidirectional, True, torch.float64)
     x = torch.randn(B, T, D, dtype=torch.float64)

@@ -25,8 +25,9 @@ and over a slice of the time axis at once, after its steps::
 The layout is gru.py's: W_ih's gate rows (and a_ih, b_ih) reordered (n, z, r), W_hh's (z, r, n), so the step's
 gradient row [dn, dz, dr, dh_n] holds the input side in its first 3H columns and the hidden side in its last 3H;
 LN is over all 3H units, so reordering them changes nothing but the order. The factors are gru.py's
-(``_factors``); as in layernorm_lstm.py (its slices and KEEP_P), A is recomputed slice by slice in the backward
-rather than kept, the LayerNorms are ATen's, and ops.tanh_scale doubles the n rows' gains and shifts.
+(``_factors``); as in layernorm_lstm.py (its slices), the products are recomputed slice by slice in the
+backward rather than kept (see KEEP_P), the LayerNorms are ATen's, and ops.tanh_scale doubles the n rows'
+gains and shifts.
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.layernorm import EPS
-from rnnkit.kernels import layernorm_lstm  # its slicing and KEEP_P, read at each call
+from rnnkit.kernels import layernorm_lstm  # its slicing, read at each call
 from rnnkit.kernels.gru import _factors, _outputs, _previous, _to_hh, _to_ih  # gru.py's layout and factors
 from rnnkit.kernels.layernorm_lstm import _ln_grads
 from rnnkit.kernels.ops import linear, linear_add, tanh_, tanh_scale, time_steps, weight_grad
 
 __all__ = ["LayerNormGRUFunction", "layernorm_gru_layer"]
+
+# Unlike the LSTM's, the GRU's forward holds P, the activations and the new factors Q (4H wide, gru._factors)
+# at once, so keeping P for the backward put its peak memory above the loop backend's
+# (benchmarks/layernorm_fused.py): the backward recomputes P, one GEMM over each slice, as it does A.
+KEEP_P = False
 
 _ln_backward = torch.ops.aten.native_layer_norm_backward.default
 
@@ -66,7 +72,7 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, a_ih, a_hh, keep: boo
     P = linear(x.reshape(T * B, D), w_ih)  # (T*B, 3H) input products
     Z, mean_ih, rstd_ih = torch.native_layer_norm(P, (3 * H,), g_ih, s_ih, EPS)
     Z = Z.view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place into [n, z, r]
-    P = P.view(T, B, 3 * H) if keep and layernorm_lstm.KEEP_P else None  # else the backward recomputes it
+    P = P.view(T, B, 3 * H) if keep and KEEP_P else None  # else the backward recomputes it
     S = x.new_zeros(T + 1, B, H)  # zeros, not empty: see ops.py on page faults
     S[T if reverse else 0] = h0
     h, ghn, stats = h0, [], []
