@@ -26,7 +26,7 @@ The layout is gru.py's: W_ih's gate rows (and a_ih, b_ih) reordered (n, z, r), W
 gradient row [dn, dz, dr, dh_n] holds the input side in its first 3H columns and the hidden side in its last 3H;
 LN is over all 3H units, so reordering them changes nothing but the order. The factors are gru.py's
 (``_factors``); as in layernorm_lstm.py (its slices), the products are recomputed slice by slice in the
-backward rather than kept (see KEEP_P), the LayerNorms are ATen's, and ops.tanh_scale doubles the n rows'
+backward rather than kept (A; P too without KEEP_P), the LayerNorms are ATen's, and ops.tanh_scale doubles the n rows'
 gains and shifts.
 """
 
@@ -44,10 +44,8 @@ from rnnkit.kernels.ops import linear, linear_add, tanh_, tanh_scale, time_steps
 
 __all__ = ["LayerNormGRUFunction", "layernorm_gru_layer"]
 
-# Unlike the LSTM's, the GRU's forward holds P, the activations and the new factors Q (4H wide, gru._factors)
-# at once, so keeping P for the backward put its peak memory above the loop backend's
-# (benchmarks/layernorm_fused.py): the backward recomputes P, one GEMM over each slice, as it does A.
-KEEP_P = False
+# As in layernorm_lstm.py: P kept, A recomputed in the backward.
+KEEP_P = True
 
 _ln_backward = torch.ops.aten.native_layer_norm_backward.default
 
@@ -75,7 +73,8 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, a_ih, a_hh, keep: boo
     P = P.view(T, B, 3 * H) if keep and KEEP_P else None  # else the backward recomputes it
     S = x.new_zeros(T + 1, B, H)  # zeros, not empty: see ops.py on page faults
     S[T if reverse else 0] = h0
-    h, ghn, stats = h0, [], []
+    ghn = x.new_zeros(T, B, H) if keep else None  # scale * gh_n: copied, so each step's (B, 3H) gh is freed
+    h, stats = h0, []
     for t in time_steps(T, reverse):
         gh, mu, rs = torch.native_layer_norm(linear(h, w_hh), (3 * H,), g_hh, s_hh, EPS)  # [gh_z, gh_r, gh_n]
         a = Z[t]  # (B, 3H)
@@ -86,12 +85,12 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, a_ih, a_hh, keep: boo
             torch.where(mask[t], h_new, h, out=h_new)
         h = h_new
         if keep:
-            ghn.append(gh[:, 2 * H :])  # scale * gh_n
+            ghn[t] = gh[:, 2 * H :]
             stats.append((mu, rs))
     if not keep:
         return S, None
     order = slice(None, None, -1) if reverse else slice(None)  # the lists are in visiting order; store in time order
-    Q, zc = _factors(Z, torch.stack(ghn[order]).div_(scale), S, mask, reverse)
+    Q, zc = _factors(Z, ghn.div_(scale), S, mask, reverse)
     mean_hh, rstd_hh = (torch.stack(list(v)[order]) for v in zip(*stats, strict=True))
     return S, (Q, zc, mean_ih.view(T, B, 1), rstd_ih.view(T, B, 1), mean_hh, rstd_hh, P)
 
