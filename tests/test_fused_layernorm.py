@@ -11,7 +11,7 @@ import torch
 from conftest import tol
 from rnnkit.backends import resolve
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import layernorm_gru, layernorm_lstm, ops
+from rnnkit.kernels import layernorm_gru, layernorm_lstm
 from rnnkit.kernels.layernorm_gru import LayerNormGRUFunction, layernorm_gru_layer
 from rnnkit.kernels.layernorm_lstm import LayerNormLSTMFunction, layernorm_lstm_layer
 from rnnkit.recurrent import RNN
@@ -94,10 +94,11 @@ def test_backward_in_time_slices_equals_loop(cell, bidirectional, slice_steps, m
     """The backward recomputes the products and folds each time slice (ops.backward_slices) into the sums before
     the next; with slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient still equal the "loop"
     reference."""
+    monkeypatch.setattr(layernorm_lstm, "SLICES", 1)  # so that SLICE_ROWS alone sets the slices
     monkeypatch.setattr(layernorm_lstm, "SLICE_ROWS", slice_steps * B)
     for module in (layernorm_lstm, layernorm_gru):  # both ways of getting P in the backward
         monkeypatch.setattr(module, "KEEP_P", slice_steps == 1)
-    assert len(ops.backward_slices(T, B, False, layernorm_lstm.SLICE_ROWS)) == -(-T // slice_steps)
+    assert len(layernorm_lstm.slices(T, B, False)) == -(-T // slice_steps)
     rnn = _model(cell, 2, bidirectional, True, torch.float64)
     x = torch.randn(B, T, D, dtype=torch.float64)
     ref_out, ref_grads = _run(rnn, "loop", x, None, LENGTHS)
