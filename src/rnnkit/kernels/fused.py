@@ -4,7 +4,7 @@
 runs one direction of one layer on time-major input, with ``w`` the layer's parameters by kind; the skeleton
 around it (layers, directions, dropout, state layout) is ``rnnkit.backends.run_layers``. Inside, everything is
 time-major, so each step reads and writes contiguous (B, .) slices. The per-cell kernels live in ``elman.py``,
-``lstm.py`` and ``gru.py``.
+``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from torch import Tensor
 from rnnkit.cells.spec import LSTMState
 from rnnkit.kernels.elman import elman_layer
 from rnnkit.kernels.gru import gru_layer
+from rnnkit.kernels.layernorm_gru import layernorm_gru_layer
+from rnnkit.kernels.layernorm_lstm import layernorm_lstm_layer
 from rnnkit.kernels.lstm import lstm_layer
 
 __all__ = ["LAYERS"]
@@ -36,4 +38,20 @@ def _gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict):
     return gru_layer(x, h, mask, reverse, *_w(w))
 
 
-LAYERS = {"elman": _elman, "lstm": _lstm, "gru": _gru}
+def _layernorm_lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict):
+    gains = (w["ln_ih_weight"], w["ln_hh_weight"], w["ln_c_weight"], w["ln_c_bias"])
+    y, h, c = layernorm_lstm_layer(x, state[0], state[1], mask, reverse, *_w(w), *gains)
+    return y, LSTMState(h, c)
+
+
+def _layernorm_gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict):
+    return layernorm_gru_layer(x, h, mask, reverse, *_w(w), w["ln_ih_weight"], w["ln_hh_weight"])
+
+
+LAYERS = {
+    "elman": _elman,
+    "lstm": _lstm,
+    "gru": _gru,
+    "layernorm-lstm": _layernorm_lstm,
+    "layernorm-gru": _layernorm_gru,
+}

@@ -122,10 +122,11 @@ def weight_grad(dG: Tensor, X: Tensor) -> Tensor:
 SLICE_ROWS = 1024
 
 
-def backward_slices(T: int, B: int, reverse: bool) -> list[tuple[int, int]]:
+def backward_slices(T: int, B: int, reverse: bool, rows: int | None = None) -> list[tuple[int, int]]:
     """Slices [t0, t1) of the time axis in the order backward visits them (a forward direction from its last step
-    back, a reverse one from its first), each of ceil(SLICE_ROWS / B) steps (at least one)."""
-    n = max(1, -(-SLICE_ROWS // max(1, B)))
+    back, a reverse one from its first), each of ceil(rows / B) steps (at least one); ``rows`` defaults to
+    SLICE_ROWS."""
+    n = max(1, -(-(SLICE_ROWS if rows is None else rows) // max(1, B)))
     spans = [(t0, min(t0 + n, T)) for t0 in range(0, T, n)]
     return spans if reverse else spans[::-1]
 
