@@ -385,7 +385,8 @@ def _bench_compile(mode, shape, repeats, device, write) -> None:
 
 
 def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
-    return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {ratio:7.2f}x {gflops:8.1f} {extra}".rstrip()
+    r = f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"  # a small ratio keeps its digits: 0.0025, not 0.00
+    return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {r:>7}x {gflops:8.1f} {extra}".rstrip()
 
 
 def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
