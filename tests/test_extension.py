@@ -15,10 +15,15 @@ def test_library_name_follows_the_source(monkeypatch, tmp_path):
     monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path))
     first = extension.library_path()
     assert first.parent == tmp_path and first.suffix == ".so"
-    edited = tmp_path / "recurrence.cpp"
-    edited.write_text(extension.SOURCE.read_text() + "\n// an edit\n")
-    monkeypatch.setattr(extension, "SOURCE", edited)
-    assert extension.library_path() != first  # an edited source never loads a stale library
+    for i, source in enumerate((*extension.SOURCES, *extension.HEADERS)):
+        edited = tmp_path / source.name
+        edited.write_text(source.read_text() + "\n// an edit\n")
+        name = "SOURCES" if i < len(extension.SOURCES) else "HEADERS"
+        files = list(getattr(extension, name))
+        files[files.index(source)] = edited
+        with monkeypatch.context() as m:
+            m.setattr(extension, name, tuple(files))
+            assert extension.library_path() != first, source.name  # an edited file never loads a stale library
 
 
 def test_library_name_follows_the_cpu(monkeypatch, tmp_path):

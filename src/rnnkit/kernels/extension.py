@@ -1,4 +1,5 @@
-"""The fused backend's per-step loops in C++ (``csrc/recurrence.cpp``), built on first use and cached.
+"""The fused backend's per-step loops in C++ (``csrc/recurrence.cpp``) and the generation step (``csrc/step.cpp``),
+built on first use into one library and cached.
 
 On CPU, Python's step loop costs more than its arithmetic at the sizes that matter: dispatching some 15 small
 elementwise ops per step takes a large share of a GRU train step (benchmarks/KERNELS.md). The C++ loops compute
@@ -43,7 +44,9 @@ __all__ = ["available", "build", "cache_dir", "loaded", "ops", "step_weight", "u
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "recurrence.cpp", CSRC / "step.cpp")  # the fused loops and the generation step
+HEADERS = (CSRC / "activations.h",)
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).
@@ -100,7 +103,14 @@ def _torch_flags() -> tuple[list[str], list[str]]:
 def library_path() -> Path:
     """The cached library for this source, torch, compiler flags and CPU."""
     key = "\n".join(
-        [SOURCE.read_text(), torch.__version__, " ".join(COMPILE_FLAGS), _cpu_model(), sys.version, str(_compiler())]
+        [
+            *(p.read_text() for p in (*SOURCES, *HEADERS)),
+            torch.__version__,
+            " ".join(COMPILE_FLAGS),
+            _cpu_model(),
+            sys.version,
+            str(_compiler()),
+        ]
     )
     return cache_dir() / f"recurrence-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
@@ -113,10 +123,13 @@ def build(path: Path) -> None:
     cflags, ldflags = _torch_flags()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
-        obj, lib = Path(tmp) / "recurrence.o", Path(tmp) / path.name
+        objs, lib = [Path(tmp) / f"{src.stem}.o" for src in SOURCES], Path(tmp) / path.name
         for cmd in (
-            [cxx, *COMPILE_FLAGS, *cflags, "-c", str(SOURCE), "-o", str(obj)],
-            [cxx, "-shared", "-fopenmp", str(obj), *ldflags, "-o", str(lib)],
+            *(
+                [cxx, *COMPILE_FLAGS, *cflags, "-c", str(src), "-o", str(obj)]
+                for src, obj in zip(SOURCES, objs, strict=True)
+            ),
+            [cxx, "-shared", "-fopenmp", *map(str, objs), *ldflags, "-o", str(lib)],
         ):
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
