@@ -11,17 +11,13 @@ biases summed, and then the gate arithmetic:
 
 The prepared weights are cached per module and rebuilt when any parameter changes: the cache key holds
 each parameter's ``data_ptr`` and ``_version``, which in-place optimizer updates and ``load_state_dict`` bump.
-On CPU the step runs in NumPy on views of the same memory (``Tensor.numpy()`` and ``torch.from_numpy`` copy
-nothing): at these sizes both its BLAS product and its small elementwise ops carry less per-call overhead
-than torch's (benchmarks/KERNELS.md). Sigmoids are taken as 0.5 tanh(a/2) + 0.5, with the 1/2 folded into the
-weights, so all gates of a layer share one ``np.tanh``. From H = 384 on, the NumPy GRU step uses two products,
-``x W_ih^T`` and ``h W_hh^T``, rather than the block matrix with its zero blocks.
-
-On CPU with the C++ loops built (kernels/extension.py), batches up to ``CPP_STEP_MAX_BATCH`` take the whole
-step of every layer in one C++ call instead (``step`` in csrc/recurrence.cpp): torch's own weight layout, no
-prepared copy, hidden units split over the intra-op threads. Batch 1 is bound by reading the weights (a 2x256
-GRU step reads 3 MB), so what it saves is the per-op overhead, which makes it faster per token than both the
-NumPy step and a ``GRUCell`` loop (benchmarks/KERNELS.md).
+Two engines: on CPU with the C++ loops built (kernels/extension.py), batches up to ``CPP_STEP_MAX_BATCH`` take
+the whole step of every layer in one C++ call (``step`` in csrc/step.cpp): torch's own weight layout, no prepared
+copy, hidden units split over the intra-op threads. Batch 1 is bound by reading the weights (a 2x256 GRU step
+reads 3 MB), so what it saves is the per-op overhead, which makes it faster per token than a ``GRUCell`` loop
+(benchmarks/KERNELS.md). Everything else takes the torch step on the prepared weights. A third engine, the same
+step in NumPy, was dropped: on the 2-core Intel Xeon of 2026-12-02 (one thread, 2-layer LSTM/GRU, H = 256 and
+512) it took 1.7-2.4x the torch step's time at batches 4 to 32 and more than the C++ step at batch 1.
 
 The fast path runs only without autograd (``torch.no_grad()`` or tensors that need no grad) and without
 training-mode dropout; otherwise the step goes through the module's backend on a length-1 sequence.
@@ -31,7 +27,6 @@ from __future__ import annotations
 
 import weakref
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,7 +36,6 @@ from rnnkit.kernels.extension import wanted
 __all__ = ["can_fast", "fast_step", "prepared_step_weights", "torch_step"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_NP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CPP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -75,57 +69,6 @@ def _prepare(rnn) -> list[tuple[Tensor, Tensor | None]]:
     return layers
 
 
-def _prepare_numpy(rnn) -> list[tuple[np.ndarray, ...]]:
-    """Per layer (W^T (D+H, G*H), b (G*H,), scale, shift) for NumPy: the rows that feed a sigmoid are scaled by
-    1/2, and ``scale * tanh(a) + shift`` turns tanh into sigmoid there (LSTM; GRU does it on its r, z slice)."""
-    if rnn.mode == "gru" and rnn.hidden_size >= GRU_SPLIT_MIN_HIDDEN:
-        return _prepare_numpy_gru(rnn)
-    layers = []
-    for w_t, b in prepared_step_weights(rnn):
-        w = w_t.t().detach().cpu().numpy().copy()  # (G*H, D+H), row-major
-        b = np.zeros(w.shape[0], w.dtype) if b is None else b.detach().cpu().numpy().copy()
-        H = rnn.hidden_size
-        if rnn.mode == "lstm":
-            w[2 * H : 3 * H] *= 0.5  # undo the torch path's factor 2 on g: tanh itself is used here
-            b[2 * H : 3 * H] *= 0.5
-            sig = np.r_[0 : 2 * H, 3 * H : 4 * H]
-        else:
-            sig = np.arange(2 * H) if rnn.mode == "gru" else np.arange(0)  # GRU: r, z; Elman: none
-        w[sig] *= 0.5
-        b[sig] *= 0.5
-        scale, shift = np.ones(w.shape[0], w.dtype), np.zeros(w.shape[0], w.dtype)
-        scale[sig], shift[sig] = 0.5, 0.5
-        layers.append((np.ascontiguousarray(w).T, b, scale, shift))  # W^T (D+H, G*H), a view of row-major W
-    return layers
-
-
-# From this width on, the NumPy GRU step reads W_ih and W_hh in two products rather than one block matrix with
-# zero blocks: once the weights outgrow the cache the bytes saved pay for the extra calls, while below it the
-# extra calls cost more than the bytes saved (benchmarks/KERNELS.md).
-GRU_SPLIT_MIN_HIDDEN = 384
-
-
-def _prepare_numpy_gru(rnn) -> list[tuple[np.ndarray, ...]]:
-    """Per layer (W_ih^T (D, 3H), b_ih (3H,), W_hh^T (H, 3H), b_hh (3H,)) with the r, z rows halved.
-
-    Two products instead of one on ``[x, h]``: the block matrix of the torch path carries two zero blocks
-    (a quarter of its bytes when D = H), and a batch-1 step is bound by reading the weights.
-    """
-    layers = []
-    H = rnn.hidden_size
-    for layer in range(rnn.num_layers):
-        w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(layer, 0)
-        parts = []
-        for w, b in ((w_ih, b_ih), (w_hh, b_hh)):
-            w = w.detach().cpu().numpy().copy()  # (3H, D) or (3H, H), row-major
-            b = np.zeros(3 * H, w.dtype) if b is None else b.detach().cpu().numpy().copy()
-            w[: 2 * H] *= 0.5  # sigmoid(a) = 0.5 tanh(a/2) + 0.5 on r, z
-            b[: 2 * H] *= 0.5
-            parts += [w.T, b]  # W^T, a view of the row-major copy
-        layers.append(tuple(parts))
-    return layers
-
-
 def _cached(cache: weakref.WeakKeyDictionary, rnn, prepare):
     """``prepare(rnn)`` from ``cache`` while every parameter keeps its memory and version, else made anew."""
     key = _key(rnn)
@@ -140,75 +83,6 @@ def _cached(cache: weakref.WeakKeyDictionary, rnn, prepare):
 def prepared_step_weights(rnn) -> list[tuple[Tensor, Tensor | None]]:
     """Per layer ``([W_ih | W_hh]^T (D+H, G*H), bias (G*H,) or None)``, from the cache when still valid."""
     return _cached(_CACHE, rnn, _prepare)
-
-
-def _numpy_weights(rnn) -> list[tuple[np.ndarray, ...]]:
-    return _cached(_NP_CACHE, rnn, _prepare_numpy)
-
-
-def _gru_update(rz_pre, gi_n, gh_n, h_prev, h, H: int):
-    """GRU gates in place from halved r, z pre-activations (B, 2H) and the n parts (B, H); writes h_t into h.
-
-    r, z = sigmoid(.) = 0.5 tanh(rz_pre) + 0.5;  n = tanh(gi_n + r * gh_n);  h_t = n + z * (h_prev - n)
-    """
-    rz = np.tanh(rz_pre, out=rz_pre)
-    rz *= 0.5
-    rz += 0.5
-    n = gi_n
-    n += rz[:, :H] * gh_n
-    np.tanh(n, out=n)
-    np.subtract(h_prev, n, out=h)
-    h *= rz[:, H:]
-    h += n
-    return h
-
-
-def _numpy_step(rnn, x_t: Tensor, state):
-    """The step in NumPy on CPU float tensors: same equations, sigmoid(a) = 0.5 tanh(a/2) + 0.5."""
-    H = rnn.hidden_size
-    is_lstm = rnn.mode == "lstm"
-    h_in = (state[0] if is_lstm else state).numpy()  # (L, B, H), shares memory with the tensor
-    h_out = np.empty_like(h_in)
-    if is_lstm:
-        c_in = state[1].numpy()
-        c_out = np.empty_like(c_in)
-    x = x_t.numpy()  # (B, D)
-    for k, weights in enumerate(_numpy_weights(rnn)):
-        h = h_out[k]  # (B, H), written in place
-        if rnn.mode == "gru" and H >= GRU_SPLIT_MIN_HIDDEN:
-            wi_t, bi, wh_t, bh = weights
-            gi = x @ wi_t  # (B, 3H): [r, z, n] input parts, r and z halved
-            gi += bi
-            gh = h_in[k] @ wh_t  # (B, 3H): [r, z, n] recurrent parts
-            gh += bh
-            rz_pre = gi[:, : 2 * H]
-            rz_pre += gh[:, : 2 * H]
-            x = _gru_update(rz_pre, gi[:, 2 * H :], gh[:, 2 * H :], h_in[k], h, H)
-            continue
-        w_t, b, scale, shift = weights
-        a = np.concatenate((x, h_in[k]), axis=1) @ w_t  # (B, G*H)
-        a += b
-        if is_lstm:
-            np.tanh(a, out=a)
-            a *= scale  # i, f, o: 0.5 tanh(a/2) + 0.5; g: tanh(a)
-            a += shift
-            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
-            c = c_out[k]
-            np.multiply(f, c_in[k], out=c)
-            c += i * g
-            np.tanh(c, out=h)
-            h *= o
-        elif rnn.mode == "gru":  # a = [r, z (halved), gi_n, gh_n] from the block matrix
-            _gru_update(a[:, : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :], h_in[k], h, H)
-        elif rnn.nonlinearity == "tanh":
-            np.tanh(a, out=h)
-        else:
-            np.maximum(a, 0, out=h)
-        x = h
-    y = torch.from_numpy(x.copy())  # its own memory, apart from the state
-    if is_lstm:
-        return y, LSTMState(torch.from_numpy(h_out), torch.from_numpy(c_out))
-    return y, torch.from_numpy(h_out)
 
 
 # The cells the fast step knows; the others step through their backend on a length-1 sequence.
@@ -228,8 +102,8 @@ def can_fast(rnn, x_t: Tensor, state) -> bool:
     return not any(p.requires_grad for p in parts)
 
 
-# The C++ step (extension.py) serves batches up to this size; larger ones go to the NumPy step, whose GEMM
-# reuses each weight for many rows (the C++ step reads its weights once per row).
+# The C++ step (extension.py) serves batches up to this size; larger ones go to the torch step, whose GEMM reuses
+# each weight for many rows (the C++ step reads its weights once per row).
 CPP_STEP_MAX_BATCH = 4
 _STEP_MODES = {("elman", "tanh"): 0, ("elman", "relu"): 1, ("lstm", "tanh"): 2, ("gru", "tanh"): 3}
 
@@ -246,7 +120,7 @@ def _prepare_cpp(rnn) -> tuple[list[Tensor], ...]:
 
 
 def _cpp_step(ext, rnn, x_t: Tensor, state):
-    """The whole step in one C++ call (csrc/recurrence.cpp, ``step``)."""
+    """The whole step in one C++ call (csrc/step.cpp, ``step``)."""
     mode = _STEP_MODES[(rnn.mode, "tanh" if rnn.mode != "elman" else rnn.nonlinearity)]
     if rnn.mode == "lstm":
         y, h, c = ext.step(mode, x_t, state[0], state[1], *_cpp_weights(rnn))
@@ -259,13 +133,12 @@ def fast_step(rnn, x_t: Tensor, state):
     """One step of every layer of a unidirectional ``rnn``: x_t (B, D), validated state -> (y_t (B, H), state).
 
     Equal to ``rnn(x_t.unsqueeze(1), state)`` with the time axis dropped (tests/test_fused.py checks it).
-    On CPU: the C++ step for batches up to ``CPP_STEP_MAX_BATCH`` when the extension is built, else NumPy.
+    The C++ step for batches up to ``CPP_STEP_MAX_BATCH`` on CPU when the extension is built, else the torch step.
     """
-    if x_t.device.type == "cpu" and x_t.dtype in (torch.float32, torch.float64) and x_t.dtype == rnn.weight_hh_l0.dtype:
-        ext = wanted(x_t) if x_t.size(0) <= CPP_STEP_MAX_BATCH else None
+    if x_t.size(0) <= CPP_STEP_MAX_BATCH and x_t.dtype == rnn.weight_hh_l0.dtype:
+        ext = wanted(x_t)  # float32/float64 on CPU, with the C++ loops built
         if ext is not None:
             return _cpp_step(ext, rnn, x_t, state)
-        return _numpy_step(rnn, x_t, state)
     return torch_step(rnn, x_t, state)
 
 
