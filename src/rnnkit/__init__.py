@@ -1,7 +1,7 @@
 """rnnkit: recurrent neural networks from the equations, with the tools to train and use them."""
 
 from rnnkit import reference
-from rnnkit.cells import ElmanCell, GRUCell, LSTMCell, LSTMState
+from rnnkit.cells import CELLS, Cell, CellSpec, ElmanCell, GRUCell, LSTMCell, LSTMState
 from rnnkit.diagnostics import compare_gradient_flow, gradient_flow, plot_gradient_flow
 from rnnkit.errors import CheckpointError, ConfigError, DataError, ExportError, RnnkitError
 from rnnkit.init import init_forget_bias_, init_orthogonal_
@@ -11,8 +11,11 @@ from rnnkit.sequence import detach_state, flip_padded, last_valid, lengths_to_ma
 __version__ = "0.1.0"
 
 __all__ = [
+    "CELLS",
     "RNN",
     "Bidirectional",
+    "Cell",
+    "CellSpec",
     "CheckpointError",
     "ConfigError",
     "DataError",
