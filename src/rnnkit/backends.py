@@ -35,7 +35,7 @@ from rnnkit.sequence import map_state
 if TYPE_CHECKING:
     from rnnkit.recurrent import RNN
 
-__all__ = ["BACKENDS", "available_backends", "loop_layer", "run_layers", "runner", "zoneout"]
+__all__ = ["BACKENDS", "available_backends", "backends_for", "loop_layer", "run_layers", "runner", "zoneout"]
 
 State = Any
 BACKENDS = ("auto", "loop", "native", "fused")
@@ -178,12 +178,17 @@ RUNNERS = {"loop": run_loop, "native": run_native, "fused": run_fused}
 
 
 def usable_backends(rnn: RNN) -> tuple[str, ...]:
-    """The backends that compute what ``rnn`` asks for: zoneout is in the loop only, and dropout masks shared
-    over time between layers (``locked_dropout``) rule out native, whose dropout is torch.nn's."""
-    out = available_backends(rnn.spec)
-    if rnn.zoneout != (0.0, 0.0):
+    """The backends that compute what ``rnn`` asks for (``backends_for`` on its cell and options)."""
+    return backends_for(rnn.spec, rnn.zoneout != (0.0, 0.0), rnn.locked_dropout and rnn.dropout > 0, rnn.num_layers)
+
+
+def backends_for(spec: CellSpec, zoneout: bool, locked_between: bool, num_layers: int) -> tuple[str, ...]:
+    """The backends that run ``spec`` with these options: zoneout is in the loop only, and dropout masks shared
+    over time between layers (``locked_between``) rule out native, whose dropout is torch.nn's."""
+    out = available_backends(spec)
+    if zoneout:
         out = tuple(b for b in out if b == "loop")
-    if rnn.locked_dropout and rnn.dropout > 0 and rnn.num_layers > 1:
+    if locked_between and num_layers > 1:
         out = tuple(b for b in out if b != "native")
     return out
 

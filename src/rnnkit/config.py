@@ -90,6 +90,16 @@ def check_recurrent(config: Any, max_size: int = 2**20) -> None:
         check_bool("locked_dropout", config.locked_dropout)
         if config.weight_drop > 0 and cell_spec(config.mode).recurrent_weight is None:
             raise ConfigError(f"weight_drop needs a cell with recurrent weights, and mode {config.mode!r} has none")
+        if config.backend != "auto":
+            from rnnkit.backends import backends_for
+
+            locked = config.locked_dropout and config.dropout > 0
+            usable = backends_for(cell_spec(config.mode), config.zoneout > 0, locked, config.num_layers)
+            if config.backend not in usable:
+                why = " with zoneout" if config.zoneout > 0 else " with locked dropout between layers" if locked else ""
+                choices = ", ".join(("auto", *usable))
+                what = f"mode {config.mode!r}{why}"
+                raise ConfigError(f"backend {config.backend} cannot run {what}; use one of {choices}")
 
 
 @dataclass(frozen=True)
