@@ -238,3 +238,23 @@ def test_auto_rule_for_the_scan_cells():
     assert rnn.resolved_backend(torch.randn(8, 1, D)) == "loop"  # one step
     assert RNN("minlstm", D, 256).resolved_backend(torch.randn(32, 20, D)) == "loop"  # 8192 values: the loop
     assert RNN("layernorm-lstm", D, 256).resolved_backend(torch.randn(32, 20, D)) in ("fused", "loop")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--mode", "lstm", "--zoneout", "0.1", "--backend", "native"],
+         "backend native cannot run mode 'lstm' with zoneout; use one of auto, loop"),
+        (["--mode", "i2h", "--backend", "fused"], "backend fused cannot run mode 'i2h'; use one of auto, loop"),
+        (["--mode", "gru", "--num-layers", "2", "--dropout", "0.2", "--locked-dropout", "true", "--backend", "native"],
+         "backend native cannot run mode 'gru' with locked dropout between layers; use one of auto, loop, fused"),
+        (["--mode", "mingru", "--init", "orthogonal"], "init orthogonal needs a cell with recurrent weights"),
+        (["--mode", "minlstm", "--weight-drop", "0.3"], "weight_drop needs a cell with recurrent weights"),
+    ],
+)  # fmt: skip
+def test_cell_and_backend_mismatches_are_one_line(flags, message, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("abc\n" * 50, encoding="utf-8")
+    assert main(["train", "lm", "--data", str(text), "--out", str(tmp_path / "r"), *flags]) == 2
+    assert message in one_error_line(capsys, 2)
+    assert not (tmp_path / "r").exists()
