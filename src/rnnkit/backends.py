@@ -194,8 +194,8 @@ def backends_for(spec: CellSpec, zoneout: bool, locked_between: bool, num_layers
 
 
 # A cell's sequence form (the parallel scan of minGRU/minLSTM) runs from here down in state values per step (B * H),
-# above it its step loop: the scan was 1.0-13x the loop's speed at up to 512 values and 0.3-0.9x from 2048 on, on
-# CPU, one thread (benchmarks/min_scan.py); a single step always goes to the loop.
+# above it its step loop: the scan won on small steps and lost on large ones, whatever T (benchmarks/min_scan.py;
+# the figures are in the README's cell table). A single step always goes to the loop.
 SCAN_MAX_VALUES = 1024
 
 

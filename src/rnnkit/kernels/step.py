@@ -16,8 +16,8 @@ the whole step of every layer in one C++ call (``step`` in csrc/step.cpp): torch
 copy, hidden units split over the intra-op threads. Batch 1 is bound by reading the weights (a 2x256 GRU step
 reads 3 MB), so what it saves is the per-op overhead, which makes it faster per token than a ``GRUCell`` loop
 (benchmarks/KERNELS.md). Everything else takes the torch step on the prepared weights. A third engine, the same
-step in NumPy, was dropped: on the 2-core Intel Xeon of 2026-12-02 (one thread, 2-layer LSTM/GRU, H = 256 and
-512) it took 1.7-2.4x the torch step's time at batches 4 to 32 and more than the C++ step at batch 1.
+step in NumPy, was dropped: timed beside these two, it won nowhere it would have run (benchmarks/KERNELS.md, "Two
+generation engines").
 
 The fast path runs only without autograd (``torch.no_grad()`` or tensors that need no grad) and without
 training-mode dropout; otherwise the step goes through the module's backend on a length-1 sequence.
