@@ -11,13 +11,13 @@ line. Both exporters then trace the converted model, so batch and time stay dyna
 - ONNX: ``torch.onnx.export(..., dynamo=False)``, torch's TorchScript-based exporter. Why not the default
   ``dynamo=True`` of torch 2.13: torch.export cannot trace ``pack_padded_sequence`` (data-dependent sizes), so it
   cannot export lengths, while the TorchScript-based exporter maps them onto the ``sequence_lens`` input of ONNX's
-  own LSTM/GRU/RNN operators, keeps batch and time dynamic, and exported a small ``nn.LSTM`` in 0.6 s against
-  3.6 to 4.2 s here. ``dynamo=True`` still works on ``rnnkit.RNN`` without lengths (tested). torch 2.13 marks
+  own LSTM/GRU/RNN operators, keeps batch and time dynamic, and was several times faster to export here (README,
+  "Export"). ``dynamo=True`` still works on ``rnnkit.RNN`` without lengths (tested). torch 2.13 marks
   ``torch.jit`` and this exporter deprecated, and ships both.
 
-Cells torch.nn has no module for (``layernorm-lstm``, ``layernorm-gru``) and zoneout are not traced through
-rnnkit's loop (it would bake T into the graph) or scripted: export refuses them in one line, which names what
-``to_torch`` said. Weight-drop and locked dropout act in training only, and export is of the eval model.
+Cells torch.nn has no module for (the cell table's LayerNorm, min, elman-io and i2h cells) and zoneout are not
+traced through rnnkit's loop (it would bake T into the graph) or scripted: export refuses them in one line, which
+names what ``to_torch`` said. Weight-drop and locked dropout act in training only, and export is of the eval model.
 ``torch.compile`` needs no export: ``RNN.forward`` runs the recurrence eagerly behind a graph break.
 
 What each task exports (``Task.export_graphs``; shapes with B batch, T time, L layers x directions, H hidden):

@@ -521,7 +521,7 @@ def _exporting() -> bool:
 
 
 # export hook: torch.compile's graph break around the recurrence. torch.compiler.disable would import torch._dynamo
-# with rnnkit (1.3 s more per process); torch's own lazy form imports it at the first call, under torch.compile
+# with rnnkit, a slow import for every process; torch's own lazy form imports it at the first call, under compile
 _run_eagerly = torch._disable_dynamo(RNN._run)
 
 
