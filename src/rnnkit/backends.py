@@ -30,12 +30,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnkit.cells.spec import CellSpec, LSTMState
 from rnnkit.kernels import auto_backend
 from rnnkit.kernels.fused import LAYERS
-from rnnkit.sequence import map_state
+from rnnkit.sequence import lengths_to_mask, map_state
 
 if TYPE_CHECKING:
     from rnnkit.recurrent import RNN
 
-__all__ = ["BACKENDS", "available_backends", "backends_for", "loop_layer", "run_layers", "runner", "zoneout"]
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "backends_for",
+    "loop_layer",
+    "run_layers",
+    "runner",
+    "step_mask",
+    "zoneout",
+]
 
 State = Any
 BACKENDS = ("auto", "loop", "native", "fused")
@@ -107,13 +116,16 @@ def _stack_states(finals: list, spec: CellSpec) -> State:
     return torch.stack(finals)  # (L*K, B, H)
 
 
-def run_layers(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, weights: list[dict], layer_fn) -> tuple:
+def step_mask(lengths: Tensor | None, T: int, device: torch.device) -> Tensor | None:
+    """(B,) lengths -> the time-major mask (T, B, 1) the layers read, True while t < length; None for None.
+    Contiguous: the C++ loops read it as a flat (T, B) array."""
+    return None if lengths is None else lengths_to_mask(lengths, T).t().contiguous().unsqueeze(-1).to(device)
+
+
+def run_layers(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, layer_fn) -> tuple:
     """The skeleton of the loop and fused backends: every layer and direction through ``layer_fn(k, x, state,
     mask, reverse)`` on time-major input, dropout between layers, the final states stacked (L*K, B, H)."""
-    T = x.size(1)
-    mask = None
-    if lengths is not None:
-        mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)  # (T, B, 1)
+    mask = step_mask(lengths, x.size(1), x.device)  # (T, B, 1)
     xt = x.transpose(0, 1).contiguous()  # (T, B, D): each step reads a contiguous (B, D) slice
     finals = []
     K = rnn.num_directions
@@ -136,7 +148,7 @@ def run_loop(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, weights: li
     def layer(k, xt, state, mask, reverse):
         return loop_layer(rnn.step_with(weights[k]), xt, state, mask, reverse)
 
-    return run_layers(rnn, x, hx, lengths, weights, layer)
+    return run_layers(rnn, x, hx, lengths, layer)
 
 
 def run_fused(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, weights: list[dict]):
@@ -146,7 +158,7 @@ def run_fused(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, weights: l
     def layer(k, xt, state, mask, reverse):
         return fn(xt, state, mask, reverse, weights[k], **rnn.options)
 
-    return run_layers(rnn, x, hx, lengths, weights, layer)
+    return run_layers(rnn, x, hx, lengths, layer)
 
 
 _VF_FUNCTIONS = {"lstm": "lstm", "gru": "gru", "tanh": "rnn_tanh", "relu": "rnn_relu"}
@@ -210,7 +222,7 @@ def resolve(rnn: RNN, x: Tensor) -> str:
     usable = usable_backends(rnn)
     if rnn.backend != "auto":
         return rnn.backend
-    if "native" in usable and rnn.spec.torch_module is not None:
+    if "native" in usable:
         choice = auto_backend(rnn, x)
         if choice in usable:
             return choice

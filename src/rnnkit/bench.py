@@ -393,8 +393,8 @@ def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
 def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
     """Measure and write the table through ``write``; returns the exit status (0)."""
     modes = _parse_modes(args.modes)
-    cells = _parse_names(getattr(args, "cells", None), tuple(m for m in MODES if m not in TORCH_MODES), "--cells")
-    regularised = _parse_names(getattr(args, "regularisers", ""), TORCH_MODES, "--regularisers")
+    cells = _parse_names(args.cells, tuple(m for m in MODES if m not in TORCH_MODES), "--cells")
+    regularised = _parse_names(args.regularisers, TORCH_MODES, "--regularisers")
     shapes = _parse_shapes("8x16x32,4x8x16" if args.quick else args.shapes)
     repeats = 2 if args.quick else args.repeats
     tokens = 5 if args.quick else args.tokens

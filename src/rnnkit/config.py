@@ -20,8 +20,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from rnnkit.backends import backends_for
 from rnnkit.cells import cell_spec
 from rnnkit.errors import ConfigError
+from rnnkit.init import INITS
 from rnnkit.recurrent import BACKENDS, MODES
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "check_recurrent",
 ]
 
-INITS = ("torch", "orthogonal")
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_INT = 2**62  # far above any real size or seed; keeps values inside int64 and torch's seed range
@@ -91,8 +92,6 @@ def check_recurrent(config: Any, max_size: int = 2**20) -> None:
         if config.weight_drop > 0 and cell_spec(config.mode).recurrent_weight is None:
             raise ConfigError(f"weight_drop needs a cell with recurrent weights, and mode {config.mode!r} has none")
         if config.backend != "auto":
-            from rnnkit.backends import backends_for
-
             locked = config.locked_dropout and config.dropout > 0
             usable = backends_for(cell_spec(config.mode), config.zoneout > 0, locked, config.num_layers)
             if config.backend not in usable:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["init_forget_bias_", "init_orthogonal_", "initialise_"]
+__all__ = ["INITS", "init_forget_bias_", "init_orthogonal_", "initialise_"]
 
 
 def _gate_blocks(module: nn.Module, prefix: str):

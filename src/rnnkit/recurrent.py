@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import backends
-from rnnkit.backends import BACKENDS, between_layers, locked_dropout, loop_layer
+from rnnkit.backends import BACKENDS, between_layers, locked_dropout, loop_layer, step_mask
 from rnnkit.cells import CELLS, NONLINEARITIES, CellSpec, LSTMState, cell_spec, check_size
 from rnnkit.sequence import check_lengths, mask_to_lengths
 
@@ -53,7 +53,7 @@ def scan(
     mask = None
     if lengths is not None:  # scan is public: validate here too (a list, a wrong shape, a zero length)
         lengths = check_lengths(lengths, x.size(0), x.size(1))
-        mask = (torch.arange(x.size(1)).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)  # (T, B, 1)
+        mask = step_mask(lengths, x.size(1), x.device)  # (T, B, 1)
     out, state = loop_layer(step, x.transpose(0, 1), state, mask, reverse)  # (T, B, H)
     return out.transpose(0, 1), state
 
