@@ -133,11 +133,11 @@ def test_gradcheck(mode, reverse, loops):
     x, h0, c0, w = _gradcheck_inputs(mode)
     mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
     if mode == "lstm":
-        fn, inputs = (lambda x, h0, c0, *w: LSTMFunction.apply(x, h0, c0, mask, reverse, *w)), (x, h0, c0, *w)
+        fn, inputs = (lambda x, h0, c0, *w: LSTMFunction.apply(x, h0, c0, mask, reverse, *w, None)), (x, h0, c0, *w)
     elif mode == "gru":
-        fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w, None)), (x, h0, *w)
     else:
-        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, False, *w)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, False, *w, None)), (x, h0, *w)
     assert torch.autograd.gradcheck(fn, inputs)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels.extension import step_weight, wanted
-from rnnkit.kernels.ops import backward_slices, linear, linear_add, sum_over_slices, tanh_scale, time_steps
+from rnnkit.kernels.ops import backward_slices, linear, linear_add, lower, sum_over_slices, tanh_scale, time_steps
 
 __all__ = ["elman_layer"]
 
@@ -37,13 +37,13 @@ def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
     scale = 1.0 if relu else tanh_scale(x)  # feed 2a to tanh_ (see ops.tanh_scale)
     if scale != 1.0:
         w_ih, w_hh, b = w_ih * scale, w_hh * scale, None if b is None else b * scale
-    xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, H)  # all input projections in one GEMM
-    ext = wanted(x)
+    xp = linear(x.reshape(T * B, D), w_ih, b, h0.dtype).view(T, B, H)  # all input projections in one GEMM
+    ext = wanted(h0)
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
-    S = x.new_empty(T + 1, B, H) if ext is not None else x.new_zeros(T + 1, B, H)
+    S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     S[T if reverse else 0] = h0
     if ext is not None:  # the same loop in C++ (extension.py)
-        m = None if mask is None else mask.to(x.dtype)
+        m = None if mask is None else mask.to(h0.dtype)
         ext.elman_forward(xp, S, m, reverse, relu, *step_weight(w_hh, B))
         return S
     h = h0
@@ -89,13 +89,15 @@ def _backward_loop(h, dy, g, m, da, reverse, relu, w_hh):
 
 
 class ElmanFunction(torch.autograd.Function):
-    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, relu, w_ih, w_hh, b_ih, b_hh) -> (y, h_T)."""
+    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, relu, w_ih, w_hh, b_ih, b_hh, lowp) ->
+    (y, h_T); ``lowp``: the products' dtype (``ops.lower``) or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh, lowp):
+        x, w_ih, w_hh = lower(x, lowp), lower(w_ih, lowp), lower(w_hh, lowp)  # x only meets products
         S = _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
         y = _outputs(S, reverse)  # (T, B, H)
-        m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
+        m = None if mask is None else mask.to(h0.dtype)  # (T, B, 1)
         if m is not None:
             y = y * m
         ctx.reverse, ctx.relu = reverse, relu
@@ -112,11 +114,11 @@ class ElmanFunction(torch.autograd.Function):
         h = _outputs(S, reverse)  # (T, B, H)
         dy = torch.zeros_like(h) if dy is None else dy if m is None else dy * m  # (T, B, H)
         g = torch.zeros_like(h[0]) if dh_last is None else dh_last  # (B, H)
-        ext = wanted(x)
+        ext = wanted(S)
         if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly, slice by slice
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets da_t W_hh
             spans = backward_slices(T, B, reverse)
-            buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, H)
+            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, H)
 
             def grads_of(t0, t1):
                 nonlocal g
@@ -132,14 +134,15 @@ class ElmanFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         need = (need[0], need[5], need[6], need[7] or need[8], False)
         dx, dw_ih, dw_hh, db, _ = sum_over_slices(spans, grads_of, x, _previous(S, reverse), w_ih, need)
-        return dx, g, None, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
+        return dx, g, None, None, None, dw_ih, dw_hh, db, None if db is None else db.clone(), None
 
 
-def elman_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, *, relu=False):
-    """One direction of one Elman layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H))."""
+def elman_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, *, relu=False, lowp=None):
+    """One direction of one Elman layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H)); ``lowp``: the
+    products' dtype (``ops.lower``) or None for x's."""
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return ElmanFunction.apply(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
-    S = _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh)
+        return ElmanFunction.apply(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh, lowp)
+    S = _forward(lower(x, lowp), h0, mask, reverse, relu, lower(w_ih, lowp), lower(w_hh, lowp), b_ih, b_hh)
     y = _outputs(S, reverse)
     return (y if mask is None else y * mask), (S[0] if reverse else S[-1])

@@ -45,8 +45,9 @@ __all__ = ["available", "build", "cache_dir", "loaded", "ops", "step_weight", "u
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "recurrence.cpp", CSRC / "step.cpp")  # the fused loops and the generation step
-HEADERS = (CSRC / "activations.h",)
+# the fused loops, the generation step, the mixed-precision casts
+SOURCES = (CSRC / "recurrence.cpp", CSRC / "step.cpp", CSRC / "precision.cpp")
+HEADERS = (CSRC / "activations.h", CSRC / "precision.h")
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).
@@ -56,7 +57,7 @@ HEADERS = (CSRC / "activations.h",)
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++20", "-w"]
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"ops": None, "tried": False, "packing": None}
+_state: dict[str, object] = {"ops": None, "tried": False, "packing": {}}
 _enabled = os.environ.get("RNNKIT_EXTENSION", "1") != "0"
 
 
@@ -179,30 +180,31 @@ def wanted(x: Tensor):
     return ops()
 
 
-def _probe_packing() -> bool:
-    """Whether oneDNN's packed linear works here and agrees with torch.mm on a probe."""
+def _probe_packing(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed linear works here in ``dtype`` and agrees with torch.mm on a probe."""
     try:
         g = torch.Generator().manual_seed(0)
-        x, w = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g)
+        x, w = (torch.randn(*shape, generator=g).to(dtype) for shape in ((3, 5), (4, 5)))
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 3)
         y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        return bool(torch.allclose(y, x @ w.t(), atol=1e-5))
+        return bool(torch.allclose(y.float(), (x @ w.t()).float(), atol=1e-5 if dtype == torch.float32 else 3e-2))
     except (AttributeError, RuntimeError, NotImplementedError) as exc:
-        log.info("oneDNN packed linear unavailable (%s); the C++ loops use at::mm", exc)
+        log.info("oneDNN packed linear unavailable in %s (%s); the C++ loops use at::mm", dtype, exc)
         return False
 
 
 def step_weight(w: Tensor, batch: int) -> tuple[Tensor, bool]:
     """W (O, I) prepared for the C++ loops' per-step product x W^T: (oneDNN's packed form of W, True) for
-    float32 where oneDNN is available, else (W^T contiguous, False) for at::mm.
+    float32 or bfloat16 where oneDNN is available and agrees, else (W^T contiguous, False) for at::mm.
 
     Packing is paid once per weight and call and repaid on every step: at the recurrent products' shapes the
     packed product is markedly faster than MKL's sgemm on W^T (benchmarks/KERNELS.md).
     """
-    if w.dtype == torch.float32 and w.device.type == "cpu":
-        if _state["packing"] is None:  # probed once per process
-            _state["packing"] = torch.backends.mkldnn.is_available() and _probe_packing()
-        if _state["packing"]:
+    if w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu":
+        packing = _state["packing"]
+        if w.dtype not in packing:  # probed once per process and dtype
+            packing[w.dtype] = torch.backends.mkldnn.is_available() and _probe_packing(w.dtype)
+        if packing[w.dtype]:
             return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch), True
     return w.t().contiguous(), False
 

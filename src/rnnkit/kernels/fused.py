@@ -5,10 +5,16 @@ runs one direction of one layer on time-major input, with ``w`` the layer's para
 around it (layers, directions, dropout, state layout) is ``rnnkit.backends.run_layers``. Inside, everything is
 time-major, so each step reads and writes contiguous (B, .) slices. The per-cell kernels live in ``elman.py``,
 ``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``.
+
+Mixed precision (``product_dtype``): under ``torch.autocast`` with bfloat16 (or float16), or with bf16
+parameters, the matrix products run in bf16 and everything else in float32 (``ops.lower``).
 """
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch import Tensor
 
 from rnnkit.cells.spec import LSTMState
@@ -17,25 +23,74 @@ from rnnkit.kernels.gru import gru_layer
 from rnnkit.kernels.layernorm_gru import layernorm_gru_layer
 from rnnkit.kernels.layernorm_lstm import layernorm_lstm_layer
 from rnnkit.kernels.lstm import lstm_layer
+from rnnkit.sequence import map_state
 
-__all__ = ["LAYERS"]
+__all__ = ["LAYERS", "product_dtype"]
+
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def product_dtype(x: Tensor, w: dict) -> torch.dtype | None:
+    """The dtype the layer's matrix products run in when it is lower than float32, else None: autocast's
+    (``torch.autocast(device, dtype=torch.bfloat16)``) when it is on for x's device, or the parameters' or the
+    input's own when they are bfloat16/float16."""
+    if x.dtype == torch.float64:
+        return None
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        if dtype in _LOW:
+            return dtype
+    for t in (x, *w.values()):
+        if t is not None and t.dtype in _LOW:
+            return t.dtype
+    return None
+
+
+def _mixed(layer, products: bool = True):
+    """``layer`` under mixed precision: states, gates and the values kept for the gradient sums in float32, the
+    matrix products in ``product_dtype`` (passed as ``lowp``; with ``products=False`` in float32 too), autocast
+    off inside (the kernels choose each op's precision themselves), outputs and states in x's dtype."""
+
+    @functools.wraps(layer)
+    def run(x: Tensor, state, mask, reverse: bool, w: dict, **options):
+        lowp = product_dtype(x, w)
+        if lowp is None:
+            return layer(x, state, mask, reverse, w, **options)
+        dtype = x.dtype
+
+        def wide(t):
+            return t if t is None else t.float()
+
+        with torch.autocast(x.device.type, enabled=False):
+            y, state = layer(
+                wide(x),
+                map_state(wide, state),
+                mask,
+                reverse,
+                {k: wide(v) for k, v in w.items()},
+                **({"lowp": lowp} if products else {}),
+                **options,
+            )
+        return y.to(dtype), map_state(lambda t: t.to(dtype), state)
+
+    return run
 
 
 def _w(w: dict) -> tuple:
     return w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh")
 
 
-def _elman(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, nonlinearity: str = "tanh"):
-    return elman_layer(x, h, mask, reverse, *_w(w), relu=nonlinearity == "relu")
+def _elman(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, nonlinearity: str = "tanh", lowp=None):
+    return elman_layer(x, h, mask, reverse, *_w(w), relu=nonlinearity == "relu", lowp=lowp)
 
 
-def _lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict):
-    y, h, c = lstm_layer(x, state[0], state[1], mask, reverse, *_w(w))
+def _lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict, lowp=None):
+    y, h, c = lstm_layer(x, state[0], state[1], mask, reverse, *_w(w), lowp=lowp)
     return y, LSTMState(h, c)
 
 
-def _gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict):
-    return gru_layer(x, h, mask, reverse, *_w(w))
+def _gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, lowp=None):
+    return gru_layer(x, h, mask, reverse, *_w(w), lowp=lowp)
 
 
 def _layernorm_lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict):
@@ -48,10 +103,11 @@ def _layernorm_gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict):
     return layernorm_gru_layer(x, h, mask, reverse, *_w(w), w["ln_ih_weight"], w["ln_hh_weight"])
 
 
+# The LayerNorm cells' kernels take no ``lowp`` yet: under autocast they run in float32 throughout.
 LAYERS = {
-    "elman": _elman,
-    "lstm": _lstm,
-    "gru": _gru,
-    "layernorm-lstm": _layernorm_lstm,
-    "layernorm-gru": _layernorm_gru,
+    "elman": _mixed(_elman),
+    "lstm": _mixed(_lstm),
+    "gru": _mixed(_gru),
+    "layernorm-lstm": _mixed(_layernorm_lstm, products=False),
+    "layernorm-gru": _mixed(_layernorm_gru, products=False),
 }

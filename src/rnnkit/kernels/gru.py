@@ -27,7 +27,16 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels.extension import loaded, step_weight, wanted
-from rnnkit.kernels.ops import backward_slices, linear, linear_add, sum_over_slices, tanh_, tanh_scale, time_steps
+from rnnkit.kernels.ops import (
+    backward_slices,
+    linear,
+    linear_add,
+    lower,
+    sum_over_slices,
+    tanh_,
+    tanh_scale,
+    time_steps,
+)
 
 __all__ = ["gru_layer"]
 
@@ -67,14 +76,14 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     if scale != 1.0:
         w_ih, b_ih = _scale_rows(w_ih, 0, scale), _scale_rows(b_ih, 0, scale)
         w_hh, b_hh = _scale_rows(w_hh, 2, scale), _scale_rows(b_hh, 2, scale)
-    A = linear(x.reshape(T * B, D), w_ih, b_ih).view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place
-    ext = wanted(x)
+    A = linear(x.reshape(T * B, D), w_ih, b_ih, h0.dtype).view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place
+    ext = wanted(h0)
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
-    S = x.new_empty(T + 1, B, H) if ext is not None else x.new_zeros(T + 1, B, H)
+    S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     S[T if reverse else 0] = h0
     if ext is not None:  # the same loop in C++ (extension.py), which keeps [n, z, r, gh_n] as it goes
-        m = None if mask is None else mask.to(x.dtype)
-        K = x.new_empty(T, B, 4 * H) if keep else None
+        m = None if mask is None else mask.to(h0.dtype)
+        K = h0.new_empty(T, B, 4 * H) if keep else None
         ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale)
         return S, ((K, None) if keep else None)
     h, ghn = h0, []
@@ -137,13 +146,15 @@ def _backward_loop(Q, zc, dy, g, dG, reverse, w_hh):
 
 
 class GRUFunction(torch.autograd.Function):
-    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh) -> (y, h_T)."""
+    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh, lowp) -> (y, h_T);
+    ``lowp``: the products' dtype (``ops.lower``) or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
-        w_ih, w_hh, b_ih, b_hh = _to_ih(w_ih), _to_hh(w_hh), _to_ih(b_ih), _to_hh(b_hh)
+    def forward(ctx, x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp):
+        x = lower(x, lowp)  # x only meets products
+        w_ih, w_hh, b_ih, b_hh = _to_ih(lower(w_ih, lowp)), _to_hh(lower(w_hh, lowp)), _to_ih(b_ih), _to_hh(b_hh)
         S, (Q, zc) = _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)  # zc None: C++'s K in Q
-        m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
+        m = None if mask is None else mask.to(h0.dtype)  # (T, B, 1)
         y = _outputs(S, reverse)
         if m is not None:
             y = y * m
@@ -164,7 +175,7 @@ class GRUFunction(torch.autograd.Function):
             ext = loaded()
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets [dz, dr, dgh_n] W_hh
             spans = backward_slices(T, B, reverse)
-            buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
+            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
 
             def grads_of(t0, t1):
                 nonlocal g
@@ -183,14 +194,16 @@ class GRUFunction(torch.autograd.Function):
         dx, dw_ih, dw_hh, db_ih, db_hh = sum_over_slices(
             spans, grads_of, x, _previous(S, reverse), w_ih, need, slice(0, 3 * H), slice(H, 4 * H)
         )
-        return dx, g, None, None, _to_ih(dw_ih), _to_hh(dw_hh), _to_ih(db_ih), _to_hh(db_hh)
+        return dx, g, None, None, _to_ih(dw_ih), _to_hh(dw_hh), _to_ih(db_ih), _to_hh(db_hh), None
 
 
-def gru_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
-    """One direction of one GRU layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H))."""
+def gru_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp=None):
+    """One direction of one GRU layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H)); ``lowp``: the
+    products' dtype (``ops.lower``) or None for x's."""
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return GRUFunction.apply(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh)
-    S, _ = _forward(x, h0, mask, reverse, _to_ih(w_ih), _to_hh(w_hh), _to_ih(b_ih), _to_hh(b_hh), keep=False)
+        return GRUFunction.apply(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp)
+    w_ih, w_hh = _to_ih(lower(w_ih, lowp)), _to_hh(lower(w_hh, lowp))
+    S, _ = _forward(lower(x, lowp), h0, mask, reverse, w_ih, w_hh, _to_ih(b_ih), _to_hh(b_hh), keep=False)
     y = _outputs(S, reverse)
     return (y if mask is None else y * mask), (S[0] if reverse else S[-1])

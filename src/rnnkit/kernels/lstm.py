@@ -28,7 +28,16 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.kernels.extension import step_weight, wanted
-from rnnkit.kernels.ops import backward_slices, linear, linear_add, sum_over_slices, tanh, tanh_scale, time_steps
+from rnnkit.kernels.ops import (
+    backward_slices,
+    linear,
+    linear_add,
+    lower,
+    sum_over_slices,
+    tanh,
+    tanh_scale,
+    time_steps,
+)
 
 __all__ = ["lstm_layer"]
 
@@ -41,23 +50,23 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     b = None if b_ih is None else b_ih + b_hh  # (4H,)
     scale = tanh_scale(x)  # the g rows are fed 2a, so one sigmoid covers all four gates (see ops.tanh_scale)
     if scale != 1.0:
-        rows = torch.ones(4, 1, 1, dtype=x.dtype, device=x.device)
+        rows = torch.ones(4, 1, 1, dtype=w_hh.dtype, device=x.device)
         rows[2] = scale
         w_ih, w_hh = (w_ih.view(4, H, -1) * rows).view(4 * H, -1), (w_hh.view(4, H, H) * rows).view(4 * H, H)
-        b = None if b is None else (b.view(4, H) * rows[:, 0]).view(4 * H)
-    xp = linear(x.reshape(T * B, D), w_ih, b).view(T, B, 4 * H)  # all input projections; with keep, then A
-    ext = wanted(x)
+        b = None if b is None else (b.view(4, H) * rows[:, 0].to(b.dtype)).view(4 * H)
+    xp = linear(x.reshape(T * B, D), w_ih, b, h0.dtype).view(T, B, 4 * H)  # all input projections; with keep, then A
+    ext = wanted(h0)
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
-    S = x.new_empty(T + 1, B, H) if ext is not None else x.new_zeros(T + 1, B, H)
+    S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     first = T if reverse else 0
     S[first] = h0
     if ext is not None:  # the same loop in C++ (extension.py); with keep, it turns xp into Q and fills p, F
-        m = None if mask is None else mask.to(x.dtype)
-        p, forget = (x.new_empty(T, B, H), x.new_empty(T, B, H)) if keep else (None, None)
+        m = None if mask is None else mask.to(h0.dtype)
+        p, forget = (h0.new_empty(T, B, H), h0.new_empty(T, B, H)) if keep else (None, None)
         c = ext.lstm_forward(xp, S, c0, p, forget, m, reverse, *step_weight(w_hh, B))
         return S, c, ((xp, p, forget) if keep else None)
-    C = x.new_zeros(T + 1, B, H) if keep else None  # c
-    TC = x.new_zeros(T, B, H) if keep else None  # tanh(c)
+    C = h0.new_zeros(T + 1, B, H) if keep else None  # c
+    TC = h0.new_zeros(T, B, H) if keep else None  # tanh(c)
     if keep:
         C[first] = c0
     h, c = h0, c0
@@ -130,12 +139,14 @@ def _backward_loop(Q, p, forget, dy, m, gh, gc, dG, reverse, w_hh):
 
 
 class LSTMFunction(torch.autograd.Function):
-    """(x (T, B, D), h0, c0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh) -> (y, h_T, c_T)."""
+    """(x (T, B, D), h0, c0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh, lowp) ->
+    (y, h_T, c_T); ``lowp``: the products' dtype (``ops.lower``) or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp):
+        x, w_ih, w_hh = lower(x, lowp), lower(w_ih, lowp), lower(w_hh, lowp)  # x only meets products
         S, c_last, (Q, p, forget) = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)
-        m = None if mask is None else mask.to(x.dtype)  # (T, B, 1)
+        m = None if mask is None else mask.to(h0.dtype)  # (T, B, 1)
         y = _outputs(S, reverse)
         if m is not None:
             y = y * m
@@ -153,11 +164,11 @@ class LSTMFunction(torch.autograd.Function):
         dy = torch.zeros_like(p) if dy is None else dy if m is None else dy * m  # (T, B, H)
         gh = torch.zeros_like(p[0]) if dh_last is None else dh_last  # (B, H)
         gc = torch.zeros_like(p[0]) if dc_last is None else dc_last  # (B, H)
-        ext = wanted(x)
+        ext = wanted(S)
         if ext is not None:  # the same loop in C++ (extension.py), slice by slice
             w = step_weight(w_hh.t(), B)  # gh_{t-1} gets dG_t W_hh
             spans = backward_slices(T, B, reverse)
-            buf = x.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
+            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
 
             def grads_of(t0, t1):
                 nonlocal gh, gc
@@ -173,14 +184,16 @@ class LSTMFunction(torch.autograd.Function):
         need = ctx.needs_input_grad
         need = (need[0], need[5], need[6], need[7] or need[8], False)
         dx, dw_ih, dw_hh, db, _ = sum_over_slices(spans, grads_of, x, _previous(S, reverse), w_ih, need)
-        return dx, gh, gc, None, None, dw_ih, dw_hh, db, None if db is None else db.clone()
+        return dx, gh, gc, None, None, dw_ih, dw_hh, db, None if db is None else db.clone(), None
 
 
-def lstm_layer(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh):
-    """One direction of one LSTM layer on time-major x (T, B, D): -> (y (T, B, H), h_T, c_T (B, H))."""
+def lstm_layer(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp=None):
+    """One direction of one LSTM layer on time-major x (T, B, D): -> (y (T, B, H), h_T, c_T (B, H)); ``lowp``:
+    the products' dtype (``ops.lower``) or None for x's."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return LSTMFunction.apply(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh)
+        return LSTMFunction.apply(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp)
+    x, w_ih, w_hh = lower(x, lowp), lower(w_ih, lowp), lower(w_hh, lowp)
     S, c_last, _ = _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=False)
     y = _outputs(S, reverse)
     return (y if mask is None else y * mask), (S[0] if reverse else S[-1]), c_last

@@ -31,10 +31,16 @@ import logging
 import torch
 from torch import Tensor
 
+from rnnkit.kernels.extension import loaded
+
 __all__ = [
+    "accumulate",
     "backward_slices",
     "linear",
     "linear_add",
+    "lower",
+    "mm_into",
+    "narrow",
     "onednn_available",
     "sum_over_slices",
     "tanh",
@@ -43,6 +49,7 @@ __all__ = [
     "time_steps",
     "uses_onednn",
     "weight_grad",
+    "widen",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,8 +95,12 @@ def _onednn_for(x: Tensor, w: Tensor) -> bool:
     return uses_onednn(x) and x.size(0) * x.size(1) * w.size(0) >= ONEDNN_MIN_MACS
 
 
-def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """``x @ w^T + b``: x (N, I), w (O, I), b (O,) or None -> (N, O)."""
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """``x @ w^T + b``: x (N, I), w (O, I), b (O,) or None -> (N, O) in ``dtype`` (x's by default); the product
+    in w's dtype (see ``lower``)."""
+    dtype = x.dtype if dtype is None else dtype
+    if w.dtype != dtype:
+        return widen(linear(narrow(x, w.dtype), w), b, dtype)
     if _onednn_for(x, w):
         return _ONEDNN(x, w, b, "none", [], "")
     if b is None:
@@ -98,7 +109,9 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 
 
 def linear_add(x: Tensor, other: Tensor, w: Tensor) -> Tensor:
-    """``other + x @ w^T`` as one call: x (N, I), other (N, O), w (O, I) -> a new (N, O) tensor."""
+    """``other + x @ w^T`` as one call: x (N, I), other (N, O), w (O, I) -> a new (N, O) tensor in other's dtype."""
+    if w.dtype != other.dtype:
+        return widen(linear(narrow(x, w.dtype), w), None, other.dtype).add_(other)
     if _onednn_for(x, w):
         return _ONEDNN.binary(x, other, w, None, "add")
     return torch.addmm(other, x, w.t())
@@ -113,6 +126,57 @@ def weight_grad(dG: Tensor, X: Tensor) -> Tensor:
     (benchmarks/KERNELS.md).
     """
     return torch.mm(dG.t(), X)
+
+
+def mm_into(a: Tensor, w: Tensor, out: Tensor) -> Tensor:
+    """``out = a @ w``, the product in a and w's dtype, written in out's."""
+    if out.dtype != w.dtype:
+        return widen(torch.mm(narrow(a, w.dtype), w), None, out.dtype, out=out)
+    return torch.mm(a, w, out=out)
+
+
+def lower(w: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """w in ``dtype``, the precision of the products (bfloat16 under autocast), or w itself for None.
+
+    The kernels' mixed precision: every matrix product takes its operands in ``dtype`` (bf16 multiplies,
+    fp32 accumulation inside the GEMM), while gate arithmetic, the states and the values saved for the gradient
+    sums stay in the input's precision. ``linear``, ``linear_add``, ``weight_grad``, ``mm_into`` and the C++
+    loops' products see a weight whose dtype differs from the activations' and cast the activations to it.
+    """
+    return w if w is None or dtype is None else narrow(w, dtype)
+
+
+def _casts(t: Tensor, wide: torch.dtype, low: torch.dtype):
+    """The C++ casts (csrc/precision.h) where they apply: float32 <-> bfloat16 on CPU, the library built."""
+    if t.device.type != "cpu" or wide != torch.float32 or low != torch.bfloat16:
+        return None
+    return loaded()
+
+
+def narrow(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """x in the lower precision ``dtype``."""
+    if x.dtype == dtype:
+        return x
+    ext = _casts(x, x.dtype, dtype)
+    return x.to(dtype) if ext is None else ext.narrow(x.contiguous())
+
+
+def widen(y: Tensor, b: Tensor | None, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """``y + b`` (N, O) in the wider ``dtype``, in one pass; into ``out`` (rows contiguous) when given."""
+    ext = _casts(y, dtype, y.dtype)
+    if ext is not None and y.dim() == 2:
+        return ext.widen(y.contiguous(), b, out)
+    r = y.to(dtype) if b is None else torch.add(y.to(dtype), b)
+    return r if out is None else out.copy_(r)
+
+
+def accumulate(acc: Tensor, y: Tensor) -> Tensor:
+    """``acc += y``, y (N, O) in acc's dtype or a lower one."""
+    ext = _casts(y, acc.dtype, y.dtype) if y.dtype != acc.dtype and y.dim() == 2 else None
+    if ext is None:
+        return acc.add_(y)
+    ext.accumulate(acc, y.contiguous())
+    return acc
 
 
 # The C++ backward (extension.py) runs over slices of the time axis of about this many rows (steps x batch) and
@@ -137,29 +201,38 @@ def sum_over_slices(spans, grads_of, x: Tensor, h_prev: Tensor, w_ih: Tensor, ne
     ``grads_of(t0, t1)`` runs the recurrence's backward over the slice and returns its gate gradients
     dG ((t1 - t0) * B, W); columns ``in_cols`` of dG feed the input side (dx, dW_ih, db_ih) and ``hid_cols`` the
     hidden side (dW_hh, db_hh), all columns when None. ``need`` says which of the five are wanted.
+
+    Mixed precision: with w_ih in a lower precision than the states (``lower``), dG is cast to it once per
+    slice and the products run there; the sums over slices and every result stay in the states' precision.
     """
     T, B, D = x.shape
     H = h_prev.size(-1)
-    dx = x.new_empty(T, B, D) if need[0] else None
+    wide, low = h_prev.dtype, w_ih.dtype
+    dx = h_prev.new_empty(T, B, D) if need[0] else None
     sums: list[Tensor | None] = [None] * 4
 
     def add(k: int, value: Tensor) -> None:
-        sums[k] = value if sums[k] is None else sums[k].add_(value)
+        if sums[k] is None:
+            sums[k] = value if value.dtype == wide else widen(value, None, wide)
+        else:
+            accumulate(sums[k], value)
+
+    def cols(t: Tensor, which) -> Tensor:
+        return t if which is None else t[:, which]
 
     for t0, t1 in spans:
         dG = grads_of(t0, t1)
-        gi = dG if in_cols is None else dG[:, in_cols]
-        gh = dG if hid_cols is None else dG[:, hid_cols]
-        if dx is not None:
-            torch.mm(gi, w_ih, out=dx[t0:t1].view(-1, D))
-        if need[1]:
-            add(0, weight_grad(gi, x[t0:t1].reshape(-1, D)))
-        if need[2]:
-            add(1, weight_grad(gh, h_prev[t0:t1].reshape(-1, H)))
         if need[3]:
-            add(2, gi.sum(0))
+            add(2, cols(dG, in_cols).sum(0))
         if need[4]:
-            add(3, gh.sum(0))
+            add(3, cols(dG, hid_cols).sum(0))
+        dG = narrow(dG, low)  # once per slice
+        if dx is not None:
+            mm_into(cols(dG, in_cols), w_ih, dx[t0:t1].view(-1, D))
+        if need[1]:
+            add(0, weight_grad(cols(dG, in_cols), narrow(x[t0:t1].reshape(-1, D), low)))
+        if need[2]:
+            add(1, weight_grad(cols(dG, hid_cols), narrow(h_prev[t0:t1].reshape(-1, H), low)))
     return (dx, *sums)
 
 

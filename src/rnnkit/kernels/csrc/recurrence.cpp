@@ -28,6 +28,7 @@
 #include <tuple>
 
 #include "activations.h"
+#include "precision.h"
 
 using rnnkit::sigmoid;
 using rnnkit::tanh2;
@@ -57,7 +58,25 @@ const T* mask_ptr(const OptTensor& m) {
 // The step's product x W^T (+ bias). ``w`` is either oneDNN's packed form of W (O, I), made once per call by
 // mkldnn::_reorder_linear_weight (float32 on CPU: faster than MKL's sgemm at these small shapes, see
 // extension.py and benchmarks/KERNELS.md), or W^T (I, O) contiguous for at::mm / at::addmm.
+// x in ``to``: float32 <-> bfloat16 through precision.h (ATen's casts cost several times the bf16 product itself
+// at a step's few thousand values), anything else through ATen.
+Tensor cast(const Tensor& x, at::ScalarType to) {
+  if (x.is_contiguous() && x.scalar_type() == at::kFloat && to == at::kBFloat16) return rnnkit::narrow_bf16(x);
+  if (x.is_contiguous() && x.dim() == 2 && x.scalar_type() == at::kBFloat16 && to == at::kFloat) {
+    Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+    rnnkit::widen_bf16(out, x, std::nullopt, false);
+    return out;
+  }
+  return x.to(to);
+}
+
+// A weight in a lower precision than x (bfloat16 under autocast, rnnkit/kernels/ops.py:lower) makes the product
+// run in the weight's precision: x is cast to it, the result and the bias are in x's.
 Tensor product(const Tensor& x, const Tensor& w, bool packed, const OptTensor& bias = std::nullopt) {
+  if (w.scalar_type() != x.scalar_type()) {
+    Tensor y = cast(product(cast(x, w.scalar_type()), w, packed), x.scalar_type());
+    return bias.has_value() && bias->defined() ? y.add_(*bias) : y;
+  }
   if (packed) {
     static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
     torch::jit::Stack stack{x, w, bias.has_value() ? c10::IValue(*bias) : c10::IValue(), std::string("none"),
@@ -70,8 +89,8 @@ Tensor product(const Tensor& x, const Tensor& w, bool packed, const OptTensor& b
 
 // out += x W^T
 void add_product(Tensor& out, const Tensor& x, const Tensor& w, bool packed) {
-  if (packed)
-    out.add_(product(x, w, true));
+  if (packed || w.scalar_type() != x.scalar_type())
+    out.add_(product(x, w, packed));
   else
     at::addmm_out(out, out, x, w);
 }
