@@ -135,6 +135,7 @@ def _scan_sequence(coefficients):
         if reverse:
             x = _flip(x, lengths)  # each row read from its last valid step back
         k = F.linear(x, w["weight_ih"], w.get("bias_ih"))  # (T, B, G*H): every step's gates in one product
+        k = k.to(h0.dtype)  # under autocast the product is bf16; the log-space scan needs the state's precision
         log_a, log_b = coefficients(k)  # 2 x (T, B, H)
         h = chunked_log_scan(log_a, log_b, h0)  # (T, B, H)
         if mask is None:

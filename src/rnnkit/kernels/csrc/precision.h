@@ -1,8 +1,7 @@
 // float32 <-> bfloat16 for the fused kernels' mixed precision (rnnkit/kernels/ops.py:lower): bf16 products, fp32
 // states, gates and sums. Each is one plain pass the compiler vectorises, rows split over torch's threads when
 // large: ATen's casts and its type-promoting add took several times as long on the kernels' buffers
-// (benchmarks/KERNELS.md). Rounding is to nearest even, as torch's; the library is built with -ffast-math, so
-// NaN is not kept apart.
+// (benchmarks/KERNELS.md). Rounding is to nearest even, as torch's.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,7 +12,11 @@
 
 namespace rnnkit {
 
-inline uint16_t bf16_bits(uint32_t u) { return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16); }
+// a NaN stays a NaN (rounding its low bits could carry it into infinity)
+inline uint16_t bf16_bits(uint32_t u) {
+  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0) : rounded;
+}
 
 inline float bf16_value(uint16_t b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
