@@ -57,6 +57,25 @@ def test_quick_table_structure():
     assert "saved_tensors_hooks" in lines[-1]
 
 
+def test_bf16_rows():
+    """--precision bf16: fused and torch.nn under bf16 autocast against torch.nn in fp32, train and forward."""
+    lines: list[str] = []
+    run(_args("--quick", "--modes", "elman", "--repeats", "1", "--cells", "", "--regularisers", "", "--no-compile",
+              "--precision", "bf16"), lines.append)  # fmt: skip
+    assert "precision=bf16" in lines[0] and lines[1].startswith("GEMM peak (bfloat16")
+    rows = [line.split() for line in lines if line.split()[0] == "elman" and line.split()[2] in ("train", "forward")]
+    names = ("nn-fp32", "nn-bf16", "fused-fp32", "fused-bf16")
+    for shape in ("8x16x32", "4x8x16"):
+        for task in ("train", "forward"):
+            got = {r[3]: r for r in rows if r[1] == shape and r[2] == task}
+            assert set(got) == set(names)
+            assert float(got["nn-fp32"][5].rstrip("x")) == 1.0 and float(got["nn-bf16"][7].rstrip("x")) == 1.0
+            for r in got.values():  # ratio = nn fp32 time / this time, up to the printed rounding
+                if float(r[4]) >= 0.2:
+                    expected = float(got["nn-fp32"][4]) / float(r[4])
+                    assert abs(float(r[5].rstrip("x")) - expected) <= 0.06 * expected + 0.01
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS needs Linux /proc")
 def test_memory_rows():
     lines: list[str] = []

@@ -8,6 +8,10 @@ For each mode and shape (B x T x H, input size D = H, one layer), three tasks:
   ``LSTMCell``/``GRUCell``/``RNNCell`` loop (us per token);
 - ``compile``: inference of ``torch.compile(rnn)`` against the same RNN eager (``--no-compile`` leaves it out).
 
+With ``--precision bf16`` the train and forward rows compare mixed precision instead: the fused kernels under
+bf16 autocast (bf16 products, fp32 states and gates), torch.nn in fp32 and under bf16 autocast, and fused in
+fp32, with GFLOP/s against the bfloat16 GEMM peak.
+
 Then the cells torch.nn lacks (``--cells``), each backend's train step against the cell's own ``loop``, and the
 regularisers (``--regularisers``): a train step with weight-drop, locked dropout or zoneout against the same layer
 without (ratio < 1: what the regulariser costs).
@@ -77,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also the peak RSS of a train step per backend, each in a fresh process (Linux, CPU)",
     )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: the train and forward rows become fused under bf16 autocast against torch.nn in fp32 and "
+        "under bf16 autocast, with GFLOP/s against the bf16 GEMM peak (default: fp32)",
+    )
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -123,11 +134,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
-def gemm_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of an n^3 float32 matmul: ``torch.mm`` and, on CPU where available, oneDNN's linear."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def gemm_peak(device: torch.device, n: int = 2048, repeats: int = 5, dtype=torch.float32) -> dict[str, float]:
+    """GFLOP/s of an n^3 matmul in ``dtype``: ``torch.mm`` and, on CPU where available, oneDNN's linear."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     fns = {"torch.mm": lambda: torch.mm(a, b)}
-    if device.type == "cpu" and onednn_available():
+    if device.type == "cpu" and onednn_available() and dtype == torch.float32:
         fns["oneDNN"] = lambda: linear(a, b)
     return {k: 2 * n**3 / t / 1e9 for k, t in interleaved_medians(fns, repeats, device).items()}
 
@@ -385,6 +396,45 @@ def _bench_compile(mode, shape, repeats, device, write) -> None:
         write(_row(mode, label, "compile", name, t[name] * 1e3, t["torch.nn"] / t[name], flops / t[name] / 1e9, extra))
 
 
+def _bench_bf16(mode, shape, repeats, device, write) -> dict[str, float]:
+    """Train and forward rows in mixed precision: rnnkit's fused kernels under bf16 autocast (bf16 products,
+    fp32 states) against torch.nn in fp32 and under bf16 autocast (oneDNN's bf16 LSTM on CPU, cuDNN on CUDA),
+    and fused in fp32. Ratio: torch.nn fp32 time / this; the last column: torch.nn bf16 time / this."""
+    B, T, H = shape
+    ours = RNN(mode, H, H, device=device, backend="fused")
+    ref = ours.to_torch()
+    x = torch.randn(B, T, H, device=device, requires_grad=True)
+    flops = _layer_flops(mode, B, T, H, H)
+    cases = {"nn-fp32": (ref, False), "nn-bf16": (ref, True), "fused-fp32": (ours, False), "fused-bf16": (ours, True)}
+
+    def output(module, bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return module(x)[0]
+
+    def train(module, bf16):
+        return lambda: output(module, bf16).float().sum().backward()
+
+    def forward(module, bf16):
+        def fn():
+            with torch.no_grad():
+                output(module, bf16)
+
+        return fn
+
+    tr = interleaved_medians({k: train(*v) for k, v in cases.items()}, repeats, device)
+    ours.eval()
+    ref.eval()
+    fwd = interleaved_medians({k: forward(*v) for k, v in cases.items()}, repeats, device)
+    ours.train()
+    ref.train()
+    label = f"{B}x{T}x{H}"
+    for task, times, work in (("train", tr, 3 * flops), ("forward", fwd, flops)):
+        for name, t in times.items():
+            vs = f"{times['nn-bf16'] / t:5.2f}x"
+            write(_row(mode, label, task, name, t * 1e3, times["nn-fp32"] / t, work / t / 1e9, vs))
+    return {name: 3 * flops / t / 1e9 for name, t in tr.items()}
+
+
 def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
     r = f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"  # a small ratio keeps its digits: 0.0025, not 0.00
     return f"{mode:6} {shape:12} {task:8} {name:9} {value:10.2f} {r:>7}x {gflops:8.1f} {extra}".rstrip()
@@ -407,26 +457,34 @@ def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n = 256 if args.quick else 2048
-    peak = gemm_peak(device, n, repeats)
+    bf16 = args.precision == "bf16"
+    peak = gemm_peak(device, n, repeats, torch.bfloat16 if bf16 else torch.float32)
     best = max(peak.values())
     write(
         f"rnnkit bench: device={device.type} threads={torch.get_num_threads()} torch={torch.__version__} "
-        f"rounds={repeats} (medians of interleaved runs; ratio = torch.nn time / this time)"
+        f"rounds={repeats} precision={args.precision} (medians of interleaved runs; ratio = torch.nn time / this "
+        f"time{', torch.nn in fp32' if bf16 else ''})"
     )
-    write(f"GEMM peak (float32, {n}^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    write(
+        f"GEMM peak ({'bfloat16' if bf16 else 'float32'}, {n}^3): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+    )
     if device.type == "cpu":
         loops = "C++ (kernels/csrc/recurrence.cpp)" if extension.available() else "Python (C++ loops unavailable)"
         write(f"fused backend's step loops: {loops}")
     write(
         f"{'mode':6} {'BxTxH':12} {'task':8} {'backend':9} {'ms|us/tok':>10} {'ratio':>8} {'GFLOP/s':>8} "
-        "saved-MiB vs-nn"
+        + ("vs-nn-bf16" if bf16 else "saved-MiB vs-nn")
     )
     for mode in modes:
         for shape in shapes:
-            gflops = _bench_sequence(mode, shape, repeats, device, not args.skip_loop_train, write)
+            if bf16:
+                gflops = _bench_bf16(mode, shape, repeats, device, write)
+            else:
+                gflops = _bench_sequence(mode, shape, repeats, device, not args.skip_loop_train, write)
             if args.memory and device.type == "cpu":
                 _bench_memory(mode, shape, write)
-            if mode == "lstm":
+            if mode == "lstm" or bf16:
                 shares = ", ".join(f"{name} {g / best:.0%}" for name, g in gflops.items())
                 write(f"{'':6} {'x'.join(map(str, shape)):12} train step share of the GEMM peak ({best:.0f}): {shares}")
         for H in sorted({s[2] for s in shapes}):
