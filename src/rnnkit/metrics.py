@@ -44,8 +44,9 @@ LN2 = math.log(2.0)
 
 
 def _nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
-    """Summed next-character cross-entropy in nats: logits (B, T, V), targets (B, T)."""
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+    """Summed next-character cross-entropy in nats: logits (B, T, V), targets (B, T); in fp32 (bf16 logits too)."""
+    logits = logits.reshape(-1, logits.size(-1)).float()  # (B*T, V)
+    return nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="sum")
 
 
 @torch.no_grad()

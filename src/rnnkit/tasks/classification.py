@@ -417,7 +417,7 @@ class ClassifyTask(Task):
 
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
         x, lengths, y = batch
-        logits = model(x.to(device), lengths)  # (B, C)
+        logits = model(x.to(device), lengths).float()  # (B, C); the loss in fp32 under bf16 autocast too
         weight = None if self.weight is None else self.weight.to(device)
         return F.cross_entropy(
             logits, y.to(device), weight=weight, label_smoothing=self.config.train.label_smoothing

@@ -182,9 +182,13 @@ class _LMGraph(nn.Module):
 
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar."""
+    """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar.
+
+    Computed in fp32 whatever the logits' dtype (bf16 under ``--precision bf16``): a log-softmax over V in bf16
+    would round each term to 3 significant digits.
+    """
     V = logits.size(-1)
-    return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))  # (B*T, V) vs (B*T,)
+    return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1))  # (B*T, V) vs (B*T,)
 
 
 def load_text(config: LMConfig) -> str:

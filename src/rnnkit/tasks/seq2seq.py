@@ -283,7 +283,7 @@ class Seq2SeqTask(Task):
     def loss(self, model: nn.Module, batch, state, device: torch.device):
         x, lengths, y = batch
         y = y.to(device)
-        logits = model(x.to(device), lengths, y[:, :-1])  # (B, T, V)
+        logits = model(x.to(device), lengths, y[:, :-1]).float()  # (B, T, V); the loss in fp32 under bf16 too
         return F.cross_entropy(logits.transpose(1, 2), y[:, 1:], ignore_index=PAD,
                                label_smoothing=self.config.train.label_smoothing), None  # fmt: skip
 
@@ -327,7 +327,7 @@ class Seq2SeqTask(Task):
         with torch.no_grad():
             for start in range(0, len(self.val_set.sources), 256):
                 x, lengths, y = self.val_set.batch(list(range(start, min(start + 256, len(self.val_set.sources)))))
-                logits = model(x.to(device), lengths, y[:, :-1].to(device))
+                logits = model(x.to(device), lengths, y[:, :-1].to(device)).float()  # (b, T, V)
                 total += float(F.cross_entropy(logits.transpose(1, 2), y[:, 1:].to(device), ignore_index=PAD,
                                                reduction="sum"))  # fmt: skip
                 count += int((y[:, 1:] != PAD).sum())
