@@ -20,7 +20,7 @@ from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.cli import main
 from rnnkit.config import TrainConfig
 from rnnkit.errors import ConfigError
-from rnnkit.precision import autocast, bf16_supported, precision_name, resolve_precision
+from rnnkit.precision import at_least_fp32, autocast, bf16_supported, precision_name, resolve_precision
 from rnnkit.tasks import (
     TASKS,
     ClassifyConfig,
@@ -111,6 +111,13 @@ def test_autocast_is_bf16_matmuls_or_nothing():
     with autocast(torch.bfloat16, "cpu"):
         assert F.linear(x, w).dtype == torch.bfloat16
     assert F.linear(x, w).dtype == torch.float32  # and nothing is left behind
+
+
+def test_losses_read_at_least_fp32():
+    for dtype in (torch.bfloat16, torch.float16):
+        assert at_least_fp32(torch.ones(2, dtype=dtype)).dtype == torch.float32
+    for t in (torch.ones(2), torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.long)):
+        assert at_least_fp32(t) is t  # fp32 is not copied, fp64 is not narrowed
 
 
 # --- the config and the command line ----------------------------------------------------------------------------

@@ -21,8 +21,9 @@ import contextlib
 import logging
 
 import torch
+from torch import Tensor
 
-__all__ = ["PRECISIONS", "autocast", "bf16_supported", "precision_name", "resolve_precision"]
+__all__ = ["PRECISIONS", "at_least_fp32", "autocast", "bf16_supported", "precision_name", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +97,9 @@ def autocast(dtype: torch.dtype, device: torch.device | str) -> contextlib.Abstr
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in fp32 when it is a narrower float (bf16 out of an autocast forward), else ``t`` itself (fp32 and
+    fp64 as they are): what a loss or a likelihood is computed from."""
+    return t.float() if t.is_floating_point() and torch.finfo(t.dtype).bits < 32 else t

@@ -53,7 +53,7 @@ from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
 from rnnkit.errors import ConfigError, RnnkitError
 from rnnkit.io import atomic_write_json, remove_stale_temporaries
 from rnnkit.metrics import MetricsLog, plot_training, tensorboard_writer
-from rnnkit.precision import autocast, precision_name, resolve_precision
+from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
 from rnnkit.sequence import detach_state, map_state
 from rnnkit.tasks.base import Task
 
@@ -404,7 +404,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             optimizer.step()
             # the step is complete: commit its results (a Ctrl-C before this line resumes from the last step)
             # the carried state stays fp32 like the weights (under bf16 some backends return a bf16 (h, c))
-            step, state, k = step + 1, map_state(lambda t: t.detach().float(), new_state), k + 1
+            step, state, k = step + 1, map_state(lambda t: at_least_fp32(t.detach()), new_state), k + 1
             if k == len(batches):
                 epoch, k = epoch + 1, 0
             items_session += batches.items(batch) * info.world_size
