@@ -14,6 +14,8 @@ so ``torch.load(weights_only=True)`` can read it without unpickling arbitrary ob
     rng             {"torch": uint8, "cuda": [uint8...], "numpy": {...}, "python": {...}}
     rng_per_rank    under DDP, the same dict for every rank (ranks draw different dropout masks), else None
     config          the task's RunConfig.to_dict()
+    precision       what config.train.precision resolved to where it trained: "fp32" or "bf16" (absent before it
+                    existed: fp32); the weights and optimiser state are fp32 either way
     artefacts       what the task keeps to use the model: {"vocab": [...]}, {"labels": [...], ...}
     metrics         {"best": primary value, "best_metrics": {...}, "last_metrics": {...}, "best_val_<m>": ...,
                     "evals_without_improvement", "items", "elapsed_s", "num_parameters"}
@@ -24,6 +26,7 @@ A run folder holds config.json, last.pt, best.pt, metrics.jsonl, summary.json, l
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit import precision
 from rnnkit.data.vocab import Vocab
 from rnnkit.errors import CheckpointError, ConfigError, DataError
 from rnnkit.io import atomic_write
@@ -147,6 +151,17 @@ class LoadedRun:
     step: int
     metrics: dict[str, Any]
     path: Path
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context to run ``model`` in, as it trained and was evaluated: the run's ``train.precision`` on this
+        machine (bf16 autocast, or nothing for fp32). The CLI's eval, predict, forecast and sample run in it, so
+        ``rnnkit eval`` reproduces the validation metrics of training; export does not (it writes fp32 graphs).
+
+            with run.autocast():
+                metrics = evaluate_text(run.model, run.vocab, text)
+        """
+        device = next(self.model.parameters()).device
+        return precision.autocast(precision.resolve_precision(self.config.train.precision, device), device)
 
     @property
     def vocab(self) -> Vocab:

@@ -130,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"val {primary}: best {result.best.get(primary, float('nan')):.4f}, "
         f"last {result.last.get(primary, float('nan')):.4f} ({result.steps} steps, "
-        f"{result.items_per_second:.0f} {task.unit}/s, {result.elapsed_s:.1f} s, stopped: {result.stopped_because})"
+        f"{result.items_per_second:.0f} {task.unit}/s, {result.elapsed_s:.1f} s, {result.precision}, "
+        f"stopped: {result.stopped_because})"
     )
     print(f"run folder: {result.run_dir}")
     if args.task == "lm":
@@ -138,9 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from rnnkit.sampling import sample_text
 
         run = load_run(result.run_dir, "best")
-        text = sample_text(
-            run.model, run.vocab, "", SAMPLE_CHARS, temperature=0.8, generator=torch.Generator().manual_seed(0)
-        )
+        with run.autocast():
+            text = sample_text(
+                run.model, run.vocab, "", SAMPLE_CHARS, temperature=0.8, generator=torch.Generator().manual_seed(0)
+            )
         print(f"sample (best checkpoint, temperature 0.8, seed 0):\n{text}")
     elif result.info.get("validates_on_training_set"):
         print("note: no validation data (--val-fraction 0 and no --val): the metrics above are on the training set")
@@ -148,6 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --- sample / eval / predict ---------------------------------------------------------------------------------------
+# Each runs the model under run.autocast(): the precision it trained at, so eval reproduces training's metrics.
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -170,9 +173,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         generator=gen,
     )
-    for ch in chars:
-        out.write(ch)
-        out.flush()
+    with run.autocast():  # the generator runs the model as it is iterated
+        for ch in chars:
+            out.write(ch)
+            out.flush()
     out.write("\n")
     out.flush()
     return 0
@@ -182,12 +186,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
 
     run = load_run(args.run, args.checkpoint)
-    if run.task.name == "classify":
-        return _eval_classify(args, run)
-    if run.task.name == "forecast":
-        return _eval_forecast(args, run)
-    if run.task.name == "seq2seq":
-        return _eval_seq2seq(args, run)
+    evaluate = {"classify": _eval_classify, "forecast": _eval_forecast, "seq2seq": _eval_seq2seq}
+    with run.autocast():
+        return evaluate.get(run.task.name, _eval_lm)(args, run)
+
+
+def _eval_lm(args: argparse.Namespace, run) -> int:
     from rnnkit.data import read_text
     from rnnkit.metrics import evaluate_dynamic, evaluate_text
 
@@ -262,21 +266,24 @@ def _eval_classify(args: argparse.Namespace, run) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+
+    run = load_run(args.run, args.checkpoint, purpose="predict")
+    predict = {"classify": _predict_classify, "forecast": _forecast, "seq2seq": _predict_seq2seq}
+    if run.task.name not in predict:
+        raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify, forecast or seq2seq "
+                              "run (sample generates from a language model)")  # fmt: skip
+    with run.autocast():
+        return predict[run.task.name](args, run)
+
+
+def _predict_classify(args: argparse.Namespace, run) -> int:
     import csv
     import io
 
-    from rnnkit.checkpoint import load_run
     from rnnkit.data.labelled import read_examples
     from rnnkit.io import atomic_write
 
-    run = load_run(args.run, args.checkpoint, purpose="predict")
-    if run.task.name == "forecast":
-        return _forecast(args, run)
-    if run.task.name == "seq2seq":
-        return _predict_seq2seq(args, run)
-    if run.task.name != "classify":
-        raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify, forecast or seq2seq "
-                              "run (sample generates from a language model)")  # fmt: skip
     task = run.task
     check_output(args.out, force=args.force)
     labels, probs = task.predict(run.model, read_examples(args.data, labels="optional"))
@@ -367,7 +374,9 @@ def _forecast(args: argparse.Namespace, run) -> int:
 def cmd_forecast(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
 
-    return _forecast(args, load_run(args.run, args.checkpoint, task="forecast", purpose="forecast"))
+    run = load_run(args.run, args.checkpoint, task="forecast", purpose="forecast")
+    with run.autocast():
+        return _forecast(args, run)
 
 
 def _eval_forecast(args: argparse.Namespace, run) -> int:

@@ -24,6 +24,7 @@ from rnnkit.backends import backends_for
 from rnnkit.cells import cell_spec
 from rnnkit.errors import ConfigError
 from rnnkit.init import INITS
+from rnnkit.precision import PRECISIONS
 from rnnkit.recurrent import BACKENDS, MODES
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "INITS",
     "MODES",
     "OPTIMIZERS",
+    "PRECISIONS",
     "Regularisers",
     "RunConfig",
     "TrainConfig",
@@ -164,6 +166,13 @@ class TrainConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed for parameters, dropout and data order (integer)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
+    # fp32 by default until bf16 is measured to learn as well on every task (then the LM's default may change);
+    # and "auto" would make one config give different numbers on machines with and without bf16 instructions
+    precision: str = field(
+        default="fp32",
+        metadata={"help": "arithmetic of each forward and loss: fp32, bf16 (autocast; the weights, optimiser and "
+                  "checkpoints stay fp32) or auto (bf16 on a CPU with avx512_bf16 or AMX, or a bf16 GPU)"},
+    )  # fmt: skip
     log_every: int = field(default=20, metadata={"help": "report training loss every this many steps (steps)"})
 
     def __post_init__(self) -> None:
@@ -186,6 +195,7 @@ class TrainConfig:
         check_int("checkpoint_every", self.checkpoint_every, 0)
         check_int("seed", self.seed, 0, 2**63 - 1)
         check_choice("device", self.device, DEVICES)
+        check_choice("precision", self.precision, PRECISIONS)
         check_int("log_every", self.log_every, 1)
 
 

@@ -20,6 +20,7 @@ from rnnkit.data.stream import TextStream
 from rnnkit.data.vocab import Vocab
 from rnnkit.distributed import DistInfo, all_reduce
 from rnnkit.io import atomic_open, atomic_write
+from rnnkit.precision import at_least_fp32
 from rnnkit.sequence import detach_state
 
 __all__ = [
@@ -44,8 +45,9 @@ LN2 = math.log(2.0)
 
 
 def _nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
-    """Summed next-character cross-entropy in nats: logits (B, T, V), targets (B, T)."""
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+    """Summed next-character cross-entropy in nats: logits (B, T, V), targets (B, T); at least fp32 (bf16 too)."""
+    logits = at_least_fp32(logits.reshape(-1, logits.size(-1)))  # (B*T, V)
+    return nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="sum")
 
 
 @torch.no_grad()

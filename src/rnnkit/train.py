@@ -16,11 +16,17 @@ step / max_steps when a step budget is set, else elapsed training time / max_min
 cosine ends when the time does; the schedule then depends on the machine's speed). Both budgets count the whole
 run, across resumes.
 
+Precision (``train.precision``, see ``rnnkit.precision``): every forward and loss (training steps, evaluations,
+the end's plots) runs under the run's autocast; the parameters, gradients, optimiser state, the state carried
+between batches and the checkpoints stay fp32. The dtype it resolved to is in the start event, ``summary.json``
+and each checkpoint.
+
 Resume: ``last.pt`` holds the parameters, the optimiser, the step, the data position (epoch, batch), the state
 carried into that batch, every RNG (per rank under DDP) and the elapsed time, so a run resumed with the same
 config and a step budget ends bit-identical to one that was never interrupted. It differs when the schedule
 depends on time (``max_steps = 0``), when the config changes (a new ``max_steps`` reshapes the cosine; a
-warning says so), or when the number of processes changes.
+warning says so), when the precision resolves differently (a bf16 run resumed on a CPU without bf16; a warning
+says so), or when the number of processes changes.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
 from rnnkit.errors import ConfigError, RnnkitError
 from rnnkit.io import atomic_write_json, remove_stale_temporaries
 from rnnkit.metrics import MetricsLog, plot_training, tensorboard_writer
-from rnnkit.sequence import detach_state
+from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
+from rnnkit.sequence import detach_state, map_state
 from rnnkit.tasks.base import Task
 
 __all__ = ["DivergenceError", "TrainResult", "TrainingInterrupted", "lr_at", "train", "train_lm"]
@@ -81,6 +88,7 @@ class TrainResult:
     elapsed_s: float
     stopped_because: str  # "max_steps", "max_epochs", "max_minutes" or "patience"
     num_parameters: int
+    precision: str = "fp32"  # what train.precision resolved to on this machine: "fp32" or "bf16"
     info: dict[str, Any] = field(default_factory=dict)  # the task's facts about its data
     model: nn.Module | None = field(default=None, repr=False)  # the trained model (unwrapped), last step
 
@@ -225,6 +233,13 @@ def train(
 
 def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event) -> TrainResult:
     cfg = task.config.train
+    dtype = resolve_precision(cfg.precision, device)  # one log line: asked, resolved, why
+    precision = precision_name(dtype)
+
+    def amp():
+        """The context of every forward and loss: bf16 autocast, or nothing for fp32."""
+        return autocast(dtype, device)
+
     _seed_everything(cfg.seed + info.rank)  # ranks draw different dropout masks
     _check_fits(task, device)
     torch.manual_seed(cfg.seed)  # ... but build identical models
@@ -249,6 +264,10 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
         )
         if k >= len(batches) or (state is not None and state[0].size(-2) != cfg.batch_size):
             epoch, k, state = epoch + 1, 0, None  # the batch layout changed: start a new epoch
+        saved_precision = payload.get("precision", "fp32")  # checkpoints before precision existed ran fp32
+        if saved_precision != precision:
+            log.warning("resuming in %s a run trained so far in %s: the result will differ from an uninterrupted run",
+                        precision, saved_precision)  # fmt: skip
     finished = payload is not None and bool(cfg.max_steps) and step >= cfg.max_steps
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,6 +323,7 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             "rng": rng,
             "rng_per_rank": rng_per_rank(rng),
             "config": task.config.to_dict(),
+            "precision": precision,
             "artefacts": task.artefacts(),
             "metrics": {
                 "best": best_metrics.get(task.primary), "best_metrics": best_metrics, "last_metrics": last_metrics,
@@ -331,7 +351,8 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
     def evaluate() -> bool:
         """Validate, keep best.pt; True when early stopping says stop (the same answer on every rank)."""
         nonlocal best_metrics, last_metrics, stale
-        last_metrics = task.evaluate(model, device, info)
+        with amp():  # the precision the model trains at is the one it is judged at (and rnnkit eval uses)
+            last_metrics = task.evaluate(model, device, info)
         improved = task.is_better(last_metrics, best_metrics)
         if improved:
             best_metrics, stale = last_metrics, 0
@@ -348,7 +369,8 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
 
     facts = task.describe()
     emit("start", resumed=payload is not None, run_dir=str(run_dir), num_parameters=num_params,
-         world_size=info.world_size, device=str(device), task=task.name, **facts)  # fmt: skip
+         world_size=info.world_size, device=str(device), precision=precision, task=task.name,
+         **facts)  # fmt: skip
     model.train()
     stopped_because, loss_sum, loss_count, last_evaluated = "", 0.0, 0, step if payload else -1
     if cfg.max_steps and step >= cfg.max_steps:
@@ -367,7 +389,8 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
             lr = lr_at(cfg, step, now)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, new_state = task.loss(net, batch, detach_state(state), device)  # truncated BPTT: no history
+            with amp():  # backward outside, as torch advises: its recorded casts take each gradient back to fp32
+                loss, new_state = task.loss(net, batch, detach_state(state), device)  # truncated BPTT: no history
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip:
@@ -380,7 +403,8 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
                 )
             optimizer.step()
             # the step is complete: commit its results (a Ctrl-C before this line resumes from the last step)
-            step, state, k = step + 1, detach_state(new_state), k + 1
+            # the carried state stays fp32 like the weights (under bf16 some backends return a bf16 (h, c))
+            step, state, k = step + 1, map_state(lambda t: at_least_fp32(t.detach()), new_state), k + 1
             if k == len(batches):
                 epoch, k = epoch + 1, 0
             items_session += batches.items(batch) * info.world_size
@@ -411,12 +435,13 @@ def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event)
     per_s, _ = rates()
     result = TrainResult(
         run_dir=run_dir, task=task.name, steps=step, best=best_metrics, last=last_metrics, items_per_second=per_s,
-        elapsed_s=elapsed(), stopped_because=stopped_because, num_parameters=num_params, info=facts,
-        model=model,
+        elapsed_s=elapsed(), stopped_because=stopped_because, num_parameters=num_params, precision=precision,
+        info=facts, model=model,
     )  # fmt: skip
     if info.is_main:
         plot_training(metrics.records, run_dir / "loss.png", task.primary)
-        task.plots(model, run_dir, device)
+        with amp():
+            task.plots(model, run_dir, device)
         atomic_write_json(run_dir / "summary.json", _summary(result, task))
     if tb is not None:
         tb.close()
@@ -430,7 +455,7 @@ def _summary(result: TrainResult, task: Task) -> dict[str, Any]:
         "task": result.task, "steps": result.steps, "elapsed_s": result.elapsed_s,
         "items_per_s": result.items_per_second, "unit": task.unit, "stopped_because": result.stopped_because,
         "primary": task.primary, "best": result.best, "last": result.last, "num_parameters": result.num_parameters,
-        **result.info,
+        "precision": result.precision, **result.info,
     }  # fmt: skip
 
 

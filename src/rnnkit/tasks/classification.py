@@ -48,6 +48,7 @@ from rnnkit.errors import ConfigError, DataError
 from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confusion
+from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
 from rnnkit.sequence import lengths_to_mask, pad_sequences
 from rnnkit.tasks.base import Task
@@ -417,7 +418,7 @@ class ClassifyTask(Task):
 
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
         x, lengths, y = batch
-        logits = model(x.to(device), lengths)  # (B, C)
+        logits = at_least_fp32(model(x.to(device), lengths))  # (B, C); the loss in fp32 under bf16 autocast too
         weight = None if self.weight is None else self.weight.to(device)
         return F.cross_entropy(
             logits, y.to(device), weight=weight, label_smoothing=self.config.train.label_smoothing

@@ -51,6 +51,7 @@ from rnnkit.errors import ConfigError, DataError
 from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import forecast_scores
+from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
 from rnnkit.tasks.base import Task
 
@@ -547,6 +548,7 @@ class ForecastTask(Task):
         L = values.size(1)
         steps = torch.arange(max(self.lags), L, device=device)  # the model's C + H positions
         out, _ = model(self.inputs(values, observed, b["features"], b["age"], scale, steps), b["ids"])  # (B, S, P)
+        out = at_least_fp32(out)  # the likelihood in fp32: CPU autocast leaves softplus, log, lgamma in bf16
         target, mask = values[:, steps], observed[:, steps]  # (B, S)
         head = self.config.model.head
         if head == "quantile":
@@ -663,7 +665,7 @@ class ForecastTask(Task):
         scale = self.context_scale(b["values"], b["observed"], P + C)
         steps = torch.arange(P, P + C + 1, device=device)  # the context, then the first future step
         out, _ = model(self.inputs(b["values"], b["observed"], b["features"], b["age"], scale, steps), b["ids"])
-        pred = out[:, -1].view(-1, self.horizon, len(model.levels))[:, :h]  # (B, h, Q)
+        pred = at_least_fp32(out[:, -1]).view(-1, self.horizon, len(model.levels))[:, :h]  # (B, h, Q)
         pred = pred.sort(dim=-1).values * scale[:, None, None]  # no crossing quantiles
         pick = {q: min(range(len(model.levels)), key=lambda k: abs(model.levels[k] - q)) for q in levels}
         return {q: pred[..., k].float().cpu().numpy().astype(np.float64) for q, k in pick.items()}
@@ -688,7 +690,7 @@ class ForecastTask(Task):
             t = P + C + k
             x = self.inputs(values, observed, features, age, s, torch.tensor([t], device=device))
             out, state = model(x, ids, state)
-            dist = _distribution(head, out[:, 0], s)
+            dist = _distribution(head, at_least_fp32(out[:, 0]), s)  # sampled in fp32 under bf16 autocast too
             z = dist.sample()
             values[:, t] = z if head == "negbin" else z * s
             observed[:, t] = 1

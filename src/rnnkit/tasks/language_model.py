@@ -34,6 +34,7 @@ from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
 from rnnkit.errors import ConfigError, DataError
 from rnnkit.init import initialise_
 from rnnkit.metrics import evaluate_ids
+from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
 from rnnkit.tasks.base import Task
 
@@ -182,9 +183,13 @@ class _LMGraph(nn.Module):
 
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar."""
+    """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar.
+
+    Computed in fp32 at least, whatever the logits' dtype (bf16 under ``--precision bf16``): a log-softmax over V
+    in bf16 would round each term to 3 significant digits.
+    """
     V = logits.size(-1)
-    return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))  # (B*T, V) vs (B*T,)
+    return F.cross_entropy(at_least_fp32(logits.reshape(-1, V)), targets.reshape(-1))  # (B*T, V) vs (B*T,)
 
 
 def load_text(config: LMConfig) -> str:

@@ -38,6 +38,7 @@ from rnnkit.errors import ConfigError
 from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import plot_alignments
+from rnnkit.precision import at_least_fp32
 from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, alignment, beam_search, greedy
 from rnnkit.sequence import pad_sequences
 from rnnkit.tasks.base import Task
@@ -283,7 +284,7 @@ class Seq2SeqTask(Task):
     def loss(self, model: nn.Module, batch, state, device: torch.device):
         x, lengths, y = batch
         y = y.to(device)
-        logits = model(x.to(device), lengths, y[:, :-1])  # (B, T, V)
+        logits = at_least_fp32(model(x.to(device), lengths, y[:, :-1]))  # (B, T, V); fp32 under bf16 autocast
         return F.cross_entropy(logits.transpose(1, 2), y[:, 1:], ignore_index=PAD,
                                label_smoothing=self.config.train.label_smoothing), None  # fmt: skip
 
@@ -327,7 +328,7 @@ class Seq2SeqTask(Task):
         with torch.no_grad():
             for start in range(0, len(self.val_set.sources), 256):
                 x, lengths, y = self.val_set.batch(list(range(start, min(start + 256, len(self.val_set.sources)))))
-                logits = model(x.to(device), lengths, y[:, :-1].to(device))
+                logits = at_least_fp32(model(x.to(device), lengths, y[:, :-1].to(device)))  # (b, T, V)
                 total += float(F.cross_entropy(logits.transpose(1, 2), y[:, 1:].to(device), ignore_index=PAD,
                                                reduction="sum"))  # fmt: skip
                 count += int((y[:, 1:] != PAD).sum())
