@@ -16,11 +16,14 @@ import torch.nn.functional as F
 
 import rnnkit.precision
 from conftest import one_error_line
+from rnnkit.backends import available_backends
+from rnnkit.cells import cell_spec
 from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.cli import main
 from rnnkit.config import TrainConfig
 from rnnkit.errors import ConfigError
 from rnnkit.precision import at_least_fp32, autocast, bf16_supported, precision_name, resolve_precision
+from rnnkit.recurrent import MODES
 from rnnkit.tasks import (
     TASKS,
     ClassifyConfig,
@@ -37,9 +40,6 @@ from rnnkit.train import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
-# auto picks the fused kernels for some cells (GRU), which do not run under bf16 autocast yet: the tests here name
-# a backend that does, so they test the trainer's part on its own
-BACKEND = "native"
 
 
 @pytest.fixture
@@ -163,24 +163,25 @@ def data(tmp_path_factory):
     return d
 
 
-def _task(name: str, data, **train_options):
-    """A tiny task of each kind, with dropout (so resume must restore the RNG) and a backend that runs bf16."""
+def _task(name: str, data, mode: str = "gru", backend: str = "auto", **train_options):
+    """A tiny task of each kind, with dropout (so resume must restore the RNG), on the default backend (auto: the
+    fused kernels for GRU); ``mode`` and ``backend`` are the classifier's."""
     t = TRAIN | train_options
     if name == "lm":
         m = {"mode": "lstm", "embedding_size": 6, "hidden_size": 12, "num_layers": 2, "dropout": 0.2}
         d = {"data": str(data / "lm.txt"), "val_fraction": 0.1}
-        return LMTask(LMConfig.from_dict({"model": m | {"backend": BACKEND}, "data": d, "train": t | {"bptt": 10}}))
+        return LMTask(LMConfig.from_dict({"model": m, "data": d, "train": t | {"bptt": 10}}))
     if name == "classify":
-        m = {"mode": "gru", "hidden_size": 12, "embedding_size": 6, "head_size": 8, "dropout": 0.2}
+        m = {"mode": mode, "backend": backend, "hidden_size": 12, "embedding_size": 6, "head_size": 8, "dropout": 0.2}
         d = {"data": str(data / "classify.tsv")}
-        return ClassifyTask(ClassifyConfig.from_dict({"model": m | {"backend": BACKEND}, "data": d, "train": t}))
+        return ClassifyTask(ClassifyConfig.from_dict({"model": m, "data": d, "train": t}))
     if name == "forecast":
         m = {"mode": "lstm", "hidden_size": 12, "num_layers": 2, "dropout": 0.2, "num_samples": 8}
         d = {"data": str(data / "series.csv"), "horizon": 4, "season_length": 6, "eval_samples": 8}
-        return ForecastTask(ForecastConfig.from_dict({"model": m | {"backend": BACKEND}, "data": d, "train": t}))
+        return ForecastTask(ForecastConfig.from_dict({"model": m, "data": d, "train": t}))
     m = {"hidden_size": 8, "embedding_size": 4, "dropout": 0.2}
     d = {"data": str(data / "pairs.tsv"), "val_fraction": 0.2}
-    return Seq2SeqTask(Seq2SeqConfig.from_dict({"model": m | {"backend": BACKEND}, "data": d, "train": t}))
+    return Seq2SeqTask(Seq2SeqConfig.from_dict({"model": m, "data": d, "train": t}))
 
 
 def _float_tensors(tree, where="") -> list[tuple[str, torch.Tensor]]:
@@ -211,6 +212,20 @@ def _watch(task, seen: list) -> None:
         return evaluate(*args)
 
     task.loss, task.evaluate = watched_loss, watched_evaluate
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("backend", ["auto", "fused", "loop"])
+def test_every_cell_trains_in_bf16(mode, backend, data, tmp_path, bf16_cpu):
+    """Every cell, on each backend that runs it, trains under bf16 autocast: finite losses, fp32 weights."""
+    if backend != "auto" and backend not in available_backends(cell_spec(mode)):
+        pytest.skip(f"{mode} has no {backend} backend")
+    task = _task("classify", data, mode=mode, backend=backend)
+    events = []
+    result = train(task, tmp_path / "run", on_event=events.append)
+    losses = [e["loss"] for e in events if e["kind"] == "step"]
+    assert result.precision == "bf16" and len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
