@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-size", type=int, default=None, help="LSTM width when training (default: the config's)")
     p.add_argument("--out", default=None, help="run folder when training (default: runs/bench-lm-<time>)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="training precision "
+                   "(default fp32); the held-out text is scored at the run's precision")  # fmt: skip
+    p.add_argument("--no-compressors", action="store_true", help="leave out the gzip/bzip2/xz rows")
     p.add_argument(
         "--dynamic-lr",
         default="0.001",
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(args.run)
         else:
             data = DataConfig(data=args.data, **({} if args.max_chars is None else {"max_chars": args.max_chars}))
-            train = TrainConfig(max_minutes=args.minutes, max_steps=0, device=args.device, eval_chars=50_000)
+            train = TrainConfig(
+                max_minutes=args.minutes, max_steps=0, device=args.device, eval_chars=50_000, precision=args.precision
+            )
             model = ModelConfig() if args.hidden_size is None else ModelConfig(hidden_size=args.hidden_size)
             config = LMConfig(model, data, train)
             run_dir = Path(args.out or time.strftime("runs/bench-lm-%Y%m%d-%H%M%S"))
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
         run.model.to(device)
         t0 = time.perf_counter()
-        m = evaluate_text(run.model, run.vocab, test_text, batch_size=16, bptt=256, device=device)
+        with run.autocast():
+            m = evaluate_text(run.model, run.vocab, test_text, batch_size=16, bptt=256, device=device)
         eval_s = time.perf_counter() - t0
         dynamic = []
         for lr in [float(v) for v in args.dynamic_lr.split(",") if v.strip() and float(v) > 0]:
@@ -99,14 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"text: {source}; {len(train_text):,} training chars, {len(test_text):,} held-out chars")
     print(
         f"model: {config.model.mode} H={config.model.hidden_size} L={config.model.num_layers}, run {run_dir}, "
-        f"step {run.step} ({run.path.name}); eval {eval_s:.1f} s on {device}"
+        f"step {run.step} ({run.path.name}); precision {config.train.precision}; eval {eval_s:.1f} s on {device}"
     )
     print()
     print(f"{'method':<22}{'held-out bpc':>14}{'time s':>9}")
     print(f"{'rnnkit char LM':<22}{m['bpc']:>14.3f}{eval_s:>9.1f}")
     for lr, bpc, seconds in dynamic:
         print(f"{f'  dynamic eval lr {lr:g}':<22}{bpc:>14.3f}{seconds:>9.1f}", flush=True)
-    for name, compress in COMPRESSORS.items():
+    for name, compress in {} if args.no_compressors else COMPRESSORS.items():
         t0 = time.perf_counter()
         bpc = conditional_bpc(compress, train_text, test_text)
         print(f"{name + ' (given train)':<22}{bpc:>14.3f}{time.perf_counter() - t0:>9.1f}", flush=True)

@@ -32,3 +32,15 @@ def test_lm_vs_compressors_trains_scores_and_prints_its_table(tmp_path):
     assert "chars/s" in proc.stdout
     for row in ("rnnkit char LM", "dynamic eval lr 0.001", "xz -9e (given train)"):
         assert row in proc.stdout
+
+
+def test_lm_vs_compressors_in_bf16(tmp_path):
+    text = tmp_path / "code.txt"
+    text.write_text("".join(f"def f{i % 7}(x):\n    return x * {i % 5}\n" for i in range(600)))
+    argv = [str(BENCHMARKS / "lm_vs_compressors.py"), "--data", str(text), "--minutes", "0.003", "--hidden-size", "16",
+            "--out", str(tmp_path / "run"), "--device", "cpu", "--dynamic-lr", "", "--precision", "bf16",
+            "--no-compressors"]  # fmt: skip
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "precision bf16" in proc.stdout and "rnnkit char LM" in proc.stdout
+    assert "xz" not in proc.stdout.split("rnnkit char LM")[1].split("note:")[0]
