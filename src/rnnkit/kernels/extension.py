@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = (CSRC / "recurrence.cpp", CSRC / "step.cpp")  # the fused loops and the generation step
-HEADERS = (CSRC / "activations.h",)
+HEADERS = (CSRC / "activations.h", CSRC / "cells.h")  # the shared activations, the cells' row math
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).
