@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).with_name("csrc")
 # the fused loops, the generation step, the mixed-precision casts
 SOURCES = (CSRC / "recurrence.cpp", CSRC / "step.cpp", CSRC / "precision.cpp")
-HEADERS = (CSRC / "activations.h", CSRC / "precision.h")
+# the shared activations, the cells' row math, the casts
+HEADERS = (CSRC / "activations.h", CSRC / "cells.h", CSRC / "precision.h")
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).

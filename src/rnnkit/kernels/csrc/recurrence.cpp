@@ -1,14 +1,15 @@
 // The per-step loops of the fused backend (rnnkit/kernels/{elman,gru,lstm}.py) on CPU, in C++. The generation
 // step (rnnkit/kernels/step.py) is in step.cpp; both are built into one library (kernels/extension.py).
 //
-// The math is that of the docstrings of elman.py, gru.py and lstm.py. Per step: one product through oneDNN with
-// weights packed once per call (or at::mm for float64), then one pass over the (B, G*H) gate values in plain
-// loops that the compiler vectorises (-O3 -ffast-math lets it call glibc's vector exp), rows split over torch's
-// threads when there are enough of them. While the step's values are at hand, the training forward also writes
-// what the backward step needs (LSTM: the factors Q, p, F; GRU: [n, z, r, gh_n]). The backward functions run
-// over any slice of the time axis and return the gradient flowing into the slice before, so the Python side
-// calls them slice by slice (ops.backward_slices). Python's loop paid dispatch overhead on each of five to fifteen
-// elementwise ops per step; here a step is the product plus one pass over the gates (benchmarks/KERNELS.md).
+// One forward and one backward step loop serve every cell (the skeleton below): the order of the steps, the
+// step's product through oneDNN with weights packed once per call (or at::mm for float64), the rows split over
+// torch's threads when there are enough of them, the mask, and in the backward the carried gradient and the next
+// step's dy. A cell is a policy, a struct with the arithmetic of one row (cells.h: Elman, GRU, LSTM): plain
+// loops over the row that the compiler vectorises (-O3 -ffast-math lets it call glibc's vector exp). While a row's values are at hand, the training forward also
+// writes what the backward step needs. The backward runs over any slice of the time axis and returns the
+// gradient flowing into the slice before, so the Python side calls it slice by slice (ops.backward_slices).
+// Python's loop paid dispatch overhead on each of five to fifteen elementwise ops per step; here a step is the
+// product plus a few passes over each row (benchmarks/KERNELS.md).
 //
 // Conventions shared with the Python kernels:
 // - time-major tensors, contiguous: pre-activations (T, B, G*H), states S (T+1, B, H) in time order, so the
@@ -28,10 +29,10 @@
 #include <tuple>
 
 #include "activations.h"
+#include "cells.h"
 #include "precision.h"
 
-using rnnkit::sigmoid;
-using rnnkit::tanh2;
+using namespace rnnkit;  // the activations and the cell policies
 
 namespace {
 
@@ -110,60 +111,105 @@ void check(const Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), "rnnkit recurrence: ", name, " must be contiguous");
 }
 
-// ---------------------------------------------------------------- Elman
+// ---------------------------------------------------------------- the skeleton
 
-template <typename T, bool RELU>
-void elman_forward_impl(Tensor& xp, Tensor& S, const OptTensor& m, bool reverse, const Tensor& w, bool packed) {
-  const int64_t Tn = xp.size(0), B = xp.size(1), H = xp.size(2);
-  const Steps steps{Tn, reverse};
-  T* X = xp.data_ptr<T>();
+// c of the (h, c) cells: a history C (T+1, B, H) laid out like S, for a cell whose backward reads c_t, or two
+// (B, H) buffers used in turn (the LSTM, whose backward needs only its factors, and inference).
+template <typename T>
+class Memory {
+ public:
+  Memory(const Tensor& c0, const OptTensor& history, const Steps& steps) : steps_(steps) {
+    if (history.has_value() && history->defined()) {
+      C_ = *history;
+      rows_ = C_.size(1) * C_.size(2);
+    } else {
+      c_ = c0.contiguous().clone();  // c_{t-1} and c_t in turn
+      c_next_ = at::empty_like(c_);
+    }
+  }
+  const T* prev(int64_t t) const {
+    return C_.defined() ? C_.data_ptr<T>() + steps_.prev(t) * rows_ : c_.data_ptr<T>();
+  }
+  T* cur(int64_t t) const { return C_.defined() ? C_.data_ptr<T>() + steps_.cur(t) * rows_ : c_next_.data_ptr<T>(); }
+  void advance() {
+    if (!C_.defined()) std::swap(c_, c_next_);
+  }
+  // c after the last step
+  Tensor last() const { return C_.defined() ? C_.select(0, steps_.reverse ? 0 : steps_.T).clone() : c_; }
+
+ private:
+  Steps steps_;
+  Tensor C_, c_, c_next_;
+  int64_t rows_ = 0;
+};
+
+// The forward: per step the product h_{t-1} W_hh^T (+ bias), then the cell's row function on every row. With
+// KEEP every row is computed (its backward factors are needed, with m = 0 they zero its gradient); without, a
+// row past its length only keeps its state.
+template <typename T, bool KEEP, typename Cell>
+void forward_steps(const Cell& cell, Tensor& S, Memory<T>* mem, const T* M, const Steps& steps, const Tensor& w,
+                   bool packed, const OptTensor& bias) {
+  const int64_t B = S.size(1), H = S.size(2), width = cell.gates();
   T* Sp = S.data_ptr<T>();
-  const T* M = mask_ptr<T>(m);
-  for (int64_t s = 0; s < Tn; ++s) {
+  for (int64_t s = 0; s < steps.T; ++s) {
     const int64_t t = steps.at(s);
-    const Tensor gh = product(S.select(0, steps.prev(t)), w, packed);  // h_{t-1} W_hh^T
+    const Tensor gh = product(S.select(0, steps.prev(t)), w, packed, bias);  // (B, G*H)
     const T* GH = gh.data_ptr<T>();
-    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    const T* Cp = nullptr;
+    T* Cn = nullptr;
+    if constexpr (Cell::has_cell) {
+      Cp = mem->prev(t);
+      Cn = mem->cur(t);
+    }
+    at::parallel_for(0, B, row_grain(width), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T* ab = X + (t * B + b) * H;  // x_t W_ih^T + b
-        const T* ghb = GH + b * H;
+        const T mb = M ? M[t * B + b] : T(1);
         const T* hp = Sp + (steps.prev(t) * B + b) * H;
         T* hn = Sp + (steps.cur(t) * B + b) * H;
-        if (M && M[t * B + b] == T(0)) {
-          for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];  // a row past its length keeps its state
-          continue;
-        }
-        for (int64_t j = 0; j < H; ++j) {
-          const T a = ab[j] + ghb[j];
-          hn[j] = RELU ? (a > T(0) ? a : T(0)) : tanh2(a);
+        const T* cp = Cell::has_cell ? Cp + b * H : nullptr;
+        T* cn = Cell::has_cell ? Cn + b * H : nullptr;
+        if (KEEP || mb != T(0)) cell.template forward_row<KEEP>(t, b, GH + b * width, hp, hn, cp, cn, mb);
+        if (mb == T(0)) {  // a row past its length keeps its state
+          for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];
+          if constexpr (Cell::has_cell)
+            for (int64_t j = 0; j < H; ++j) cn[j] = cp[j];
         }
       }
     });
+    if constexpr (Cell::has_cell) mem->advance();
   }
 }
 
-void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Tensor w, bool packed) {
-  check(xp, "xp");
-  check(S, "S");
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "elman_forward", [&] {
-    if (relu)
-      elman_forward_impl<scalar_t, true>(xp, S, m, reverse, w, packed);
-    else
-      elman_forward_impl<scalar_t, false>(xp, S, m, reverse, w, packed);
-  });
+// Runs the forward over S (T+1, B, H) holding h_{-1}; for (h, c) cells from c0, with c's history written to C
+// when given. Returns c after the last step (undefined for h cells).
+template <typename T, typename Cell>
+Tensor forward_loop(const Cell& cell, Tensor& S, const OptTensor& c0, const OptTensor& C, const OptTensor& m,
+                    bool reverse, const Tensor& w, bool packed, const OptTensor& bias, bool keep) {
+  const Steps steps{S.size(0) - 1, reverse};
+  std::optional<Memory<T>> mem;
+  if constexpr (Cell::has_cell) mem.emplace(*c0, C, steps);
+  Memory<T>* c = mem ? &*mem : nullptr;
+  if (keep)
+    forward_steps<T, true>(cell, S, c, mask_ptr<T>(m), steps, w, packed, bias);
+  else
+    forward_steps<T, false>(cell, S, c, mask_ptr<T>(m), steps, w, packed, bias);
+  return mem ? mem->last() : Tensor();
 }
 
-// da_t = g_t * m_t * act'(h_t);  g_{t-1} = da_t W_hh + (1 - m_t) * g_t + dy_{t-1}.  Fills da, returns g_{-1}.
-template <typename T, bool RELU>
-Tensor elman_backward_impl(const Tensor& S, const Tensor& dy, const OptTensor& m, bool reverse, const Tensor& w,
-                           bool packed, const Tensor& g0, Tensor& da) {
+// The backward over dy (T, B, H), a slice of the time axis: per step the cell's row function on every row (which
+// writes the row's gate gradients, gc in place, and g_{t-1} but for the product), then g_{t-1} += product_rows(t)
+// W_hh. S (T+1, B, H) is the slice's states where the cell reads them, GC (B, H) dL/dc for (h, c) cells. Returns
+// the gradient flowing into the slice before, g_{-1}.
+template <typename T, typename Cell>
+Tensor backward_loop(const Cell& cell, const Tensor& dy, const OptTensor& S, T* GC, const OptTensor& m,
+                     bool reverse, const Tensor& w, bool packed, const Tensor& g0) {
   const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2);
   const Steps steps{Tn, reverse};
-  const T* Sp = S.data_ptr<T>();
+  const T* Sp = S.has_value() ? S->data_ptr<T>() : nullptr;
   const T* DY = dy.data_ptr<T>();
   const int64_t sT = dy.stride(0), sB = dy.stride(1);  // dy may be a strided view (rows of H contiguous)
-  T* DA = da.data_ptr<T>();
   const T* M = mask_ptr<T>(m);
+  const int64_t grain = row_grain(std::max(cell.gates(), cell.kept()));
   Tensor g = g0 + dy.select(0, steps.back(0));
   Tensor gn = at::empty_like(g);
   for (int64_t s = 0; s < Tn; ++s) {
@@ -171,24 +217,38 @@ Tensor elman_backward_impl(const Tensor& S, const Tensor& dy, const OptTensor& m
     const T* G = g.data_ptr<T>();
     T* GN = gn.data_ptr<T>();
     const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
-    at::parallel_for(0, B, row_grain(H), [&](int64_t b0, int64_t b1) {
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        const T mb = M ? M[t * B + b] : T(1);
-        const T* h = Sp + (steps.cur(t) * B + b) * H;
-        const T* gb = G + b * H;
-        T* dab = DA + (t * B + b) * H;
-        T* gnb = GN + b * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const T d = RELU ? (h[j] > T(0) ? T(1) : T(0)) : T(1) - h[j] * h[j];
-          dab[j] = gb[j] * mb * d;
-          gnb[j] = (next ? next[b * sB + j] : T(0)) + (T(1) - mb) * gb[j];
-        }
+        const T* hp = Sp ? Sp + (steps.prev(t) * B + b) * H : nullptr;
+        const T* h = Sp ? Sp + (steps.cur(t) * B + b) * H : nullptr;
+        cell.backward_row(t, b, hp, h, G + b * H, GC ? GC + b * H : nullptr, next ? next + b * sB : nullptr,
+                          GN + b * H, M ? M[t * B + b] : T(1));
       }
     });
-    add_product(gn, da.select(0, t), w, packed);
+    add_product(gn, cell.product_rows(t), w, packed);
     std::swap(g, gn);
   }
   return g;
+}
+
+bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// ---------------------------------------------------------------- Elman
+// xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}.
+
+void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Tensor w, bool packed) {
+  check(xp, "xp");
+  check(S, "S");
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "elman_forward", [&] {
+    using T = scalar_t;
+    const int64_t B = S.size(1), H = S.size(2);
+    if (relu)
+      forward_loop<T>(Elman<T, true>{.B = B, .H = H, .X = xp.data_ptr<T>()}, S, {}, {}, m, reverse, w, packed, {},
+                      false);
+    else
+      forward_loop<T>(Elman<T, false>{.B = B, .H = H, .X = xp.data_ptr<T>()}, S, {}, {}, m, reverse, w, packed, {},
+                      false);
+  });
 }
 
 Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu, Tensor w, bool packed, Tensor g0,
@@ -197,152 +257,33 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu,
   check(da, "da");
   Tensor g;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "elman_backward", [&] {
-    g = relu ? elman_backward_impl<scalar_t, true>(S, with_rows(dy), m, reverse, w, packed, g0, da)
-             : elman_backward_impl<scalar_t, false>(S, with_rows(dy), m, reverse, w, packed, g0, da);
+    using T = scalar_t;
+    const int64_t B = dy.size(1), H = dy.size(2);
+    if (relu)
+      g = backward_loop<T>(Elman<T, true>{.B = B, .H = H, .da = da, .DA = da.data_ptr<T>()}, with_rows(dy), S,
+                           nullptr, m, reverse, w, packed, g0);
+    else
+      g = backward_loop<T>(Elman<T, false>{.B = B, .H = H, .da = da, .DA = da.data_ptr<T>()}, with_rows(dy), S,
+                           nullptr, m, reverse, w, packed, g0);
   });
   return g;
 }
 
 // ---------------------------------------------------------------- GRU
-// A (T, B, 3H) holds [gi_n, gi_z, gi_r] (n rows scaled by 2; used as scratch); the hidden-side product per step
-// is [gh_z, gh_r, gh_n] (the gh_n part scaled by 2, b_hh included). For training, K (T, B, 4H) keeps
-// [n, z, r, gh_n] (gh_n unscaled): with h_{t-1} from S that is all the backward step needs, 4H values per row.
-
-// One row of a GRU step. The gate blocks come as separate restrict pointers, so the compiler sees that they do
-// not overlap and vectorises the loop (with offsets into one row it gives up).
-template <typename T>
-inline void gru_forward_row(const T* __restrict an, const T* __restrict az, const T* __restrict ar,
-                            const T* __restrict gz, const T* __restrict gr, const T* __restrict gn,
-                            const T* __restrict hp, T* __restrict hn, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T z = sigmoid(az[j] + gz[j]);
-    const T r = sigmoid(ar[j] + gr[j]);
-    const T n = tanh2(an[j] + r * gn[j]);
-    hn[j] = n + z * (hp[j] - n);
-  }
-}
-
-template <typename T>
-inline void gru_forward_row_keep(const T* __restrict an, const T* __restrict az, const T* __restrict ar,
-                                 const T* __restrict gz, const T* __restrict gr, const T* __restrict gn,
-                                 const T* __restrict hp, T* __restrict hn, T* __restrict kn, T* __restrict kz,
-                                 T* __restrict kr, T* __restrict kg, T inv, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T z = sigmoid(az[j] + gz[j]);
-    const T r = sigmoid(ar[j] + gr[j]);
-    const T n = tanh2(an[j] + r * gn[j]);
-    hn[j] = n + z * (hp[j] - n);
-    kn[j] = n;
-    kz[j] = z;
-    kr[j] = r;
-    kg[j] = gn[j] * inv;
-  }
-}
-
-template <typename T>
-void gru_forward_impl(const Tensor& A, Tensor& S, const OptTensor& K, const OptTensor& m, bool reverse,
-                      const Tensor& w, bool packed, const OptTensor& b_hh, double scale) {
-  const int64_t Tn = A.size(0), B = A.size(1), H = S.size(2);
-  const Steps steps{Tn, reverse};
-  const T* Ap = A.data_ptr<T>();
-  T* Sp = S.data_ptr<T>();
-  const bool keep = K.has_value() && K->defined();
-  T* Kp = keep ? K->data_ptr<T>() : nullptr;
-  const T* M = mask_ptr<T>(m);
-  const T inv = T(1) / T(scale);
-  for (int64_t s = 0; s < Tn; ++s) {
-    const int64_t t = steps.at(s);
-    const Tensor gh = product(S.select(0, steps.prev(t)), w, packed, b_hh);  // [gh_z, gh_r, gh_n]
-    const T* GH = gh.data_ptr<T>();
-    at::parallel_for(0, B, row_grain(3 * H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* a = Ap + (t * B + b) * 3 * H;
-        const T* g = GH + b * 3 * H;
-        const T* hp = Sp + (steps.prev(t) * B + b) * H;
-        T* hn = Sp + (steps.cur(t) * B + b) * H;
-        const T mb = M ? M[t * B + b] : T(1);
-        if (keep) {
-          T* k = Kp + (t * B + b) * 4 * H;
-          gru_forward_row_keep<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, k, k + H, k + 2 * H, k + 3 * H, inv,
-                                  H);
-        } else {
-          gru_forward_row<T>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, H);
-        }
-        if (mb == T(0))  // a row past its length keeps its state
-          for (int64_t j = 0; j < H; ++j) hn[j] = hp[j];
-      }
-    });
-  }
-}
+// A (T, B, 3H) = [gi_n, gi_z, gi_r]; K (T, B, 4H) = [n, z, r, gh_n] for training. The backward fills
+// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}.
 
 void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Tensor w, bool packed, OptTensor b_hh,
                  double scale) {
   check(A, "A");
   check(S, "S");
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gru_forward",
-                             [&] { gru_forward_impl<scalar_t>(A, S, K, m, reverse, w, packed, b_hh, scale); });
-}
-
-// dn = g m (1-z)(1-n^2), dz = g m (h_{t-1} - n) z(1-z), dr = dn gh_n r(1-r), dgh_n = dn r;
-// g_{t-1} = [dz, dr, dgh_n] W_hh + g (m z + 1 - m) + dy_{t-1}.
-template <typename T>
-inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const T* __restrict r,
-                             const T* __restrict ghn, const T* __restrict hp, const T* __restrict g,
-                             const T* __restrict dy_next, T* __restrict dn, T* __restrict dz, T* __restrict dr,
-                             T* __restrict dghn, T* __restrict hz, T* __restrict hr, T* __restrict hn,
-                             T* __restrict g_next, T mb, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T gm = g[j] * mb;
-    const T d_n = gm * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
-    const T d_z = gm * (hp[j] - n[j]) * z[j] * (T(1) - z[j]);
-    const T d_r = d_n * ghn[j] * r[j] * (T(1) - r[j]);
-    const T d_h = d_n * r[j];
-    dn[j] = d_n;
-    dz[j] = hz[j] = d_z;
-    dr[j] = hr[j] = d_r;
-    dghn[j] = hn[j] = d_h;
-    g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * (mb * z[j] + T(1) - mb);
-  }
-}
-
-// K (T, B, 4H) = [n, z, r, gh_n] from the forward, S (T+1, B, H); fills dG (T, B, 4H) = [dn, dz, dr, dgh_n]
-// and returns g_{-1}. Called on slices of the time axis, it carries the gradient from slice to slice.
-template <typename T>
-Tensor gru_backward_impl(const Tensor& K, const Tensor& S, const OptTensor& m, const Tensor& dy, bool reverse,
-                         const Tensor& w, bool packed, const Tensor& g0, Tensor& dG) {
-  const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2);
-  const Steps steps{Tn, reverse};
-  const T* Kp = K.data_ptr<T>();
-  const T* Sp = S.data_ptr<T>();
-  const T* M = mask_ptr<T>(m);
-  const T* DY = dy.data_ptr<T>();
-  const int64_t sT = dy.stride(0), sB = dy.stride(1);  // dy may be a strided view (rows of H contiguous)
-  T* DG = dG.data_ptr<T>();
-  Tensor g = g0 + dy.select(0, steps.back(0));
-  Tensor gn = at::empty_like(g);
-  // the step's [dz, dr, dgh_n] once more, contiguous: the product then reads it without a copy (oneDNN copies a
-  // strided input on every step, which costs more than this write; benchmarks/KERNELS.md)
-  Tensor dgh = at::empty({B, 3 * H}, dy.options());
-  T* DGH = dgh.data_ptr<T>();
-  for (int64_t s = 0; s < Tn; ++s) {
-    const int64_t t = steps.back(s);
-    const T* G = g.data_ptr<T>();
-    T* GN = gn.data_ptr<T>();
-    const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
-    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* k = Kp + (t * B + b) * 4 * H;
-        T* d = DG + (t * B + b) * 4 * H;
-        T* h = DGH + b * 3 * H;
-        gru_backward_row<T>(k, k + H, k + 2 * H, k + 3 * H, Sp + (steps.prev(t) * B + b) * H, G + b * H,
-                            next ? next + b * sB : nullptr, d, d + H, d + 2 * H, d + 3 * H, h, h + H, h + 2 * H,
-                            GN + b * H, M ? M[t * B + b] : T(1), H);
-      }
-    });
-    add_product(gn, dgh, w, packed);
-    std::swap(g, gn);
-  }
-  return g;
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gru_forward", [&] {
+    using T = scalar_t;
+    const bool keep = given(K);
+    const GRU<T> cell{.B = S.size(1), .H = S.size(2), .A = A.data_ptr<T>(), .K = keep ? K->data_ptr<T>() : nullptr,
+                      .inv = T(1) / T(scale)};
+    forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+  });
 }
 
 Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Tensor w, bool packed, Tensor g0,
@@ -352,153 +293,33 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
   check(dG, "dG");
   Tensor g;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "gru_backward", [&] {
-    g = gru_backward_impl<scalar_t>(K, S, m, with_rows(dy), reverse, w, packed, g0, dG);
+    using T = scalar_t;
+    const int64_t B = dy.size(1), H = dy.size(2);
+    const Tensor dgh = at::empty({B, 3 * H}, dy.options());  // see GRU in cells.h
+    const GRU<T> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = dG.data_ptr<T>(), .dgh = dgh,
+                      .DGH = dgh.data_ptr<T>()};
+    g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
   });
   return g;
 }
 
 // ---------------------------------------------------------------- LSTM
-// xp (T, B, 4H) = the input side of the pre-activations [i, f, g, o] (g rows scaled by 2). For training, the step
-// overwrites xp with the factors of the backward step, Q = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), m tanh(c) o(1-o)],
-// and fills p = m o (1 - tanh(c)^2) and F = f, both (T, B, H). Returns c at the last step.
-
-template <typename T, bool KEEP>
-inline void lstm_forward_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao,
-                             const T* __restrict hi, const T* __restrict hf, const T* __restrict hg,
-                             const T* __restrict ho, const T* __restrict cp, T* __restrict cn, T* __restrict hn,
-                             T* __restrict p, T* __restrict F, T mb, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid(ai[j] + hi[j]), f = sigmoid(af[j] + hf[j]), g = tanh2(ag[j] + hg[j]),
-            o = sigmoid(ao[j] + ho[j]);
-    const T c = f * cp[j] + i * g;
-    const T th = tanh2(T(2) * c);
-    cn[j] = c;
-    hn[j] = o * th;
-    if constexpr (KEEP) {
-      ai[j] = g * i * (T(1) - i);
-      af[j] = cp[j] * f * (T(1) - f);
-      ag[j] = i * (T(1) - g * g);
-      ao[j] = mb * th * o * (T(1) - o);
-      p[j] = mb * o * (T(1) - th * th);
-      F[j] = f;
-    }
-  }
-}
-
-template <typename T>
-Tensor lstm_forward_impl(Tensor& xp, Tensor& S, const Tensor& c0, const OptTensor& p, const OptTensor& F,
-                         const OptTensor& m, bool reverse, const Tensor& w, bool packed) {
-  const int64_t Tn = xp.size(0), B = xp.size(1), H = S.size(2);
-  const Steps steps{Tn, reverse};
-  T* X = xp.data_ptr<T>();
-  T* Sp = S.data_ptr<T>();
-  const bool keep = p.has_value() && p->defined();
-  T* Pp = keep ? p->data_ptr<T>() : nullptr;
-  T* Fp = keep ? F->data_ptr<T>() : nullptr;
-  const T* M = mask_ptr<T>(m);
-  Tensor c = c0.contiguous().clone(), c_next = at::empty_like(c);  // c_{t-1} and c_t in turn
-  for (int64_t s = 0; s < Tn; ++s) {
-    const int64_t t = steps.at(s);
-    const Tensor gh = product(S.select(0, steps.prev(t)), w, packed);  // h_{t-1} W_hh^T
-    const T* GH = gh.data_ptr<T>();
-    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* ab = X + (t * B + b) * 4 * H;
-        const T* g = GH + b * 4 * H;
-        const T* cp = c.data_ptr<T>() + b * H;
-        T* cn = c_next.data_ptr<T>() + b * H;
-        const T* hp = Sp + (steps.prev(t) * B + b) * H;
-        T* hn = Sp + (steps.cur(t) * B + b) * H;
-        const T mb = M ? M[t * B + b] : T(1);
-        const int64_t row = (t * B + b) * H;
-        if (keep)
-          lstm_forward_row<T, true>(ab, ab + H, ab + 2 * H, ab + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
-                                    Pp + row, Fp + row, mb, H);
-        else
-          lstm_forward_row<T, false>(ab, ab + H, ab + 2 * H, ab + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
-                                     nullptr, nullptr, mb, H);
-        if (mb == T(0))  // a row past its length keeps its state
-          for (int64_t j = 0; j < H; ++j) {
-            cn[j] = cp[j];
-            hn[j] = hp[j];
-          }
-      }
-    });
-    std::swap(c, c_next);
-  }
-  return c;
-}
+// xp (T, B, 4H) = [i, f, g, o] from the input side; for training it becomes Q and p, F (T, B, H) are filled.
+// Returns c at the last step. The backward fills dG (T, B, 4H) = [di, df, dg, do] and returns (gh_{-1}, gc_{-1}).
 
 Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, OptTensor m, bool reverse, Tensor w,
                     bool packed) {
   check(xp, "xp");
   check(S, "S");
   Tensor c;
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_forward",
-                             [&] { c = lstm_forward_impl<scalar_t>(xp, S, c0, p, F, m, reverse, w, packed); });
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_forward", [&] {
+    using T = scalar_t;
+    const bool keep = given(p);
+    const LSTM<T> cell{.B = S.size(1), .H = S.size(2), .X = xp.data_ptr<T>(), .P = keep ? p->data_ptr<T>() : nullptr,
+                       .F = keep ? F->data_ptr<T>() : nullptr};
+    c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, {}, keep);
+  });
   return c;
-}
-
-template <typename T>
-inline void lstm_backward_row(const T* __restrict qi, const T* __restrict qf, const T* __restrict qg,
-                              const T* __restrict qo, const T* __restrict p, const T* __restrict f,
-                              const T* __restrict gh, T* __restrict gc, const T* __restrict dy_next, T* __restrict di,
-                              T* __restrict df, T* __restrict dg, T* __restrict dO, T* __restrict gh_next, T mb,
-                              int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T dc = mb * gc[j] + gh[j] * p[j];
-    di[j] = dc * qi[j];
-    df[j] = dc * qf[j];
-    dg[j] = dc * qg[j];
-    dO[j] = gh[j] * qo[j];
-    gc[j] = dc * f[j] + (T(1) - mb) * gc[j];
-    gh_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * gh[j];
-  }
-}
-
-// Q (T, B, 4H), p, forget (T, B, H); fills dG (T, B, 4H) = [di, df, dg, do] and returns (gh_{-1}, gc_{-1}):
-//   dc = m gc + gh p;  [di, df, dg] = dc Q[:3];  do = gh Q[3];  gc = dc f + (1 - m) gc;
-//   gh = dG W_hh + (1 - m) gh + dy_{t-1}.
-template <typename T>
-std::tuple<Tensor, Tensor> lstm_backward_impl(const Tensor& Q, const Tensor& p, const Tensor& forget, const Tensor& dy,
-                                              const OptTensor& m, bool reverse, const Tensor& w, bool packed,
-                                              const Tensor& gh0, const Tensor& gc0, Tensor& dG) {
-  const int64_t Tn = dy.size(0), B = dy.size(1), H = dy.size(2);
-  const Steps steps{Tn, reverse};
-  const T* Qp = Q.data_ptr<T>();
-  const T* P = p.data_ptr<T>();
-  const T* F = forget.data_ptr<T>();
-  const T* DY = dy.data_ptr<T>();
-  const int64_t sT = dy.stride(0), sB = dy.stride(1);  // dy may be a strided view (rows of H contiguous)
-  T* DG = dG.data_ptr<T>();
-  const T* M = mask_ptr<T>(m);
-  Tensor gh = gh0 + dy.select(0, steps.back(0));
-  Tensor ghn = at::empty_like(gh);
-  Tensor gc = gc0.contiguous().clone();
-  T* GC = gc.data_ptr<T>();
-  for (int64_t s = 0; s < Tn; ++s) {
-    const int64_t t = steps.back(s);
-    const T* GH = gh.data_ptr<T>();
-    T* GHN = ghn.data_ptr<T>();
-    const T* next = s + 1 < Tn ? DY + steps.back(s + 1) * sT : nullptr;
-    at::parallel_for(0, B, row_grain(4 * H), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T mb = M ? M[t * B + b] : T(1);
-        const T* q = Qp + (t * B + b) * 4 * H;
-        const T* pb = P + (t * B + b) * H;
-        const T* fb = F + (t * B + b) * H;
-        const T* ghb = GH + b * H;
-        T* gcb = GC + b * H;
-        T* d = DG + (t * B + b) * 4 * H;
-        T* ghnb = GHN + b * H;
-        lstm_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, pb, fb, ghb, gcb, next ? next + b * sB : nullptr, d, d + H,
-                             d + 2 * H, d + 3 * H, ghnb, mb, H);
-      }
-    });
-    add_product(ghn, dG.select(0, t), w, packed);
-    std::swap(gh, ghn);
-  }
-  return {gh, gc};
 }
 
 std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tensor dy, OptTensor m, bool reverse,
@@ -509,7 +330,12 @@ std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tens
   check(dG, "dG");
   std::tuple<Tensor, Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstm_backward", [&] {
-    out = lstm_backward_impl<scalar_t>(Q, p, forget, with_rows(dy), m, reverse, w, packed, gh0, gc0, dG);
+    using T = scalar_t;
+    const LSTM<T> cell{.B = dy.size(1), .H = dy.size(2), .X = Q.data_ptr<T>(), .P = p.data_ptr<T>(),
+                       .F = forget.data_ptr<T>(), .dG = dG, .DG = dG.data_ptr<T>()};
+    Tensor gc = gc0.contiguous().clone();
+    Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
+    out = {gh, gc};
   });
   return out;
 }

@@ -1,0 +1,255 @@
+// The cell policies of the step-loop skeleton in recurrence.cpp for Elman (tanh, relu), GRU and LSTM: the
+// arithmetic of one row of one step, forward and backward. The math is that of the docstrings of elman.py, gru.py
+// and lstm.py; tanh(a) is 2 sigmoid(2a) - 1 with the tanh rows already fed 2a (ops.tanh_scale).
+//
+// A policy is a struct with
+//   static constexpr bool has_cell;   the state is (h, c), else h
+//   int64_t gates() const;            G*H: columns of the step's product h_{t-1} W_hh^T (and of product_rows)
+//   int64_t kept() const;             columns the training forward keeps per row for the backward (0: none)
+//   template <bool KEEP> void forward_row(t, b, gh, hp, hn, cp, cn, mb) const;
+//       row b of step t from gh, the row's product: writes h_t to hn (and c_t to cn, from c_{t-1} at cp); with
+//       KEEP also what the backward reads. The skeleton calls it with KEEP for every row, without only for rows
+//       inside their length (mb = 1), and then copies h_{t-1} (and c_{t-1}) over a row past its length.
+//   void backward_row(t, b, hp, h, g, gc, dy_next, g_next, mb) const;
+//       row b of backward step t: g = dL/dh_t (and gc = dL/dc_t, updated in place to dL/dc_{t-1}); writes the
+//       row's gate gradients, its row of product_rows(t), and g_next = dy_{t-1} + the part of dL/dh_{t-1} that
+//       does not pass through W_hh (dy_next is null on the slice's last step). hp, h = h_{t-1}, h_t where the
+//       backward has S, else null.
+//   Tensor product_rows(int64_t t) const;
+//       the step's (B, gates) gradient rows whose product with W_hh the skeleton adds into g_next.
+// Every row function takes each gate block as its own restrict pointer: the compiler then sees that the blocks
+// do not overlap and vectorises the loop (with offsets into one row it gives up).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "activations.h"
+
+namespace rnnkit {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- Elman
+
+template <typename T, bool RELU>
+inline void elman_forward_row(const T* __restrict a, const T* __restrict gh, T* __restrict hn, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T v = a[j] + gh[j];
+    hn[j] = RELU ? (v > T(0) ? v : T(0)) : tanh2(v);
+  }
+}
+
+// da_t = g_t * m_t * act'(h_t);  g_{t-1} = da_t W_hh + (1 - m_t) * g_t + dy_{t-1}
+template <typename T, bool RELU>
+inline void elman_backward_row(const T* __restrict h, const T* __restrict g, const T* __restrict dy_next,
+                               T* __restrict da, T* __restrict g_next, T mb, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T d = RELU ? (h[j] > T(0) ? T(1) : T(0)) : T(1) - h[j] * h[j];
+    da[j] = g[j] * mb * d;
+    g_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * g[j];
+  }
+}
+
+// X (T, B, H) = x_t W_ih^T + b (scaled by 2 for tanh); the backward fills da (T, B, H) and keeps nothing else:
+// act' comes from h_t.
+template <typename T, bool RELU>
+struct Elman {
+  static constexpr bool has_cell = false;
+  int64_t B, H;
+  const T* X;  // forward
+  Tensor da;   // backward
+  T* DA;
+
+  int64_t gates() const { return H; }
+  int64_t kept() const { return 0; }
+
+  template <bool KEEP>
+  void forward_row(int64_t t, int64_t b, const T* gh, const T* hp, T* hn, const T*, T*, T) const {
+    elman_forward_row<T, RELU>(X + (t * B + b) * H, gh, hn, H);
+  }
+
+  void backward_row(int64_t t, int64_t b, const T*, const T* h, const T* g, T*, const T* dy_next, T* g_next,
+                    T mb) const {
+    elman_backward_row<T, RELU>(h, g, dy_next, DA + (t * B + b) * H, g_next, mb, H);
+  }
+
+  Tensor product_rows(int64_t t) const { return da.select(0, t); }
+};
+
+// ---------------------------------------------------------------- GRU
+// A (T, B, 3H) holds [gi_n, gi_z, gi_r] (n rows scaled by 2); the hidden-side product per step is
+// [gh_z, gh_r, gh_n] (the gh_n part scaled by 2, b_hh included). For training, K (T, B, 4H) keeps
+// [n, z, r, gh_n] (gh_n unscaled): with h_{t-1} from S that is all the backward step needs, 4H values per row.
+
+template <typename T, bool KEEP>
+inline void gru_forward_row(const T* __restrict an, const T* __restrict az, const T* __restrict ar,
+                            const T* __restrict gz, const T* __restrict gr, const T* __restrict gn,
+                            const T* __restrict hp, T* __restrict hn, T* __restrict kn, T* __restrict kz,
+                            T* __restrict kr, T* __restrict kg, T inv, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T z = sigmoid(az[j] + gz[j]);
+    const T r = sigmoid(ar[j] + gr[j]);
+    const T n = tanh2(an[j] + r * gn[j]);
+    hn[j] = n + z * (hp[j] - n);
+    if constexpr (KEEP) {
+      kn[j] = n;
+      kz[j] = z;
+      kr[j] = r;
+      kg[j] = gn[j] * inv;
+    }
+  }
+}
+
+// dn = g m (1-z)(1-n^2), dz = g m (h_{t-1} - n) z(1-z), dr = dn gh_n r(1-r), dgh_n = dn r;
+// g_{t-1} = [dz, dr, dgh_n] W_hh + g (m z + 1 - m) + dy_{t-1}.
+// With COPY, [dz, dr, dgh_n] is also written to hz, hr, hn: a contiguous row for the product.
+template <typename T, bool COPY>
+inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const T* __restrict r,
+                             const T* __restrict ghn, const T* __restrict hp, const T* __restrict g,
+                             const T* __restrict dy_next, T* __restrict dn, T* __restrict dz, T* __restrict dr,
+                             T* __restrict dghn, T* __restrict hz, T* __restrict hr, T* __restrict hn,
+                             T* __restrict g_next, T mb, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T gm = g[j] * mb;
+    const T d_n = gm * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+    const T d_z = gm * (hp[j] - n[j]) * z[j] * (T(1) - z[j]);
+    const T d_r = d_n * ghn[j] * r[j] * (T(1) - r[j]);
+    const T d_h = d_n * r[j];
+    dn[j] = d_n;
+    dz[j] = d_z;
+    dr[j] = d_r;
+    dghn[j] = d_h;
+    if constexpr (COPY) {
+      hz[j] = d_z;
+      hr[j] = d_r;
+      hn[j] = d_h;
+    }
+    g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * (mb * z[j] + T(1) - mb);
+  }
+}
+
+// Backward: K (T, B, 4H) and S from the forward; fills dG (T, B, 4H) = [dn, dz, dr, dgh_n], and writes the
+// step's [dz, dr, dgh_n] once more into the contiguous scratch dgh (B, 3H), so that the product reads it without
+// a copy (oneDNN copies a strided input on every step, which costs more than this write; benchmarks/KERNELS.md).
+template <typename T>
+struct GRU {
+  static constexpr bool has_cell = false;
+  int64_t B, H;
+  const T* A;  // forward
+  T* K;        // written by the training forward, read by the backward
+  T inv;       // 1 / the tanh scale: K keeps gh_n unscaled
+  T* DG;       // backward
+  Tensor dgh;
+  T* DGH;
+
+  int64_t gates() const { return 3 * H; }
+  int64_t kept() const { return 4 * H; }
+
+  template <bool KEEP>
+  void forward_row(int64_t t, int64_t b, const T* g, const T* hp, T* hn, const T*, T*, T) const {
+    const T* a = A + (t * B + b) * 3 * H;
+    if constexpr (KEEP) {
+      T* k = K + (t * B + b) * 4 * H;
+      gru_forward_row<T, true>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, k, k + H, k + 2 * H, k + 3 * H,
+                               inv, H);
+    } else {
+      gru_forward_row<T, false>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, nullptr, nullptr, nullptr, nullptr,
+                                inv, H);
+    }
+  }
+
+  void backward_row(int64_t t, int64_t b, const T* hp, const T*, const T* g, T*, const T* dy_next, T* g_next,
+                    T mb) const {
+    const T* k = K + (t * B + b) * 4 * H;
+    T* d = DG + (t * B + b) * 4 * H;
+    T* h = DGH + b * 3 * H;
+    gru_backward_row<T, true>(k, k + H, k + 2 * H, k + 3 * H, hp, g, dy_next, d, d + H, d + 2 * H, d + 3 * H, h,
+                              h + H, h + 2 * H, g_next, mb, H);
+  }
+
+  Tensor product_rows(int64_t) const { return dgh; }
+};
+
+// ---------------------------------------------------------------- LSTM
+// X (T, B, 4H) = the input side of the pre-activations [i, f, g, o] (g rows scaled by 2). For training, the step
+// overwrites X with the factors of the backward step, Q = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), m tanh(c) o(1-o)],
+// and fills p = m o (1 - tanh(c)^2) and F = f, both (T, B, H).
+
+template <typename T, bool KEEP>
+inline void lstm_forward_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao,
+                             const T* __restrict hi, const T* __restrict hf, const T* __restrict hg,
+                             const T* __restrict ho, const T* __restrict cp, T* __restrict cn, T* __restrict hn,
+                             T* __restrict p, T* __restrict F, T mb, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T i = sigmoid(ai[j] + hi[j]), f = sigmoid(af[j] + hf[j]), g = tanh2(ag[j] + hg[j]),
+            o = sigmoid(ao[j] + ho[j]);
+    const T c = f * cp[j] + i * g;
+    const T th = tanh2(T(2) * c);
+    cn[j] = c;
+    hn[j] = o * th;
+    if constexpr (KEEP) {
+      ai[j] = g * i * (T(1) - i);
+      af[j] = cp[j] * f * (T(1) - f);
+      ag[j] = i * (T(1) - g * g);
+      ao[j] = mb * th * o * (T(1) - o);
+      p[j] = mb * o * (T(1) - th * th);
+      F[j] = f;
+    }
+  }
+}
+
+// dc = m gc + gh p;  [di, df, dg] = dc Q[:3];  do = gh Q[3];  gc = dc f + (1 - m) gc;
+// gh_{t-1} = dG W_hh + (1 - m) gh + dy_{t-1}.
+template <typename T>
+inline void lstm_backward_row(const T* __restrict qi, const T* __restrict qf, const T* __restrict qg,
+                              const T* __restrict qo, const T* __restrict p, const T* __restrict f,
+                              const T* __restrict gh, T* __restrict gc, const T* __restrict dy_next, T* __restrict di,
+                              T* __restrict df, T* __restrict dg, T* __restrict dO, T* __restrict gh_next, T mb,
+                              int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T dc = mb * gc[j] + gh[j] * p[j];
+    di[j] = dc * qi[j];
+    df[j] = dc * qf[j];
+    dg[j] = dc * qg[j];
+    dO[j] = gh[j] * qo[j];
+    gc[j] = dc * f[j] + (T(1) - mb) * gc[j];
+    gh_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * gh[j];
+  }
+}
+
+// Backward: Q (in X), p, F from the forward; fills dG (T, B, 4H) = [di, df, dg, do], whose step rows are the
+// product's.
+template <typename T>
+struct LSTM {
+  static constexpr bool has_cell = true;
+  int64_t B, H;
+  T* X;  // the forward's pre-activations, then (and in the backward) Q
+  T* P;  // p and F: written by the training forward, read by the backward
+  T* F;
+  Tensor dG;  // backward
+  T* DG;
+
+  int64_t gates() const { return 4 * H; }
+  int64_t kept() const { return 4 * H; }
+
+  template <bool KEEP>
+  void forward_row(int64_t t, int64_t b, const T* g, const T* hp, T* hn, const T* cp, T* cn, T mb) const {
+    T* a = X + (t * B + b) * 4 * H;
+    const int64_t row = (t * B + b) * H;
+    lstm_forward_row<T, KEEP>(a, a + H, a + 2 * H, a + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
+                              KEEP ? P + row : nullptr, KEEP ? F + row : nullptr, mb, H);
+  }
+
+  void backward_row(int64_t t, int64_t b, const T*, const T*, const T* gh, T* gc, const T* dy_next, T* gh_next,
+                    T mb) const {
+    const T* q = X + (t * B + b) * 4 * H;
+    const int64_t row = (t * B + b) * H;
+    T* d = DG + (t * B + b) * 4 * H;
+    lstm_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, P + row, F + row, gh, gc, dy_next, d, d + H, d + 2 * H,
+                         d + 3 * H, gh_next, mb, H);
+  }
+
+  Tensor product_rows(int64_t t) const { return dG.select(0, t); }
+};
+
+}  // namespace rnnkit
