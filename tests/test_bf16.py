@@ -170,7 +170,8 @@ def test_cells_without_bf16_kernels_run_float32_under_autocast(mode):
 
 
 def test_cpp_casts_equal_torch():
-    """csrc/precision.h's casts round as torch does (to nearest, ties to even) and widen exactly."""
+    """csrc/precision.h's casts round as torch does (to nearest, ties to even), widen exactly, and bias sums of
+    bf16 gradients accumulate in float32."""
     if extension.ops() is None:
         pytest.skip("the C++ loops are not built here")
     g = torch.Generator().manual_seed(0)
@@ -195,3 +196,5 @@ def test_cpp_casts_equal_torch():
         acc = torch.randn(300, 257, generator=g)
         expected = acc + y.float()
         assert torch.equal(ops.accumulate(acc, y), expected)
+        sums = ops.column_sums(y[:, :200], torch.float32)  # a column slice: rows contiguous, strided
+        torch.testing.assert_close(sums, y[:, :200].double().sum(0).float(), rtol=1e-6, atol=1e-5)

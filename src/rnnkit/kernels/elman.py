@@ -37,14 +37,16 @@ def _forward(x, h0, mask, reverse, relu, w_ih, w_hh, b_ih, b_hh):
     scale = 1.0 if relu else tanh_scale(x)  # feed 2a to tanh_ (see ops.tanh_scale)
     if scale != 1.0:
         w_ih, w_hh, b = w_ih * scale, w_hh * scale, None if b is None else b * scale
-    xp = linear(x.reshape(T * B, D), w_ih, b, h0.dtype).view(T, B, H)  # all input projections in one GEMM
     ext = wanted(h0)
+    # mixed precision on the C++ loops: xp in the products' dtype, the bias added to each step's product
+    low = ext is not None and w_ih.dtype != h0.dtype
+    xp = linear(x.reshape(T * B, D), w_ih, None if low else b, w_ih.dtype if low else h0.dtype).view(T, B, H)
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
     S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     S[T if reverse else 0] = h0
     if ext is not None:  # the same loop in C++ (extension.py)
         m = None if mask is None else mask.to(h0.dtype)
-        ext.elman_forward(xp, S, m, reverse, relu, *step_weight(w_hh, B))
+        ext.elman_forward(xp, S, m, reverse, relu, *step_weight(w_hh, B), b if low else None)
         return S
     h = h0
     for t in time_steps(T, reverse):
@@ -118,7 +120,7 @@ class ElmanFunction(torch.autograd.Function):
         if ext is not None:  # the same loop in C++ (extension.py), act' computed on the fly, slice by slice
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets da_t W_hh
             spans = backward_slices(T, B, reverse)
-            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, H)
+            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, H, dtype=w_hh.dtype)  # bf16 in mixed precision
 
             def grads_of(t0, t1):
                 nonlocal g

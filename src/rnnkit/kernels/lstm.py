@@ -54,8 +54,10 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         rows[2] = scale
         w_ih, w_hh = (w_ih.view(4, H, -1) * rows).view(4 * H, -1), (w_hh.view(4, H, H) * rows).view(4 * H, H)
         b = None if b is None else (b.view(4, H) * rows[:, 0].to(b.dtype)).view(4 * H)
-    xp = linear(x.reshape(T * B, D), w_ih, b, h0.dtype).view(T, B, 4 * H)  # all input projections; with keep, then A
     ext = wanted(h0)
+    # mixed precision on the C++ loops: xp (then Q) in the products' dtype, the bias added to each step's product
+    low = ext is not None and w_ih.dtype != h0.dtype
+    xp = linear(x.reshape(T * B, D), w_ih, None if low else b, w_ih.dtype if low else h0.dtype).view(T, B, 4 * H)
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
     S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     first = T if reverse else 0
@@ -63,7 +65,7 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     if ext is not None:  # the same loop in C++ (extension.py); with keep, it turns xp into Q and fills p, F
         m = None if mask is None else mask.to(h0.dtype)
         p, forget = (h0.new_empty(T, B, H), h0.new_empty(T, B, H)) if keep else (None, None)
-        c = ext.lstm_forward(xp, S, c0, p, forget, m, reverse, *step_weight(w_hh, B))
+        c = ext.lstm_forward(xp, S, c0, p, forget, m, reverse, *step_weight(w_hh, B), b if low else None)
         return S, c, ((xp, p, forget) if keep else None)
     C = h0.new_zeros(T + 1, B, H) if keep else None  # c
     TC = h0.new_zeros(T, B, H) if keep else None  # tanh(c)
@@ -168,7 +170,7 @@ class LSTMFunction(torch.autograd.Function):
         if ext is not None:  # the same loop in C++ (extension.py), slice by slice
             w = step_weight(w_hh.t(), B)  # gh_{t-1} gets dG_t W_hh
             spans = backward_slices(T, B, reverse)
-            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
+            buf = Q.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)  # Q's dtype: bf16 in mixed precision
 
             def grads_of(t0, t1):
                 nonlocal gh, gc

@@ -36,6 +36,7 @@ from rnnkit.kernels.extension import loaded
 __all__ = [
     "accumulate",
     "backward_slices",
+    "column_sums",
     "linear",
     "linear_add",
     "lower",
@@ -99,8 +100,10 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None, dtype: torch.dtype | N
     """``x @ w^T + b``: x (N, I), w (O, I), b (O,) or None -> (N, O) in ``dtype`` (x's by default); the product
     in w's dtype (see ``lower``)."""
     dtype = x.dtype if dtype is None else dtype
+    if x.dtype != w.dtype:
+        x = narrow(x, w.dtype)
     if w.dtype != dtype:
-        return widen(linear(narrow(x, w.dtype), w), b, dtype)
+        return widen(linear(x, w), b, dtype)
     if _onednn_for(x, w):
         return _ONEDNN(x, w, b, "none", [], "")
     if b is None:
@@ -170,6 +173,12 @@ def widen(y: Tensor, b: Tensor | None, dtype: torch.dtype, out: Tensor | None = 
     return r if out is None else out.copy_(r)
 
 
+def column_sums(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """y (N, O) summed over its rows, accumulated and returned in ``dtype`` (at least y's precision)."""
+    ext = _casts(y, dtype, y.dtype) if y.dtype != dtype and y.dim() == 2 and y.stride(1) == 1 else None
+    return y.sum(0, dtype=dtype) if ext is None else ext.column_sums(y)
+
+
 def accumulate(acc: Tensor, y: Tensor) -> Tensor:
     """``acc += y``, y (N, O) in acc's dtype or a lower one."""
     ext = _casts(y, acc.dtype, y.dtype) if y.dtype != acc.dtype and y.dim() == 2 else None
@@ -203,7 +212,8 @@ def sum_over_slices(spans, grads_of, x: Tensor, h_prev: Tensor, w_ih: Tensor, ne
     hidden side (dW_hh, db_hh), all columns when None. ``need`` says which of the five are wanted.
 
     Mixed precision: with w_ih in a lower precision than the states (``lower``), dG is cast to it once per
-    slice and the products run there; the sums over slices and every result stay in the states' precision.
+    slice (unless the backward wrote it so) and the products run there; the sums over slices and every result
+    stay in the states' precision.
     """
     T, B, D = x.shape
     H = h_prev.size(-1)
@@ -223,9 +233,9 @@ def sum_over_slices(spans, grads_of, x: Tensor, h_prev: Tensor, w_ih: Tensor, ne
     for t0, t1 in spans:
         dG = grads_of(t0, t1)
         if need[3]:
-            add(2, cols(dG, in_cols).sum(0))
+            add(2, column_sums(cols(dG, in_cols), wide))
         if need[4]:
-            add(3, cols(dG, hid_cols).sum(0))
+            add(3, column_sums(cols(dG, hid_cols), wide))
         dG = narrow(dG, low)  # once per slice
         if dx is not None:
             mm_into(cols(dG, in_cols), w_ih, dx[t0:t1].view(-1, D))

@@ -24,6 +24,7 @@
 #include <ATen/ATen.h>
 
 #include "activations.h"
+#include "precision.h"
 
 namespace rnnkit {
 
@@ -31,46 +32,47 @@ using at::Tensor;
 
 // ---------------------------------------------------------------- Elman
 
-template <typename T, bool RELU>
-inline void elman_forward_row(const T* __restrict a, const T* __restrict gh, T* __restrict hn, int64_t H) {
+template <typename T, bool RELU, typename L>
+inline void elman_forward_row(const L* __restrict a, const T* __restrict gh, T* __restrict hn, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T v = a[j] + gh[j];
+    const T v = T(load(a[j])) + gh[j];
     hn[j] = RELU ? (v > T(0) ? v : T(0)) : tanh2(v);
   }
 }
 
 // da_t = g_t * m_t * act'(h_t);  g_{t-1} = da_t W_hh + (1 - m_t) * g_t + dy_{t-1}
-template <typename T, bool RELU>
+template <typename T, bool RELU, typename L>
 inline void elman_backward_row(const T* __restrict h, const T* __restrict g, const T* __restrict dy_next,
-                               T* __restrict da, T* __restrict g_next, T mb, int64_t H) {
+                               L* __restrict da, T* __restrict g_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T d = RELU ? (h[j] > T(0) ? T(1) : T(0)) : T(1) - h[j] * h[j];
-    da[j] = g[j] * mb * d;
+    da[j] = store<L>(g[j] * mb * d);
     g_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * g[j];
   }
 }
 
 // X (T, B, H) = x_t W_ih^T + b (scaled by 2 for tanh); the backward fills da (T, B, H) and keeps nothing else:
-// act' comes from h_t.
-template <typename T, bool RELU>
+// act' comes from h_t. X and da are stored as L: T, or bfloat16 in mixed precision (they only meet bf16
+// products), where the bias is added to the step's product instead.
+template <typename T, bool RELU, typename L = T>
 struct Elman {
   static constexpr bool has_cell = false;
   int64_t B, H;
-  const T* X;  // forward
+  const L* X;  // forward
   Tensor da;   // backward
-  T* DA;
+  L* DA;
 
   int64_t gates() const { return H; }
   int64_t kept() const { return 0; }
 
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* gh, const T* hp, T* hn, const T*, T*, T) const {
-    elman_forward_row<T, RELU>(X + (t * B + b) * H, gh, hn, H);
+    elman_forward_row<T, RELU, L>(X + (t * B + b) * H, gh, hn, H);
   }
 
   void backward_row(int64_t t, int64_t b, const T*, const T* h, const T* g, T*, const T* dy_next, T* g_next,
                     T mb) const {
-    elman_backward_row<T, RELU>(h, g, dy_next, DA + (t * B + b) * H, g_next, mb, H);
+    elman_backward_row<T, RELU, L>(h, g, dy_next, DA + (t * B + b) * H, g_next, mb, H);
   }
 
   Tensor product_rows(int64_t t) const { return da.select(0, t); }
@@ -173,25 +175,27 @@ struct GRU {
 // ---------------------------------------------------------------- LSTM
 // X (T, B, 4H) = the input side of the pre-activations [i, f, g, o] (g rows scaled by 2). For training, the step
 // overwrites X with the factors of the backward step, Q = [g i(1-i), c_{t-1} f(1-f), i(1-g^2), m tanh(c) o(1-o)],
-// and fills p = m o (1 - tanh(c)^2) and F = f, both (T, B, H).
+// and fills p = m o (1 - tanh(c)^2) and F = f, both (T, B, H). X, Q and the gate gradients dG are stored as L:
+// T, or bfloat16 in mixed precision (the values only meet bf16 products or, for Q, a product with the fp32 carry),
+// while c, h, p, F and the carried gradients stay T.
 
-template <typename T, bool KEEP>
-inline void lstm_forward_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao,
+template <typename T, bool KEEP, typename L>
+inline void lstm_forward_row(L* __restrict ai, L* __restrict af, L* __restrict ag, L* __restrict ao,
                              const T* __restrict hi, const T* __restrict hf, const T* __restrict hg,
                              const T* __restrict ho, const T* __restrict cp, T* __restrict cn, T* __restrict hn,
                              T* __restrict p, T* __restrict F, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T i = sigmoid(ai[j] + hi[j]), f = sigmoid(af[j] + hf[j]), g = tanh2(ag[j] + hg[j]),
-            o = sigmoid(ao[j] + ho[j]);
+    const T i = sigmoid(T(load(ai[j])) + hi[j]), f = sigmoid(T(load(af[j])) + hf[j]),
+            g = tanh2(T(load(ag[j])) + hg[j]), o = sigmoid(T(load(ao[j])) + ho[j]);
     const T c = f * cp[j] + i * g;
     const T th = tanh2(T(2) * c);
     cn[j] = c;
     hn[j] = o * th;
     if constexpr (KEEP) {
-      ai[j] = g * i * (T(1) - i);
-      af[j] = cp[j] * f * (T(1) - f);
-      ag[j] = i * (T(1) - g * g);
-      ao[j] = mb * th * o * (T(1) - o);
+      ai[j] = store<L>(g * i * (T(1) - i));
+      af[j] = store<L>(cp[j] * f * (T(1) - f));
+      ag[j] = store<L>(i * (T(1) - g * g));
+      ao[j] = store<L>(mb * th * o * (T(1) - o));
       p[j] = mb * o * (T(1) - th * th);
       F[j] = f;
     }
@@ -200,18 +204,18 @@ inline void lstm_forward_row(T* __restrict ai, T* __restrict af, T* __restrict a
 
 // dc = m gc + gh p;  [di, df, dg] = dc Q[:3];  do = gh Q[3];  gc = dc f + (1 - m) gc;
 // gh_{t-1} = dG W_hh + (1 - m) gh + dy_{t-1}.
-template <typename T>
-inline void lstm_backward_row(const T* __restrict qi, const T* __restrict qf, const T* __restrict qg,
-                              const T* __restrict qo, const T* __restrict p, const T* __restrict f,
-                              const T* __restrict gh, T* __restrict gc, const T* __restrict dy_next, T* __restrict di,
-                              T* __restrict df, T* __restrict dg, T* __restrict dO, T* __restrict gh_next, T mb,
+template <typename T, typename L>
+inline void lstm_backward_row(const L* __restrict qi, const L* __restrict qf, const L* __restrict qg,
+                              const L* __restrict qo, const T* __restrict p, const T* __restrict f,
+                              const T* __restrict gh, T* __restrict gc, const T* __restrict dy_next, L* __restrict di,
+                              L* __restrict df, L* __restrict dg, L* __restrict dO, T* __restrict gh_next, T mb,
                               int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T dc = mb * gc[j] + gh[j] * p[j];
-    di[j] = dc * qi[j];
-    df[j] = dc * qf[j];
-    dg[j] = dc * qg[j];
-    dO[j] = gh[j] * qo[j];
+    di[j] = store<L>(dc * T(load(qi[j])));
+    df[j] = store<L>(dc * T(load(qf[j])));
+    dg[j] = store<L>(dc * T(load(qg[j])));
+    dO[j] = store<L>(gh[j] * T(load(qo[j])));
     gc[j] = dc * f[j] + (T(1) - mb) * gc[j];
     gh_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * gh[j];
   }
@@ -219,34 +223,34 @@ inline void lstm_backward_row(const T* __restrict qi, const T* __restrict qf, co
 
 // Backward: Q (in X), p, F from the forward; fills dG (T, B, 4H) = [di, df, dg, do], whose step rows are the
 // product's.
-template <typename T>
+template <typename T, typename L = T>
 struct LSTM {
   static constexpr bool has_cell = true;
   int64_t B, H;
-  T* X;  // the forward's pre-activations, then (and in the backward) Q
+  L* X;  // the forward's pre-activations, then (and in the backward) Q
   T* P;  // p and F: written by the training forward, read by the backward
   T* F;
   Tensor dG;  // backward
-  T* DG;
+  L* DG;
 
   int64_t gates() const { return 4 * H; }
   int64_t kept() const { return 4 * H; }
 
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* g, const T* hp, T* hn, const T* cp, T* cn, T mb) const {
-    T* a = X + (t * B + b) * 4 * H;
+    L* a = X + (t * B + b) * 4 * H;
     const int64_t row = (t * B + b) * H;
-    lstm_forward_row<T, KEEP>(a, a + H, a + 2 * H, a + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
-                              KEEP ? P + row : nullptr, KEEP ? F + row : nullptr, mb, H);
+    lstm_forward_row<T, KEEP, L>(a, a + H, a + 2 * H, a + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
+                                 KEEP ? P + row : nullptr, KEEP ? F + row : nullptr, mb, H);
   }
 
   void backward_row(int64_t t, int64_t b, const T*, const T*, const T* gh, T* gc, const T* dy_next, T* gh_next,
                     T mb) const {
-    const T* q = X + (t * B + b) * 4 * H;
+    const L* q = X + (t * B + b) * 4 * H;
     const int64_t row = (t * B + b) * H;
-    T* d = DG + (t * B + b) * 4 * H;
-    lstm_backward_row<T>(q, q + H, q + 2 * H, q + 3 * H, P + row, F + row, gh, gc, dy_next, d, d + H, d + 2 * H,
-                         d + 3 * H, gh_next, mb, H);
+    L* d = DG + (t * B + b) * 4 * H;
+    lstm_backward_row<T, L>(q, q + H, q + 2 * H, q + 3 * H, P + row, F + row, gh, gc, dy_next, d, d + H, d + 2 * H,
+                            d + 3 * H, gh_next, mb, H);
   }
 
   Tensor product_rows(int64_t t) const { return dG.select(0, t); }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 namespace rnnkit {
 
@@ -65,6 +66,27 @@ inline void widen_bf16(at::Tensor& out, const at::Tensor& y, const std::optional
         for (int64_t j = 0; j < O; ++j) orow[j] = bf16_value(ar[j]);
     }
   });
+}
+
+// Loads and stores of a kernel buffer whose storage L is the compute type T itself or bfloat16 (the mixed-precision
+// LSTM keeps its pre-activations, factors and gate gradients in bf16).
+template <typename T>
+inline T load(T v) {
+  return v;
+}
+inline float load(at::BFloat16 v) { return bf16_value(v.x); }
+
+template <typename L, typename T>
+inline L store(T v) {
+  if constexpr (std::is_same_v<L, at::BFloat16>) {
+    uint32_t u;
+    __builtin_memcpy(&u, &v, 4);
+    L out;
+    out.x = bf16_bits(u);
+    return out;
+  } else {
+    return L(v);
+  }
 }
 
 }  // namespace rnnkit

@@ -27,6 +27,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "activations.h"
 #include "cells.h"
@@ -75,8 +76,14 @@ Tensor cast(const Tensor& x, at::ScalarType to) {
 // run in the weight's precision: x is cast to it, the result and the bias are in x's.
 Tensor product(const Tensor& x, const Tensor& w, bool packed, const OptTensor& bias = std::nullopt) {
   if (w.scalar_type() != x.scalar_type()) {
-    Tensor y = cast(product(cast(x, w.scalar_type()), w, packed), x.scalar_type());
-    return bias.has_value() && bias->defined() ? y.add_(*bias) : y;
+    const Tensor y = product(cast(x, w.scalar_type()), w, packed);
+    if (y.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kFloat && y.dim() == 2 && y.is_contiguous()) {
+      Tensor out = at::empty(y.sizes(), y.options().dtype(at::kFloat));
+      rnnkit::widen_bf16(out, y, bias, false);  // the bias added as the product is widened
+      return out;
+    }
+    Tensor out = cast(y, x.scalar_type());
+    return bias.has_value() && bias->defined() ? out.add_(*bias) : out;
   }
   if (packed) {
     static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
@@ -90,10 +97,14 @@ Tensor product(const Tensor& x, const Tensor& w, bool packed, const OptTensor& b
 
 // out += x W^T
 void add_product(Tensor& out, const Tensor& x, const Tensor& w, bool packed) {
-  if (packed || w.scalar_type() != x.scalar_type())
+  if (w.scalar_type() != out.scalar_type() && out.scalar_type() == at::kFloat && w.scalar_type() == at::kBFloat16 &&
+      out.is_contiguous()) {  // mixed precision: the bf16 product added as it is widened
+    rnnkit::widen_bf16(out, product(cast(x, at::kBFloat16), w, packed), std::nullopt, true);
+  } else if (packed || w.scalar_type() != x.scalar_type()) {
     out.add_(product(x, w, packed));
-  else
+  } else {
     at::addmm_out(out, out, x, w);
+  }
 }
 
 // t itself when its rows are contiguous (any strides across rows), else a contiguous copy
@@ -236,18 +247,26 @@ bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 // ---------------------------------------------------------------- Elman
 // xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}.
 
-void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Tensor w, bool packed) {
+// Mixed precision: xp and da in bfloat16 with S float32; the bias then comes as ``bias`` and is added to the
+// step's product (as it is widened), since xp holds the input side alone.
+void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Tensor w, bool packed,
+                   OptTensor bias) {
   check(xp, "xp");
   check(S, "S");
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "elman_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
     using T = scalar_t;
     const int64_t B = S.size(1), H = S.size(2);
-    if (relu)
-      forward_loop<T>(Elman<T, true>{.B = B, .H = H, .X = xp.data_ptr<T>()}, S, {}, {}, m, reverse, w, packed, {},
-                      false);
-    else
-      forward_loop<T>(Elman<T, false>{.B = B, .H = H, .X = xp.data_ptr<T>()}, S, {}, {}, m, reverse, w, packed, {},
-                      false);
+    auto run = [&](auto* X) {
+      using L = std::remove_pointer_t<decltype(X)>;
+      if (relu)
+        forward_loop<T>(Elman<T, true, L>{.B = B, .H = H, .X = X}, S, {}, {}, m, reverse, w, packed, bias, false);
+      else
+        forward_loop<T>(Elman<T, false, L>{.B = B, .H = H, .X = X}, S, {}, {}, m, reverse, w, packed, bias, false);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (xp.scalar_type() == at::kBFloat16) return run(xp.data_ptr<at::BFloat16>());
+    }
+    run(xp.data_ptr<T>());
   });
 }
 
@@ -259,12 +278,19 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu,
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "elman_backward", [&] {
     using T = scalar_t;
     const int64_t B = dy.size(1), H = dy.size(2);
-    if (relu)
-      g = backward_loop<T>(Elman<T, true>{.B = B, .H = H, .da = da, .DA = da.data_ptr<T>()}, with_rows(dy), S,
-                           nullptr, m, reverse, w, packed, g0);
-    else
-      g = backward_loop<T>(Elman<T, false>{.B = B, .H = H, .da = da, .DA = da.data_ptr<T>()}, with_rows(dy), S,
-                           nullptr, m, reverse, w, packed, g0);
+    auto run = [&](auto* DA) {
+      using L = std::remove_pointer_t<decltype(DA)>;
+      if (relu)
+        g = backward_loop<T>(Elman<T, true, L>{.B = B, .H = H, .da = da, .DA = DA}, with_rows(dy), S, nullptr, m,
+                             reverse, w, packed, g0);
+      else
+        g = backward_loop<T>(Elman<T, false, L>{.B = B, .H = H, .da = da, .DA = DA}, with_rows(dy), S, nullptr, m,
+                             reverse, w, packed, g0);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (da.scalar_type() == at::kBFloat16) return run(da.data_ptr<at::BFloat16>());
+    }
+    run(da.data_ptr<T>());
   });
   return g;
 }
@@ -307,17 +333,26 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
 // xp (T, B, 4H) = [i, f, g, o] from the input side; for training it becomes Q and p, F (T, B, H) are filled.
 // Returns c at the last step. The backward fills dG (T, B, 4H) = [di, df, dg, do] and returns (gh_{-1}, gc_{-1}).
 
+// Mixed precision: xp (and so Q) and dG in bfloat16 with S, c, p, F float32; the bias then comes as ``bias``
+// and is added to the step's product (as it is widened), since xp holds the input side alone.
 Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, OptTensor m, bool reverse, Tensor w,
-                    bool packed) {
+                    bool packed, OptTensor bias) {
   check(xp, "xp");
   check(S, "S");
   Tensor c;
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "lstm_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
     const bool keep = given(p);
-    const LSTM<T> cell{.B = S.size(1), .H = S.size(2), .X = xp.data_ptr<T>(), .P = keep ? p->data_ptr<T>() : nullptr,
-                       .F = keep ? F->data_ptr<T>() : nullptr};
-    c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, {}, keep);
+    auto run = [&](auto* X) {
+      using L = std::remove_pointer_t<decltype(X)>;
+      const LSTM<T, L> cell{.B = S.size(1), .H = S.size(2), .X = X, .P = keep ? p->data_ptr<T>() : nullptr,
+                            .F = keep ? F->data_ptr<T>() : nullptr};
+      c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, bias, keep);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (xp.scalar_type() == at::kBFloat16) return run(xp.data_ptr<at::BFloat16>());
+    }
+    run(xp.data_ptr<T>());
   });
   return c;
 }
@@ -328,14 +363,22 @@ std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tens
   check(p, "p");
   check(forget, "forget");
   check(dG, "dG");
+  TORCH_CHECK(Q.scalar_type() == dG.scalar_type(), "rnnkit lstm_backward: Q and dG must have one dtype");
   std::tuple<Tensor, Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
-    const LSTM<T> cell{.B = dy.size(1), .H = dy.size(2), .X = Q.data_ptr<T>(), .P = p.data_ptr<T>(),
-                       .F = forget.data_ptr<T>(), .dG = dG, .DG = dG.data_ptr<T>()};
-    Tensor gc = gc0.contiguous().clone();
-    Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
-    out = {gh, gc};
+    auto run = [&](auto* X, auto* DG) {
+      using L = std::remove_pointer_t<decltype(X)>;
+      const LSTM<T, L> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
+                            .F = forget.data_ptr<T>(), .dG = dG, .DG = DG};
+      Tensor gc = gc0.contiguous().clone();
+      Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
+      out = {gh, gc};
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (Q.scalar_type() == at::kBFloat16) return run(Q.data_ptr<at::BFloat16>(), dG.data_ptr<at::BFloat16>());
+    }
+    run(Q.data_ptr<T>(), dG.data_ptr<T>());
   });
   return out;
 }
