@@ -198,3 +198,21 @@ def test_cpp_casts_equal_torch():
         assert torch.equal(ops.accumulate(acc, y), expected)
         sums = ops.column_sums(y[:, :200], torch.float32)  # a column slice: rows contiguous, strided
         torch.testing.assert_close(sums, y[:, :200].double().sum(0).float(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [1, 8])  # the C++ step and the torch step
+def test_generation_step_under_autocast_runs_in_the_parameters_precision(mode, batch, loops):
+    """RNN.step under bf16 autocast (``rnnkit sample`` of a bf16 run) equals the float32 step, state and all."""
+    torch.manual_seed(0)
+    rnn = RNN(mode, D, H, 2)
+    x = torch.randn(batch, D)
+    with torch.no_grad():
+        y, state = rnn.step(x)
+        y, state = rnn.step(x, state)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_ac, state_ac = rnn.step(x)
+            y_ac, state_ac = rnn.step(x, state_ac)
+    assert torch.equal(y_ac, y)
+    for a, b in zip(state_ac if mode == "lstm" else [state_ac], state if mode == "lstm" else [state], strict=True):
+        assert torch.equal(a, b)

@@ -134,7 +134,12 @@ def fast_step(rnn, x_t: Tensor, state):
 
     Equal to ``rnn(x_t.unsqueeze(1), state)`` with the time axis dropped (tests/test_fused.py checks it).
     The C++ step for batches up to ``CPP_STEP_MAX_BATCH`` on CPU when the extension is built, else the torch step.
+    Under autocast the step runs in the parameters' precision: generation is a chain of small products, where
+    bf16 saves nothing worth its rounding, and the state keeps its dtype from step to step.
     """
+    if torch.is_autocast_enabled(x_t.device.type):
+        with torch.autocast(x_t.device.type, enabled=False):
+            return fast_step(rnn, x_t.to(rnn.weight_hh_l0.dtype), state)
     if x_t.size(0) <= CPP_STEP_MAX_BATCH and x_t.dtype == rnn.weight_hh_l0.dtype:
         ext = wanted(x_t)  # float32/float64 on CPU, with the C++ loops built
         if ext is not None:
