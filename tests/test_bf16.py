@@ -100,7 +100,9 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize(("mode", "bidirectional", "padded"), list(itertools.product(MODES, [False, True], [False, True])))
+@pytest.mark.parametrize(
+    ("mode", "bidirectional", "padded"), list(itertools.product(MODES, [False, True], [False, True]))
+)
 def test_autocast_equals_rounded_oracle(mode, bidirectional, padded, loops, monkeypatch):
     rnn, x, state = _case(mode, bidirectional)
     rnn.backend = "fused"
