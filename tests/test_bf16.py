@@ -22,14 +22,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rnnkit.precision
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import extension, ops
+from rnnkit.kernels import extension, fused, ops
 from rnnkit.kernels.fused import product_dtype
 from rnnkit.recurrent import RNN
 
 U = 2.0**-9  # bfloat16's unit roundoff
 MODES = ["elman", "lstm", "gru"]
 B, T, D, H = 4, 5, 16, 32  # H >= 16: the C++ loops' vectorised rows
+
+
+@pytest.fixture(autouse=True)
+def bf16_cpu(monkeypatch):
+    """A CPU with bf16 instructions, whatever this machine has: elsewhere the kernels would run float32 under
+    autocast (see test_no_bf16_instructions_means_float32), while the products' arithmetic is the same."""
+    monkeypatch.setattr(rnnkit.precision, "bf16_supported", lambda device: True)
 
 
 @pytest.fixture(params=["cpp", "python"])
@@ -153,6 +161,22 @@ def test_product_dtype():
         assert product_dtype(x.double(), w) is None  # float64 is never lowered
     assert product_dtype(x, {"weight_ih": w["weight_ih"].bfloat16()}) == torch.bfloat16
     assert product_dtype(x.bfloat16(), w) == torch.bfloat16
+
+
+def test_no_bf16_instructions_means_float32(monkeypatch, caplog):
+    """On a CPU without bf16 instructions, autocast leaves the fused kernels in float32, said in one log line."""
+    monkeypatch.setattr(rnnkit.precision, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(fused, "_warned", [])
+    x, w = torch.randn(2, 3), {"weight_ih": torch.randn(3, 3)}
+    rnn, xs, _ = _case("gru", bidirectional=False)
+    rnn.backend = "fused"
+    ref, _ = rnn(xs)
+    with caplog.at_level("WARNING", logger="rnnkit.kernels.fused"), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert product_dtype(x, w) is None
+        out, _ = rnn(xs)
+        rnn(xs)
+    assert torch.equal(out, ref)
+    assert len([r for r in caplog.records if "without avx512_bf16" in r.getMessage()]) == 1
 
 
 @pytest.mark.parametrize("mode", ["layernorm-lstm", "layernorm-gru", "mingru", "minlstm"])
