@@ -86,9 +86,9 @@ def _run(rnn, x, state, lengths, autocast: bool):
     return [out, *finals], grads
 
 
-def _case(mode, bidirectional, seed=0):
+def _case(mode, bidirectional, seed=0, bias=True):
     torch.manual_seed(seed)
-    rnn = RNN(mode, D, H, 2, bidirectional=bidirectional)
+    rnn = RNN(mode, D, H, 2, bidirectional=bidirectional, bias=bias)
     K = 2 if bidirectional else 1
     x = torch.randn(B, T, D)
     state = tuple(0.5 * torch.randn(2 * K, B, H) for _ in range(2 if mode == "lstm" else 1))
@@ -97,7 +97,7 @@ def _case(mode, bidirectional, seed=0):
 
 def _oracle(rnn, x, state, lengths, monkeypatch):
     """The loop backend in float64 with every product's operands rounded to bf16."""
-    ref = RNN(rnn.mode, D, H, 2, bidirectional=rnn.bidirectional, dtype=torch.float64, backend="loop")
+    ref = RNN(rnn.mode, D, H, 2, bidirectional=rnn.bidirectional, bias=rnn.bias, dtype=torch.float64, backend="loop")
     ref.load_state_dict({k: v.double() for k, v in rnn.state_dict().items()})
     with monkeypatch.context() as m:
         m.setattr(F, "linear", _rounded_linear(F.linear))
@@ -128,8 +128,9 @@ def test_autocast_equals_rounded_oracle(mode, bidirectional, padded, loops, monk
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_autocast_close_to_float32(mode, loops):
-    rnn, x, state = _case(mode, bidirectional=False)
+@pytest.mark.parametrize("bias", [True, False])
+def test_autocast_close_to_float32(mode, bias, loops):
+    rnn, x, state = _case(mode, bidirectional=False, bias=bias)
     rnn.backend = "fused"
     ref_out, ref_grads = _run(rnn, x, state, None, autocast=False)
     out, grads = _run(rnn, x, state, None, autocast=True)

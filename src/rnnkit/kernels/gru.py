@@ -76,15 +76,18 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
     if scale != 1.0:
         w_ih, b_ih = _scale_rows(w_ih, 0, scale), _scale_rows(b_ih, 0, scale)
         w_hh, b_hh = _scale_rows(w_hh, 2, scale), _scale_rows(b_hh, 2, scale)
-    A = linear(x.reshape(T * B, D), w_ih, b_ih, h0.dtype).view(T, B, 3 * H)  # [gi_n, gi_z, gi_r], activated in place
     ext = wanted(h0)
+    # mixed precision on the C++ loops: A in the products' dtype, its bias added in the loop
+    low = ext is not None and w_ih.dtype != h0.dtype
+    A = linear(x.reshape(T * B, D), w_ih, None if low else b_ih, w_ih.dtype if low else h0.dtype).view(T, B, 3 * H)
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
     S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     S[T if reverse else 0] = h0
     if ext is not None:  # the same loop in C++ (extension.py), which keeps [n, z, r, gh_n] as it goes
         m = None if mask is None else mask.to(h0.dtype)
         K = h0.new_empty(T, B, 4 * H) if keep else None
-        ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale)
+        bias_ih = None if not low else b_ih if b_ih is not None else h0.new_zeros(3 * H)
+        ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale, bias_ih)
         return S, ((K, None) if keep else None)
     h, ghn = h0, []
     for t in time_steps(T, reverse):
@@ -175,7 +178,7 @@ class GRUFunction(torch.autograd.Function):
             ext = loaded()
             w = step_weight(w_hh.t(), B)  # g_{t-1} gets [dz, dr, dgh_n] W_hh
             spans = backward_slices(T, B, reverse)
-            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H)
+            buf = S.new_empty(max(t1 - t0 for t0, t1 in spans), B, 4 * H, dtype=w_hh.dtype)  # bf16 if mixed
 
             def grads_of(t0, t1):
                 nonlocal g

@@ -23,6 +23,8 @@
 
 #include <ATen/ATen.h>
 
+#include <type_traits>
+
 #include "activations.h"
 #include "precision.h"
 
@@ -83,15 +85,20 @@ struct Elman {
 // [gh_z, gh_r, gh_n] (the gh_n part scaled by 2, b_hh included). For training, K (T, B, 4H) keeps
 // [n, z, r, gh_n] (gh_n unscaled): with h_{t-1} from S that is all the backward step needs, 4H values per row.
 
-template <typename T, bool KEEP>
-inline void gru_forward_row(const T* __restrict an, const T* __restrict az, const T* __restrict ar,
+// In mixed precision (L = bfloat16) A holds the input side without its bias, which comes as bi (the n, z, r
+// blocks, fp32) and is added here; the gate gradients are stored as L. K stays T: its n sits next to h_{t-1} in
+// dz's (h_{t-1} - n), a difference that would lose bits in bf16.
+template <typename T, bool KEEP, typename L>
+inline void gru_forward_row(const L* __restrict an, const L* __restrict az, const L* __restrict ar,
+                            const T* __restrict bn, const T* __restrict bz, const T* __restrict br,
                             const T* __restrict gz, const T* __restrict gr, const T* __restrict gn,
                             const T* __restrict hp, T* __restrict hn, T* __restrict kn, T* __restrict kz,
                             T* __restrict kr, T* __restrict kg, T inv, int64_t H) {
+  constexpr bool bias = !std::is_same_v<L, T>;
   for (int64_t j = 0; j < H; ++j) {
-    const T z = sigmoid(az[j] + gz[j]);
-    const T r = sigmoid(ar[j] + gr[j]);
-    const T n = tanh2(an[j] + r * gn[j]);
+    const T z = sigmoid(T(load(az[j])) + (bias ? bz[j] : T(0)) + gz[j]);
+    const T r = sigmoid(T(load(ar[j])) + (bias ? br[j] : T(0)) + gr[j]);
+    const T n = tanh2(T(load(an[j])) + (bias ? bn[j] : T(0)) + r * gn[j]);
     hn[j] = n + z * (hp[j] - n);
     if constexpr (KEEP) {
       kn[j] = n;
@@ -105,11 +112,11 @@ inline void gru_forward_row(const T* __restrict an, const T* __restrict az, cons
 // dn = g m (1-z)(1-n^2), dz = g m (h_{t-1} - n) z(1-z), dr = dn gh_n r(1-r), dgh_n = dn r;
 // g_{t-1} = [dz, dr, dgh_n] W_hh + g (m z + 1 - m) + dy_{t-1}.
 // With COPY, [dz, dr, dgh_n] is also written to hz, hr, hn: a contiguous row for the product.
-template <typename T, bool COPY>
+template <typename T, bool COPY, typename L>
 inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const T* __restrict r,
                              const T* __restrict ghn, const T* __restrict hp, const T* __restrict g,
-                             const T* __restrict dy_next, T* __restrict dn, T* __restrict dz, T* __restrict dr,
-                             T* __restrict dghn, T* __restrict hz, T* __restrict hr, T* __restrict hn,
+                             const T* __restrict dy_next, L* __restrict dn, L* __restrict dz, L* __restrict dr,
+                             L* __restrict dghn, L* __restrict hz, L* __restrict hr, L* __restrict hn,
                              T* __restrict g_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T gm = g[j] * mb;
@@ -117,14 +124,14 @@ inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const
     const T d_z = gm * (hp[j] - n[j]) * z[j] * (T(1) - z[j]);
     const T d_r = d_n * ghn[j] * r[j] * (T(1) - r[j]);
     const T d_h = d_n * r[j];
-    dn[j] = d_n;
-    dz[j] = d_z;
-    dr[j] = d_r;
-    dghn[j] = d_h;
+    dn[j] = store<L>(d_n);
+    dz[j] = store<L>(d_z);
+    dr[j] = store<L>(d_r);
+    dghn[j] = store<L>(d_h);
     if constexpr (COPY) {
-      hz[j] = d_z;
-      hr[j] = d_r;
-      hn[j] = d_h;
+      hz[j] = store<L>(d_z);
+      hr[j] = store<L>(d_r);
+      hn[j] = store<L>(d_h);
     }
     g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * (mb * z[j] + T(1) - mb);
   }
@@ -133,40 +140,43 @@ inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const
 // Backward: K (T, B, 4H) and S from the forward; fills dG (T, B, 4H) = [dn, dz, dr, dgh_n], and writes the
 // step's [dz, dr, dgh_n] once more into the contiguous scratch dgh (B, 3H), so that the product reads it without
 // a copy (oneDNN copies a strided input on every step, which costs more than this write; benchmarks/KERNELS.md).
-template <typename T>
+template <typename T, typename L = T>
 struct GRU {
   static constexpr bool has_cell = false;
   int64_t B, H;
-  const T* A;  // forward
-  T* K;        // written by the training forward, read by the backward
-  T inv;       // 1 / the tanh scale: K keeps gh_n unscaled
-  T* DG;       // backward
+  const L* A;              // forward
+  const T* BI = nullptr;   // the input-side bias [b_n, b_z, b_r] when A lacks it (L = bf16)
+  T* K;                    // written by the training forward, read by the backward
+  T inv;                   // 1 / the tanh scale: K keeps gh_n unscaled
+  L* DG;                   // backward
   Tensor dgh;
-  T* DGH;
+  L* DGH;
 
   int64_t gates() const { return 3 * H; }
   int64_t kept() const { return 4 * H; }
 
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* g, const T* hp, T* hn, const T*, T*, T) const {
-    const T* a = A + (t * B + b) * 3 * H;
+    const L* a = A + (t * B + b) * 3 * H;
+    const T* bi = BI;
+    const T *bn = bi, *bz = bi ? bi + H : nullptr, *br = bi ? bi + 2 * H : nullptr;
     if constexpr (KEEP) {
       T* k = K + (t * B + b) * 4 * H;
-      gru_forward_row<T, true>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, k, k + H, k + 2 * H, k + 3 * H,
-                               inv, H);
+      gru_forward_row<T, true, L>(a, a + H, a + 2 * H, bn, bz, br, g, g + H, g + 2 * H, hp, hn, k, k + H, k + 2 * H,
+                                  k + 3 * H, inv, H);
     } else {
-      gru_forward_row<T, false>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, nullptr, nullptr, nullptr, nullptr,
-                                inv, H);
+      gru_forward_row<T, false, L>(a, a + H, a + 2 * H, bn, bz, br, g, g + H, g + 2 * H, hp, hn, nullptr, nullptr,
+                                   nullptr, nullptr, inv, H);
     }
   }
 
   void backward_row(int64_t t, int64_t b, const T* hp, const T*, const T* g, T*, const T* dy_next, T* g_next,
                     T mb) const {
     const T* k = K + (t * B + b) * 4 * H;
-    T* d = DG + (t * B + b) * 4 * H;
-    T* h = DGH + b * 3 * H;
-    gru_backward_row<T, true>(k, k + H, k + 2 * H, k + 3 * H, hp, g, dy_next, d, d + H, d + 2 * H, d + 3 * H, h,
-                              h + H, h + 2 * H, g_next, mb, H);
+    L* d = DG + (t * B + b) * 4 * H;
+    L* h = DGH + b * 3 * H;
+    gru_backward_row<T, true, L>(k, k + H, k + 2 * H, k + 3 * H, hp, g, dy_next, d, d + H, d + 2 * H, d + 3 * H, h,
+                                 h + H, h + 2 * H, g_next, mb, H);
   }
 
   Tensor product_rows(int64_t) const { return dgh; }

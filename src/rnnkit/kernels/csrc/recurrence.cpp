@@ -299,16 +299,28 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu,
 // A (T, B, 3H) = [gi_n, gi_z, gi_r]; K (T, B, 4H) = [n, z, r, gh_n] for training. The backward fills
 // dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}.
 
+// Mixed precision: A (the input side without its bias, which comes as b_ih) and dG in bfloat16, S and K float32.
 void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Tensor w, bool packed, OptTensor b_hh,
-                 double scale) {
+                 double scale, OptTensor b_ih) {
   check(A, "A");
   check(S, "S");
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gru_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
     const bool keep = given(K);
-    const GRU<T> cell{.B = S.size(1), .H = S.size(2), .A = A.data_ptr<T>(), .K = keep ? K->data_ptr<T>() : nullptr,
-                      .inv = T(1) / T(scale)};
-    forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+    const Tensor bi = given(b_ih) ? b_ih->to(S.scalar_type()).contiguous() : Tensor();
+    auto run = [&](auto* Ap) {
+      using L = std::remove_pointer_t<decltype(Ap)>;
+      const GRU<T, L> cell{.B = S.size(1), .H = S.size(2), .A = Ap, .BI = bi.defined() ? bi.data_ptr<T>() : nullptr,
+                           .K = keep ? K->data_ptr<T>() : nullptr, .inv = T(1) / T(scale)};
+      forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (A.scalar_type() == at::kBFloat16) {
+        TORCH_CHECK(bi.defined(), "rnnkit gru_forward: a bf16 A needs its input bias b_ih (zeros for none)");
+        return run(A.data_ptr<at::BFloat16>());
+      }
+    }
+    run(A.data_ptr<T>());
   });
 }
 
@@ -321,10 +333,16 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "gru_backward", [&] {
     using T = scalar_t;
     const int64_t B = dy.size(1), H = dy.size(2);
-    const Tensor dgh = at::empty({B, 3 * H}, dy.options());  // see GRU in cells.h
-    const GRU<T> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = dG.data_ptr<T>(), .dgh = dgh,
-                      .DGH = dgh.data_ptr<T>()};
-    g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+    const Tensor dgh = at::empty({B, 3 * H}, dG.options());  // see GRU in cells.h
+    auto run = [&](auto* DG, auto* DGH) {
+      using L = std::remove_pointer_t<decltype(DG)>;
+      const GRU<T, L> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = DG, .dgh = dgh, .DGH = DGH};
+      g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+    };
+    if constexpr (std::is_same_v<T, float>) {
+      if (dG.scalar_type() == at::kBFloat16) return run(dG.data_ptr<at::BFloat16>(), dgh.data_ptr<at::BFloat16>());
+    }
+    run(dG.data_ptr<T>(), dgh.data_ptr<T>());
   });
   return g;
 }
