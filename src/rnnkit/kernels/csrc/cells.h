@@ -5,7 +5,8 @@
 // A policy is a struct with
 //   static constexpr bool has_cell;   the state is (h, c), else h
 //   int64_t gates() const;            G*H: columns of the step's product h_{t-1} W_hh^T (and of product_rows)
-//   int64_t kept() const;             columns the training forward keeps per row for the backward (0: none)
+//   int64_t kept() const;             columns of kept tensors the backward reads per row (0: none); with gates()
+//                                     it sets the backward's rows per thread
 //   template <bool KEEP> void forward_row(t, b, gh, hp, hn, cp, cn, mb) const;
 //       row b of step t from gh, the row's product: writes h_t to hn (and c_t to cn, from c_{t-1} at cp); with
 //       KEEP also what the backward reads. The skeleton calls it with KEEP for every row, without only for rows
