@@ -1,9 +1,10 @@
 """The fused LayerNorm LSTM and GRU (kernels/layernorm_lstm.py, layernorm_gru.py: hand-written BPTT) equal the
-"loop" reference."""
+"loop" reference, on their C++ step loops (kernels/extension.py) and on their Python ones."""
 
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from conftest import tol
 from rnnkit.backends import resolve
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import layernorm_gru, layernorm_lstm
+from rnnkit.kernels import extension, layernorm_gru, layernorm_lstm
 from rnnkit.kernels.layernorm_gru import LayerNormGRUFunction, layernorm_gru_layer
 from rnnkit.kernels.layernorm_lstm import LayerNormLSTMFunction, layernorm_lstm_layer
 from rnnkit.recurrent import RNN
@@ -24,6 +25,17 @@ LENGTHS = torch.tensor([5, 2, 4])
 
 
 CELLS = ["layernorm-lstm", "layernorm-gru"]
+
+
+@pytest.fixture(params=["cpp", "python"])
+def loops(request):
+    """Runs a test on the C++ step loops and on the Python ones (as tests/test_fused.py does)."""
+    cpp = request.param == "cpp"
+    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
+        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
+    with extension.use_extension(cpp):
+        assert extension.available() == cpp  # on CI the build must work: a silent fallback would test nothing
+        yield request.param
 
 
 def _model(cell: str, layers: int, bidirectional: bool, bias: bool, dtype: torch.dtype) -> RNN:
@@ -71,7 +83,7 @@ CASES = list(itertools.product(CELLS, [1, 2], [False, True], [False, True], [tor
 
 
 @pytest.mark.parametrize(("cell", "layers", "bidirectional", "padded", "dtype"), CASES)
-def test_fused_equals_loop(cell, layers, bidirectional, padded, dtype):
+def test_fused_equals_loop(cell, layers, bidirectional, padded, dtype, loops):
     K = 2 if bidirectional else 1
     n_state = 2 if cell == "layernorm-lstm" else 1
     for bias, with_state in [(True, False), (False, True)]:
@@ -90,12 +102,13 @@ def test_fused_equals_loop(cell, layers, bidirectional, padded, dtype):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("slice_steps", [1, 2])
-def test_backward_in_time_slices_equals_loop(cell, bidirectional, slice_steps, monkeypatch):
+def test_backward_in_time_slices_equals_loop(cell, bidirectional, slice_steps, monkeypatch, loops):
     """The backward recomputes the products and folds each time slice (ops.backward_slices) into the sums before
     the next; with slices of 1 and 2 steps (T = 5: uneven), outputs and every gradient still equal the "loop"
     reference."""
     monkeypatch.setattr(layernorm_lstm, "SLICES", 1)  # so that SLICE_ROWS alone sets the slices
     monkeypatch.setattr(layernorm_lstm, "SLICE_ROWS", slice_steps * B)
+    monkeypatch.setattr(layernorm_lstm, "CPP_SLICE_ROWS", slice_steps * B)
     for module in (layernorm_lstm, layernorm_gru):  # both ways of getting P in the backward
         monkeypatch.setattr(module, "KEEP_P", slice_steps == 1)
     assert len(layernorm_lstm.slices(T, B, False)) == -(-T // slice_steps)
@@ -135,7 +148,7 @@ MASK = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsque
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_gradcheck(cell, reverse, bias):
+def test_gradcheck(cell, reverse, bias, loops):
     x, states, w = _layer_inputs(cell, bias)
     k = len(states)
     inputs = (x, *states, *(v for v in w if v is not None))
@@ -149,7 +162,7 @@ def test_gradcheck(cell, reverse, bias):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("padded", [False, True])
-def test_no_grad_forward_equals_grad_forward(cell, padded):
+def test_no_grad_forward_equals_grad_forward(cell, padded, loops):
     x, states, w = _layer_inputs(cell, True)
     mask = MASK if padded else None
     for reverse in (False, True):
@@ -162,7 +175,7 @@ def test_no_grad_forward_equals_grad_forward(cell, padded):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_backward_twice_with_retain_graph(cell):
+def test_backward_twice_with_retain_graph(cell, loops):
     rnn = _model(cell, 2, True, True, torch.float32)
     rnn.backend = "fused"
     x = torch.randn(B, T, D, requires_grad=True)
@@ -180,3 +193,73 @@ def test_auto_picks_fused_and_alias_works(alias):
     assert resolve(rnn, x) == "fused"
     out, _ = rnn(x)
     assert out.shape == (B, T, H)
+
+
+def _cpp_and_python(rnn: RNN, x, state, lengths):
+    """The fused backend's outputs and gradients on its C++ loops and on its Python ones."""
+    runs = []
+    for cpp in (True, False):
+        with extension.use_extension(cpp):
+            assert extension.available() == cpp
+            runs.append(_run(rnn, "fused", x, state, lengths))
+    return runs
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cpp_loops_equal_python_loops_and_loop(cell, bias):
+    """float64, 2 layers, both directions, lengths and a given initial state: the C++ steps, the Python steps and
+    the "loop" backend agree on the outputs, the final states and every gradient."""
+    if os.environ.get("RNNKIT_EXTENSION") == "0":
+        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
+    rnn = _model(cell, 2, True, bias, torch.float64)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    state = tuple(torch.randn(4, B, H, dtype=torch.float64) for _ in range(2 if cell == "layernorm-lstm" else 1))
+    ref_out, ref_grads = _run(rnn, "loop", x, state, LENGTHS)
+    (cpp_out, cpp_grads), (py_out, py_grads) = _cpp_and_python(rnn, x, state, LENGTHS)
+    for a, b, c in zip(ref_out + ref_grads, cpp_out + cpp_grads, py_out + py_grads, strict=True):
+        torch.testing.assert_close(b, c, **tol(torch.float64))
+        torch.testing.assert_close(b, a, **tol(torch.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_extension_turned_off_between_forward_and_backward(cell):
+    """A forward on the C++ loops whose backward runs after the loops were turned off still gets every gradient
+    right: what the C++ forward kept is for the C++ backward, which runs anyway (extension.loaded)."""
+    if os.environ.get("RNNKIT_EXTENSION") == "0":
+        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
+    rnn = _model(cell, 2, True, True, torch.float64)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    _, ref_grads = _run(rnn, "loop", x, None, LENGTHS)
+    rnn.backend = "fused"
+    rnn.zero_grad(set_to_none=True)
+    xg = x.clone().requires_grad_(True)
+    with extension.use_extension(True):
+        out, final = rnn(xg, None, LENGTHS)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    loss = (out * weights).sum() + sum((f * f).sum() for f in (tuple(final) if cell == "layernorm-lstm" else (final,)))
+    with extension.use_extension(False):
+        loss.backward()
+    for a, b in zip(ref_grads, [xg.grad] + [p.grad for p in rnn.parameters()], strict=True):
+        torch.testing.assert_close(b, a, **tol(torch.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_rows_split_over_threads_equal_loop(cell):
+    """A step wide enough that the C++ loops split its rows over two threads (row_grain in recurrence.cpp), with
+    H = 200 (not a multiple of the vector width) and lengths."""
+    if not extension.available():
+        pytest.skip("needs the C++ loops")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        rnn = RNN(cell, 8, 200, bidirectional=True, dtype=torch.float64)
+        x = torch.randn(48, 3, 8, dtype=torch.float64)
+        lengths = torch.randint(1, 4, (48,))
+        ref_out, ref_grads = _run(rnn, "loop", x, None, lengths)
+        out, grads = _run(rnn, "fused", x, None, lengths)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(ref_out + ref_grads, out + grads, strict=True):
+        torch.testing.assert_close(b, a, **tol(torch.float64))

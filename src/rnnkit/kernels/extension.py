@@ -3,9 +3,10 @@ built on first use into one library and cached.
 
 On CPU, Python's step loop costs more than its arithmetic at the sizes that matter: dispatching some 15 small
 elementwise ops per step takes a large share of a GRU train step (benchmarks/KERNELS.md). The C++ loops compute
-the same recurrences (elman.py, gru.py and lstm.py hold the math) with one oneDNN-packed product per step
-(``step_weight``) and one vectorised pass over the gate values, which also writes the factors the backward step
-needs; the backward runs over slices of the time axis (ops.backward_slices). The same library holds the
+the same recurrences (elman.py, gru.py, lstm.py, layernorm_lstm.py and layernorm_gru.py hold the math) on one
+step-loop skeleton: one oneDNN-packed product per step (``step_weight``), then the cell's arithmetic row by row
+in vectorised passes, which also write the factors the backward step needs; the backward runs over slices of the
+time axis (ops.backward_slices). The same library holds the
 generation step (step.py) for batches up to 4.
 
 Build: the first call of ``ops()`` in a process compiles the file with the system's C++ compiler (``$CXX``, else
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 CSRC = Path(__file__).with_name("csrc")
 # the fused loops, the generation step, the mixed-precision casts
 SOURCES = (CSRC / "recurrence.cpp", CSRC / "step.cpp", CSRC / "precision.cpp")
-# the shared activations, the cells' row math, the casts
-HEADERS = (CSRC / "activations.h", CSRC / "cells.h", CSRC / "precision.h")
+# the activations the loops share, the cells' row arithmetic on recurrence.cpp's step-loop skeleton, the casts
+HEADERS = (CSRC / "activations.h", CSRC / "cells.h", CSRC / "layernorm_cells.h", CSRC / "precision.h")
 # -ffast-math lets GCC call glibc's vector exp (libmvec) in the gate loops. It is given to the compile step
 # only: linking a shared library with it would pull in crtfastmath.o, which sets flush-to-zero for the whole
 # process on load (GCC before 13).

@@ -5,16 +5,17 @@
 // A policy is a struct with
 //   static constexpr bool has_cell;   the state is (h, c), else h
 //   int64_t gates() const;            G*H: columns of the step's product h_{t-1} W_hh^T (and of product_rows)
-//   int64_t kept() const;             columns the training forward keeps per row for the backward (0: none)
+//   int64_t kept() const;             columns of kept tensors the backward reads per row (0: none); with gates()
+//                                     it sets the backward's rows per thread
 //   template <bool KEEP> void forward_row(t, b, gh, hp, hn, cp, cn, mb) const;
 //       row b of step t from gh, the row's product: writes h_t to hn (and c_t to cn, from c_{t-1} at cp); with
 //       KEEP also what the backward reads. The skeleton calls it with KEEP for every row, without only for rows
 //       inside their length (mb = 1), and then copies h_{t-1} (and c_{t-1}) over a row past its length.
-//   void backward_row(t, b, hp, h, g, gc, dy_next, g_next, mb) const;
+//   void backward_row(t, b, prev, cur, g, gc, dy_next, g_next, mb) const;
 //       row b of backward step t: g = dL/dh_t (and gc = dL/dc_t, updated in place to dL/dc_{t-1}); writes the
 //       row's gate gradients, its row of product_rows(t), and g_next = dy_{t-1} + the part of dL/dh_{t-1} that
-//       does not pass through W_hh (dy_next is null on the slice's last step). hp, h = h_{t-1}, h_t where the
-//       backward has S, else null.
+//       does not pass through W_hh (dy_next is null on the slice's last step). prev, cur: the row of the states
+//       the backward was given (h_{t-1} and h_t from S, or c's), else null.
 //   Tensor product_rows(int64_t t) const;
 //       the step's (B, gates) gradient rows whose product with W_hh the skeleton adds into g_next.
 // Every row function takes each gate block as its own restrict pointer: the compiler then sees that the blocks

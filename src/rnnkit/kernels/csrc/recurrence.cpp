@@ -1,11 +1,13 @@
-// The per-step loops of the fused backend (rnnkit/kernels/{elman,gru,lstm}.py) on CPU, in C++. The generation
-// step (rnnkit/kernels/step.py) is in step.cpp; both are built into one library (kernels/extension.py).
+// The per-step loops of the fused backend (rnnkit/kernels/{elman,gru,lstm,layernorm_lstm,layernorm_gru}.py) on CPU,
+// in C++. The generation step (rnnkit/kernels/step.py) is in step.cpp; both are built into one library
+// (kernels/extension.py).
 //
 // One forward and one backward step loop serve every cell (the skeleton below): the order of the steps, the
 // step's product through oneDNN with weights packed once per call (or at::mm for float64), the rows split over
 // torch's threads when there are enough of them, the mask, and in the backward the carried gradient and the next
-// step's dy. A cell is a policy, a struct with the arithmetic of one row (cells.h: Elman, GRU, LSTM): plain
-// loops over the row that the compiler vectorises (-O3 -ffast-math lets it call glibc's vector exp). While a row's values are at hand, the training forward also
+// step's dy. A cell is a policy, a struct with the arithmetic of one row (cells.h: Elman, GRU, LSTM;
+// layernorm_cells.h: the LayerNorm LSTM and GRU): plain loops over the row that the compiler vectorises (-O3
+// -ffast-math lets it call glibc's vector exp). While a row's values are at hand, the training forward also
 // writes what the backward step needs. The backward runs over any slice of the time axis and returns the
 // gradient flowing into the slice before, so the Python side calls it slice by slice (ops.backward_slices).
 // Python's loop paid dispatch overhead on each of five to fifteen elementwise ops per step; here a step is the
@@ -31,6 +33,7 @@
 
 #include "activations.h"
 #include "cells.h"
+#include "layernorm_cells.h"
 #include "precision.h"
 
 using namespace rnnkit;  // the activations and the cell policies
@@ -124,8 +127,8 @@ void check(const Tensor& t, const char* name) {
 
 // ---------------------------------------------------------------- the skeleton
 
-// c of the (h, c) cells: a history C (T+1, B, H) laid out like S, for a cell whose backward reads c_t, or two
-// (B, H) buffers used in turn (the LSTM, whose backward needs only its factors, and inference).
+// c of the (h, c) cells: a history C (T+1, B, H) laid out like S (the LayerNorm LSTM's backward reads c_t), or
+// two (B, H) buffers used in turn (the LSTM, whose backward needs only its factors, and inference).
 template <typename T>
 class Memory {
  public:
@@ -209,8 +212,8 @@ Tensor forward_loop(const Cell& cell, Tensor& S, const OptTensor& c0, const OptT
 
 // The backward over dy (T, B, H), a slice of the time axis: per step the cell's row function on every row (which
 // writes the row's gate gradients, gc in place, and g_{t-1} but for the product), then g_{t-1} += product_rows(t)
-// W_hh. S (T+1, B, H) is the slice's states where the cell reads them, GC (B, H) dL/dc for (h, c) cells. Returns
-// the gradient flowing into the slice before, g_{-1}.
+// W_hh. S (T+1, B, H) holds the slice's states where the cell's backward reads them (h, or c for the LayerNorm
+// LSTM), in S's layout; GC (B, H) is dL/dc for (h, c) cells. Returns the gradient into the slice before, g_{-1}.
 template <typename T, typename Cell>
 Tensor backward_loop(const Cell& cell, const Tensor& dy, const OptTensor& S, T* GC, const OptTensor& m,
                      bool reverse, const Tensor& w, bool packed, const Tensor& g0) {
@@ -401,6 +404,137 @@ std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tens
   return out;
 }
 
+// ---------------------------------------------------------------- LayerNorm LSTM
+// P (T, B, 4H) = x_t W_ih^T. For training, A (T, B, 4H), C (T+1, B, H, holding c_{-1}) and stats (6, T, B, 1)
+// = [mean, rstd] of P, A and k are filled. The gains are those of the scaled rows; bias (4H) = b_ih + b_hh or
+// absent. Returns c_T.
+
+// The layer's gains as LNLSTMWeights, zeros for an absent bias
+template <typename T>
+LNLSTMWeights<T> ln_lstm_weights(const Tensor& gain_ih, const Tensor& bias, const Tensor& gain_hh,
+                                 const Tensor& gain_c, const Tensor& shift_c) {
+  for (const auto& [t, name] : {std::pair{gain_ih, "gain_ih"}, {bias, "bias"}, {gain_hh, "gain_hh"},
+                                {gain_c, "gain_c"}, {shift_c, "shift_c"}})
+    check(t, name);
+  return {gain_ih.data_ptr<T>(), bias.data_ptr<T>(), gain_hh.data_ptr<T>(), gain_c.data_ptr<T>(),
+          shift_c.data_ptr<T>()};
+}
+
+Tensor layernorm_lstm_forward(Tensor P, Tensor S, Tensor c0, OptTensor C, OptTensor A, OptTensor stats, OptTensor m,
+                              bool reverse, Tensor w, bool packed, Tensor gain_ih, OptTensor bias, Tensor gain_hh,
+                              Tensor gain_c, Tensor shift_c, double eps) {
+  check(P, "P");
+  check(S, "S");
+  const bool keep = given(A);
+  TORCH_CHECK(!keep || (given(C) && given(stats)), "rnnkit recurrence: training needs A, C and stats");
+  if (keep)
+    for (const auto& [t, name] : {std::pair{*A, "A"}, {*C, "C"}, {*stats, "stats"}}) check(t, name);
+  const int64_t B = S.size(1), H = S.size(2);
+  const Tensor a = keep ? *A : at::empty({B, 4 * H}, S.options());  // inference: scratch rows
+  const Tensor b = given(bias) ? *bias : at::zeros_like(gain_ih);
+  Tensor c;
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "layernorm_lstm_forward", [&] {
+    using T = scalar_t;
+    const LayerNormLSTM<T> cell{.B = B, .H = H, .P = P.data_ptr<T>(), .A = a.data_ptr<T>(),
+                                .stats = keep ? stats->data_ptr<T>() : nullptr, .st = P.size(0) * B,
+                                .w = ln_lstm_weights<T>(gain_ih, b, gain_hh, gain_c, shift_c), .eps = T(eps)};
+    c = forward_loop<T>(cell, S, c0, keep ? C : OptTensor(), m, reverse, w, packed, {}, keep);
+  });
+  return c;
+}
+
+// P, C (T+1, B, H), A and stats (6, T, B, 1: a slice of the forward's, any stride between statistics) of a slice;
+// the plain gains. Fills dP and dA (T, B, 4H), adds [da_ih, da_hh, db (4H each), da_c, db_c (H each)] into sums
+// (14H); returns (gh_{-1}, gc_{-1}).
+std::tuple<Tensor, Tensor> layernorm_lstm_backward(Tensor P, Tensor C, Tensor A, Tensor stats, Tensor dy, OptTensor m,
+                                                   bool reverse, Tensor w, bool packed, Tensor gain_ih,
+                                                   OptTensor bias, Tensor gain_hh, Tensor gain_c, Tensor shift_c,
+                                                   Tensor gh0, Tensor gc0, Tensor dP, Tensor dA, Tensor sums) {
+  for (const auto& [t, name] : {std::pair{P, "P"}, {C, "C"}, {A, "A"}, {dP, "dP"}, {dA, "dA"}, {sums, "sums"}})
+    check(t, name);
+  TORCH_CHECK(stats.dim() == 4 && stats.size(0) == 6 && stats[0].is_contiguous(),
+              "rnnkit recurrence: stats must be (6, T, B, 1) with contiguous statistics");
+  const int64_t B = dy.size(1), H = dy.size(2);
+  const Tensor b = given(bias) ? *bias : at::zeros_like(gain_ih);
+  // the gradient sums of each thread, added into sums at the end
+  const Tensor part = at::zeros({at::get_num_threads(), 14 * H}, dy.options());
+  std::tuple<Tensor, Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "layernorm_lstm_backward", [&] {
+    using T = scalar_t;
+    const LayerNormLSTM<T> cell{.B = B, .H = H, .P = P.data_ptr<T>(), .A = A.data_ptr<T>(),
+                                .stats = stats.data_ptr<T>(), .st = stats.stride(0),
+                                .w = ln_lstm_weights<T>(gain_ih, b, gain_hh, gain_c, shift_c), .DP = dP.data_ptr<T>(),
+                                .dA = dA, .DA = dA.data_ptr<T>(), .acc = part.data_ptr<T>()};
+    Tensor gc = gc0.contiguous().clone();
+    Tensor gh = backward_loop<T>(cell, with_rows(dy), C, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
+    out = {gh, gc};
+  });
+  sums.add_(part.sum(0));
+  return out;
+}
+
+// ---------------------------------------------------------------- LayerNorm GRU
+// P (T, B, 3H) = x_t W_ih^T with the gate rows (n, z, r); gain_ih, bias_ih the same, gain_hh, bias_hh (z, r, n),
+// biases absent or (3H). For training, A (T, B, 3H) and stats (4, T, B, 1) = [mean, rstd] of P and A are filled.
+
+// The layer's gains as LNGRUWeights, zeros for absent biases
+template <typename T>
+LNGRUWeights<T> ln_gru_weights(const Tensor& gain_ih, const Tensor& bias_ih, const Tensor& gain_hh,
+                               const Tensor& bias_hh) {
+  for (const auto& [t, name] : {std::pair{gain_ih, "gain_ih"}, {bias_ih, "bias_ih"}, {gain_hh, "gain_hh"},
+                                {bias_hh, "bias_hh"}})
+    check(t, name);
+  return {gain_ih.data_ptr<T>(), bias_ih.data_ptr<T>(), gain_hh.data_ptr<T>(), bias_hh.data_ptr<T>()};
+}
+
+void layernorm_gru_forward(Tensor P, Tensor S, OptTensor A, OptTensor stats, OptTensor m, bool reverse, Tensor w,
+                           bool packed, Tensor gain_ih, OptTensor bias_ih, Tensor gain_hh, OptTensor bias_hh,
+                           double eps) {
+  check(P, "P");
+  check(S, "S");
+  const bool keep = given(A);
+  TORCH_CHECK(!keep || given(stats), "rnnkit recurrence: training needs A and stats");
+  if (keep)
+    for (const auto& [t, name] : {std::pair{*A, "A"}, {*stats, "stats"}}) check(t, name);
+  const int64_t B = S.size(1), H = S.size(2);
+  const Tensor a = keep ? *A : at::empty({B, 3 * H}, S.options());  // inference: scratch rows
+  const Tensor b_ih = given(bias_ih) ? *bias_ih : at::zeros_like(gain_ih);
+  const Tensor b_hh = given(bias_hh) ? *bias_hh : at::zeros_like(gain_hh);
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "layernorm_gru_forward", [&] {
+    using T = scalar_t;
+    const LayerNormGRU<T> cell{.B = B, .H = H, .P = P.data_ptr<T>(), .A = a.data_ptr<T>(),
+                               .stats = keep ? stats->data_ptr<T>() : nullptr, .st = P.size(0) * B,
+                               .w = ln_gru_weights<T>(gain_ih, b_ih, gain_hh, b_hh), .eps = T(eps)};
+    forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, {}, keep);
+  });
+}
+
+// P, S, A and stats (4, T, B, 1: a slice of the forward's) of a slice; the plain gains. Fills dP and dA (T, B, 3H),
+// adds [da_ih, db_ih, da_hh, db_hh] (3H each) into sums (12H); returns g_{-1}.
+Tensor layernorm_gru_backward(Tensor P, Tensor S, Tensor A, Tensor stats, OptTensor m, Tensor dy, bool reverse,
+                              Tensor w, bool packed, Tensor gain_ih, OptTensor bias_ih, Tensor gain_hh,
+                              OptTensor bias_hh, Tensor g0, Tensor dP, Tensor dA, Tensor sums) {
+  for (const auto& [t, name] : {std::pair{P, "P"}, {S, "S"}, {A, "A"}, {dP, "dP"}, {dA, "dA"}, {sums, "sums"}})
+    check(t, name);
+  TORCH_CHECK(stats.dim() == 4 && stats.size(0) == 4 && stats[0].is_contiguous(),
+              "rnnkit recurrence: stats must be (4, T, B, 1) with contiguous statistics");
+  const int64_t B = dy.size(1), H = dy.size(2);
+  const Tensor b_ih = given(bias_ih) ? *bias_ih : at::zeros_like(gain_ih);
+  const Tensor b_hh = given(bias_hh) ? *bias_hh : at::zeros_like(gain_hh);
+  const Tensor part = at::zeros({at::get_num_threads(), 12 * H}, dy.options());  // each thread's sums
+  Tensor g;
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "layernorm_gru_backward", [&] {
+    using T = scalar_t;
+    const LayerNormGRU<T> cell{.B = B, .H = H, .P = P.data_ptr<T>(), .A = A.data_ptr<T>(),
+                               .stats = stats.data_ptr<T>(), .st = stats.stride(0),
+                               .w = ln_gru_weights<T>(gain_ih, b_ih, gain_hh, b_hh), .DP = dP.data_ptr<T>(),
+                               .dA = dA, .DA = dA.data_ptr<T>(), .acc = part.data_ptr<T>()};
+    g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+  });
+  sums.add_(part.sum(0));
+  return g;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rnnkit, m) {
@@ -410,4 +544,8 @@ TORCH_LIBRARY(rnnkit, m) {
   m.def("gru_backward", &gru_backward);
   m.def("lstm_forward", &lstm_forward);
   m.def("lstm_backward", &lstm_backward);
+  m.def("layernorm_lstm_forward", &layernorm_lstm_forward);
+  m.def("layernorm_lstm_backward", &layernorm_lstm_backward);
+  m.def("layernorm_gru_forward", &layernorm_gru_forward);
+  m.def("layernorm_gru_backward", &layernorm_gru_backward);
 }
