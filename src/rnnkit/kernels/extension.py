@@ -148,7 +148,7 @@ def _load():
         except OSError:  # a read-only home: build for this machine's temporary folder instead
             path = Path(tempfile.gettempdir()) / f"rnnkit-{os.getuid()}" / path.name
     if not path.exists():
-        log.info("building rnnkit's C++ recurrence loops into %s (once; about 20 s)", path)
+        log.info("building rnnkit's C++ recurrence loops into %s (once; about 30 s)", path)
         build(path)
     torch.ops.load_library(str(path))
     return torch.ops.rnnkit
