@@ -137,8 +137,20 @@ def test_gradcheck(mode, reverse, loops):
     elif mode == "gru":
         fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w, None)), (x, h0, *w)
     else:
-        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, False, *w, None)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, "tanh", *w, None)), (x, h0, *w)
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_identity_elman(reverse, loops):
+    """The Elman kernel with the identity activation (i2h's linear state), with lengths and a single bias."""
+    x, h0, _, (w_ih, w_hh, b_ih, _) = _gradcheck_inputs("elman")
+    mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+
+    def fn(x, h0, w_ih, w_hh, b_ih):
+        return ElmanFunction.apply(x, h0, mask, reverse, "identity", w_ih, w_hh, b_ih, None, None)
+
+    assert torch.autograd.gradcheck(fn, (x, h0, w_ih, w_hh, b_ih))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -81,7 +81,7 @@ def _w(w: dict) -> tuple:
 
 
 def _elman(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, nonlinearity: str = "tanh", lowp=None):
-    return elman_layer(x, h, mask, reverse, *_w(w), relu=nonlinearity == "relu", lowp=lowp)
+    return elman_layer(x, h, mask, reverse, *_w(w), activation=nonlinearity, lowp=lowp)
 
 
 def _lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict, lowp=None):

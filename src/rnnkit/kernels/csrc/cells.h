@@ -1,4 +1,4 @@
-// The cell policies of the step-loop skeleton in recurrence.cpp for Elman (tanh, relu), GRU and LSTM: the
+// The cell policies of the step-loop skeleton in recurrence.cpp for Elman (tanh, relu, identity), GRU and LSTM: the
 // arithmetic of one row of one step, forward and backward. The math is that of the docstrings of elman.py, gru.py
 // and lstm.py; tanh(a) is 2 sigmoid(2a) - 1 with the tanh rows already fed 2a (ops.tanh_scale).
 //
@@ -31,22 +31,36 @@ namespace rnnkit {
 using at::Tensor;
 
 // ---------------------------------------------------------------- Elman
+// The activation: tanh (fed 2a, see the top), relu, or identity (a linear recurrence: the i2h cell's state).
 
-template <typename T, bool RELU, typename L>
+enum class Act : int64_t { Tanh = 0, Relu = 1, Identity = 2 };
+
+template <Act A, typename T>
+inline T activate(T v) {
+  if constexpr (A == Act::Tanh) return tanh2(v);
+  if constexpr (A == Act::Relu) return v > T(0) ? v : T(0);
+  return v;
+}
+
+// act'(a_t) from h_t = act(a_t)
+template <Act A, typename T>
+inline T activation_grad(T h) {
+  if constexpr (A == Act::Tanh) return T(1) - h * h;
+  if constexpr (A == Act::Relu) return h > T(0) ? T(1) : T(0);
+  return T(1);
+}
+
+template <typename T, Act A, typename L>
 inline void elman_forward_row(const L* __restrict a, const T* __restrict gh, T* __restrict hn, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const T v = T(load(a[j])) + gh[j];
-    hn[j] = RELU ? (v > T(0) ? v : T(0)) : tanh2(v);
-  }
+  for (int64_t j = 0; j < H; ++j) hn[j] = activate<A>(T(load(a[j])) + gh[j]);
 }
 
 // da_t = g_t * m_t * act'(h_t);  g_{t-1} = da_t W_hh + (1 - m_t) * g_t + dy_{t-1}
-template <typename T, bool RELU, typename L>
+template <typename T, Act A, typename L>
 inline void elman_backward_row(const T* __restrict h, const T* __restrict g, const T* __restrict dy_next,
                                L* __restrict da, T* __restrict g_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T d = RELU ? (h[j] > T(0) ? T(1) : T(0)) : T(1) - h[j] * h[j];
-    da[j] = store<L>(g[j] * mb * d);
+    da[j] = store<L>(g[j] * mb * activation_grad<A>(h[j]));
     g_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * g[j];
   }
 }
@@ -54,7 +68,7 @@ inline void elman_backward_row(const T* __restrict h, const T* __restrict g, con
 // X (T, B, H) = x_t W_ih^T + b (scaled by 2 for tanh); the backward fills da (T, B, H) and keeps nothing else:
 // act' comes from h_t. X and da are stored as L: T, or bfloat16 in mixed precision (they only meet bf16
 // products), where the bias is added to the step's product instead.
-template <typename T, bool RELU, typename L = T>
+template <typename T, Act A, typename L = T>
 struct Elman {
   static constexpr bool has_cell = false;
   int64_t B, H;
@@ -67,12 +81,12 @@ struct Elman {
 
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* gh, const T* hp, T* hn, const T*, T*, T) const {
-    elman_forward_row<T, RELU, L>(X + (t * B + b) * H, gh, hn, H);
+    elman_forward_row<T, A, L>(X + (t * B + b) * H, gh, hn, H);
   }
 
   void backward_row(int64_t t, int64_t b, const T*, const T* h, const T* g, T*, const T* dy_next, T* g_next,
                     T mb) const {
-    elman_backward_row<T, RELU, L>(h, g, dy_next, DA + (t * B + b) * H, g_next, mb, H);
+    elman_backward_row<T, A, L>(h, g, dy_next, DA + (t * B + b) * H, g_next, mb, H);
   }
 
   Tensor product_rows(int64_t t) const { return da.select(0, t); }

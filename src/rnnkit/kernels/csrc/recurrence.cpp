@@ -245,11 +245,27 @@ Tensor backward_loop(const Cell& cell, const Tensor& dy, const OptTensor& S, T* 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 // ---------------------------------------------------------------- Elman
-// xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}.
+// xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}. ``act``: 0 tanh, 1 relu,
+// 2 identity (cells.h: Act).
+
+// f(std::integral_constant<Act, A>) for the activation numbered ``act``
+template <typename F>
+void with_activation(int64_t act, F&& f) {
+  switch (act) {
+    case 0:
+      return f(std::integral_constant<Act, Act::Tanh>{});
+    case 1:
+      return f(std::integral_constant<Act, Act::Relu>{});
+    case 2:
+      return f(std::integral_constant<Act, Act::Identity>{});
+    default:
+      TORCH_CHECK(false, "rnnkit elman: act must be 0 (tanh), 1 (relu) or 2 (identity), got ", act);
+  }
+}
 
 // Mixed precision: xp and da in bfloat16 with S float32; the bias then comes as ``bias`` and is added to the
 // step's product (as it is widened), since xp holds the input side alone.
-void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Tensor w, bool packed,
+void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, int64_t act, Tensor w, bool packed,
                    OptTensor bias) {
   check(xp, "xp");
   check(S, "S");
@@ -258,10 +274,10 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Te
     const int64_t B = S.size(1), H = S.size(2);
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
-      if (relu)
-        forward_loop<T>(Elman<T, true, L>{.B = B, .H = H, .X = X}, S, {}, {}, m, reverse, w, packed, bias, false);
-      else
-        forward_loop<T>(Elman<T, false, L>{.B = B, .H = H, .X = X}, S, {}, {}, m, reverse, w, packed, bias, false);
+      with_activation(act, [&](auto a) {
+        const Elman<T, decltype(a)::value, L> cell{.B = B, .H = H, .X = X};
+        forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, bias, false);
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (xp.scalar_type() == at::kBFloat16) return run(xp.data_ptr<at::BFloat16>());
@@ -270,8 +286,8 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Te
   });
 }
 
-Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu, Tensor w, bool packed, Tensor g0,
-                      Tensor da) {
+Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t act, Tensor w, bool packed,
+                      Tensor g0, Tensor da) {
   check(S, "S");
   check(da, "da");
   Tensor g;
@@ -280,12 +296,10 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu,
     const int64_t B = dy.size(1), H = dy.size(2);
     auto run = [&](auto* DA) {
       using L = std::remove_pointer_t<decltype(DA)>;
-      if (relu)
-        g = backward_loop<T>(Elman<T, true, L>{.B = B, .H = H, .da = da, .DA = DA}, with_rows(dy), S, nullptr, m,
-                             reverse, w, packed, g0);
-      else
-        g = backward_loop<T>(Elman<T, false, L>{.B = B, .H = H, .da = da, .DA = DA}, with_rows(dy), S, nullptr, m,
-                             reverse, w, packed, g0);
+      with_activation(act, [&](auto a) {
+        const Elman<T, decltype(a)::value, L> cell{.B = B, .H = H, .da = da, .DA = DA};
+        g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (da.scalar_type() == at::kBFloat16) return run(da.data_ptr<at::BFloat16>());
