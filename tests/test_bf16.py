@@ -29,6 +29,7 @@ from rnnkit.recurrent import RNN
 
 U = 2.0**-9  # bfloat16's unit roundoff
 MODES = ["elman", "lstm", "gru"]
+SEEDS = ["elman-io", "i2h"]  # the Elman kernel and one batched product (kernels/seeds.py)
 B, T, D, H = 4, 5, 16, 32  # H >= 16: the C++ loops' vectorised rows
 
 
@@ -100,7 +101,9 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize(("mode", "bidirectional", "padded"), list(itertools.product(MODES, [False, True], [False, True])))
+@pytest.mark.parametrize(
+    ("mode", "bidirectional", "padded"), list(itertools.product(MODES + SEEDS, [False, True], [False, True]))
+)
 def test_autocast_equals_rounded_oracle(mode, bidirectional, padded, loops, monkeypatch):
     rnn, x, state = _case(mode, bidirectional)
     rnn.backend = "fused"

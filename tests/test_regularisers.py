@@ -245,7 +245,8 @@ def test_auto_rule_for_the_scan_cells():
     [
         (["--mode", "lstm", "--zoneout", "0.1", "--backend", "native"],
          "backend native cannot run mode 'lstm' with zoneout; use one of auto, loop"),
-        (["--mode", "i2h", "--backend", "fused"], "backend fused cannot run mode 'i2h'; use one of auto, loop"),
+        (["--mode", "layernorm-lstm", "--zoneout", "0.1", "--backend", "fused"],
+         "backend fused cannot run mode 'layernorm-lstm' with zoneout; use one of auto, loop"),
         (["--mode", "gru", "--num-layers", "2", "--dropout", "0.2", "--locked-dropout", "true", "--backend", "native"],
          "backend native cannot run mode 'gru' with locked dropout between layers; use one of auto, loop, fused"),
         (["--mode", "mingru", "--init", "orthogonal"], "init orthogonal needs a cell with recurrent weights"),

@@ -4,7 +4,8 @@
 runs one direction of one layer on time-major input, with ``w`` the layer's parameters by kind; the skeleton
 around it (layers, directions, dropout, state layout) is ``rnnkit.backends.run_layers``. Inside, everything is
 time-major, so each step reads and writes contiguous (B, .) slices. The per-cell kernels live in ``elman.py``,
-``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``.
+``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``; the seed cells (elman-io, i2h) are the
+Elman kernel and one batched product (``seeds.py``).
 
 Mixed precision (``product_dtype``): under ``torch.autocast`` with bfloat16 (or float16), or with bf16
 parameters, the matrix products run in bf16 and everything else in float32 (``ops.lower``).
@@ -23,6 +24,7 @@ from rnnkit.kernels.gru import gru_layer
 from rnnkit.kernels.layernorm_gru import layernorm_gru_layer
 from rnnkit.kernels.layernorm_lstm import layernorm_lstm_layer
 from rnnkit.kernels.lstm import lstm_layer
+from rnnkit.kernels.seeds import elman_io_layer, i2h_layer
 from rnnkit.sequence import map_state
 
 __all__ = ["LAYERS", "product_dtype"]
@@ -110,4 +112,6 @@ LAYERS = {
     "gru": _mixed(_gru),
     "layernorm-lstm": _mixed(_layernorm_lstm, products=False),
     "layernorm-gru": _mixed(_layernorm_gru, products=False),
+    "elman-io": _mixed(elman_io_layer),
+    "i2h": _mixed(i2h_layer),
 }
