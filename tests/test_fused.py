@@ -133,11 +133,14 @@ def test_gradcheck(mode, reverse, loops):
     x, h0, c0, w = _gradcheck_inputs(mode)
     mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
     if mode == "lstm":
-        fn, inputs = (lambda x, h0, c0, *w: LSTMFunction.apply(x, h0, c0, mask, reverse, *w, None)), (x, h0, c0, *w)
+        fn, inputs = (
+            (lambda x, h0, c0, *w: LSTMFunction.apply(x, h0, c0, mask, reverse, *w, None, None)),
+            (x, h0, c0, *w),
+        )
     elif mode == "gru":
-        fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w, None)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w, None, None)), (x, h0, *w)
     else:
-        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, "tanh", *w, None)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, "tanh", *w, None, None)), (x, h0, *w)
     assert torch.autograd.gradcheck(fn, inputs)
 
 
@@ -148,7 +151,7 @@ def test_gradcheck_identity_elman(reverse, loops):
     mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
 
     def fn(x, h0, w_ih, w_hh, b_ih):
-        return ElmanFunction.apply(x, h0, mask, reverse, "identity", w_ih, w_hh, b_ih, None, None)
+        return ElmanFunction.apply(x, h0, mask, reverse, "identity", w_ih, w_hh, b_ih, None, None, None)
 
     assert torch.autograd.gradcheck(fn, (x, h0, w_ih, w_hh, b_ih))
 

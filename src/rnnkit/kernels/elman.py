@@ -13,6 +13,11 @@ BPTT, with g_t = dL/dh_t (the output's gradient plus the next step's)::
     g_{t-1} = da_t W_hh + (1 - m_t) * g_t + m_{t-1} * dy_{t-1}
     dW_ih = sum_t da_t^T x_t,  dW_hh = sum_t da_t^T h_{t-1},  db = sum_t da_t    # one GEMM each
 
+Zoneout (Krueger et al. 2016; ``zoneout`` z (T, B, H), the weight of the previous value: 1 where a unit keeps it
+while training, else 0, and p at evaluation) makes the update ``h_t = m_t * ((1 - z) act(a_t) + z h_{t-1}) +
+(1 - m_t) * h_{t-1}``: the equations above with m_t (1 - z) for m_t, except y_t = m_t * h_t. h_t then no longer
+gives act'(a_t), so the training forward keeps it.
+
 The input projection of all steps is one GEMM before the loop and dx one GEMM after it, so each step costs
 one GEMM plus one or two elementwise ops. States are stored in time order in S (T+1, B, H): the forward
 direction keeps h_{-1} in S[0] and h_t in S[t+1], the reverse direction h_t in S[t] and its initial state in S[T].
@@ -33,8 +38,9 @@ __all__ = ["ACTIVATIONS", "elman_layer"]
 ACTIVATIONS = {"tanh": 0, "relu": 1, "identity": 2}
 
 
-def _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh):
-    """The recurrence; returns the state history S (T+1, B, H) in time order. ``b_hh`` may be None (one bias)."""
+def _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, zoneout=None, keep=False):
+    """The recurrence; returns the state history S (T+1, B, H) in time order and, with ``zoneout`` and ``keep``,
+    act'(a_t) (T, B, H) for the backward (else None). ``b_hh`` may be None (one bias)."""
     T, B, D = x.shape
     H = w_hh.size(1)
     b = b_ih if b_ih is None or b_hh is None else b_ih + b_hh  # (H,)
@@ -48,26 +54,33 @@ def _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh):
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
     S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     S[T if reverse else 0] = h0
-    if ext is not None:  # the same loop in C++ (extension.py)
+    keep = keep and zoneout is not None
+    if ext is not None:  # the same loop in C++ (extension.py); with zoneout and keep, act' is written over xp
         m = None if mask is None else mask.to(h0.dtype)
-        ext.elman_forward(xp, S, m, reverse, ACTIVATIONS[act], *step_weight(w_hh, B), b if low else None)
-        return S
+        bias = b if low else None
+        ext.elman_forward(xp, S, m, reverse, ACTIVATIONS[act], *step_weight(w_hh, B), bias, zoneout, keep)
+        return S, (xp if keep else None)
+    fresh = h0.new_zeros(T, B, H) if keep else None  # act(a_t), before zoneout
+    update = None if zoneout is None else 1 - zoneout  # (T, B, H)
     h = h0
     for t in time_steps(T, reverse):
         a = linear_add(h, xp[t], w_hh)  # (B, H)
         h_new = S[t if reverse else t + 1]
+        v = fresh[t] if keep else h_new
         if act == "relu":
-            torch.clamp_min(a, 0, out=h_new)
+            torch.clamp_min(a, 0, out=v)
         elif act == "identity":
-            h_new.copy_(a)
+            v.copy_(a)
         elif scale == 2.0:
-            torch.sigmoid(a, out=h_new).mul_(2).sub_(1)  # tanh(a/2 * 2) = 2 sigmoid(2a) - 1
+            torch.sigmoid(a, out=v).mul_(2).sub_(1)  # tanh(a/2 * 2) = 2 sigmoid(2a) - 1
         else:
-            torch.tanh(a, out=h_new)
+            torch.tanh(a, out=v)
+        if zoneout is not None:
+            torch.mul(v, update[t], out=h_new).addcmul_(zoneout[t], h)  # (1 - z) act(a_t) + z h_{t-1}
         if mask is not None:
             torch.where(mask[t], h_new, h, out=h_new)
         h = h_new
-    return S  # (T+1, B, H)
+    return S, (_activation_grad(fresh, act) if keep else None)  # (T+1, B, H)
 
 
 def _outputs(S: Tensor, reverse: bool) -> Tensor:
@@ -87,10 +100,11 @@ def _activation_grad(h: Tensor, act: str) -> Tensor:
     return torch.mul(h, h).neg_().add_(1)
 
 
-def _backward_loop(h, dy, g, m, da, reverse, act, w_hh):
-    """Fills da (T, B, H) step by step; returns dL/dh_{-1}."""
+def _backward_loop(h, dy, g, m, da, reverse, act, w_hh, dact=None):
+    """Fills da (T, B, H) step by step; returns dL/dh_{-1}. ``m``: the rows' mask (T, B, 1), with zoneout
+    m (1 - z) (T, B, H); ``dact``: act'(a_t) kept by the forward, else taken from h_t."""
     T = h.size(0)
-    dact = _activation_grad(h, act)  # act'(a_t) from h_t
+    dact = _activation_grad(h, act) if dact is None else dact.to(h.dtype, copy=True)  # the kept one stays
     if m is not None:
         dact.mul_(m)
     w_hh_t = w_hh.t().contiguous()  # (H, H), so each step's product is x @ w^T
@@ -106,26 +120,27 @@ def _backward_loop(h, dy, g, m, da, reverse, act, w_hh):
 
 
 class ElmanFunction(torch.autograd.Function):
-    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, act, w_ih, w_hh, b_ih, b_hh, lowp) ->
-    (y, h_T); ``act``: a key of ACTIVATIONS; ``b_hh`` may be None; ``lowp``: the products' dtype (``ops.lower``) or
-    None."""
+    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, act, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)
+    -> (y, h_T); ``act``: a key of ACTIVATIONS; ``b_hh`` may be None; ``lowp``: the products' dtype (``ops.lower``)
+    or None; ``zoneout``: z (T, B, H) in h0's dtype, or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, lowp):
+    def forward(ctx, x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, lowp, zoneout):
         x, w_ih, w_hh = lower(x, lowp), lower(w_ih, lowp), lower(w_hh, lowp)  # x only meets products
-        S = _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh)
+        S, dact = _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, zoneout, keep=True)
         y = _outputs(S, reverse)  # (T, B, H)
         m = None if mask is None else mask.to(h0.dtype)  # (T, B, 1)
         if m is not None:
             y = y * m
         ctx.reverse, ctx.act = reverse, act
-        ctx.save_for_backward(x, S, m, w_ih, w_hh)  # act' is recomputed from S: as little kept as torch.nn
+        # act' is recomputed from S (as little kept as torch.nn), or with zoneout kept in dact
+        ctx.save_for_backward(x, S, m, w_ih, w_hh, zoneout, dact)
         return y, (S[0] if reverse else S[-1]).clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_last):
-        x, S, m, w_ih, w_hh = ctx.saved_tensors
+        x, S, m, w_ih, w_hh, zoneout, dact = ctx.saved_tensors
         reverse = ctx.reverse
         T, B, _ = x.shape
         H = w_hh.size(1)
@@ -143,30 +158,34 @@ class ElmanFunction(torch.autograd.Function):
                 da = buf[: t1 - t0]
                 mt = None if m is None else m[t0:t1]
                 act = ACTIVATIONS[ctx.act]
-                g = ext.elman_backward(S[t0 : t1 + 1], dy[t0:t1], mt, reverse, act, *w, g.contiguous(), da)
+                zt = None if zoneout is None else zoneout[t0:t1]
+                dt = None if dact is None else dact[t0:t1].to(da.dtype)  # (a Python forward's: S's dtype)
+                g = ext.elman_backward(S[t0 : t1 + 1], dy[t0:t1], mt, reverse, act, *w, g.contiguous(), da, dt, zt)
                 return da.view(-1, H)
 
         else:
             da = torch.zeros_like(h)  # (T, B, H); zeros: see ops.py on page faults
-            g = _backward_loop(h, dy, g, m, da, reverse, ctx.act, w_hh)
+            if zoneout is not None:
+                m = 1 - zoneout if m is None else (1 - zoneout) * m  # (T, B, H)
+            g = _backward_loop(h, dy, g, m, da, reverse, ctx.act, w_hh, dact)
             spans, grads_of = [(0, T)], lambda t0, t1: da.view(-1, H)
         need = ctx.needs_input_grad
         need = (need[0], need[5], need[6], need[7] or need[8], False)
         dx, dw_ih, dw_hh, db, _ = sum_over_slices(spans, grads_of, x, _previous(S, reverse), w_ih, need)
         db_hh = db.clone() if db is not None and ctx.needs_input_grad[8] else None  # no gradient for a None b_hh
-        return dx, g, None, None, None, dw_ih, dw_hh, db, db_hh, None
+        return dx, g, None, None, None, dw_ih, dw_hh, db, db_hh, None, None
 
 
-def elman_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, *, activation="tanh", lowp=None):
+def elman_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, *, activation="tanh", lowp=None, zoneout=None):
     """One direction of one Elman layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H)); ``activation``:
     tanh, relu or identity; ``b_hh`` may be None (one bias); ``lowp``: the products' dtype (``ops.lower``) or None
-    for x's."""
+    for x's; ``zoneout``: z (T, B, H), the weight of each unit's previous value (see the top), or None."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return ElmanFunction.apply(x, h0, mask, reverse, activation, w_ih, w_hh, b_ih, b_hh, lowp)
+        return ElmanFunction.apply(x, h0, mask, reverse, activation, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)
     x, w_ih, w_hh = lower(x, lowp), lower(w_ih, lowp), lower(w_hh, lowp)
-    S = _forward(x, h0, mask, reverse, activation, w_ih, w_hh, b_ih, b_hh)
+    S, _ = _forward(x, h0, mask, reverse, activation, w_ih, w_hh, b_ih, b_hh, zoneout)
     y = _outputs(S, reverse)
     return (y if mask is None else y * mask), (S[0] if reverse else S[-1])

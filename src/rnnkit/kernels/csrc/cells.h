@@ -19,6 +19,11 @@
 //       the step's (B, gates) gradient rows whose product with W_hh the skeleton adds into g_next.
 // Every row function takes each gate block as its own restrict pointer: the compiler then sees that the blocks
 // do not overlap and vectorises the loop (with offsets into one row it gives up).
+//
+// Zoneout (Krueger et al. 2016), in the policies built with ZONE: Z holds, per step, row and unit, the weight z of
+// the previous value (1 where the unit keeps it and 0 where it updates while training, p at evaluation), so the
+// new value is zone(fresh, old, z), and the backward reads m_t (1 - z) wherever it read m_t: a zoned unit passes
+// its gradient straight to the previous state. The rows' masks m_t are the skeleton's, as without zoneout.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,6 +34,12 @@
 namespace rnnkit {
 
 using at::Tensor;
+
+// (1 - z) fresh + z old: exactly fresh or old for z = 0 or 1
+template <typename T>
+inline T zone(T fresh, T old, T z) {
+  return (T(1) - z) * fresh + z * old;
+}
 
 // ---------------------------------------------------------------- Elman
 // The activation: tanh (fed 2a, see the top), relu, or identity (a linear recurrence: the i2h cell's state).
@@ -50,43 +61,62 @@ inline T activation_grad(T h) {
   return T(1);
 }
 
-template <typename T, Act A, typename L>
-inline void elman_forward_row(const L* __restrict a, const T* __restrict gh, T* __restrict hn, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) hn[j] = activate<A>(T(load(a[j])) + gh[j]);
+// With ZONE, h_t = zone(act(a_t), h_{t-1}, z) and, with KEEP, a_t's slot gets act'(a_t) (h_t no longer gives it).
+template <typename T, Act A, typename L, bool ZONE, bool KEEP>
+inline void elman_forward_row(L* __restrict a, const T* __restrict gh, const T* __restrict hp,
+                              const T* __restrict z, T* __restrict hn, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T v = activate<A>(T(load(a[j])) + gh[j]);
+    if constexpr (ZONE) {
+      if constexpr (KEEP) a[j] = store<L>(activation_grad<A>(v));
+      hn[j] = zone(v, hp[j], z[j]);
+    } else {
+      hn[j] = v;
+    }
+  }
 }
 
 // da_t = g_t * m_t * act'(h_t);  g_{t-1} = da_t W_hh + (1 - m_t) * g_t + dy_{t-1}
-template <typename T, Act A, typename L>
-inline void elman_backward_row(const T* __restrict h, const T* __restrict g, const T* __restrict dy_next,
-                               L* __restrict da, T* __restrict g_next, T mb, int64_t H) {
+// (with ZONE: m_t (1 - z) for m_t, and act' read from dact)
+template <typename T, Act A, typename L, bool ZONE>
+inline void elman_backward_row(const T* __restrict h, const L* __restrict dact, const T* __restrict z,
+                               const T* __restrict g, const T* __restrict dy_next, L* __restrict da,
+                               T* __restrict g_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    da[j] = store<L>(g[j] * mb * activation_grad<A>(h[j]));
-    g_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * g[j];
+    const T m = ZONE ? mb * (T(1) - z[j]) : mb;
+    const T d = ZONE ? T(load(dact[j])) : activation_grad<A>(h[j]);
+    da[j] = store<L>(g[j] * m * d);
+    g_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - m) * g[j];
   }
 }
 
 // X (T, B, H) = x_t W_ih^T + b (scaled by 2 for tanh); the backward fills da (T, B, H) and keeps nothing else:
 // act' comes from h_t. X and da are stored as L: T, or bfloat16 in mixed precision (they only meet bf16
-// products), where the bias is added to the step's product instead.
-template <typename T, Act A, typename L = T>
+// products), where the bias is added to the step's product instead. With ZONE, Z (T, B, H) and, for the backward,
+// act'(a_t) in X (written by the training forward).
+template <typename T, Act A, typename L = T, bool ZONE = false>
 struct Elman {
   static constexpr bool has_cell = false;
   int64_t B, H;
-  const L* X;  // forward
-  Tensor da;   // backward
+  L* X;       // forward; with ZONE, act' after the training forward
+  Tensor da;  // backward
   L* DA;
+  const T* Z = nullptr;
 
   int64_t gates() const { return H; }
-  int64_t kept() const { return 0; }
+  int64_t kept() const { return ZONE ? H : 0; }
 
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* gh, const T* hp, T* hn, const T*, T*, T) const {
-    elman_forward_row<T, A, L>(X + (t * B + b) * H, gh, hn, H);
+    const int64_t row = (t * B + b) * H;
+    elman_forward_row<T, A, L, ZONE, KEEP>(X + row, gh, hp, ZONE ? Z + row : nullptr, hn, H);
   }
 
   void backward_row(int64_t t, int64_t b, const T*, const T* h, const T* g, T*, const T* dy_next, T* g_next,
                     T mb) const {
-    elman_backward_row<T, A, L>(h, g, dy_next, DA + (t * B + b) * H, g_next, mb, H);
+    const int64_t row = (t * B + b) * H;
+    elman_backward_row<T, A, L, ZONE>(h, ZONE ? X + row : nullptr, ZONE ? Z + row : nullptr, g, dy_next, DA + row,
+                                      g_next, mb, H);
   }
 
   Tensor product_rows(int64_t t) const { return da.select(0, t); }
@@ -97,16 +127,17 @@ struct Elman {
 // [gh_z, gh_r, gh_n] (the gh_n part scaled by 2, b_hh included). For training, K (T, B, 4H) keeps
 // [n, z, r, gh_n] (gh_n unscaled): with h_{t-1} from S that is all the backward step needs, 4H values per row.
 
-template <typename T, bool KEEP>
+template <typename T, bool KEEP, bool ZONE>
 inline void gru_forward_row(const T* __restrict an, const T* __restrict az, const T* __restrict ar,
                             const T* __restrict gz, const T* __restrict gr, const T* __restrict gn,
-                            const T* __restrict hp, T* __restrict hn, T* __restrict kn, T* __restrict kz,
-                            T* __restrict kr, T* __restrict kg, T inv, int64_t H) {
+                            const T* __restrict hp, const T* __restrict zo, T* __restrict hn, T* __restrict kn,
+                            T* __restrict kz, T* __restrict kr, T* __restrict kg, T inv, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T z = sigmoid(az[j] + gz[j]);
     const T r = sigmoid(ar[j] + gr[j]);
     const T n = tanh2(an[j] + r * gn[j]);
-    hn[j] = n + z * (hp[j] - n);
+    const T h = n + z * (hp[j] - n);
+    hn[j] = ZONE ? zone(h, hp[j], zo[j]) : h;
     if constexpr (KEEP) {
       kn[j] = n;
       kz[j] = z;
@@ -118,15 +149,17 @@ inline void gru_forward_row(const T* __restrict an, const T* __restrict az, cons
 
 // dn = g m (1-z)(1-n^2), dz = g m (h_{t-1} - n) z(1-z), dr = dn gh_n r(1-r), dgh_n = dn r;
 // g_{t-1} = [dz, dr, dgh_n] W_hh + g (m z + 1 - m) + dy_{t-1}.
-// With COPY, [dz, dr, dgh_n] is also written to hz, hr, hn: a contiguous row for the product.
-template <typename T, bool COPY>
+// With COPY, [dz, dr, dgh_n] is also written to hz, hr, hn: a contiguous row for the product. With ZONE, m (1 - zo)
+// for m.
+template <typename T, bool COPY, bool ZONE>
 inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const T* __restrict r,
-                             const T* __restrict ghn, const T* __restrict hp, const T* __restrict g,
-                             const T* __restrict dy_next, T* __restrict dn, T* __restrict dz, T* __restrict dr,
-                             T* __restrict dghn, T* __restrict hz, T* __restrict hr, T* __restrict hn,
-                             T* __restrict g_next, T mb, int64_t H) {
+                             const T* __restrict ghn, const T* __restrict hp, const T* __restrict zo,
+                             const T* __restrict g, const T* __restrict dy_next, T* __restrict dn, T* __restrict dz,
+                             T* __restrict dr, T* __restrict dghn, T* __restrict hz, T* __restrict hr,
+                             T* __restrict hn, T* __restrict g_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T gm = g[j] * mb;
+    const T m = ZONE ? mb * (T(1) - zo[j]) : mb;
+    const T gm = g[j] * m;
     const T d_n = gm * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
     const T d_z = gm * (hp[j] - n[j]) * z[j] * (T(1) - z[j]);
     const T d_r = d_n * ghn[j] * r[j] * (T(1) - r[j]);
@@ -140,14 +173,15 @@ inline void gru_backward_row(const T* __restrict n, const T* __restrict z, const
       hr[j] = d_r;
       hn[j] = d_h;
     }
-    g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * (mb * z[j] + T(1) - mb);
+    g_next[j] = (dy_next ? dy_next[j] : T(0)) + g[j] * (m * z[j] + T(1) - m);
   }
 }
 
 // Backward: K (T, B, 4H) and S from the forward; fills dG (T, B, 4H) = [dn, dz, dr, dgh_n], and writes the
 // step's [dz, dr, dgh_n] once more into the contiguous scratch dgh (B, 3H), so that the product reads it without
 // a copy (oneDNN copies a strided input on every step, which costs more than this write; benchmarks/KERNELS.md).
-template <typename T>
+// With ZONE, Z (T, B, H).
+template <typename T, bool ZONE = false>
 struct GRU {
   static constexpr bool has_cell = false;
   int64_t B, H;
@@ -157,6 +191,7 @@ struct GRU {
   T* DG;       // backward
   Tensor dgh;
   T* DGH;
+  const T* Z = nullptr;
 
   int64_t gates() const { return 3 * H; }
   int64_t kept() const { return 4 * H; }
@@ -164,13 +199,14 @@ struct GRU {
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* g, const T* hp, T* hn, const T*, T*, T) const {
     const T* a = A + (t * B + b) * 3 * H;
+    const T* zo = ZONE ? Z + (t * B + b) * H : nullptr;
     if constexpr (KEEP) {
       T* k = K + (t * B + b) * 4 * H;
-      gru_forward_row<T, true>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, k, k + H, k + 2 * H, k + 3 * H,
-                               inv, H);
+      gru_forward_row<T, true, ZONE>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, zo, hn, k, k + H, k + 2 * H,
+                                     k + 3 * H, inv, H);
     } else {
-      gru_forward_row<T, false>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, hn, nullptr, nullptr, nullptr, nullptr,
-                                inv, H);
+      gru_forward_row<T, false, ZONE>(a, a + H, a + 2 * H, g, g + H, g + 2 * H, hp, zo, hn, nullptr, nullptr, nullptr,
+                                      nullptr, inv, H);
     }
   }
 
@@ -179,8 +215,9 @@ struct GRU {
     const T* k = K + (t * B + b) * 4 * H;
     T* d = DG + (t * B + b) * 4 * H;
     T* h = DGH + b * 3 * H;
-    gru_backward_row<T, true>(k, k + H, k + 2 * H, k + 3 * H, hp, g, dy_next, d, d + H, d + 2 * H, d + 3 * H, h,
-                              h + H, h + 2 * H, g_next, mb, H);
+    const T* zo = ZONE ? Z + (t * B + b) * H : nullptr;
+    gru_backward_row<T, true, ZONE>(k, k + H, k + 2 * H, k + 3 * H, hp, zo, g, dy_next, d, d + H, d + 2 * H,
+                                    d + 3 * H, h, h + H, h + 2 * H, g_next, mb, H);
   }
 
   Tensor product_rows(int64_t) const { return dgh; }
@@ -193,51 +230,57 @@ struct GRU {
 // T, or bfloat16 in mixed precision (the values only meet bf16 products or, for Q, a product with the fp32 carry),
 // while c, h, p, F and the carried gradients stay T.
 
-template <typename T, bool KEEP, typename L>
+// With ZONE, c_t = zone(c~, c_{t-1}, zc) and h_t = zone(o tanh(c~), h_{t-1}, zh), both from the candidate c~,
+// and m (1 - zh) for m in Q[3] and p.
+template <typename T, bool KEEP, typename L, bool ZONE>
 inline void lstm_forward_row(L* __restrict ai, L* __restrict af, L* __restrict ag, L* __restrict ao,
                              const T* __restrict hi, const T* __restrict hf, const T* __restrict hg,
-                             const T* __restrict ho, const T* __restrict cp, T* __restrict cn, T* __restrict hn,
+                             const T* __restrict ho, const T* __restrict cp, const T* __restrict hp,
+                             const T* __restrict zh, const T* __restrict zc, T* __restrict cn, T* __restrict hn,
                              T* __restrict p, T* __restrict F, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T i = sigmoid(T(load(ai[j])) + hi[j]), f = sigmoid(T(load(af[j])) + hf[j]),
             g = tanh2(T(load(ag[j])) + hg[j]), o = sigmoid(T(load(ao[j])) + ho[j]);
     const T c = f * cp[j] + i * g;
     const T th = tanh2(T(2) * c);
-    cn[j] = c;
-    hn[j] = o * th;
+    const T mh = ZONE ? mb * (T(1) - zh[j]) : mb;
+    cn[j] = ZONE ? zone(c, cp[j], zc[j]) : c;
+    hn[j] = ZONE ? zone(o * th, hp[j], zh[j]) : o * th;
     if constexpr (KEEP) {
       ai[j] = store<L>(g * i * (T(1) - i));
       af[j] = store<L>(cp[j] * f * (T(1) - f));
       ag[j] = store<L>(i * (T(1) - g * g));
-      ao[j] = store<L>(mb * th * o * (T(1) - o));
-      p[j] = mb * o * (T(1) - th * th);
+      ao[j] = store<L>(mh * th * o * (T(1) - o));
+      p[j] = mh * o * (T(1) - th * th);
       F[j] = f;
     }
   }
 }
 
 // dc = m gc + gh p;  [di, df, dg] = dc Q[:3];  do = gh Q[3];  gc = dc f + (1 - m) gc;
-// gh_{t-1} = dG W_hh + (1 - m) gh + dy_{t-1}.
-template <typename T, typename L>
+// gh_{t-1} = dG W_hh + (1 - m) gh + dy_{t-1}.  With ZONE, m (1 - zc) for m on the c path, m (1 - zh) on the h path.
+template <typename T, typename L, bool ZONE>
 inline void lstm_backward_row(const L* __restrict qi, const L* __restrict qf, const L* __restrict qg,
                               const L* __restrict qo, const T* __restrict p, const T* __restrict f,
-                              const T* __restrict gh, T* __restrict gc, const T* __restrict dy_next, L* __restrict di,
-                              L* __restrict df, L* __restrict dg, L* __restrict dO, T* __restrict gh_next, T mb,
-                              int64_t H) {
+                              const T* __restrict zh, const T* __restrict zc, const T* __restrict gh,
+                              T* __restrict gc, const T* __restrict dy_next, L* __restrict di, L* __restrict df,
+                              L* __restrict dg, L* __restrict dO, T* __restrict gh_next, T mb, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T dc = mb * gc[j] + gh[j] * p[j];
+    const T mc = ZONE ? mb * (T(1) - zc[j]) : mb;
+    const T mh = ZONE ? mb * (T(1) - zh[j]) : mb;
+    const T dc = mc * gc[j] + gh[j] * p[j];
     di[j] = store<L>(dc * T(load(qi[j])));
     df[j] = store<L>(dc * T(load(qf[j])));
     dg[j] = store<L>(dc * T(load(qg[j])));
     dO[j] = store<L>(gh[j] * T(load(qo[j])));
-    gc[j] = dc * f[j] + (T(1) - mb) * gc[j];
-    gh_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mb) * gh[j];
+    gc[j] = dc * f[j] + (T(1) - mc) * gc[j];
+    gh_next[j] = (dy_next ? dy_next[j] : T(0)) + (T(1) - mh) * gh[j];
   }
 }
 
 // Backward: Q (in X), p, F from the forward; fills dG (T, B, 4H) = [di, df, dg, do], whose step rows are the
-// product's.
-template <typename T, typename L = T>
+// product's. With ZONE, Z (T, 2, B, H): per step, z of h, then z of c.
+template <typename T, typename L = T, bool ZONE = false>
 struct LSTM {
   static constexpr bool has_cell = true;
   int64_t B, H;
@@ -246,16 +289,21 @@ struct LSTM {
   T* F;
   Tensor dG;  // backward
   L* DG;
+  const T* Z = nullptr;
 
   int64_t gates() const { return 4 * H; }
   int64_t kept() const { return 4 * H; }
+
+  const T* zh(int64_t t, int64_t b) const { return ZONE ? Z + (2 * t * B + b) * H : nullptr; }
+  const T* zc(int64_t t, int64_t b) const { return ZONE ? Z + ((2 * t + 1) * B + b) * H : nullptr; }
 
   template <bool KEEP>
   void forward_row(int64_t t, int64_t b, const T* g, const T* hp, T* hn, const T* cp, T* cn, T mb) const {
     L* a = X + (t * B + b) * 4 * H;
     const int64_t row = (t * B + b) * H;
-    lstm_forward_row<T, KEEP, L>(a, a + H, a + 2 * H, a + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, cn, hn,
-                                 KEEP ? P + row : nullptr, KEEP ? F + row : nullptr, mb, H);
+    lstm_forward_row<T, KEEP, L, ZONE>(a, a + H, a + 2 * H, a + 3 * H, g, g + H, g + 2 * H, g + 3 * H, cp, hp,
+                                       zh(t, b), zc(t, b), cn, hn, KEEP ? P + row : nullptr,
+                                       KEEP ? F + row : nullptr, mb, H);
   }
 
   void backward_row(int64_t t, int64_t b, const T*, const T*, const T* gh, T* gc, const T* dy_next, T* gh_next,
@@ -263,8 +311,8 @@ struct LSTM {
     const L* q = X + (t * B + b) * 4 * H;
     const int64_t row = (t * B + b) * H;
     L* d = DG + (t * B + b) * 4 * H;
-    lstm_backward_row<T, L>(q, q + H, q + 2 * H, q + 3 * H, P + row, F + row, gh, gc, dy_next, d, d + H, d + 2 * H,
-                            d + 3 * H, gh_next, mb, H);
+    lstm_backward_row<T, L, ZONE>(q, q + H, q + 2 * H, q + 3 * H, P + row, F + row, zh(t, b), zc(t, b), gh, gc,
+                                  dy_next, d, d + H, d + 2 * H, d + 3 * H, gh_next, mb, H);
   }
 
   Tensor product_rows(int64_t t) const { return dG.select(0, t); }

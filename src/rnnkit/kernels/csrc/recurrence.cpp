@@ -244,9 +244,25 @@ Tensor backward_loop(const Cell& cell, const Tensor& dy, const OptTensor& S, T* 
 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
+// Zoneout (cells.h): f(std::true_type) with the weights z (T, n, B, H) of a cell's n zoned states (h, or h and c),
+// contiguous in the state's dtype, else f(std::false_type).
+template <typename F>
+void with_zoneout(const OptTensor& z, int64_t numel, F&& f) {
+  if (!given(z)) return f(std::false_type{});
+  check(*z, "zoneout");
+  TORCH_CHECK(z->numel() == numel, "rnnkit recurrence: zoneout must have ", numel, " values, got ", z->numel());
+  f(std::true_type{});
+}
+
+template <typename T>
+const T* zoneout_ptr(const OptTensor& z) {
+  return given(z) ? z->data_ptr<T>() : nullptr;
+}
+
 // ---------------------------------------------------------------- Elman
 // xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}. ``act``: 0 tanh, 1 relu,
-// 2 identity (cells.h: Act).
+// 2 identity (cells.h: Act). With zoneout z (T, B, H), the training forward (``keep``) overwrites xp with act',
+// which the backward reads as ``dact``.
 
 // f(std::integral_constant<Act, A>) for the activation numbered ``act``
 template <typename F>
@@ -266,7 +282,7 @@ void with_activation(int64_t act, F&& f) {
 // Mixed precision: xp and da in bfloat16 with S float32; the bias then comes as ``bias`` and is added to the
 // step's product (as it is widened), since xp holds the input side alone.
 void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, int64_t act, Tensor w, bool packed,
-                   OptTensor bias) {
+                   OptTensor bias, OptTensor zoneout, bool keep) {
   check(xp, "xp");
   check(S, "S");
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
@@ -275,8 +291,11 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, int64_t act, 
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
       with_activation(act, [&](auto a) {
-        const Elman<T, decltype(a)::value, L> cell{.B = B, .H = H, .X = X};
-        forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, bias, false);
+        with_zoneout(zoneout, xp.numel(), [&](auto zoned) {
+          constexpr bool Z = decltype(zoned)::value;
+          const Elman<T, decltype(a)::value, L, Z> cell{.B = B, .H = H, .X = X, .Z = zoneout_ptr<T>(zoneout)};
+          forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, bias, Z && keep);
+        });
       });
     };
     if constexpr (std::is_same_v<T, float>) {
@@ -287,18 +306,29 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, int64_t act, 
 }
 
 Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t act, Tensor w, bool packed,
-                      Tensor g0, Tensor da) {
+                      Tensor g0, Tensor da, OptTensor dact, OptTensor zoneout) {
   check(S, "S");
   check(da, "da");
+  TORCH_CHECK(given(dact) == given(zoneout), "rnnkit elman_backward: dact comes with zoneout");
+  if (given(dact)) {
+    check(*dact, "dact");
+    TORCH_CHECK(dact->scalar_type() == da.scalar_type() && dact->numel() == da.numel(),
+                "rnnkit elman_backward: dact must be like da");
+  }
   Tensor g;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "elman_backward", [&] {
     using T = scalar_t;
     const int64_t B = dy.size(1), H = dy.size(2);
     auto run = [&](auto* DA) {
       using L = std::remove_pointer_t<decltype(DA)>;
+      L* X = given(dact) ? dact->data_ptr<L>() : nullptr;
       with_activation(act, [&](auto a) {
-        const Elman<T, decltype(a)::value, L> cell{.B = B, .H = H, .da = da, .DA = DA};
-        g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+        with_zoneout(zoneout, da.numel(), [&](auto zoned) {
+          constexpr bool Z = decltype(zoned)::value;
+          const Elman<T, decltype(a)::value, L, Z> cell{
+              .B = B, .H = H, .X = X, .da = da, .DA = DA, .Z = zoneout_ptr<T>(zoneout)};
+          g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+        });
       });
     };
     if constexpr (std::is_same_v<T, float>) {
@@ -311,23 +341,26 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t ac
 
 // ---------------------------------------------------------------- GRU
 // A (T, B, 3H) = [gi_n, gi_z, gi_r]; K (T, B, 4H) = [n, z, r, gh_n] for training. The backward fills
-// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}.
+// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}. Zoneout: z (T, B, H).
 
 void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Tensor w, bool packed, OptTensor b_hh,
-                 double scale) {
+                 double scale, OptTensor zoneout) {
   check(A, "A");
   check(S, "S");
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
     const bool keep = given(K);
-    const GRU<T> cell{.B = S.size(1), .H = S.size(2), .A = A.data_ptr<T>(), .K = keep ? K->data_ptr<T>() : nullptr,
-                      .inv = T(1) / T(scale)};
-    forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+    with_zoneout(zoneout, A.numel() / 3, [&](auto zoned) {
+      const GRU<T, decltype(zoned)::value> cell{.B = S.size(1), .H = S.size(2), .A = A.data_ptr<T>(),
+                                                .K = keep ? K->data_ptr<T>() : nullptr, .inv = T(1) / T(scale),
+                                                .Z = zoneout_ptr<T>(zoneout)};
+      forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+    });
   });
 }
 
 Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Tensor w, bool packed, Tensor g0,
-                    Tensor dG) {
+                    Tensor dG, OptTensor zoneout) {
   check(K, "K");
   check(S, "S");
   check(dG, "dG");
@@ -336,9 +369,11 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
     using T = scalar_t;
     const int64_t B = dy.size(1), H = dy.size(2);
     const Tensor dgh = at::empty({B, 3 * H}, dy.options());  // see GRU in cells.h
-    const GRU<T> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = dG.data_ptr<T>(), .dgh = dgh,
-                      .DGH = dgh.data_ptr<T>()};
-    g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+    with_zoneout(zoneout, dy.numel(), [&](auto zoned) {
+      const GRU<T, decltype(zoned)::value> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = dG.data_ptr<T>(),
+                                                .dgh = dgh, .DGH = dgh.data_ptr<T>(), .Z = zoneout_ptr<T>(zoneout)};
+      g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+    });
   });
   return g;
 }
@@ -346,11 +381,12 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
 // ---------------------------------------------------------------- LSTM
 // xp (T, B, 4H) = [i, f, g, o] from the input side; for training it becomes Q and p, F (T, B, H) are filled.
 // Returns c at the last step. The backward fills dG (T, B, 4H) = [di, df, dg, do] and returns (gh_{-1}, gc_{-1}).
+// Zoneout: z (T, 2, B, H), per step z of h then z of c.
 
 // Mixed precision: xp (and so Q) and dG in bfloat16 with S, c, p, F float32; the bias then comes as ``bias``
 // and is added to the step's product (as it is widened), since xp holds the input side alone.
 Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, OptTensor m, bool reverse, Tensor w,
-                    bool packed, OptTensor bias) {
+                    bool packed, OptTensor bias, OptTensor zoneout) {
   check(xp, "xp");
   check(S, "S");
   Tensor c;
@@ -359,9 +395,13 @@ Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, Op
     const bool keep = given(p);
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
-      const LSTM<T, L> cell{.B = S.size(1), .H = S.size(2), .X = X, .P = keep ? p->data_ptr<T>() : nullptr,
-                            .F = keep ? F->data_ptr<T>() : nullptr};
-      c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, bias, keep);
+      with_zoneout(zoneout, xp.numel() / 2, [&](auto zoned) {
+        const LSTM<T, L, decltype(zoned)::value> cell{.B = S.size(1), .H = S.size(2), .X = X,
+                                                      .P = keep ? p->data_ptr<T>() : nullptr,
+                                                      .F = keep ? F->data_ptr<T>() : nullptr,
+                                                      .Z = zoneout_ptr<T>(zoneout)};
+        c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, bias, keep);
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (xp.scalar_type() == at::kBFloat16) return run(xp.data_ptr<at::BFloat16>());
@@ -372,7 +412,7 @@ Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, Op
 }
 
 std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tensor dy, OptTensor m, bool reverse,
-                                         Tensor w, bool packed, Tensor gh0, Tensor gc0, Tensor dG) {
+                                         Tensor w, bool packed, Tensor gh0, Tensor gc0, Tensor dG, OptTensor zoneout) {
   check(Q, "Q");
   check(p, "p");
   check(forget, "forget");
@@ -383,11 +423,14 @@ std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tens
     using T = scalar_t;
     auto run = [&](auto* X, auto* DG) {
       using L = std::remove_pointer_t<decltype(X)>;
-      const LSTM<T, L> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
-                            .F = forget.data_ptr<T>(), .dG = dG, .DG = DG};
-      Tensor gc = gc0.contiguous().clone();
-      Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
-      out = {gh, gc};
+      with_zoneout(zoneout, 2 * dy.numel(), [&](auto zoned) {
+        const LSTM<T, L, decltype(zoned)::value> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
+                                                      .F = forget.data_ptr<T>(), .dG = dG, .DG = DG,
+                                                      .Z = zoneout_ptr<T>(zoneout)};
+        Tensor gc = gc0.contiguous().clone();
+        Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
+        out = {gh, gc};
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (Q.scalar_type() == at::kBFloat16) return run(Q.data_ptr<at::BFloat16>(), dG.data_ptr<at::BFloat16>());
