@@ -131,6 +131,20 @@ def test_autocast_close_to_float32(mode, loops):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_zoneout_under_autocast_close_to_float32(mode, loops):
+    """Zoneout's weights are drawn in the states' dtype, float32 under autocast, so one seed zones the same units
+    as in a float32 run; what differs is the products' rounding (training: 0/1 masks)."""
+    rnn, x, state = _case(mode, bidirectional=True)
+    rnn.zoneout, rnn.backend = (0.3, 0.6), "fused"
+    torch.manual_seed(9)
+    ref_out, ref_grads = _run(rnn, x, state, None, autocast=False)
+    torch.manual_seed(9)
+    out, grads = _run(rnn, x, state, None, autocast=True)
+    for a, b in zip(out + grads, ref_out + ref_grads, strict=True):
+        assert _rel(a, b) <= 32 * U
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_bf16_parameters_run_mixed_and_return_bf16(mode, loops, monkeypatch):
     """A model cast to bf16 runs the same mixed kernels: fp32 inside, its outputs and gradients in bf16."""
     rnn, x, state = _case(mode, bidirectional=False)
