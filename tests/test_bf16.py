@@ -130,12 +130,15 @@ def test_autocast_close_to_float32(mode, loops):
         assert _rel(a, b) <= 32 * U  # the products' own rounding, about u * sum |w x| per pre-activation
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("mode", MODES)
-def test_zoneout_under_autocast_close_to_float32(mode, loops):
-    """Zoneout's weights are drawn in the states' dtype, float32 under autocast, so one seed zones the same units
-    as in a float32 run; what differs is the products' rounding (training: 0/1 masks)."""
+def test_zoneout_under_autocast_close_to_float32(mode, training, loops):
+    """Zoneout's masks are drawn in the states' dtype, float32 under autocast, so one seed zones the same units as
+    in a float32 run (training), and its weights are widened to float32 (evaluation; the Elman kernel then keeps
+    act' in bf16 for the backward); what differs is the products' rounding."""
     rnn, x, state = _case(mode, bidirectional=True)
     rnn.zoneout, rnn.backend = (0.3, 0.6), "fused"
+    rnn.train(training)
     torch.manual_seed(9)
     ref_out, ref_grads = _run(rnn, x, state, None, autocast=False)
     torch.manual_seed(9)

@@ -193,8 +193,8 @@ def test_zoneout_backward_in_time_slices_equals_loop(mode, monkeypatch):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("mode", ZONEOUT)
 def test_zoneout_gradcheck_with_fixed_masks(mode, training, reverse, loops):
-    """The fused layers' hand-written backward with zoneout, by finite differences: fixed weights z (0/1 masks as
-    in training, or the rates as in evaluation), lengths, both directions."""
+    """The fused layers' hand-written backward with zoneout, by finite differences: fixed bool masks (training) or
+    the rates as weights (evaluation), lengths, both directions."""
     spec = CELLS[mode]
     gen = torch.Generator().manual_seed(3)
     T_, B_, D_, H_ = 4, 2, 3, 3
@@ -209,7 +209,7 @@ def test_zoneout_gradcheck_with_fixed_masks(mode, training, reverse, loops):
     weights = [rand(*shape) for shape in spec.shapes(D_, H_).values()]
     mask = (torch.arange(T_).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
     if training:
-        z = (torch.rand(T_, n, B_, H_, generator=gen, dtype=torch.float64) < 0.4).double()
+        z = torch.rand(T_, n, B_, H_, generator=gen, dtype=torch.float64) < 0.4  # bool masks, as while training
     else:
         z = torch.tensor([0.3, 0.6][:n], dtype=torch.float64).view(1, n, 1, 1).expand(T_, n, B_, H_).contiguous()
 

@@ -87,24 +87,22 @@ def zoneout(step: Callable, spec: CellSpec, p_h: float, p_c: float, training: bo
 
 
 def zoneout_weights(spec: CellSpec, p_h: float, p_c: float, training: bool, like: Tensor, reverse: bool) -> Tensor:
-    """Zoneout for one whole layer and direction of the fused kernels: per step t, state, row and unit, the weight
-    of the previous value, (T, n, B, H) in time order for states ``like`` (T, B, H), n = 2 (h, c) for cells with a
-    memory cell, else 1 (h).
+    """Zoneout for one whole layer and direction of the fused kernels, (T, n, B, H) in time order for states
+    ``like`` (T, B, H), n = 2 (h, c) for cells with a memory cell, else 1 (h).
 
-    Training: 1 where the unit keeps its previous value (with probability p), 0 where it updates, drawn from
-    torch's RNG exactly as ``zone`` draws them in the loop backend: one uniform (B, H) per visited step (T-1..0 in
-    the reverse direction), h's before c's. One ``torch.rand`` for all steps draws the same numbers as one per step,
-    so the two backends zone the same units under one seed. Evaluation: p everywhere (the expectation).
+    Training: a bool mask, True where the unit keeps its previous value (with probability p), drawn from torch's
+    RNG exactly as ``zone`` draws them in the loop backend: one uniform (B, H) per visited step (T-1..0 in the
+    reverse direction), h's before c's. One ``torch.rand`` for all steps draws the same numbers as one per step, so
+    the two backends zone the same units under one seed. Evaluation: the weight p of the previous value everywhere
+    (the expectation), in ``like``'s dtype.
     """
     T, B, H = like.shape
     n = 2 if spec.has_cell else 1
     p = torch.tensor((p_h, p_c)[:n], dtype=like.dtype, device=like.device).view(1, n, 1, 1)
     if not training:
         return p.expand(T, n, B, H).contiguous()
-    u = torch.rand(T, n, B, H, dtype=like.dtype, device=like.device)  # in the order the steps are visited
-    if reverse:
-        u = u.flip(0)  # visit s is step T-1-s
-    return u.lt_(p)  # 1.0 where u < p: the unit keeps its previous value, as zone's rand < p
+    keep = torch.rand(T, n, B, H, dtype=like.dtype, device=like.device) < p  # as zone's, in the order of the visits
+    return keep.flip(0) if reverse else keep  # visit s is step T-1-s
 
 
 def loop_layer(step: Callable, x: Tensor, state: State, mask: Tensor | None, reverse: bool) -> tuple[Tensor, State]:

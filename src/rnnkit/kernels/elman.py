@@ -13,10 +13,11 @@ BPTT, with g_t = dL/dh_t (the output's gradient plus the next step's)::
     g_{t-1} = da_t W_hh + (1 - m_t) * g_t + m_{t-1} * dy_{t-1}
     dW_ih = sum_t da_t^T x_t,  dW_hh = sum_t da_t^T h_{t-1},  db = sum_t da_t    # one GEMM each
 
-Zoneout (Krueger et al. 2016; ``zoneout`` z (T, B, H), the weight of the previous value: 1 where a unit keeps it
-while training, else 0, and p at evaluation) makes the update ``h_t = m_t * ((1 - z) act(a_t) + z h_{t-1}) +
-(1 - m_t) * h_{t-1}``: the equations above with m_t (1 - z) for m_t, except y_t = m_t * h_t. h_t then no longer
-gives act'(a_t), so the training forward keeps it.
+Zoneout (Krueger et al. 2016; ``zoneout`` z (T, B, H): while training a bool mask, True where a unit keeps its
+previous value, at evaluation the weight p of the previous value) makes the update ``h_t = m_t * ((1 - z) act(a_t)
++ z h_{t-1}) + (1 - m_t) * h_{t-1}``: the equations above with m_t (1 - z) for m_t, except y_t = m_t * h_t. A kept
+unit's h_t is not act(a_t), but its gradient is zero there, so act' still comes from h_t; with weights every h_t
+is a mix, and the training forward keeps act'(a_t).
 
 The input projection of all steps is one GEMM before the loop and dx one GEMM after it, so each step costs
 one GEMM plus one or two elementwise ops. States are stored in time order in S (T+1, B, H): the forward
@@ -39,8 +40,8 @@ ACTIVATIONS = {"tanh": 0, "relu": 1, "identity": 2}
 
 
 def _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, zoneout=None, keep=False):
-    """The recurrence; returns the state history S (T+1, B, H) in time order and, with ``zoneout`` and ``keep``,
-    act'(a_t) (T, B, H) for the backward (else None). ``b_hh`` may be None (one bias)."""
+    """The recurrence; returns the state history S (T+1, B, H) in time order and, with ``keep`` and zoneout weights
+    (not masks), act'(a_t) (T, B, H) for the backward (else None). ``b_hh`` may be None (one bias)."""
     T, B, D = x.shape
     H = w_hh.size(1)
     b = b_ih if b_ih is None or b_hh is None else b_ih + b_hh  # (H,)
@@ -54,14 +55,15 @@ def _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, zoneout=None, ke
     # every step writes its slot (no stacking afterwards); zeros for the Python loop (see ops.py on page faults)
     S = h0.new_empty(T + 1, B, H) if ext is not None else h0.new_zeros(T + 1, B, H)
     S[T if reverse else 0] = h0
-    keep = keep and zoneout is not None
-    if ext is not None:  # the same loop in C++ (extension.py); with zoneout and keep, act' is written over xp
+    keep = keep and zoneout is not None and zoneout.is_floating_point()
+    if ext is not None:  # the same loop in C++ (extension.py); with zoneout weights and keep, act' is put in xp
         m = None if mask is None else mask.to(h0.dtype)
         bias = b if low else None
         ext.elman_forward(xp, S, m, reverse, ACTIVATIONS[act], *step_weight(w_hh, B), bias, zoneout, keep)
         return S, (xp if keep else None)
     fresh = h0.new_zeros(T, B, H) if keep else None  # act(a_t), before zoneout
-    update = None if zoneout is None else 1 - zoneout  # (T, B, H)
+    z = None if zoneout is None else zoneout.to(h0.dtype)  # (T, B, H): a mask as 0/1
+    update = None if z is None else 1 - z
     h = h0
     for t in time_steps(T, reverse):
         a = linear_add(h, xp[t], w_hh)  # (B, H)
@@ -76,7 +78,7 @@ def _forward(x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, zoneout=None, ke
         else:
             torch.tanh(a, out=v)
         if zoneout is not None:
-            torch.mul(v, update[t], out=h_new).addcmul_(zoneout[t], h)  # (1 - z) act(a_t) + z h_{t-1}
+            torch.mul(v, update[t], out=h_new).addcmul_(z[t], h)  # (1 - z) act(a_t) + z h_{t-1}
         if mask is not None:
             torch.where(mask[t], h_new, h, out=h_new)
         h = h_new
@@ -122,7 +124,7 @@ def _backward_loop(h, dy, g, m, da, reverse, act, w_hh, dact=None):
 class ElmanFunction(torch.autograd.Function):
     """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, act, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)
     -> (y, h_T); ``act``: a key of ACTIVATIONS; ``b_hh`` may be None; ``lowp``: the products' dtype (``ops.lower``)
-    or None; ``zoneout``: z (T, B, H) in h0's dtype, or None."""
+    or None; ``zoneout``: z (T, B, H), a bool mask or weights in h0's dtype, or None."""
 
     @staticmethod
     def forward(ctx, x, h0, mask, reverse, act, w_ih, w_hh, b_ih, b_hh, lowp, zoneout):
@@ -133,7 +135,7 @@ class ElmanFunction(torch.autograd.Function):
         if m is not None:
             y = y * m
         ctx.reverse, ctx.act = reverse, act
-        # act' is recomputed from S (as little kept as torch.nn), or with zoneout kept in dact
+        # act' is recomputed from S (as little kept as torch.nn), or with zoneout weights kept in dact
         ctx.save_for_backward(x, S, m, w_ih, w_hh, zoneout, dact)
         return y, (S[0] if reverse else S[-1]).clone()
 
@@ -166,7 +168,8 @@ class ElmanFunction(torch.autograd.Function):
         else:
             da = torch.zeros_like(h)  # (T, B, H); zeros: see ops.py on page faults
             if zoneout is not None:
-                m = 1 - zoneout if m is None else (1 - zoneout) * m  # (T, B, H)
+                update = 1 - zoneout.to(h.dtype)  # (T, B, H)
+                m = update if m is None else update * m
             g = _backward_loop(h, dy, g, m, da, reverse, ctx.act, w_hh, dact)
             spans, grads_of = [(0, T)], lambda t0, t1: da.view(-1, H)
         need = ctx.needs_input_grad
@@ -179,7 +182,8 @@ class ElmanFunction(torch.autograd.Function):
 def elman_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, *, activation="tanh", lowp=None, zoneout=None):
     """One direction of one Elman layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H)); ``activation``:
     tanh, relu or identity; ``b_hh`` may be None (one bias); ``lowp``: the products' dtype (``ops.lower``) or None
-    for x's; ``zoneout``: z (T, B, H), the weight of each unit's previous value (see the top), or None."""
+    for x's; ``zoneout``: z (T, B, H), a bool mask (training) or the weight of each unit's previous value
+    (evaluation), see the top, or None."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)

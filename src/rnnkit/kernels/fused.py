@@ -8,8 +8,8 @@ time-major, so each step reads and writes contiguous (B, .) slices. The per-cell
 Elman kernel and one batched product (``seeds.py``).
 
 Zoneout: the layers of ``ZONEOUT`` also take ``zoneout``, a (T, n, B, H) tensor in time order holding per step,
-state (h, or h and c for the LSTM), row and unit the weight of the previous value: 1 where the unit keeps it and 0
-where it updates while training, the rate p at evaluation (``rnnkit.backends.zoneout_weights`` draws them).
+state (h, or h and c for the LSTM), row and unit while training a bool mask, True where the unit keeps its previous
+value, and at evaluation the weight p of the previous value (``rnnkit.backends.zoneout_weights`` makes them).
 
 Mixed precision (``product_dtype``): under ``torch.autocast`` with bfloat16 (or float16), or with bf16
 parameters, the matrix products run in bf16 and everything else in float32 (``ops.lower``).
@@ -68,7 +68,7 @@ def _mixed(layer, products: bool = True):
         def wide(t):
             return t if t is None else t.float()
 
-        if "zoneout" in options:
+        if "zoneout" in options and options["zoneout"].is_floating_point():  # weights; masks stay bool
             options["zoneout"] = wide(options["zoneout"])
 
         with torch.autocast(x.device.type, enabled=False):

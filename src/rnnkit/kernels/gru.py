@@ -15,9 +15,12 @@ BPTT, with g = dL/dh_t::
     g  = [dr, dz, dgh_n] W_hh + g * (m * z + 1 - m) + m_{t-1} * dy_{t-1}
     dW_ih = sum_t [dr, dz, dn]^T x_t,  dW_hh = sum_t [dr, dz, dgh_n]^T h_{t-1}     # one GEMM each
 
-Zoneout (Krueger et al. 2016; ``zoneout`` z (T, B, H), the weight of the previous value: 1 where a unit keeps it
-while training, else 0, and p at evaluation): ``h_t = m_t * ((1 - z) (n + z_g (h_{t-1} - n)) + z h_{t-1}) + (1 - m_t)
-* h_{t-1}``, the equations above with m_t (1 - z) for m_t (z_g being the update gate), except y_t = m_t * h_t.
+Zoneout (Krueger et al. 2016; ``zoneout`` z (T, B, H): while training a bool mask, True where a unit keeps its
+previous value, at evaluation the weight p of the previous value)::
+
+    h_t = m_t * ((1 - z) (n + z_g (h_{t-1} - n)) + z h_{t-1}) + (1 - m_t) * h_{t-1}     # z_g: the update gate
+
+which is the above with m_t (1 - z) for m_t, except y_t = m_t * h_t.
 
 Inside, the gate rows are reordered (n, z, r) for W_ih and (z, r, n) for W_hh, so the per-step gradient row
 [dn, dz, dr, dgh_n] holds the input-side gradient in its first 3H columns and the hidden-side one in its last
@@ -90,7 +93,8 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool, zoneout=N
         K = h0.new_empty(T, B, 4 * H) if keep else None
         ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale, zoneout)
         return S, ((K, None) if keep else None)
-    update = None if zoneout is None else 1 - zoneout  # (T, B, H)
+    z = None if zoneout is None else zoneout.to(h0.dtype)  # (T, B, H): a mask as 0/1
+    update = None if z is None else 1 - z
     h, ghn = h0, []
     for t in time_steps(T, reverse):
         gh = linear(h, w_hh, b_hh)  # (B, 3H): [gh_z, gh_r, gh_n]
@@ -99,7 +103,7 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool, zoneout=N
         n = tanh_(a[:, :H].addcmul_(zr[:, H:], gh[:, 2 * H :]), scale)  # (B, H)
         h_new = torch.lerp(n, h, zr[:, :H], out=S[t if reverse else t + 1])  # n + z * (h - n)
         if zoneout is not None:
-            h_new.mul_(update[t]).addcmul_(zoneout[t], h)  # (1 - z) h~ + z h_{t-1}
+            h_new.mul_(update[t]).addcmul_(z[t], h)  # (1 - z) h~ + z h_{t-1}
         if mask is not None:
             torch.where(mask[t], h_new, h, out=h_new)
         h = h_new
@@ -156,7 +160,8 @@ def _backward_loop(Q, zc, dy, g, dG, reverse, w_hh):
 
 class GRUFunction(torch.autograd.Function):
     """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout) ->
-    (y, h_T); ``lowp``: the products' dtype (``ops.lower``) or None; ``zoneout``: z (T, B, H) or None."""
+    (y, h_T); ``lowp``: the products' dtype (``ops.lower``) or None; ``zoneout``: z (T, B, H), a bool mask or
+    weights in h0's dtype, or None."""
 
     @staticmethod
     def forward(ctx, x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout):
@@ -210,8 +215,8 @@ class GRUFunction(torch.autograd.Function):
 
 def gru_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp=None, zoneout=None):
     """One direction of one GRU layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H)); ``lowp``: the
-    products' dtype (``ops.lower``) or None for x's; ``zoneout``: z (T, B, H), the weight of each unit's previous
-    value (see the top), or None."""
+    products' dtype (``ops.lower``) or None for x's; ``zoneout``: z (T, B, H), a bool mask (training) or the
+    weight of each unit's previous value (evaluation), see the top, or None."""
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return GRUFunction.apply(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)

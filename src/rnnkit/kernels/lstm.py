@@ -17,8 +17,9 @@ BPTT, with gh = dL/dh_t and gc = dL/dc_t flowing back from step t+1::
     gh     = [di, df, dg, do] W_hh + (1 - m) * gh + m_{t-1} * dy_{t-1}
     dW_ih = sum_t dG_t^T x_t,  dW_hh = sum_t dG_t^T h_{t-1},  db = sum_t dG_t   # one GEMM each
 
-Zoneout (Krueger et al. 2016; ``zoneout`` (T, 2, B, H): per step the weights z_h and z_c of the previous h and c,
-1 where a unit keeps it while training, else 0, and p at evaluation) zones c and h apart, both from the candidate
+Zoneout (Krueger et al. 2016; ``zoneout`` (T, 2, B, H): per step z_h and z_c for h and c, while training bool
+masks, True where a unit keeps its previous value, at evaluation the weights p_h, p_c of the previous values) zones
+c and h apart, both from the candidate
 c~ = f * c_{t-1} + i * g::
 
     c_t = m_t * ((1 - z_c) c~ + z_c c_{t-1}) + (1 - m_t) * c_{t-1}
@@ -54,7 +55,7 @@ __all__ = ["lstm_layer"]
 
 def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool, zoneout=None):
     """The recurrence. Returns S (T+1, B, H) of h in time order, c_T, and with ``keep`` the backward factors
-    (Q, p, F) of ``_factors``, else None. ``zoneout``: (T, 2, B, H) or None."""
+    (Q, p, F) of ``_factors``, else None. ``zoneout``: (T, 2, B, H), bool masks or weights, or None."""
     T, B, D = x.shape
     H = w_hh.size(1)
     b = None if b_ih is None else b_ih + b_hh  # (4H,)
@@ -77,7 +78,7 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool, zoneo
         p, forget = (h0.new_empty(T, B, H), h0.new_empty(T, B, H)) if keep else (None, None)
         c = ext.lstm_forward(xp, S, c0, p, forget, m, reverse, *step_weight(w_hh, B), b if low else None, zoneout)
         return S, c, ((xp, p, forget) if keep else None)
-    z_h, z_c = (None, None) if zoneout is None else zoneout.unbind(1)  # 2 x (T, B, H)
+    z_h, z_c = (None, None) if zoneout is None else zoneout.to(h0.dtype).unbind(1)  # 2 x (T, B, H), masks as 0/1
     C = h0.new_zeros(T + 1, B, H) if keep else None  # c
     TC = h0.new_zeros(T, B, H) if keep else None  # tanh(c)
     if keep:
@@ -102,15 +103,15 @@ def _forward(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool, zoneo
             c_new = torch.where(mask[t], c_new, c, out=c_new)
             torch.where(mask[t], h_new, h, out=h_new)
         h, c = h_new, c_new
-    return S, c, (_factors(xp, TC, C, _masks(mask, zoneout)[1], reverse) if keep else None)
+    return S, c, (_factors(xp, TC, C, _masks(mask, zoneout, h0.dtype)[1], reverse) if keep else None)
 
 
-def _masks(mask: Tensor | None, zoneout: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+def _masks(mask: Tensor | None, zoneout: Tensor | None, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
     """The factors m_t stands for on the c path and on the h path: the rows' mask (T, B, 1), or with zoneout
-    m_t (1 - z_c) and m_t (1 - z_h) (T, B, H)."""
+    m_t (1 - z_c) and m_t (1 - z_h) (T, B, H) in ``dtype``."""
     if zoneout is None:
         return mask, mask
-    z_h, z_c = zoneout.unbind(1)  # 2 x (T, B, H)
+    z_h, z_c = zoneout.to(dtype).unbind(1)  # 2 x (T, B, H)
     if mask is None:
         return 1 - z_c, 1 - z_h
     return (1 - z_c) * mask, (1 - z_h) * mask
@@ -169,7 +170,8 @@ def _backward_loop(Q, p, forget, dy, masks, gh, gc, dG, reverse, w_hh):
 
 class LSTMFunction(torch.autograd.Function):
     """(x (T, B, D), h0, c0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)
-    -> (y, h_T, c_T); ``lowp``: the products' dtype (``ops.lower``) or None; ``zoneout``: (T, 2, B, H) or None."""
+    -> (y, h_T, c_T); ``lowp``: the products' dtype (``ops.lower``) or None; ``zoneout``: (T, 2, B, H), bool masks
+    or weights in h0's dtype, or None."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout):
@@ -211,7 +213,7 @@ class LSTMFunction(torch.autograd.Function):
 
         else:
             dG = torch.zeros_like(Q)  # (T, B, 4H); zeros: see ops.py on page faults
-            gh, gc = _backward_loop(Q, p, forget, dy, _masks(m, zoneout), gh, gc, dG, reverse, w_hh)
+            gh, gc = _backward_loop(Q, p, forget, dy, _masks(m, zoneout, p.dtype), gh, gc, dG, reverse, w_hh)
             spans, grads_of = [(0, T)], lambda t0, t1: dG.view(-1, 4 * H)
         need = ctx.needs_input_grad
         need = (need[0], need[5], need[6], need[7] or need[8], False)
@@ -221,8 +223,8 @@ class LSTMFunction(torch.autograd.Function):
 
 def lstm_layer(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp=None, zoneout=None):
     """One direction of one LSTM layer on time-major x (T, B, D): -> (y (T, B, H), h_T, c_T (B, H)); ``lowp``:
-    the products' dtype (``ops.lower``) or None for x's; ``zoneout``: (T, 2, B, H), per step the weights of each
-    unit's previous h and c (see the top), or None."""
+    the products' dtype (``ops.lower``) or None for x's; ``zoneout``: (T, 2, B, H), per step h's and c's bool masks
+    (training) or the weights of each unit's previous h and c (evaluation), see the top, or None."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return LSTMFunction.apply(x, h0, c0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)

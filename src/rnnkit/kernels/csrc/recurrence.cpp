@@ -244,25 +244,28 @@ Tensor backward_loop(const Cell& cell, const Tensor& dy, const OptTensor& S, T* 
 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-// Zoneout (cells.h): f(std::true_type) with the weights z (T, n, B, H) of a cell's n zoned states (h, or h and c),
-// contiguous in the state's dtype, else f(std::false_type).
-template <typename F>
+// Zoneout (cells.h): f(values) with the zoneout of a cell's n zoned states (h, or h and c), (T, n, B, H) contiguous:
+// a bool mask read as const uint8_t* (training; GCC vectorised no row loop that loaded a bool, exp included, which
+// cost a quarter of a GRU train step) or a const T* (evaluation weights); a null const void* without zoneout. The
+// cell policy takes the pointee type as its zone type Z.
+template <typename T, typename F>
 void with_zoneout(const OptTensor& z, int64_t numel, F&& f) {
-  if (!given(z)) return f(std::false_type{});
+  if (!given(z)) return f(static_cast<const void*>(nullptr));
   check(*z, "zoneout");
   TORCH_CHECK(z->numel() == numel, "rnnkit recurrence: zoneout must have ", numel, " values, got ", z->numel());
-  f(std::true_type{});
+  if (z->scalar_type() == at::kBool) return f(reinterpret_cast<const uint8_t*>(z->data_ptr<bool>()));
+  TORCH_CHECK(z->scalar_type() == c10::CppTypeToScalarType<T>::value,
+              "rnnkit recurrence: zoneout must be bool or the states' dtype, got ", z->scalar_type());
+  f(static_cast<const T*>(z->data_ptr<T>()));
 }
 
-template <typename T>
-const T* zoneout_ptr(const OptTensor& z) {
-  return given(z) ? z->data_ptr<T>() : nullptr;
-}
+template <typename P>
+using pointee = std::remove_const_t<std::remove_pointer_t<P>>;
 
 // ---------------------------------------------------------------- Elman
 // xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}. ``act``: 0 tanh, 1 relu,
-// 2 identity (cells.h: Act). With zoneout z (T, B, H), the training forward (``keep``) overwrites xp with act',
-// which the backward reads as ``dact``.
+// 2 identity (cells.h: Act). With zoneout weights (T, B, H) (evaluation), the training forward (``keep``)
+// overwrites xp with act', which the backward reads as ``dact``; with masks (training) neither is needed.
 
 // f(std::integral_constant<Act, A>) for the activation numbered ``act``
 template <typename F>
@@ -291,10 +294,10 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, int64_t act, 
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
       with_activation(act, [&](auto a) {
-        with_zoneout(zoneout, xp.numel(), [&](auto zoned) {
-          constexpr bool Z = decltype(zoned)::value;
-          const Elman<T, decltype(a)::value, L, Z> cell{.B = B, .H = H, .X = X, .Z = zoneout_ptr<T>(zoneout)};
-          forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, bias, Z && keep);
+        with_zoneout<T>(zoneout, xp.numel(), [&](auto zo) {
+          using Z = pointee<decltype(zo)>;
+          const Elman<T, decltype(a)::value, L, Z> cell{.B = B, .H = H, .X = X, .Zo = zo};
+          forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, bias, kept_grad<Z> && keep);
         });
       });
     };
@@ -309,7 +312,7 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t ac
                       Tensor g0, Tensor da, OptTensor dact, OptTensor zoneout) {
   check(S, "S");
   check(da, "da");
-  TORCH_CHECK(given(dact) == given(zoneout), "rnnkit elman_backward: dact comes with zoneout");
+  TORCH_CHECK(!given(dact) || given(zoneout), "rnnkit elman_backward: dact comes with zoneout weights");
   if (given(dact)) {
     check(*dact, "dact");
     TORCH_CHECK(dact->scalar_type() == da.scalar_type() && dact->numel() == da.numel(),
@@ -323,10 +326,10 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t ac
       using L = std::remove_pointer_t<decltype(DA)>;
       L* X = given(dact) ? dact->data_ptr<L>() : nullptr;
       with_activation(act, [&](auto a) {
-        with_zoneout(zoneout, da.numel(), [&](auto zoned) {
-          constexpr bool Z = decltype(zoned)::value;
-          const Elman<T, decltype(a)::value, L, Z> cell{
-              .B = B, .H = H, .X = X, .da = da, .DA = DA, .Z = zoneout_ptr<T>(zoneout)};
+        with_zoneout<T>(zoneout, da.numel(), [&](auto zo) {
+          using Z = pointee<decltype(zo)>;
+          TORCH_CHECK(!kept_grad<Z> || X, "rnnkit elman_backward: zoneout weights need dact");
+          const Elman<T, decltype(a)::value, L, Z> cell{.B = B, .H = H, .X = X, .da = da, .DA = DA, .Zo = zo};
           g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
         });
       });
@@ -341,7 +344,7 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t ac
 
 // ---------------------------------------------------------------- GRU
 // A (T, B, 3H) = [gi_n, gi_z, gi_r]; K (T, B, 4H) = [n, z, r, gh_n] for training. The backward fills
-// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}. Zoneout: z (T, B, H).
+// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}. Zoneout: (T, B, H).
 
 void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Tensor w, bool packed, OptTensor b_hh,
                  double scale, OptTensor zoneout) {
@@ -350,10 +353,10 @@ void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Ten
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
     const bool keep = given(K);
-    with_zoneout(zoneout, A.numel() / 3, [&](auto zoned) {
-      const GRU<T, decltype(zoned)::value> cell{.B = S.size(1), .H = S.size(2), .A = A.data_ptr<T>(),
-                                                .K = keep ? K->data_ptr<T>() : nullptr, .inv = T(1) / T(scale),
-                                                .Z = zoneout_ptr<T>(zoneout)};
+    with_zoneout<T>(zoneout, A.numel() / 3, [&](auto zo) {
+      const GRU<T, pointee<decltype(zo)>> cell{.B = S.size(1), .H = S.size(2), .A = A.data_ptr<T>(),
+                                               .K = keep ? K->data_ptr<T>() : nullptr, .inv = T(1) / T(scale),
+                                               .Zo = zo};
       forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
     });
   });
@@ -369,9 +372,9 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
     using T = scalar_t;
     const int64_t B = dy.size(1), H = dy.size(2);
     const Tensor dgh = at::empty({B, 3 * H}, dy.options());  // see GRU in cells.h
-    with_zoneout(zoneout, dy.numel(), [&](auto zoned) {
-      const GRU<T, decltype(zoned)::value> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = dG.data_ptr<T>(),
-                                                .dgh = dgh, .DGH = dgh.data_ptr<T>(), .Z = zoneout_ptr<T>(zoneout)};
+    with_zoneout<T>(zoneout, dy.numel(), [&](auto zo) {
+      const GRU<T, pointee<decltype(zo)>> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = dG.data_ptr<T>(),
+                                               .dgh = dgh, .DGH = dgh.data_ptr<T>(), .Zo = zo};
       g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
     });
   });
@@ -381,7 +384,7 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
 // ---------------------------------------------------------------- LSTM
 // xp (T, B, 4H) = [i, f, g, o] from the input side; for training it becomes Q and p, F (T, B, H) are filled.
 // Returns c at the last step. The backward fills dG (T, B, 4H) = [di, df, dg, do] and returns (gh_{-1}, gc_{-1}).
-// Zoneout: z (T, 2, B, H), per step z of h then z of c.
+// Zoneout: (T, 2, B, H), per step h's then c's.
 
 // Mixed precision: xp (and so Q) and dG in bfloat16 with S, c, p, F float32; the bias then comes as ``bias``
 // and is added to the step's product (as it is widened), since xp holds the input side alone.
@@ -395,11 +398,10 @@ Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, Op
     const bool keep = given(p);
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
-      with_zoneout(zoneout, xp.numel() / 2, [&](auto zoned) {
-        const LSTM<T, L, decltype(zoned)::value> cell{.B = S.size(1), .H = S.size(2), .X = X,
-                                                      .P = keep ? p->data_ptr<T>() : nullptr,
-                                                      .F = keep ? F->data_ptr<T>() : nullptr,
-                                                      .Z = zoneout_ptr<T>(zoneout)};
+      with_zoneout<T>(zoneout, xp.numel() / 2, [&](auto zo) {
+        const LSTM<T, L, pointee<decltype(zo)>> cell{.B = S.size(1), .H = S.size(2), .X = X,
+                                                     .P = keep ? p->data_ptr<T>() : nullptr,
+                                                     .F = keep ? F->data_ptr<T>() : nullptr, .Zo = zo};
         c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, bias, keep);
       });
     };
@@ -423,10 +425,9 @@ std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tens
     using T = scalar_t;
     auto run = [&](auto* X, auto* DG) {
       using L = std::remove_pointer_t<decltype(X)>;
-      with_zoneout(zoneout, 2 * dy.numel(), [&](auto zoned) {
-        const LSTM<T, L, decltype(zoned)::value> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
-                                                      .F = forget.data_ptr<T>(), .dG = dG, .DG = DG,
-                                                      .Z = zoneout_ptr<T>(zoneout)};
+      with_zoneout<T>(zoneout, 2 * dy.numel(), [&](auto zo) {
+        const LSTM<T, L, pointee<decltype(zo)>> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
+                                                     .F = forget.data_ptr<T>(), .dG = dG, .DG = DG, .Zo = zo};
         Tensor gc = gc0.contiguous().clone();
         Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
         out = {gh, gc};
