@@ -7,8 +7,8 @@ Every row trains ``rnnkit train lm`` with the same model (a 2-layer LSTM, H = 25
 seed and number of optimiser steps (``--max-steps``), and differs only in its regularisers; the held-out text (the
 last 5 % of the text, never trained on) is then scored with the state carried through it, as
 benchmarks/lm_vs_compressors.py does. A step budget makes the rows comparable whatever else runs on the machine;
-the time column is what the row cost here (zoneout runs on the loop backend, locked dropout between layers on
-the fused LSTM, the others on oneDNN). The text is capped (``--max-chars``, 1 M by default) so that the budget
+the time column is what the row cost here (zoneout and locked dropout between layers run on the fused LSTM, the
+others on oneDNN). The text is capped (``--max-chars``, 1 M by default) so that the budget
 covers several epochs: regularisers earn their keep where a model can overfit, not in its first pass over 9 M
 characters.
 """

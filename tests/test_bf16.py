@@ -30,6 +30,7 @@ from rnnkit.recurrent import RNN
 
 U = 2.0**-9  # bfloat16's unit roundoff
 MODES = ["elman", "lstm", "gru"]
+SEEDS = ["elman-io", "i2h"]  # the Elman kernel and one batched product (kernels/seeds.py)
 B, T, D, H = 4, 5, 16, 32  # H >= 16: the C++ loops' vectorised rows
 
 
@@ -109,7 +110,7 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize(
-    ("mode", "bidirectional", "padded"), list(itertools.product(MODES, [False, True], [False, True]))
+    ("mode", "bidirectional", "padded"), list(itertools.product(MODES + SEEDS, [False, True], [False, True]))
 )
 def test_autocast_equals_rounded_oracle(mode, bidirectional, padded, loops, monkeypatch):
     rnn, x, state = _case(mode, bidirectional)
@@ -136,6 +137,23 @@ def test_autocast_close_to_float32(mode, bias, loops):
     out, grads = _run(rnn, x, state, None, autocast=True)
     for a, b in zip(out + grads, ref_out + ref_grads, strict=True):
         assert _rel(a, b) <= 32 * U  # the products' own rounding, about u * sum |w x| per pre-activation
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_zoneout_under_autocast_close_to_float32(mode, training, loops):
+    """Zoneout's masks are drawn in the states' dtype, float32 under autocast, so one seed zones the same units as
+    in a float32 run (training), and its weights are widened to float32 (evaluation; the Elman kernel then keeps
+    act' in bf16 for the backward); what differs is the products' rounding."""
+    rnn, x, state = _case(mode, bidirectional=True)
+    rnn.zoneout, rnn.backend = (0.3, 0.6), "fused"
+    rnn.train(training)
+    torch.manual_seed(9)
+    ref_out, ref_grads = _run(rnn, x, state, None, autocast=False)
+    torch.manual_seed(9)
+    out, grads = _run(rnn, x, state, None, autocast=True)
+    for a, b in zip(out + grads, ref_out + ref_grads, strict=True):
+        assert _rel(a, b) <= 32 * U
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -133,12 +133,49 @@ def test_gradcheck(mode, reverse, loops):
     x, h0, c0, w = _gradcheck_inputs(mode)
     mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
     if mode == "lstm":
-        fn, inputs = (lambda x, h0, c0, *w: LSTMFunction.apply(x, h0, c0, mask, reverse, *w, None)), (x, h0, c0, *w)
+        fn, inputs = (
+            (lambda x, h0, c0, *w: LSTMFunction.apply(x, h0, c0, mask, reverse, *w, None, None)),
+            (x, h0, c0, *w),
+        )
     elif mode == "gru":
-        fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w, None)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: GRUFunction.apply(x, h0, mask, reverse, *w, None, None)), (x, h0, *w)
     else:
-        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, False, *w, None)), (x, h0, *w)
+        fn, inputs = (lambda x, h0, *w: ElmanFunction.apply(x, h0, mask, reverse, "tanh", *w, None, None)), (x, h0, *w)
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_identity_elman(reverse, loops):
+    """The Elman kernel with the identity activation (i2h's linear state), with lengths and a single bias."""
+    x, h0, _, (w_ih, w_hh, b_ih, _) = _gradcheck_inputs("elman")
+    mask = (torch.arange(4).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+
+    def fn(x, h0, w_ih, w_hh, b_ih):
+        return ElmanFunction.apply(x, h0, mask, reverse, "identity", w_ih, w_hh, b_ih, None, None, None)
+
+    assert torch.autograd.gradcheck(fn, (x, h0, w_ih, w_hh, b_ih))
+
+
+SEEDS = ["elman-io", "i2h"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", SEEDS)
+def test_seed_cells_fused_equal_loop(mode, dtype, loops):
+    """elman-io and i2h (kernels/seeds.py: the Elman kernel and one batched product) on both the C++ and the
+    Python loops: 2 layers, both directions, lengths, with and without biases and an initial state."""
+    torch.manual_seed(0)
+    tol = {"atol": 1e-10, "rtol": 1e-9} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
+    for bias, with_state in [(True, False), (False, True)]:
+        rnn = RNN(mode, D, H, 2, bias=bias, bidirectional=True, dtype=dtype)
+        x = torch.randn(B, T, D, dtype=dtype)
+        state = (torch.randn(4, B, H, dtype=dtype),) if with_state else None
+        for lengths in (None, LENGTHS):
+            ref_out, ref_grads = _run(rnn, "loop", x, state, lengths)
+            out, grads = _run(rnn, "fused", x, state, lengths)
+            for a, b in zip(ref_out + ref_grads, out + grads, strict=True):
+                torch.testing.assert_close(b, a, **tol)
+    assert rnn.resolved_backend(x) == "fused"  # auto runs the kernel
 
 
 @pytest.mark.parametrize("mode", MODES)

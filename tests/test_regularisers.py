@@ -3,6 +3,8 @@ and from the command line of every task."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,10 @@ import torch.nn.functional as F
 from conftest import one_error_line
 from rnnkit import RNN
 from rnnkit.backends import locked_dropout
-from rnnkit.cells import Cell
+from rnnkit.cells import CELLS, Cell, LSTMState
 from rnnkit.cli import main
+from rnnkit.kernels import extension, ops
+from rnnkit.kernels.fused import LAYERS, ZONEOUT
 
 B, T, D, H = 3, 7, 4, 5
 LENGTHS = torch.tensor([7, 4, 1])
@@ -80,9 +84,13 @@ def test_zoneout_training_keeps_each_unit_or_updates_it(mode):
 
 def test_zoneout_backends_and_conversions():
     rnn = _rnn("gru", zoneout=0.1)
-    assert rnn.resolved_backend(_x()) == "loop"
-    with pytest.raises(ValueError, match=r"backend 'fused' cannot run this RNN \(cell 'gru', zoneout\)"):
-        RNN("gru", D, H, zoneout=0.1, backend="fused")
+    assert rnn.resolved_backend(_x()) == "fused"  # Elman, GRU and LSTM: the fused kernels have zoneout
+    assert _rnn("lstm", zoneout=0.1).resolved_backend(_x()) == "fused"
+    assert _rnn("layernorm-gru", zoneout=0.1).resolved_backend(_x()) == "loop"  # its kernel has none
+    with pytest.raises(ValueError, match=r"backend 'native' cannot run this RNN \(cell 'gru', zoneout\)"):
+        RNN("gru", D, H, zoneout=0.1, backend="native")
+    with pytest.raises(ValueError, match=r"backend 'fused' cannot run this RNN \(cell 'i2h', zoneout\)"):
+        RNN("i2h", D, H, zoneout=0.1, backend="fused")
     with pytest.raises(ValueError, match=r"zoneout=\(0.1, 0.1\) has no torch.nn equivalent"):
         rnn.to_torch()
     with pytest.raises(ValueError, match=r"zoneout must be a number in \[0, 1\), got 1.0"):
@@ -102,6 +110,115 @@ def test_zoneout_zero_changes_nothing_and_gradcheck():
         return rnn(x, lengths=LENGTHS)[0]
 
     assert torch.autograd.gradcheck(f, (x,))
+
+
+# --- zoneout in the fused kernels -----------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["cpp", "python"])
+def loops(request):
+    """The fused kernels' C++ step loops (kernels/extension.py) and their Python ones."""
+    cpp = request.param == "cpp"
+    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
+        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
+    with extension.use_extension(cpp):
+        assert extension.available() == cpp
+        yield request.param
+
+
+def _zoned_run(rnn: RNN, backend: str, x, state, lengths) -> list[torch.Tensor]:
+    """Outputs, final states, the gradients of x, the initial state and every parameter, under seed 5; and a
+    number drawn after the forward (the RNG's state: both backends must consume the same draws)."""
+    rnn.backend = backend
+    rnn.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    parts = [s.clone().requires_grad_(True) for s in state]
+    torch.manual_seed(5)
+    y, final = rnn(x, LSTMState(*parts) if rnn.spec.has_cell else parts[0], lengths)
+    after = torch.rand(1, dtype=torch.float64)
+    finals = list(final) if rnn.spec.has_cell else [final]
+    g = torch.Generator().manual_seed(1)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    loss = loss + sum((f * torch.randn(f.shape, generator=g, dtype=y.dtype)).sum() for f in finals)
+    loss.backward()
+    return [y, *finals, after, x.grad, *(s.grad for s in parts)] + [p.grad for p in rnn.parameters()]
+
+
+ZONED = [("elman", "tanh"), ("elman", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(("mode", "nonlinearity"), ZONED)
+def test_zoneout_fused_equals_loop(mode, nonlinearity, training, loops):
+    """Fused zoneout (every step's masks drawn before the layer's kernel, backends.zoneout_weights) against the
+    loop's (drawn step by step) under one seed, float64: outputs, final states, the RNG's state after, and every
+    gradient; 2 layers, both directions, rates (0.3, 0.6), with and without lengths; training (Bernoulli masks)
+    and evaluation (the expectation)."""
+    assert mode in ZONEOUT
+    torch.manual_seed(0)
+    rnn = RNN(mode, D, H, 2, bidirectional=True, nonlinearity=nonlinearity, zoneout=(0.3, 0.6), dtype=torch.float64)
+    rnn.train(training)
+    x = _x()
+    state = [torch.randn(4, B, H, dtype=torch.float64) for _ in range(2 if rnn.spec.has_cell else 1)]
+    for lengths in (None, LENGTHS):
+        expected = _zoned_run(rnn, "loop", x, state, lengths)
+        got = _zoned_run(rnn, "fused", x, state, lengths)
+        for k, (a, b) in enumerate(zip(got, expected, strict=True)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9, msg=lambda m, k=k: f"item {k}: {m}")
+    if training:  # and the masks are really drawn: another seed, other outputs
+        rnn.backend = "fused"
+        torch.manual_seed(6)
+        assert not torch.allclose(rnn(x, lengths=LENGTHS)[0], got[0])
+
+
+@pytest.mark.parametrize("mode", ZONEOUT)
+def test_zoneout_backward_in_time_slices_equals_loop(mode, monkeypatch):
+    """The C++ backward runs over slices of the time axis (ops.backward_slices), each reading its own rows of the
+    zoneout weights: with slices of one and two steps (T = 7, uneven), fused still equals the loop."""
+    if not extension.available():
+        pytest.skip("the C++ loops are off")
+    torch.manual_seed(0)
+    rnn = RNN(mode, D, H, 2, bidirectional=True, zoneout=(0.3, 0.6), dtype=torch.float64).train()
+    x = _x()
+    state = [torch.randn(4, B, H, dtype=torch.float64) for _ in range(2 if rnn.spec.has_cell else 1)]
+    expected = _zoned_run(rnn, "loop", x, state, LENGTHS)
+    for steps in (1, 2):
+        monkeypatch.setattr(ops, "SLICE_ROWS", steps * B)
+        got = _zoned_run(rnn, "fused", x, state, LENGTHS)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mode", ZONEOUT)
+def test_zoneout_gradcheck_with_fixed_masks(mode, training, reverse, loops):
+    """The fused layers' hand-written backward with zoneout, by finite differences: fixed bool masks (training) or
+    the rates as weights (evaluation), lengths, both directions."""
+    spec = CELLS[mode]
+    gen = torch.Generator().manual_seed(3)
+    T_, B_, D_, H_ = 4, 2, 3, 3
+    n = 2 if spec.has_cell else 1
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    x = rand(T_, B_, D_)
+    state = [rand(B_, H_) for _ in range(n)]
+    kinds = list(spec.shapes(D_, H_))
+    weights = [rand(*shape) for shape in spec.shapes(D_, H_).values()]
+    mask = (torch.arange(T_).unsqueeze(1) < torch.tensor([4, 2]).unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+    if training:
+        z = torch.rand(T_, n, B_, H_, generator=gen, dtype=torch.float64) < 0.4  # bool masks, as while training
+    else:
+        z = torch.tensor([0.3, 0.6][:n], dtype=torch.float64).view(1, n, 1, 1).expand(T_, n, B_, H_).contiguous()
+
+    def f(x, *rest):
+        s = LSTMState(*rest[:n]) if spec.has_cell else rest[0]
+        y, final = LAYERS[mode](x, s, mask, reverse, dict(zip(kinds, rest[n:], strict=True)), zoneout=z)
+        return y, *(final if spec.has_cell else [final])
+
+    assert torch.autograd.gradcheck(f, (x, *state, *weights))
 
 
 # --- weight-drop ---------------------------------------------------------------------------------------------
@@ -245,7 +362,8 @@ def test_auto_rule_for_the_scan_cells():
     [
         (["--mode", "lstm", "--zoneout", "0.1", "--backend", "native"],
          "backend native cannot run mode 'lstm' with zoneout; use one of auto, loop"),
-        (["--mode", "i2h", "--backend", "fused"], "backend fused cannot run mode 'i2h'; use one of auto, loop"),
+        (["--mode", "layernorm-lstm", "--zoneout", "0.1", "--backend", "fused"],
+         "backend fused cannot run mode 'layernorm-lstm' with zoneout; use one of auto, loop"),
         (["--mode", "gru", "--num-layers", "2", "--dropout", "0.2", "--locked-dropout", "true", "--backend", "native"],
          "backend native cannot run mode 'gru' with locked dropout between layers; use one of auto, loop, fused"),
         (["--mode", "mingru", "--init", "orthogonal"], "init orthogonal needs a cell with recurrent weights"),

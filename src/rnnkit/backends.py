@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit.cells.spec import CellSpec, LSTMState
 from rnnkit.kernels import auto_backend
-from rnnkit.kernels.fused import LAYERS
+from rnnkit.kernels.fused import LAYERS, ZONEOUT
 from rnnkit.sequence import lengths_to_mask, map_state
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ __all__ = [
     "runner",
     "step_mask",
     "zoneout",
+    "zoneout_weights",
 ]
 
 State = Any
@@ -83,6 +84,25 @@ def zoneout(step: Callable, spec: CellSpec, p_h: float, p_c: float, training: bo
         return (h if spec.output_is_state else y), new
 
     return zoned
+
+
+def zoneout_weights(spec: CellSpec, p_h: float, p_c: float, training: bool, like: Tensor, reverse: bool) -> Tensor:
+    """Zoneout for one whole layer and direction of the fused kernels, (T, n, B, H) in time order for states
+    ``like`` (T, B, H), n = 2 (h, c) for cells with a memory cell, else 1 (h).
+
+    Training: a bool mask, True where the unit keeps its previous value (with probability p), drawn from torch's
+    RNG exactly as ``zone`` draws them in the loop backend: one uniform (B, H) per visited step (T-1..0 in the
+    reverse direction), h's before c's. One ``torch.rand`` for all steps draws the same numbers as one per step, so
+    the two backends zone the same units under one seed. Evaluation: the weight p of the previous value everywhere
+    (the expectation), in ``like``'s dtype.
+    """
+    T, B, H = like.shape
+    n = 2 if spec.has_cell else 1
+    p = torch.tensor((p_h, p_c)[:n], dtype=like.dtype, device=like.device).view(1, n, 1, 1)
+    if not training:
+        return p.expand(T, n, B, H).contiguous()
+    keep = torch.rand(T, n, B, H, dtype=like.dtype, device=like.device) < p  # as zone's, in the order of the visits
+    return keep.flip(0) if reverse else keep  # visit s is step T-1-s
 
 
 def loop_layer(step: Callable, x: Tensor, state: State, mask: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
@@ -152,11 +172,17 @@ def run_loop(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, weights: li
 
 
 def run_fused(rnn: RNN, x: Tensor, hx: State, lengths: Tensor | None, weights: list[dict]):
-    """A whole-layer kernel per layer and direction: ``kernels.fused.LAYERS[cell]`` or the cell's sequence form."""
+    """A whole-layer kernel per layer and direction: ``kernels.fused.LAYERS[cell]`` or the cell's sequence form.
+    With zoneout, its weights for the layer are drawn just before it runs, where the loop draws them step by step."""
     fn = LAYERS.get(rnn.spec.name, rnn.spec.sequence)
+    zoned = rnn.zoneout != (0.0, 0.0)
 
     def layer(k, xt, state, mask, reverse):
-        return fn(xt, state, mask, reverse, weights[k], **rnn.options)
+        options = dict(rnn.options)
+        if zoned:
+            like = (state.h if rnn.spec.has_cell else state).expand(xt.size(0), -1, -1)  # (T, B, H)
+            options["zoneout"] = zoneout_weights(rnn.spec, *rnn.zoneout, rnn.training, like, reverse)
+        return fn(xt, state, mask, reverse, weights[k], **options)
 
     return run_layers(rnn, x, hx, lengths, layer)
 
@@ -195,11 +221,12 @@ def usable_backends(rnn: RNN) -> tuple[str, ...]:
 
 
 def backends_for(spec: CellSpec, zoneout: bool, locked_between: bool, num_layers: int) -> tuple[str, ...]:
-    """The backends that run ``spec`` with these options: zoneout is in the loop only, and dropout masks shared
-    over time between layers (``locked_between``) rule out native, whose dropout is torch.nn's."""
+    """The backends that run ``spec`` with these options: zoneout is in the loop and in the fused kernels of
+    ``kernels.fused.ZONEOUT`` (Elman, LSTM, GRU), never in torch.nn's; dropout masks shared over time between
+    layers (``locked_between``) rule out native, whose dropout is torch.nn's."""
     out = available_backends(spec)
     if zoneout:
-        out = tuple(b for b in out if b == "loop")
+        out = tuple(b for b in out if b == "loop" or (b == "fused" and spec.name in ZONEOUT))
     if locked_between and num_layers > 1:
         out = tuple(b for b in out if b != "native")
     return out
@@ -215,9 +242,9 @@ def resolve(rnn: RNN, x: Tensor) -> str:
     """The backend a forward pass of ``rnn`` on ``x`` runs (``"auto"`` resolved).
 
     Rule: the cells torch.nn has follow ``rnnkit.kernels.auto_backend`` among the backends that can run the
-    options (zoneout: loop only; locked dropout between layers: not native); a cell with a hand-written fused layer
-    runs it; a cell with a sequence form runs it up to ``SCAN_MAX_VALUES`` state values per step on CPU (any size
-    elsewhere) and for more than one step; else the loop.
+    options (with zoneout, which native lacks: fused; locked dropout between layers: not native); a cell with a
+    hand-written fused layer runs it; a cell with a sequence form runs it up to ``SCAN_MAX_VALUES`` state values per
+    step on CPU (any size elsewhere) and for more than one step; else the loop.
     """
     usable = usable_backends(rnn)
     if rnn.backend != "auto":

@@ -4,7 +4,12 @@
 runs one direction of one layer on time-major input, with ``w`` the layer's parameters by kind; the skeleton
 around it (layers, directions, dropout, state layout) is ``rnnkit.backends.run_layers``. Inside, everything is
 time-major, so each step reads and writes contiguous (B, .) slices. The per-cell kernels live in ``elman.py``,
-``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``.
+``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``; the seed cells (elman-io, i2h) are the
+Elman kernel and one batched product (``seeds.py``).
+
+Zoneout: the layers of ``ZONEOUT`` also take ``zoneout``, a (T, n, B, H) tensor in time order holding per step,
+state (h, or h and c for the LSTM), row and unit while training a bool mask, True where the unit keeps its previous
+value, and at evaluation the weight p of the previous value (``rnnkit.backends.zoneout_weights`` makes them).
 
 Mixed precision (``product_dtype``): under ``torch.autocast`` with bfloat16 (or float16), or with bf16
 parameters, the matrix products run in bf16 and everything else in float32 (``ops.lower``).
@@ -25,9 +30,10 @@ from rnnkit.kernels.gru import gru_layer
 from rnnkit.kernels.layernorm_gru import layernorm_gru_layer
 from rnnkit.kernels.layernorm_lstm import layernorm_lstm_layer
 from rnnkit.kernels.lstm import lstm_layer
+from rnnkit.kernels.seeds import elman_io_layer, i2h_layer
 from rnnkit.sequence import map_state
 
-__all__ = ["LAYERS", "product_dtype"]
+__all__ = ["LAYERS", "ZONEOUT", "product_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,8 @@ def product_dtype(x: Tensor, w: dict) -> torch.dtype | None:
 def _mixed(layer, products: bool = True):
     """``layer`` under mixed precision: states, gates and the values kept for the gradient sums in float32, the
     matrix products in ``product_dtype`` (passed as ``lowp``; with ``products=False`` in float32 too), autocast
-    off inside (the kernels choose each op's precision themselves), outputs and states in x's dtype."""
+    off inside (the kernels choose each op's precision themselves), outputs and states in x's dtype; zoneout's
+    weights in float32 too."""
 
     @functools.wraps(layer)
     def run(x: Tensor, state, mask, reverse: bool, w: dict, **options):
@@ -73,6 +80,9 @@ def _mixed(layer, products: bool = True):
 
         def wide(t):
             return t.float() if t is not None and t.dtype in _LOW else t
+
+        if "zoneout" in options and options["zoneout"].is_floating_point():  # weights; masks stay bool
+            options["zoneout"] = wide(options["zoneout"])
 
         with torch.autocast(x.device.type, enabled=False):
             y, state = layer(
@@ -93,17 +103,21 @@ def _w(w: dict) -> tuple:
     return w["weight_ih"], w["weight_hh"], w.get("bias_ih"), w.get("bias_hh")
 
 
-def _elman(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, nonlinearity: str = "tanh", lowp=None):
-    return elman_layer(x, h, mask, reverse, *_w(w), relu=nonlinearity == "relu", lowp=lowp)
+def _one(zoneout: Tensor | None) -> Tensor | None:
+    return None if zoneout is None else zoneout.squeeze(1)  # (T, 1, B, H) -> (T, B, H)
 
 
-def _lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict, lowp=None):
-    y, h, c = lstm_layer(x, state[0], state[1], mask, reverse, *_w(w), lowp=lowp)
+def _elman(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, nonlinearity: str = "tanh", lowp=None, zoneout=None):
+    return elman_layer(x, h, mask, reverse, *_w(w), activation=nonlinearity, lowp=lowp, zoneout=_one(zoneout))
+
+
+def _lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict, lowp=None, zoneout=None):
+    y, h, c = lstm_layer(x, state[0], state[1], mask, reverse, *_w(w), lowp=lowp, zoneout=zoneout)
     return y, LSTMState(h, c)
 
 
-def _gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, lowp=None):
-    return gru_layer(x, h, mask, reverse, *_w(w), lowp=lowp)
+def _gru(x: Tensor, h: Tensor, mask, reverse: bool, w: dict, lowp=None, zoneout=None):
+    return gru_layer(x, h, mask, reverse, *_w(w), lowp=lowp, zoneout=_one(zoneout))
 
 
 def _layernorm_lstm(x: Tensor, state: LSTMState, mask, reverse: bool, w: dict):
@@ -123,4 +137,9 @@ LAYERS = {
     "gru": _mixed(_gru),
     "layernorm-lstm": _mixed(_layernorm_lstm, products=False),
     "layernorm-gru": _mixed(_layernorm_gru, products=False),
+    "elman-io": _mixed(elman_io_layer),
+    "i2h": _mixed(i2h_layer),
 }
+
+# The layers that take zoneout (the C++ and Python loops of elman.py, gru.py and lstm.py).
+ZONEOUT = ("elman", "lstm", "gru")

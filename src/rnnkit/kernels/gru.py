@@ -15,6 +15,13 @@ BPTT, with g = dL/dh_t::
     g  = [dr, dz, dgh_n] W_hh + g * (m * z + 1 - m) + m_{t-1} * dy_{t-1}
     dW_ih = sum_t [dr, dz, dn]^T x_t,  dW_hh = sum_t [dr, dz, dgh_n]^T h_{t-1}     # one GEMM each
 
+Zoneout (Krueger et al. 2016; ``zoneout`` z (T, B, H): while training a bool mask, True where a unit keeps its
+previous value, at evaluation the weight p of the previous value)::
+
+    h_t = m_t * ((1 - z) (n + z_g (h_{t-1} - n)) + z h_{t-1}) + (1 - m_t) * h_{t-1}     # z_g: the update gate
+
+which is the above with m_t (1 - z) for m_t, except y_t = m_t * h_t.
+
 Inside, the gate rows are reordered (n, z, r) for W_ih and (z, r, n) for W_hh, so the per-step gradient row
 [dn, dz, dr, dgh_n] holds the input-side gradient in its first 3H columns and the hidden-side one in its last
 3H: both are plain column slices and each backward step is one GEMM and three elementwise ops.
@@ -66,10 +73,10 @@ def _scale_rows(w: Tensor | None, block: int, scale: float) -> Tensor | None:
     return torch.cat(parts)
 
 
-def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
+def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool, zoneout=None):
     """The recurrence on reordered weights. Returns S (T+1, B, H) in time order and, with ``keep``, what the
     backward needs: (K, None) from the C++ loop, K = [n, z, r, gh_n] (T, B, 4H), or (Q, zc) of ``_factors``
-    from the Python loop; None without ``keep``."""
+    from the Python loop; None without ``keep``. ``zoneout``: z (T, B, H) or None."""
     T, B, D = x.shape
     H = w_hh.size(1)
     scale = tanh_scale(x)  # the n rows are fed 2a (see ops.tanh_scale)
@@ -87,8 +94,10 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         m = None if mask is None else mask.to(h0.dtype)
         K = h0.new_empty(T, B, 4 * H) if keep else None
         bias_ih = None if not low else b_ih if b_ih is not None else h0.new_zeros(3 * H)
-        ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale, bias_ih)
+        ext.gru_forward(A, S, K, m, reverse, *step_weight(w_hh, B), b_hh, scale, bias_ih, zoneout)
         return S, ((K, None) if keep else None)
+    z = None if zoneout is None else zoneout.to(h0.dtype)  # (T, B, H): a mask as 0/1
+    update = None if z is None else 1 - z
     h, ghn = h0, []
     for t in time_steps(T, reverse):
         gh = linear(h, w_hh, b_hh)  # (B, 3H): [gh_z, gh_r, gh_n]
@@ -96,6 +105,8 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
         zr = a[:, H:].add_(gh[:, : 2 * H]).sigmoid_()  # (B, 2H): [z, r]
         n = tanh_(a[:, :H].addcmul_(zr[:, H:], gh[:, 2 * H :]), scale)  # (B, H)
         h_new = torch.lerp(n, h, zr[:, :H], out=S[t if reverse else t + 1])  # n + z * (h - n)
+        if zoneout is not None:
+            h_new.mul_(update[t]).addcmul_(z[t], h)  # (1 - z) h~ + z h_{t-1}
         if mask is not None:
             torch.where(mask[t], h_new, h, out=h_new)
         h = h_new
@@ -103,12 +114,14 @@ def _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep: bool):
             ghn.append(gh[:, 2 * H :])  # scale * gh_n
     if not keep:
         return S, None
-    return S, _factors(A, torch.stack(ghn[::-1] if reverse else ghn).div_(scale), S, mask, reverse)
+    m = mask if zoneout is None else update if mask is None else update * mask  # (T, B, 1) or (T, B, H)
+    return S, _factors(A, torch.stack(ghn[::-1] if reverse else ghn).div_(scale), S, m, reverse)
 
 
 def _factors(A: Tensor, ghn: Tensor, S: Tensor, mask: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
     """The backward step's factors from the activations A = [n, z, r] (T, B, 3H), gh_n (T, B, H) and the
-    states: Q = [m (1-z)(1-n^2), m (h_{t-1} - n) z(1-z), gh_n r(1-r), r] (T, B, 4H) and zc = m z + 1 - m."""
+    states: Q = [m (1-z)(1-n^2), m (h_{t-1} - n) z(1-z), gh_n r(1-r), r] (T, B, 4H) and zc = m z + 1 - m, with
+    m the rows' mask (T, B, 1) or, with zoneout, m (1 - z) (T, B, H)."""
     T, B, H = ghn.shape
     n, z, r = A.chunk(3, -1)  # 3 x (T, B, H)
     Q = A.new_empty(T, B, 4 * H)
@@ -118,8 +131,8 @@ def _factors(A: Tensor, ghn: Tensor, S: Tensor, mask: Tensor | None, reverse: bo
     Q[..., 3 * H :] = r
     zc = z.clone()  # (T, B, H): dh_t/dh_{t-1} along the direct path
     if mask is not None:
-        m = mask.to(A.dtype)  # (T, B, 1)
-        Q[..., : 2 * H].mul_(m)
+        m = mask.to(A.dtype)  # (T, B, 1) or (T, B, H)
+        Q.view(T, B, 4, H)[:, :, :2].mul_(m.unsqueeze(2))
         zc.mul_(m).sub_(m).add_(1)  # m * z + 1 - m
     return Q, zc
 
@@ -149,26 +162,28 @@ def _backward_loop(Q, zc, dy, g, dG, reverse, w_hh):
 
 
 class GRUFunction(torch.autograd.Function):
-    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh, lowp) -> (y, h_T);
-    ``lowp``: the products' dtype (``ops.lower``) or None."""
+    """(x (T, B, D), h0 (B, H), mask (T, B, 1) bool or None, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout) ->
+    (y, h_T); ``lowp``: the products' dtype (``ops.lower``) or None; ``zoneout``: z (T, B, H), a bool mask or
+    weights in h0's dtype, or None."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp):
+    def forward(ctx, x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout):
         x = lower(x, lowp)  # x only meets products
         w_ih, w_hh, b_ih, b_hh = _to_ih(lower(w_ih, lowp)), _to_hh(lower(w_hh, lowp)), _to_ih(b_ih), _to_hh(b_hh)
-        S, (Q, zc) = _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True)  # zc None: C++'s K in Q
+        # zc None: C++'s K in Q
+        S, (Q, zc) = _forward(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=True, zoneout=zoneout)
         m = None if mask is None else mask.to(h0.dtype)  # (T, B, 1)
         y = _outputs(S, reverse)
         if m is not None:
             y = y * m
         ctx.reverse = reverse
-        ctx.save_for_backward(x, S, Q, zc, m, w_ih, w_hh)
+        ctx.save_for_backward(x, S, Q, zc, m, w_ih, w_hh, zoneout)
         return y, (S[0] if reverse else S[-1]).clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_last):
-        x, S, Q, zc, m, w_ih, w_hh = ctx.saved_tensors
+        x, S, Q, zc, m, w_ih, w_hh, zoneout = ctx.saved_tensors
         reverse = ctx.reverse
         T, B, _ = x.shape
         H = w_hh.size(1)
@@ -184,7 +199,8 @@ class GRUFunction(torch.autograd.Function):
                 nonlocal g
                 dG = buf[: t1 - t0]  # [dn, dz, dr, dgh_n]
                 mt = None if m is None else m[t0:t1]
-                g = ext.gru_backward(Q[t0:t1], S[t0 : t1 + 1], mt, dy[t0:t1], reverse, *w, g.contiguous(), dG)
+                zt = None if zoneout is None else zoneout[t0:t1]
+                g = ext.gru_backward(Q[t0:t1], S[t0 : t1 + 1], mt, dy[t0:t1], reverse, *w, g.contiguous(), dG, zt)
                 return dG.view(-1, 4 * H)
 
         else:
@@ -197,16 +213,17 @@ class GRUFunction(torch.autograd.Function):
         dx, dw_ih, dw_hh, db_ih, db_hh = sum_over_slices(
             spans, grads_of, x, _previous(S, reverse), w_ih, need, slice(0, 3 * H), slice(H, 4 * H)
         )
-        return dx, g, None, None, _to_ih(dw_ih), _to_hh(dw_hh), _to_ih(db_ih), _to_hh(db_hh), None
+        return dx, g, None, None, _to_ih(dw_ih), _to_hh(dw_hh), _to_ih(db_ih), _to_hh(db_hh), None, None
 
 
-def gru_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp=None):
+def gru_layer(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp=None, zoneout=None):
     """One direction of one GRU layer on time-major x (T, B, D): -> (y (T, B, H), h_T (B, H)); ``lowp``: the
-    products' dtype (``ops.lower``) or None for x's."""
+    products' dtype (``ops.lower``) or None for x's; ``zoneout``: z (T, B, H), a bool mask (training) or the
+    weight of each unit's previous value (evaluation), see the top, or None."""
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return GRUFunction.apply(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp)
-    w_ih, w_hh = _to_ih(lower(w_ih, lowp)), _to_hh(lower(w_hh, lowp))
-    S, _ = _forward(lower(x, lowp), h0, mask, reverse, w_ih, w_hh, _to_ih(b_ih), _to_hh(b_hh), keep=False)
+        return GRUFunction.apply(x, h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, lowp, zoneout)
+    w_ih, w_hh, b_ih, b_hh = _to_ih(lower(w_ih, lowp)), _to_hh(lower(w_hh, lowp)), _to_ih(b_ih), _to_hh(b_hh)
+    S, _ = _forward(lower(x, lowp), h0, mask, reverse, w_ih, w_hh, b_ih, b_hh, keep=False, zoneout=zoneout)
     y = _outputs(S, reverse)
     return (y if mask is None else y * mask), (S[0] if reverse else S[-1])

@@ -247,13 +247,48 @@ Tensor backward_loop(const Cell& cell, const Tensor& dy, const OptTensor& S, T* 
 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
+// Zoneout (cells.h): f(values) with the zoneout of a cell's n zoned states (h, or h and c), (T, n, B, H) contiguous:
+// a bool mask read as const uint8_t* (training; GCC vectorised no row loop that loaded a bool, exp included, which
+// cost a quarter of a GRU train step) or a const T* (evaluation weights); a null const void* without zoneout. The
+// cell policy takes the pointee type as its zone type Z.
+template <typename T, typename F>
+void with_zoneout(const OptTensor& z, int64_t numel, F&& f) {
+  if (!given(z)) return f(static_cast<const void*>(nullptr));
+  check(*z, "zoneout");
+  TORCH_CHECK(z->numel() == numel, "rnnkit recurrence: zoneout must have ", numel, " values, got ", z->numel());
+  if (z->scalar_type() == at::kBool) return f(reinterpret_cast<const uint8_t*>(z->data_ptr<bool>()));
+  TORCH_CHECK(z->scalar_type() == c10::CppTypeToScalarType<T>::value,
+              "rnnkit recurrence: zoneout must be bool or the states' dtype, got ", z->scalar_type());
+  f(static_cast<const T*>(z->data_ptr<T>()));
+}
+
+template <typename P>
+using pointee = std::remove_const_t<std::remove_pointer_t<P>>;
+
 // ---------------------------------------------------------------- Elman
-// xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}.
+// xp (T, B, H) = x_t W_ih^T + b; the backward fills da (T, B, H) and returns g_{-1}. ``act``: 0 tanh, 1 relu,
+// 2 identity (cells.h: Act). With zoneout weights (T, B, H) (evaluation), the training forward (``keep``)
+// overwrites xp with act', which the backward reads as ``dact``; with masks (training) neither is needed.
+
+// f(std::integral_constant<Act, A>) for the activation numbered ``act``
+template <typename F>
+void with_activation(int64_t act, F&& f) {
+  switch (act) {
+    case 0:
+      return f(std::integral_constant<Act, Act::Tanh>{});
+    case 1:
+      return f(std::integral_constant<Act, Act::Relu>{});
+    case 2:
+      return f(std::integral_constant<Act, Act::Identity>{});
+    default:
+      TORCH_CHECK(false, "rnnkit elman: act must be 0 (tanh), 1 (relu) or 2 (identity), got ", act);
+  }
+}
 
 // Mixed precision: xp and da in bfloat16 with S float32; the bias then comes as ``bias`` and is added to the
 // step's product (as it is widened), since xp holds the input side alone.
-void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Tensor w, bool packed,
-                   OptTensor bias) {
+void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, int64_t act, Tensor w, bool packed,
+                   OptTensor bias, OptTensor zoneout, bool keep) {
   check(xp, "xp");
   check(S, "S");
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "elman_forward", [&] {
@@ -261,10 +296,13 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Te
     const int64_t B = S.size(1), H = S.size(2);
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
-      if (relu)
-        forward_loop<T>(Elman<T, true, L>{.B = B, .H = H, .X = X}, S, {}, {}, m, reverse, w, packed, bias, false);
-      else
-        forward_loop<T>(Elman<T, false, L>{.B = B, .H = H, .X = X}, S, {}, {}, m, reverse, w, packed, bias, false);
+      with_activation(act, [&](auto a) {
+        with_zoneout<T>(zoneout, xp.numel(), [&](auto zo) {
+          using Z = pointee<decltype(zo)>;
+          const Elman<T, decltype(a)::value, L, Z> cell{.B = B, .H = H, .X = X, .Zo = zo};
+          forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, bias, kept_grad<Z> && keep);
+        });
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (xp.scalar_type() == at::kBFloat16) return run(xp.data_ptr<at::BFloat16>());
@@ -273,22 +311,31 @@ void elman_forward(Tensor xp, Tensor S, OptTensor m, bool reverse, bool relu, Te
   });
 }
 
-Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu, Tensor w, bool packed, Tensor g0,
-                      Tensor da) {
+Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, int64_t act, Tensor w, bool packed,
+                      Tensor g0, Tensor da, OptTensor dact, OptTensor zoneout) {
   check(S, "S");
   check(da, "da");
+  TORCH_CHECK(!given(dact) || given(zoneout), "rnnkit elman_backward: dact comes with zoneout weights");
+  if (given(dact)) {
+    check(*dact, "dact");
+    TORCH_CHECK(dact->scalar_type() == da.scalar_type() && dact->numel() == da.numel(),
+                "rnnkit elman_backward: dact must be like da");
+  }
   Tensor g;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "elman_backward", [&] {
     using T = scalar_t;
     const int64_t B = dy.size(1), H = dy.size(2);
     auto run = [&](auto* DA) {
       using L = std::remove_pointer_t<decltype(DA)>;
-      if (relu)
-        g = backward_loop<T>(Elman<T, true, L>{.B = B, .H = H, .da = da, .DA = DA}, with_rows(dy), S, nullptr, m,
-                             reverse, w, packed, g0);
-      else
-        g = backward_loop<T>(Elman<T, false, L>{.B = B, .H = H, .da = da, .DA = DA}, with_rows(dy), S, nullptr, m,
-                             reverse, w, packed, g0);
+      L* X = given(dact) ? dact->data_ptr<L>() : nullptr;
+      with_activation(act, [&](auto a) {
+        with_zoneout<T>(zoneout, da.numel(), [&](auto zo) {
+          using Z = pointee<decltype(zo)>;
+          TORCH_CHECK(!kept_grad<Z> || X, "rnnkit elman_backward: zoneout weights need dact");
+          const Elman<T, decltype(a)::value, L, Z> cell{.B = B, .H = H, .X = X, .da = da, .DA = DA, .Zo = zo};
+          g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+        });
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (da.scalar_type() == at::kBFloat16) return run(da.data_ptr<at::BFloat16>());
@@ -300,11 +347,11 @@ Tensor elman_backward(Tensor S, Tensor dy, OptTensor m, bool reverse, bool relu,
 
 // ---------------------------------------------------------------- GRU
 // A (T, B, 3H) = [gi_n, gi_z, gi_r]; K (T, B, 4H) = [n, z, r, gh_n] for training. The backward fills
-// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}.
+// dG (T, B, 4H) = [dn, dz, dr, dgh_n] and returns g_{-1}. Zoneout: (T, B, H).
 
 // Mixed precision: A (the input side without its bias, which comes as b_ih) and dG in bfloat16, S and K float32.
 void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Tensor w, bool packed, OptTensor b_hh,
-                 double scale, OptTensor b_ih) {
+                 double scale, OptTensor b_ih, OptTensor zoneout) {
   check(A, "A");
   check(S, "S");
   AT_DISPATCH_FLOATING_TYPES(S.scalar_type(), "gru_forward", [&] {
@@ -313,9 +360,13 @@ void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Ten
     const Tensor bi = given(b_ih) ? b_ih->to(S.scalar_type()).contiguous() : Tensor();
     auto run = [&](auto* Ap) {
       using L = std::remove_pointer_t<decltype(Ap)>;
-      const GRU<T, L> cell{.B = S.size(1), .H = S.size(2), .A = Ap, .BI = bi.defined() ? bi.data_ptr<T>() : nullptr,
-                           .K = keep ? K->data_ptr<T>() : nullptr, .inv = T(1) / T(scale)};
-      forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+      with_zoneout<T>(zoneout, A.numel() / 3, [&](auto zo) {
+        const GRU<T, L, pointee<decltype(zo)>> cell{.B = S.size(1), .H = S.size(2), .A = Ap,
+                                                    .BI = bi.defined() ? bi.data_ptr<T>() : nullptr,
+                                                    .K = keep ? K->data_ptr<T>() : nullptr, .inv = T(1) / T(scale),
+                                                    .Zo = zo};
+        forward_loop<T>(cell, S, {}, {}, m, reverse, w, packed, b_hh, keep);
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (A.scalar_type() == at::kBFloat16) {
@@ -328,7 +379,7 @@ void gru_forward(Tensor A, Tensor S, OptTensor K, OptTensor m, bool reverse, Ten
 }
 
 Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Tensor w, bool packed, Tensor g0,
-                    Tensor dG) {
+                    Tensor dG, OptTensor zoneout) {
   check(K, "K");
   check(S, "S");
   check(dG, "dG");
@@ -339,8 +390,11 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
     const Tensor dgh = at::empty({B, 3 * H}, dG.options());  // see GRU in cells.h
     auto run = [&](auto* DG, auto* DGH) {
       using L = std::remove_pointer_t<decltype(DG)>;
-      const GRU<T, L> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = DG, .dgh = dgh, .DGH = DGH};
-      g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+      with_zoneout<T>(zoneout, dy.numel(), [&](auto zo) {
+        const GRU<T, L, pointee<decltype(zo)>> cell{.B = B, .H = H, .K = K.data_ptr<T>(), .DG = DG, .dgh = dgh,
+                                                    .DGH = DGH, .Zo = zo};
+        g = backward_loop<T>(cell, with_rows(dy), S, nullptr, m, reverse, w, packed, g0);
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (dG.scalar_type() == at::kBFloat16) return run(dG.data_ptr<at::BFloat16>(), dgh.data_ptr<at::BFloat16>());
@@ -353,11 +407,12 @@ Tensor gru_backward(Tensor K, Tensor S, OptTensor m, Tensor dy, bool reverse, Te
 // ---------------------------------------------------------------- LSTM
 // xp (T, B, 4H) = [i, f, g, o] from the input side; for training it becomes Q and p, F (T, B, H) are filled.
 // Returns c at the last step. The backward fills dG (T, B, 4H) = [di, df, dg, do] and returns (gh_{-1}, gc_{-1}).
+// Zoneout: (T, 2, B, H), per step h's then c's.
 
 // Mixed precision: xp (and so Q) and dG in bfloat16 with S, c, p, F float32; the bias then comes as ``bias``
 // and is added to the step's product (as it is widened), since xp holds the input side alone.
 Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, OptTensor m, bool reverse, Tensor w,
-                    bool packed, OptTensor bias) {
+                    bool packed, OptTensor bias, OptTensor zoneout) {
   check(xp, "xp");
   check(S, "S");
   Tensor c;
@@ -366,9 +421,12 @@ Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, Op
     const bool keep = given(p);
     auto run = [&](auto* X) {
       using L = std::remove_pointer_t<decltype(X)>;
-      const LSTM<T, L> cell{.B = S.size(1), .H = S.size(2), .X = X, .P = keep ? p->data_ptr<T>() : nullptr,
-                            .F = keep ? F->data_ptr<T>() : nullptr};
-      c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, bias, keep);
+      with_zoneout<T>(zoneout, xp.numel() / 2, [&](auto zo) {
+        const LSTM<T, L, pointee<decltype(zo)>> cell{.B = S.size(1), .H = S.size(2), .X = X,
+                                                     .P = keep ? p->data_ptr<T>() : nullptr,
+                                                     .F = keep ? F->data_ptr<T>() : nullptr, .Zo = zo};
+        c = forward_loop<T>(cell, S, c0, {}, m, reverse, w, packed, bias, keep);
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (xp.scalar_type() == at::kBFloat16) return run(xp.data_ptr<at::BFloat16>());
@@ -379,7 +437,7 @@ Tensor lstm_forward(Tensor xp, Tensor S, Tensor c0, OptTensor p, OptTensor F, Op
 }
 
 std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tensor dy, OptTensor m, bool reverse,
-                                         Tensor w, bool packed, Tensor gh0, Tensor gc0, Tensor dG) {
+                                         Tensor w, bool packed, Tensor gh0, Tensor gc0, Tensor dG, OptTensor zoneout) {
   check(Q, "Q");
   check(p, "p");
   check(forget, "forget");
@@ -390,11 +448,13 @@ std::tuple<Tensor, Tensor> lstm_backward(Tensor Q, Tensor p, Tensor forget, Tens
     using T = scalar_t;
     auto run = [&](auto* X, auto* DG) {
       using L = std::remove_pointer_t<decltype(X)>;
-      const LSTM<T, L> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
-                            .F = forget.data_ptr<T>(), .dG = dG, .DG = DG};
-      Tensor gc = gc0.contiguous().clone();
-      Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
-      out = {gh, gc};
+      with_zoneout<T>(zoneout, 2 * dy.numel(), [&](auto zo) {
+        const LSTM<T, L, pointee<decltype(zo)>> cell{.B = dy.size(1), .H = dy.size(2), .X = X, .P = p.data_ptr<T>(),
+                                                     .F = forget.data_ptr<T>(), .dG = dG, .DG = DG, .Zo = zo};
+        Tensor gc = gc0.contiguous().clone();
+        Tensor gh = backward_loop<T>(cell, with_rows(dy), {}, gc.data_ptr<T>(), m, reverse, w, packed, gh0);
+        out = {gh, gc};
+      });
     };
     if constexpr (std::is_same_v<T, float>) {
       if (Q.scalar_type() == at::kBFloat16) return run(Q.data_ptr<at::BFloat16>(), dG.data_ptr<at::BFloat16>());
