@@ -24,6 +24,7 @@ from rnnkit.checkpoint import load_run
 from rnnkit.data import split_text
 from rnnkit.errors import RnnkitError
 from rnnkit.metrics import evaluate_dynamic, evaluate_text
+from rnnkit.precision import precision_name, resolve_precision
 from rnnkit.tasks.language_model import LMConfig, load_text
 from rnnkit.tasks.language_model import LMDataConfig as DataConfig
 from rnnkit.tasks.language_model import LMModelConfig as ModelConfig
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-size", type=int, default=None, help="LSTM width when training (default: the config's)")
     p.add_argument("--out", default=None, help="run folder when training (default: runs/bench-lm-<time>)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"), help="training precision "
-                   "(default fp32); the held-out text is scored at the run's precision")  # fmt: skip
+    p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"), help="training precision "
+                   "(default auto, the LM's); the held-out text is scored at the run's precision")  # fmt: skip
     p.add_argument("--no-compressors", action="store_true", help="leave out the gzip/bzip2/xz rows")
     p.add_argument(
         "--dynamic-lr",
@@ -101,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RnnkitError, OSError) as e:
         print(f"lm_vs_compressors: error: {e}", file=sys.stderr)
         return 2
+    used = precision_name(resolve_precision(config.train.precision, device))
     source = config.data.data or "built-in corpus (Python stdlib source)"
     print(f"text: {source}; {len(train_text):,} training chars, {len(test_text):,} held-out chars")
     print(
         f"model: {config.model.mode} H={config.model.hidden_size} L={config.model.num_layers}, run {run_dir}, "
-        f"step {run.step} ({run.path.name}); precision {config.train.precision}; eval {eval_s:.1f} s on {device}"
+        f"step {run.step} ({run.path.name}); precision {used}; eval {eval_s:.1f} s on {device}"
     )
     print()
     print(f"{'method':<22}{'held-out bpc':>14}{'time s':>9}")

@@ -261,3 +261,18 @@ def test_generation_step_under_autocast_runs_in_the_parameters_precision(mode, b
     assert torch.equal(y_ac, y)
     for a, b in zip(state_ac if mode == "lstm" else [state_ac], state if mode == "lstm" else [state], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generation_after_a_forward_under_autocast(mode, loops):
+    """rnnkit sample's path: the prompt through a forward under autocast (native: oneDNN's bf16 LSTM, whose state
+    comes back in bf16), then steps: they run in the parameters' precision whatever the state's dtype."""
+    torch.manual_seed(0)
+    rnn = RNN(mode, D, H, 2, backend="native")
+    prompt, x = torch.randn(1, 3, D), torch.randn(1, D)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = rnn(prompt)
+        y, state = rnn.step(x, state)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    for s in state if mode == "lstm" else [state]:
+        assert s.dtype == torch.float32

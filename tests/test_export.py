@@ -278,7 +278,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     data["seq2seq"].write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "bca", "cab", "abcd", "dcab", "bd") * 5))
     small = ["--max-minutes", "0", "--hidden-size", "8"]
     # the LM trains long enough that its greedy text is not one repeated character
-    extra = {"lm": ["--max-steps", "120", "--eval-every", "120", "--embedding-size", "8", "--batch-size", "8",
+    # fp32: the LM's default is auto (bf16 where the CPU has it), and the exported graphs are fp32
+    extra = {"lm": ["--precision", "fp32", "--max-steps", "120", "--eval-every", "120", "--embedding-size", "8",
+                    "--batch-size", "8",
                     "--bptt", "16", "--num-layers", "2", "--hidden-size", "16", "--lr", "0.01"],
              "classify": ["--max-steps", "2", "--embedding-size", "4", "--head-size", "4", "--mode", "lstm"],
              "forecast": ["--max-steps", "2", "--horizon", "2", "--num-samples", "4", "--eval-samples", "4",

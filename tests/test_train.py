@@ -29,7 +29,8 @@ def text_file(tmp_path):
 
 
 def _config(text_file, model=None, **train) -> LMConfig:
-    t = {"batch_size": 4, "bptt": 12, "max_steps": 8, "max_minutes": 0, "eval_every": 4, "log_every": 2} | train
+    t = {"batch_size": 4, "bptt": 12, "max_steps": 8, "max_minutes": 0, "eval_every": 4, "log_every": 2}
+    t = t | {"precision": "fp32"} | train  # the LM's default is auto; these tests compare with fp32 library calls
     m = {"mode": "gru", "embedding_size": 8, "hidden_size": 16} | (model or {})
     return LMConfig(ModelConfig(**m), DataConfig(data=str(text_file), val_fraction=0.1), TrainConfig(**t))
 

@@ -166,8 +166,8 @@ class TrainConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed for parameters, dropout and data order (integer)"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu or cuda"})
-    # fp32 by default until bf16 is measured to learn as well on every task (then the LM's default may change);
-    # and "auto" would make one config give different numbers on machines with and without bf16 instructions
+    # fp32 by default until bf16 is measured to learn as well on each task (the LM's is "auto": see LMTrainConfig);
+    # "auto" makes one config give different numbers on machines with and without bf16 instructions
     precision: str = field(
         default="fp32",
         metadata={"help": "arithmetic of each forward and loss: fp32, bf16 (autocast; the weights, optimiser and "

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from rnnkit.cells.spec import LSTMState
 from rnnkit.kernels.extension import wanted
+from rnnkit.sequence import map_state
 
 __all__ = ["can_fast", "fast_step", "prepared_step_weights", "torch_step"]
 
@@ -138,8 +139,9 @@ def fast_step(rnn, x_t: Tensor, state):
     bf16 saves nothing worth its rounding, and the state keeps its dtype from step to step.
     """
     if torch.is_autocast_enabled(x_t.device.type):
+        dtype = rnn.weight_hh_l0.dtype  # the state too: a forward under autocast (oneDNN's bf16 LSTM) returns bf16
         with torch.autocast(x_t.device.type, enabled=False):
-            return fast_step(rnn, x_t.to(rnn.weight_hh_l0.dtype), state)
+            return fast_step(rnn, x_t.to(dtype), map_state(lambda t: t.to(dtype), state))
     if x_t.size(0) <= CPP_STEP_MAX_BATCH and x_t.dtype == rnn.weight_hh_l0.dtype:
         ext = wanted(x_t)  # float32/float64 on CPU, with the C++ loops built
         if ext is not None:

@@ -101,6 +101,14 @@ class LMTrainConfig(TrainConfig):
     """The trainer's settings plus the text stream's: chunk length and how much held-out text to score."""
 
     bptt: int = field(default=128, metadata={"help": "truncated-BPTT chunk length (time steps = chars)"})
+    # The LM trains on a time budget, so its results already depend on the machine; bf16 learned as well per step
+    # and, with 2.5x the steps in 10 minutes, reached a lower held-out bpc (README, "Mixed precision")
+    precision: str = field(
+        default="auto",
+        metadata={"help": "arithmetic of each forward and loss: fp32, bf16 (autocast; the weights, optimiser and "
+                  "checkpoints stay fp32) or auto (the default: bf16 on a CPU with avx512_bf16 or AMX, or a bf16 "
+                  "GPU, else fp32)"},
+    )  # fmt: skip
     eval_chars: int = field(
         default=100_000, metadata={"help": "validate on at most this many held-out characters (chars, 0 = all)"}
     )
