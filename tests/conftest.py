@@ -1,9 +1,13 @@
-"""Shared test helpers: the CUDA skip marker and tolerances per dtype."""
+"""Shared test helpers: the CUDA skip marker, tolerances per dtype, and the fused kernels' C++-or-Python `loops`."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+from rnnkit.kernels import extension
 
 # float64 agrees with torch.nn to rounding; float32 to the issue's ~1e-5.
 TOLERANCES = {
@@ -47,3 +51,15 @@ def one_error_line(capsys, status: int) -> str:
     assert len(lines) == 1 and lines[0].startswith("rnnkit: error:"), captured.err
     assert "Traceback" not in captured.err + captured.out
     return lines[0]
+
+
+@pytest.fixture(params=["cpp", "python"])
+def loops(request):
+    """Runs a test on the fused kernels' C++ step loops (kernels/extension.py) and on their Python ones: both must
+    meet the test's oracle."""
+    cpp = request.param == "cpp"
+    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
+        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
+    with extension.use_extension(cpp):
+        assert extension.available() == cpp  # on CI the build must work: a silent fallback would test nothing
+        yield request.param

@@ -16,7 +16,6 @@ checked on the norm too.
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
@@ -39,17 +38,6 @@ def bf16_cpu(monkeypatch):
     """A CPU with bf16 instructions, whatever this machine has: elsewhere the kernels would run float32 under
     autocast (see test_no_bf16_instructions_means_float32), while the products' arithmetic is the same."""
     monkeypatch.setattr(rnnkit.precision, "bf16_supported", lambda device: True)
-
-
-@pytest.fixture(params=["cpp", "python"])
-def loops(request):
-    """The C++ step loops and the Python ones (kernels/extension.py): both must meet the oracle."""
-    cpp = request.param == "cpp"
-    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
-        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
-    with extension.use_extension(cpp):
-        assert extension.available() == cpp
-        yield request.param
 
 
 class _Round(torch.autograd.Function):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import torch
@@ -19,17 +18,6 @@ from rnnkit.recurrent import RNN
 MODES = ["elman", "lstm", "gru"]
 B, T, D, H = 3, 5, 4, 3
 LENGTHS = torch.tensor([5, 2, 4])
-
-
-@pytest.fixture(params=["cpp", "python"])
-def loops(request):
-    """Runs a test on the C++ step loops (kernels/extension.py) and on the Python ones: both must equal "loop"."""
-    cpp = request.param == "cpp"
-    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
-        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
-    with extension.use_extension(cpp):
-        assert extension.available() == cpp  # on CI the build must work: a silent fallback would test nothing
-        yield request.param
 
 
 def _run(rnn: RNN, backend: str, x, state, lengths):

@@ -27,17 +27,6 @@ LENGTHS = torch.tensor([5, 2, 4])
 CELLS = ["layernorm-lstm", "layernorm-gru"]
 
 
-@pytest.fixture(params=["cpp", "python"])
-def loops(request):
-    """Runs a test on the C++ step loops and on the Python ones (as tests/test_fused.py does)."""
-    cpp = request.param == "cpp"
-    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
-        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
-    with extension.use_extension(cpp):
-        assert extension.available() == cpp  # on CI the build must work: a silent fallback would test nothing
-        yield request.param
-
-
 def _model(cell: str, layers: int, bidirectional: bool, bias: bool, dtype: torch.dtype) -> RNN:
     """A LayerNorm LSTM or GRU whose LN gains and shifts are moved off their init (ones, zeros), so that a
     gradient that ignores them cannot pass."""

@@ -3,8 +3,6 @@ and from the command line of every task."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,17 +111,6 @@ def test_zoneout_zero_changes_nothing_and_gradcheck():
 
 
 # --- zoneout in the fused kernels -----------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["cpp", "python"])
-def loops(request):
-    """The fused kernels' C++ step loops (kernels/extension.py) and their Python ones."""
-    cpp = request.param == "cpp"
-    if cpp and os.environ.get("RNNKIT_EXTENSION") == "0":
-        pytest.skip("RNNKIT_EXTENSION=0 turns the C++ loops off")
-    with extension.use_extension(cpp):
-        assert extension.available() == cpp
-        yield request.param
 
 
 def _zoned_run(rnn: RNN, backend: str, x, state, lengths) -> list[torch.Tensor]:
