@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["auto_backend", "fast_step"]
 
+from rnnkit.kernels.extension import ops as cpp_loops
 from rnnkit.kernels.extension import wanted
 from rnnkit.kernels.step import fast_step
 
@@ -63,7 +64,7 @@ def auto_backend(rnn: RNN, x: Tensor) -> str:
         mixed = (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16) or (
             rnn.weight_hh_l0.dtype == torch.bfloat16
         )
-        return "fused" if grad and mixed and wanted(x.float()) is not None else "native"
+        return "fused" if grad and mixed and cpp_loops() is not None else "native"  # x is on the CPU, any float dtype
     B, H = x.size(0), rnn.hidden_size
     G = 3 if rnn.mode == "gru" else 1
     if wanted(x) is None:
