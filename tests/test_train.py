@@ -270,3 +270,70 @@ def test_an_epoch_budget_is_a_step_budget_of_whole_passes(text_file, tmp_path):
     assert capped.steps == 3 and capped.stopped_because == "max_steps"  # the smaller budget wins
     with pytest.raises(ConfigError, match="max_steps, max_epochs or max_minutes must be > 0"):
         _config(text_file, max_steps=0, max_minutes=0, max_epochs=0)
+
+
+def test_resume_after_cleaning_a_leftover_temporary_keeps_the_run_state(text_file, tmp_path):
+    """Regression (issue 20): the cleanup loop's variable once shadowed the count of evaluations without
+    improvement, so a resume that removed a leftover temporary file stored a path in last.pt, and the next
+    evaluation without improvement raised TypeError (or the next resume failed)."""
+    run = tmp_path / "run"
+    # lr 1e-30 cannot move float32 weights: every evaluation after the first is one without improvement
+    train_lm(_config(text_file, lr=1e-30, max_steps=2, eval_every=2), run)
+    leftover = run / ".last.pt.abcdefgh.tmp"
+    leftover.write_bytes(b"half a checkpoint")  # what a write killed mid-way leaves
+    result = train_lm(_config(text_file, lr=1e-30, max_steps=4, eval_every=2), run, resume=True)
+    assert not leftover.exists() and result.steps == 4
+    metrics = load_checkpoint(run / "last.pt")["metrics"]
+    assert metrics["evals_without_improvement"] == 1 and type(metrics["evals_without_improvement"]) is int
+    result = train_lm(_config(text_file, lr=1e-30, max_steps=6, eval_every=2), run, resume=True)
+    assert result.steps == 6
+    assert load_checkpoint(run / "last.pt")["metrics"]["evals_without_improvement"] == 2
+
+
+def test_a_corrupt_run_state_is_a_checkpoint_error(text_file, tmp_path):
+    from rnnkit.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    train_lm(_config(text_file, max_steps=2, eval_every=2), run)
+    payload = load_checkpoint(run / "last.pt")
+    payload["metrics"]["evals_without_improvement"] = "runs/x/.last.pt.tmp"
+    save_checkpoint(run / "last.pt", payload)
+    with pytest.raises(CheckpointError, match="run state is incomplete or corrupt"):
+        train_lm(_config(text_file, max_steps=4, eval_every=2), run, resume=True)
+
+
+def test_callbacks_see_every_event_in_order_and_can_stop_the_run(text_file, tmp_path):
+    from rnnkit.callbacks import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_start(self, trainer, event):
+            self.seen.append(("start", trainer.state.step))
+
+        def on_log(self, trainer, event):
+            self.seen.append(("log", event["step"]))
+
+        def on_eval(self, trainer, event, improved):
+            self.seen.append(("eval", event["step"]))
+            if event["step"] == 4:
+                trainer.stop("enough")
+
+        def on_checkpoint(self, trainer, event):
+            self.seen.append(("checkpoint", event["step"]))
+
+        def on_end(self, trainer, event):
+            self.seen.append(("end", event["step"]))
+
+    from rnnkit.tasks.language_model import LMTask
+    from rnnkit.train import train
+
+    recorder = Recorder()
+    result = train(LMTask(_config(text_file, max_steps=8, eval_every=2, log_every=2)), tmp_path / "run",
+                   callbacks=[recorder])  # fmt: skip
+    assert result.stopped_because == "enough" and result.steps == 4
+    # the built-in Checkpoints callback runs first: each evaluation's last.pt is written before the recorder hears it
+    assert recorder.seen == [("start", 0), ("log", 2), ("checkpoint", 2), ("eval", 2),
+                             ("log", 4), ("checkpoint", 4), ("eval", 4), ("end", 4)]  # fmt: skip
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4

@@ -1,15 +1,18 @@
 """The trainer: one readable loop for every task, with budgets, early stopping, checkpoints, exact resume and DDP.
 
 ``train(task, out_dir)`` runs a ``rnnkit.tasks.Task`` (the task says how to read its data, build its model and
-score a batch; see ``rnnkit.tasks.base``)::
+score a batch; see ``rnnkit.tasks.base``). ``Trainer.fit`` is the loop, over one ``RunState`` (step, data
+position, carried state, best and last metrics, evaluations without improvement, time and items)::
 
     for each epoch, for each batch k of the epoch (this rank's share):
         if the task carries state (the LM's truncated BPTT): state = None at k == 0, else the last one, detached
         loss, state = task.loss(model, batch, state)
         backward, clip the gradient norm, optimiser step at the scheduled learning rate
-        every eval_every steps: metrics = task.evaluate(model); best.pt when the primary metric improves
+        every log_every steps: on_log; every eval_every steps: metrics = task.evaluate(model), on_eval
 
-The library never prints: progress goes to ``on_event`` and ``logging``.
+Everything around the loop is a callback (``rnnkit.callbacks``): checkpoints (last.pt, best.pt when the primary
+metric improves), early stopping, metrics.jsonl, TensorBoard, and ``on_event`` (the CLI's progress bar). The
+library never prints: progress goes to callbacks and ``logging``.
 
 Schedule: linear warmup over ``warmup_steps``, times a cosine from 1 down to ``min_lr_ratio`` whose progress is
 step / max_steps when a step budget is set, else elapsed training time / max_minutes (a time budget only: the
@@ -46,21 +49,21 @@ import torch
 from torch import nn
 
 import rnnkit.kernels  # noqa: F401  (imported before seeding: its import-time oneDNN probe draws torch.randn)
+from rnnkit.callbacks import Callback, Checkpoints, EarlyStopping, Event, EventHandler, MetricsFile, TensorBoard
 from rnnkit.cells import LSTMState
 from rnnkit.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from rnnkit.config import TrainConfig
 from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
-from rnnkit.errors import ConfigError, RnnkitError
+from rnnkit.errors import CheckpointError, ConfigError, RnnkitError
 from rnnkit.io import atomic_write_json, remove_stale_temporaries
-from rnnkit.metrics import MetricsLog, plot_training, tensorboard_writer
+from rnnkit.metrics import plot_training
 from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
 from rnnkit.sequence import detach_state, map_state
 from rnnkit.tasks.base import Task
 
-__all__ = ["DivergenceError", "TrainResult", "TrainingInterrupted", "lr_at", "train", "train_lm"]
+__all__ = ["DivergenceError", "RunState", "TrainResult", "Trainer", "TrainingInterrupted", "lr_at", "train", "train_lm"]
 
 log = logging.getLogger(__name__)
-Event = dict[str, Any]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -203,17 +206,293 @@ def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
     return payload
 
 
+@dataclass
+class RunState:
+    """Where a run stands: everything a checkpoint stores beside the model, the optimiser and the RNG states.
+
+    The loop reads and advances this one object; nothing about the run's progress lives anywhere else, so a
+    resume that restores it continues exactly where the run stopped.
+    """
+
+    step: int = 0  # optimiser steps taken, across sessions
+    epoch: int = 0  # the next batch to train on is batch ``batch`` of epoch ``epoch``
+    batch: int = 0
+    carried: Any = None  # the recurrent state carried into that batch (truncated BPTT), or None
+    best: dict[str, float] = field(default_factory=dict)  # validation metrics of the best evaluation (best.pt)
+    last: dict[str, float] = field(default_factory=dict)  # validation metrics of the last evaluation
+    evals_without_improvement: int = 0
+    elapsed_s: float = 0.0  # training time of the sessions before this one
+    items: int = 0  # items trained on (characters, examples) in the sessions before this one
+
+    def advance(self, new_state: Any, batches_per_epoch: int) -> None:
+        """One optimiser step done: the next batch, and the state carried into it."""
+        self.step, self.carried, self.batch = self.step + 1, new_state, self.batch + 1
+        if self.batch == batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+
+    def record(self, metrics: dict[str, float], improved: bool) -> None:
+        """An evaluation's metrics: the last, and the best when they improved on it."""
+        self.last = metrics
+        if improved:
+            self.best, self.evals_without_improvement = metrics, 0
+        else:
+            self.evals_without_improvement += 1
+
+    def to_payload(self, elapsed_s: float, items: int) -> dict[str, Any]:
+        """The checkpoint's fields for this state (the layout of format 2, which ``load_run`` reads)."""
+        return {
+            "step": self.step,
+            "data_position": {"epoch": self.epoch, "index": self.batch},
+            "stream_state": _state_to_list(self.carried),
+            "metrics": {
+                "best_metrics": self.best, "last_metrics": self.last,
+                "evals_without_improvement": self.evals_without_improvement, "items": items, "elapsed_s": elapsed_s,
+            },
+        }  # fmt: skip
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], device: torch.device) -> RunState:
+        """The state a checkpoint holds; a field of the wrong type is a CheckpointError, not a later crash."""
+        try:
+            m, position = payload["metrics"], payload["data_position"]
+            state = cls(
+                step=_exact(payload["step"], int), epoch=_exact(position["epoch"], int),
+                batch=_exact(position["index"], int), carried=_state_from_list(payload["stream_state"], device),
+                best=dict(m["best_metrics"]), last=dict(m["last_metrics"]),
+                evals_without_improvement=_exact(m["evals_without_improvement"], int),
+                elapsed_s=float(_exact(m["elapsed_s"], (int, float))), items=_exact(m["items"], int),
+            )  # fmt: skip
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(
+                f"the checkpoint's run state is incomplete or corrupt ({type(e).__name__}: {e})"
+            ) from e
+        return state
+
+
+def _exact(value: Any, kind: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"expected {kind}, got {type(value).__name__} {value!r}")
+    return value
+
+
+class Trainer:
+    """One run of a task: the model, the optimiser, the ``RunState`` and the callbacks around the loop (``fit``)."""
+
+    def __init__(self, task: Task, run_dir: Path, payload, info: DistInfo, device, callbacks=()) -> None:
+        self.task, self.run_dir, self.info, self.device = task, run_dir, info, device
+        self.dtype = resolve_precision(task.config.train.precision, device)  # one log line: asked, resolved, why
+        self.precision = precision_name(self.dtype)
+        cfg = task.config.train
+        _seed_everything(cfg.seed + info.rank)  # ranks draw different dropout masks
+        _check_fits(task, device)
+        torch.manual_seed(cfg.seed)  # ... but build identical models
+        self.model = task.build_model().to(device)
+        torch.manual_seed(cfg.seed + info.rank)
+        self.optimizer = _make_optimizer(self.model, cfg)
+        self.batches = task.batches(info.rank, info.world_size)
+        self.cfg, self.step_budget = _with_epoch_budget(cfg, len(self.batches))
+        self.state = RunState()
+        if payload is not None:
+            self._restore(payload)
+        self.net = self.model
+        if info.enabled:
+            ids = [device] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.callbacks: list[Callback] = list(callbacks)
+        self.stopped_because, self.resumed = "", payload is not None
+        self.t0, self.step0, self.items_session, self.train_s = time.perf_counter(), self.state.step, 0, 0.0
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = state = RunState.from_payload(payload, self.device)
+        per_rank = payload.get("rng_per_rank")
+        set_rng_state(payload["rng"] if self.info.rank == 0 or not per_rank else per_rank[self.info.rank])
+        carried = state.carried
+        if state.batch >= len(self.batches) or (carried is not None and carried[0].size(-2) != self.cfg.batch_size):
+            state.epoch, state.batch, state.carried = state.epoch + 1, 0, None  # the batch layout changed
+        saved_precision = payload.get("precision", "fp32")  # checkpoints before precision existed ran fp32
+        if saved_precision != self.precision:
+            log.warning("resuming in %s a run trained so far in %s: the result will differ from an uninterrupted run",
+                        self.precision, saved_precision)  # fmt: skip
+
+    # --- clocks and events ---------------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        """Training time of the whole run so far, across sessions."""
+        return self.state.elapsed_s + time.perf_counter() - self.t0
+
+    def rates(self) -> tuple[float, float | None]:
+        """Training throughput (items per second of optimiser steps: evaluations and checkpoints left out), ETA."""
+        cfg, session = self.cfg, time.perf_counter() - self.t0
+        etas = [max(0.0, 60 * cfg.max_minutes - self.elapsed())] if cfg.max_minutes else []
+        if cfg.max_steps and self.state.step > self.step0:
+            etas.append((cfg.max_steps - self.state.step) * session / (self.state.step - self.step0))
+        return (self.items_session / self.train_s if self.train_s > 0 else 0.0), (min(etas) if etas else None)
+
+    def event(self, kind: str, **fields: Any) -> Event:
+        per_s, eta = self.rates()
+        return {"kind": kind, "step": self.state.step, "max_steps": self.cfg.max_steps or None, "items_per_s": per_s,
+                "unit": self.task.unit, "elapsed_s": self.elapsed(), "eta_s": eta,
+                "lr": self.optimizer.param_groups[0]["lr"], **fields}  # fmt: skip
+
+    def call(self, hook: str, *args: Any) -> None:
+        """Run ``hook`` of every callback that runs on this process."""
+        for callback in self.callbacks:
+            if self.info.is_main or callback.every_rank:
+                getattr(callback, hook)(self, *args)
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop after this step (a callback's way to end the run: early stopping)."""
+        self.stopped_because = self.stopped_because or reason
+
+    # --- checkpoints and evaluation -------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint payload: the model, the optimiser, the run state, every RNG, the config and artefacts."""
+        task, state, rng = self.task, self.state, get_rng_state()
+        payload = {
+            "kind": task.name, "model": self.model.state_dict(),  # the unwrapped module: no DDP "module." prefixes
+            "optimizer": self.optimizer.state_dict(), "rng": rng, "rng_per_rank": self._rng_per_rank(rng),
+            "config": task.config.to_dict(), "precision": self.precision, "artefacts": task.artefacts(),
+            **state.to_payload(self.elapsed(), state.items + self.items_session),
+        }  # fmt: skip
+        payload["metrics"].update({
+            "best": state.best.get(task.primary), "num_parameters": self.num_parameters,
+            **{f"best_val_{key}": v for key, v in state.best.items()},
+            **{f"last_val_{key}": v for key, v in state.last.items()},
+        })  # fmt: skip
+        return payload
+
+    def _rng_per_rank(self, rng):
+        if not self.info.enabled:
+            return None
+        gathered: list[Any] = [None] * self.info.world_size
+        torch.distributed.all_gather_object(gathered, rng["torch"])
+        return [{**rng, "torch": t} for t in gathered]
+
+    def save(self, *names: str) -> None:
+        """Write the checkpoint as each of ``names`` in the run folder (every rank joins; the main one writes)."""
+        payload = self.checkpoint()
+        if self.info.is_main:
+            for name in names:
+                save_checkpoint(self.run_dir / name, payload)
+            self.call("on_checkpoint", self.event("checkpoint", files=list(names)))
+
+    def evaluate(self) -> None:
+        """Validate (under the run's autocast: the precision the model trains at is the one it is judged at)."""
+        with autocast(self.dtype, self.device):
+            metrics = self.task.evaluate(self.model, self.device, self.info)
+        improved = self.task.is_better(metrics, self.state.best)
+        self.state.record(metrics, improved)
+        best = {f"best_val_{self.task.primary}": self.state.best[self.task.primary]}
+        event = self.event("eval", **{f"val_{key}": v for key, v in metrics.items()}, **best)
+        self.call("on_eval", event, improved)
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: Any, lr: float) -> float:
+        """One optimiser step on ``batch``; the run state advances only once the step is complete."""
+        state, start = self.state, time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.dtype, self.device):  # backward outside, as torch advises
+            carried = detach_state(state.carried)  # truncated BPTT: the state's values, not its history
+            loss, new_state = self.task.loss(self.net, batch, carried, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergenceError(
+                f"the training loss became {value} at step {state.step + 1} (lr {lr:.3g}); nothing from this step on "
+                "was saved: lower --lr, or set --clip"
+            )
+        self.optimizer.step()
+        # the carried state stays fp32 like the weights (under bf16 some backends return a bf16 (h, c))
+        state.advance(map_state(lambda t: at_least_fp32(t.detach()), new_state), len(self.batches))
+        self.items_session += self.batches.items(batch) * self.info.world_size
+        self.train_s += time.perf_counter() - start
+        return value
+
+    def fit(self) -> TrainResult:
+        """Train until a budget or early stopping ends the run; evaluate at the end if the last step was not."""
+        cfg, state, task = self.cfg, self.state, self.task
+        self.call("on_start", self.event("start", resumed=self.resumed, run_dir=str(self.run_dir),
+                  num_parameters=self.num_parameters, world_size=self.info.world_size, device=str(self.device),
+                  precision=self.precision, task=task.name, **task.describe()))  # fmt: skip
+        self.model.train()
+        last_evaluated, losses = (state.step if self.resumed else -1), []
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            self.stop(self.step_budget)  # a resume of a finished run: nothing left to do
+        try:
+            while not self.stopped_because:
+                if state.batch == 0:
+                    state.carried = None  # each epoch starts every row from zeros
+                batch = self.batches.get(state.epoch, state.batch)
+                # ranks agree on the clock (the slowest one's), so they agree on the learning rate and on stopping
+                (now,) = all_reduce([self.elapsed()], "max", self.info, self.device)
+                if cfg.max_minutes and now >= 60 * cfg.max_minutes:
+                    self.stop("max_minutes")
+                    break
+                losses.append(self.train_step(batch, lr_at(cfg, state.step, now)))
+                if cfg.max_steps and state.step >= cfg.max_steps:
+                    self.stop(self.step_budget)
+                if state.step % cfg.log_every == 0 or self.stopped_because:
+                    mean = sum(losses) / len(losses)
+                    self.call("on_log", self.event("step", loss=mean, **task.train_metrics(mean), epoch=state.epoch))
+                    losses = []
+                if state.step % cfg.eval_every == 0 or self.stopped_because:
+                    last_evaluated = state.step
+                    self.evaluate()
+                self.call("on_batch_end")
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(state.step, self._save_on_interrupt()) from None
+        if last_evaluated != state.step:
+            self.evaluate()
+        return self._finish()
+
+    def _save_on_interrupt(self) -> Path | None:
+        if not self.info.is_main or self.info.enabled or not self.run_dir.is_dir():  # under DDP the others may be gone
+            return None
+        save_checkpoint(self.run_dir / "last.pt", self.checkpoint())
+        log.info("interrupted at step %d: saved %s", self.state.step, self.run_dir / "last.pt")
+        return self.run_dir / "last.pt"
+
+    def _finish(self) -> TrainResult:
+        task, state = self.task, self.state
+        result = TrainResult(
+            run_dir=self.run_dir, task=task.name, steps=state.step, best=state.best, last=state.last,
+            items_per_second=self.rates()[0], elapsed_s=self.elapsed(), stopped_because=self.stopped_because,
+            num_parameters=self.num_parameters, precision=self.precision, info=task.describe(), model=self.model,
+        )  # fmt: skip
+        if self.info.is_main:
+            records = next((c.records for c in self.callbacks if isinstance(c, MetricsFile)), [])
+            plot_training(records, self.run_dir / "loss.png", task.primary)
+            with autocast(self.dtype, self.device):
+                task.plots(self.model, self.run_dir, self.device)
+            atomic_write_json(self.run_dir / "summary.json", _summary(result, task))
+        last = {f"val_{key}": v for key, v in state.last.items()}
+        best = {f"best_val_{task.primary}": state.best[task.primary]}
+        self.call("on_end", self.event("end", stopped_because=self.stopped_because, **last, **best))
+        return result
+
+
 def train(
     task: Task,
     out_dir: str | Path,
     *,
     resume: bool = False,
     on_event: Callable[[Event], None] | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> TrainResult:
     """Train ``task`` as its config says, writing the run folder ``out_dir`` (see the module docstring).
 
     Refuses (ConfigError) to start over a folder that holds a checkpoint unless ``resume=True``; bad data
-    fails (DataError) before anything is written.
+    fails (DataError) before anything is written. ``on_event`` gets every event as a dict (the CLI's progress
+    bar); ``callbacks`` run after the built-in ones (``rnnkit.callbacks``).
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be an rnnkit Task, got {type(task).__name__}")
@@ -224,230 +503,33 @@ def train(
     info, device = init_distributed(task.config.train.device)
     clean = False
     try:
-        result = _train(task, run_dir, payload, info, device, on_event)
+        result = _train(task, run_dir, payload, info, device, on_event, list(callbacks or []))
         clean = True
         return result
     finally:
         shutdown(info, clean=clean)
 
 
-def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event) -> TrainResult:
-    cfg = task.config.train
-    dtype = resolve_precision(cfg.precision, device)  # one log line: asked, resolved, why
-    precision = precision_name(dtype)
-
-    def amp():
-        """The context of every forward and loss: bf16 autocast, or nothing for fp32."""
-        return autocast(dtype, device)
-
-    _seed_everything(cfg.seed + info.rank)  # ranks draw different dropout masks
-    _check_fits(task, device)
-    torch.manual_seed(cfg.seed)  # ... but build identical models
-    model = task.build_model().to(device)
-    torch.manual_seed(cfg.seed + info.rank)
-    optimizer = _make_optimizer(model, cfg)
-    batches = task.batches(info.rank, info.world_size)
-    cfg, step_budget = _with_epoch_budget(cfg, len(batches))
-    step, epoch, k, state = 0, 0, 0, None  # next batch: k of epoch; state: carried into it
-    elapsed_prev, items_prev, best_metrics, last_metrics, stale = 0.0, 0, {}, {}, 0
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        step = int(payload["step"])
-        epoch, k = int(payload["data_position"]["epoch"]), int(payload["data_position"]["index"])
-        state = _state_from_list(payload["stream_state"], device)
-        m = payload["metrics"]
-        elapsed_prev, items_prev, stale = float(m["elapsed_s"]), int(m["items"]), int(m["evals_without_improvement"])
-        best_metrics, last_metrics = dict(m["best_metrics"]), dict(m["last_metrics"])
-        set_rng_state(
-            payload["rng"] if info.rank == 0 or not payload.get("rng_per_rank") else payload["rng_per_rank"][info.rank]
-        )
-        if k >= len(batches) or (state is not None and state[0].size(-2) != cfg.batch_size):
-            epoch, k, state = epoch + 1, 0, None  # the batch layout changed: start a new epoch
-        saved_precision = payload.get("precision", "fp32")  # checkpoints before precision existed ran fp32
-        if saved_precision != precision:
-            log.warning("resuming in %s a run trained so far in %s: the result will differ from an uninterrupted run",
-                        precision, saved_precision)  # fmt: skip
-    finished = payload is not None and bool(cfg.max_steps) and step >= cfg.max_steps
+def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event, extra: list[Callback]):
+    trainer = Trainer(task, run_dir, payload, info, device)  # builds the model and batches: fails before any write
+    cfg = trainer.cfg
+    finished = payload is not None and bool(cfg.max_steps) and trainer.state.step >= cfg.max_steps
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temporaries(run_dir):  # what a killed earlier session was writing
-            log.info("removed %s, left by an interrupted write", stale)
+        for leftover in remove_stale_temporaries(run_dir):  # what a killed earlier session was writing
+            log.info("removed %s, left by an interrupted write", leftover)
         if not finished:  # a resume with nothing left to do leaves the folder's record of what ran as it is
             atomic_write_json(run_dir / "config.json", task.config.to_dict())
             task.write_files(run_dir)
-    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_up_to_step=step if payload else -1) if info.is_main else None
-    tb = tensorboard_writer(run_dir / "tensorboard") if info.is_main else None
-    net = model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    num_params = sum(p.numel() for p in model.parameters())
-    t0, step0, items_session, train_s = time.perf_counter(), step, 0, 0.0  # train_s: time in optimiser steps
-
-    def elapsed() -> float:
-        return elapsed_prev + time.perf_counter() - t0
-
-    def rates() -> tuple[float, float | None]:
-        """Training throughput (items per second of optimiser steps: evaluations and checkpoints left out), ETA."""
-        session = time.perf_counter() - t0
-        etas = [max(0.0, 60 * cfg.max_minutes - elapsed())] if cfg.max_minutes else []
-        if cfg.max_steps and step > step0:
-            etas.append((cfg.max_steps - step) * session / (step - step0))
-        return (items_session / train_s if train_s > 0 else 0.0), (min(etas) if etas else None)
-
-    def emit(kind: str, **fields: Any) -> None:
-        if not info.is_main:
-            return
-        per_s, eta = rates()
-        lr = optimizer.param_groups[0]["lr"]
-        event = {"kind": kind, "step": step, "max_steps": cfg.max_steps or None, "items_per_s": per_s,
-                 "unit": task.unit, "elapsed_s": elapsed(), "eta_s": eta, "lr": lr, **fields}  # fmt: skip
-        if kind in ("step", "eval"):
-            metrics.write(event)
-            if tb is not None:
-                for key, value in event.items():
-                    if key not in ("kind", "step", "max_steps", "unit") and isinstance(value, float | int):
-                        tb.add_scalar(key, value, step)
-        if on_event is not None:
-            on_event(event)
-
-    def checkpoint_payload() -> dict[str, Any]:
-        rng = get_rng_state()
-        return {
-            "kind": task.name,
-            "model": model.state_dict(),  # the unwrapped module: no DDP "module." prefixes
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "data_position": {"epoch": epoch, "index": k},
-            "stream_state": _state_to_list(state),
-            "rng": rng,
-            "rng_per_rank": rng_per_rank(rng),
-            "config": task.config.to_dict(),
-            "precision": precision,
-            "artefacts": task.artefacts(),
-            "metrics": {
-                "best": best_metrics.get(task.primary), "best_metrics": best_metrics, "last_metrics": last_metrics,
-                **{f"best_val_{key}": v for key, v in best_metrics.items()},
-                **{f"last_val_{key}": v for key, v in last_metrics.items()},
-                "evals_without_improvement": stale, "items": items_prev + items_session, "elapsed_s": elapsed(),
-                "num_parameters": num_params,
-            },
-        }  # fmt: skip
-
-    def rng_per_rank(rng):
-        if not info.enabled:
-            return None
-        gathered: list[Any] = [None] * info.world_size
-        torch.distributed.all_gather_object(gathered, rng["torch"])
-        return [{**rng, "torch": t} for t in gathered]
-
-    def save(*names: str) -> None:
-        p = checkpoint_payload()  # every rank joins the RNG gather
-        if info.is_main:
-            for name in names:
-                save_checkpoint(run_dir / name, p)
-            emit("checkpoint", files=list(names))
-
-    def evaluate() -> bool:
-        """Validate, keep best.pt; True when early stopping says stop (the same answer on every rank)."""
-        nonlocal best_metrics, last_metrics, stale
-        with amp():  # the precision the model trains at is the one it is judged at (and rnnkit eval uses)
-            last_metrics = task.evaluate(model, device, info)
-        improved = task.is_better(last_metrics, best_metrics)
-        if improved:
-            best_metrics, stale = last_metrics, 0
-        else:
-            stale += 1
-        emit(
-            "eval",
-            **{f"val_{key}": v for key, v in last_metrics.items()},
-            **{f"best_val_{task.primary}": best_metrics[task.primary]},
-        )
-        # last.pt first: a kill between the two writes leaves a run that resumes (never a best.pt without a last.pt)
-        save(*(("last.pt", "best.pt") if improved else ("last.pt",)))
-        return bool(cfg.patience) and stale >= cfg.patience
-
-    facts = task.describe()
-    emit("start", resumed=payload is not None, run_dir=str(run_dir), num_parameters=num_params,
-         world_size=info.world_size, device=str(device), precision=precision, task=task.name,
-         **facts)  # fmt: skip
-    model.train()
-    stopped_because, loss_sum, loss_count, last_evaluated = "", 0.0, 0, step if payload else -1
-    if cfg.max_steps and step >= cfg.max_steps:
-        stopped_because = step_budget  # a resume of a finished run: nothing left to do
-    try:
-        while not stopped_because:
-            if k == 0:
-                state = None  # reset each epoch: every row starts again from zeros
-            step_start = time.perf_counter()
-            batch = batches.get(epoch, k)
-            # ranks agree on the clock (the slowest one's), so they agree on the learning rate and on stopping
-            (now,) = all_reduce([elapsed()], "max", info, device)
-            if cfg.max_minutes and now >= 60 * cfg.max_minutes:
-                stopped_because = "max_minutes"
-                break
-            lr = lr_at(cfg, step, now)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with amp():  # backward outside, as torch advises: its recorded casts take each gradient back to fp32
-                loss, new_state = task.loss(net, batch, detach_state(state), device)  # truncated BPTT: no history
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DivergenceError(
-                    f"the training loss became {value} at step {step + 1} (lr {lr:.3g}); nothing from this step on "
-                    "was saved: lower --lr, or set --clip"
-                )
-            optimizer.step()
-            # the step is complete: commit its results (a Ctrl-C before this line resumes from the last step)
-            # the carried state stays fp32 like the weights (under bf16 some backends return a bf16 (h, c))
-            step, state, k = step + 1, map_state(lambda t: at_least_fp32(t.detach()), new_state), k + 1
-            if k == len(batches):
-                epoch, k = epoch + 1, 0
-            items_session += batches.items(batch) * info.world_size
-            train_s += time.perf_counter() - step_start
-            loss_sum, loss_count = loss_sum + value, loss_count + 1
-
-            if cfg.max_steps and step >= cfg.max_steps:
-                stopped_because = step_budget
-            if step % cfg.log_every == 0 or stopped_because:
-                mean = loss_sum / max(loss_count, 1)
-                emit("step", loss=mean, **task.train_metrics(mean), epoch=epoch)
-                loss_sum, loss_count = 0.0, 0
-            if step % cfg.eval_every == 0 or stopped_because:
-                last_evaluated = step
-                if evaluate() and not stopped_because:
-                    stopped_because = "patience"
-            elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save("last.pt")
-    except KeyboardInterrupt:
-        saved = None
-        if info.is_main and not info.enabled and run_dir.is_dir():  # under DDP the other ranks may be gone
-            save_checkpoint(run_dir / "last.pt", checkpoint_payload())
-            saved = run_dir / "last.pt"
-            log.info("interrupted at step %d: saved %s", step, saved)
-        raise TrainingInterrupted(step, saved) from None
-    if last_evaluated != step:
-        evaluate()
-    per_s, _ = rates()
-    result = TrainResult(
-        run_dir=run_dir, task=task.name, steps=step, best=best_metrics, last=last_metrics, items_per_second=per_s,
-        elapsed_s=elapsed(), stopped_because=stopped_because, num_parameters=num_params, precision=precision,
-        info=facts, model=model,
-    )  # fmt: skip
+    callbacks: list[Callback] = [Checkpoints(cfg.checkpoint_every), EarlyStopping(cfg.patience)]
     if info.is_main:
-        plot_training(metrics.records, run_dir / "loss.png", task.primary)
-        with amp():
-            task.plots(model, run_dir, device)
-        atomic_write_json(run_dir / "summary.json", _summary(result, task))
-    if tb is not None:
-        tb.close()
-    emit("end", stopped_because=stopped_because, **{f"val_{key}": v for key, v in last_metrics.items()},
-         **{f"best_val_{task.primary}": best_metrics[task.primary]})  # fmt: skip
-    return result
+        resumed_at = trainer.state.step if payload is not None else -1
+        callbacks += [MetricsFile(run_dir / "metrics.jsonl", resumed_at=resumed_at)]
+        callbacks += [TensorBoard(run_dir / "tensorboard")]
+    if on_event is not None:
+        callbacks.append(EventHandler(on_event))
+    trainer.callbacks = callbacks + extra
+    return trainer.fit()
 
 
 def _summary(result: TrainResult, task: Task) -> dict[str, Any]:
