@@ -247,7 +247,7 @@ def test_a_closed_pipe_stops_quietly(good, root, monkeypatch, capsys):
     def closed(*args, **kwargs):
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr("rnnkit.cli._forecast", closed)
+    monkeypatch.setattr("rnnkit.tasks.forecasting.ForecastTask.forecast_rows", closed)
     status = main(["forecast", "--run", str(good["forecast"]), "--data", str(good["csv"])])
     assert status == 141 and capsys.readouterr().err == ""
 

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from rnnkit import __version__
-from rnnkit.cliargs import add_config_flags, build_config, config_overrides, float_flag, int_flag
-from rnnkit.errors import CheckpointError, DataError, RnnkitError
+from rnnkit.cliargs import add_config_flags, build_config, config_overrides, int_flag
+from rnnkit.errors import CheckpointError, RnnkitError
 from rnnkit.io import check_output
 
 log = logging.getLogger("rnnkit.cli")
-
-SAMPLE_CHARS = 300
 
 
 class UsageError(Exception):
@@ -134,328 +132,171 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"stopped: {result.stopped_because})"
     )
     print(f"run folder: {result.run_dir}")
-    if args.task == "lm":
-        from rnnkit.checkpoint import load_run
-        from rnnkit.sampling import sample_text
-
-        run = load_run(result.run_dir, "best")
-        with run.autocast():
-            text = sample_text(
-                run.model, run.vocab, "", SAMPLE_CHARS, temperature=0.8, generator=torch.Generator().manual_seed(0)
-            )
-        print(f"sample (best checkpoint, temperature 0.8, seed 0):\n{text}")
-    elif result.info.get("validates_on_training_set"):
+    if result.info.get("validates_on_training_set"):
         print("note: no validation data (--val-fraction 0 and no --val): the metrics above are on the training set")
+    for line in task.after_training(result.run_dir):
+        print(line)
     return 0
 
 
-# --- sample / eval / predict ---------------------------------------------------------------------------------------
-# Each runs the model under run.autocast(): the precision it trained at, so eval reproduces training's metrics.
+# --- the tasks' inference commands (eval, predict, sample, forecast) -----------------------------------------------
+# Built from the tasks' declarations (rnnkit.tasks.base.Command): this module names no task. Each runs the model
+# under run.autocast(): the precision it trained at, so eval reproduces training's metrics.
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _inference_commands() -> dict[str, dict[str, Any]]:
+    """{command: {"tasks": [task classes answering it], "kind": ..., "help": ..., "flags": {dest: Flag}}}."""
+    from rnnkit.tasks import TASKS
+
+    commands: dict[str, dict[str, Any]] = {}
+    for task_cls in TASKS.values():
+        for c in task_cls.commands:
+            entry = commands.setdefault(c.name, {"tasks": [], "kind": c.kind, "help": c.help, "flags": {}})
+            if entry["kind"] != c.kind:
+                raise TypeError(f"command {c.name} returns {entry['kind']} for one task and {c.kind} for another")
+            entry["tasks"].append(task_cls)
+            for flag in c.flags:
+                entry["flags"].setdefault(flag.dest, flag)
+    return commands
+
+
+def _add_flag(group, flag, required: bool) -> None:
+    kwargs: dict[str, Any] = {"help": flag.help, "default": argparse.SUPPRESS, "required": required}
+    if flag.action:
+        kwargs["action"] = flag.action
+    else:
+        metavar = flag.metavar or {int: "N", float: "X"}.get(type(flag.default), "VALUE")
+        kwargs.update(type=flag.type or str, metavar=metavar)
+    if flag.default not in (None, False, "") and "default" not in flag.help:
+        kwargs["help"] = f"{flag.help} (default: {flag.default})"
+    group.add_argument(flag.name, **kwargs)
+
+
+def _add_inference_parsers(sub) -> None:
+    for name, entry in _inference_commands().items():
+        titles = _titles(entry["tasks"])
+        p = sub.add_parser(name, help=f"{entry['help']} (under a {titles} run)")
+        p.add_argument("--run", required=True, metavar="DIR", help="run folder")
+        p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+        if entry["kind"] == "scores":
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+        if entry["kind"] == "table":
+            p.add_argument("--out", default=None, metavar="FILE", help="write the rows here (.csv or .tsv; default: "
+                           "standard output)")  # fmt: skip
+        p.add_argument("--force", action="store_true", help="overwrite the files the command writes")
+        declared = [{f.dest: f for f in t.command(name).flags} for t in entry["tasks"]]
+        shared = [dest for dest in declared[0] if all(dest in d for d in declared[1:])] if len(declared) > 1 else []
+        for dest in shared:  # flags every task declares: one entry, each task's help
+            helps = {d[dest].help for d in declared}
+            flag = declared[0][dest]
+            if len(helps) > 1:
+                helps = "; ".join(f"{t.title}: {d[dest].help}" for t, d in zip(entry["tasks"], declared, strict=True))
+                flag = dataclasses.replace(flag, help=helps)
+            _add_flag(p, flag, all(d[dest].required for d in declared))
+        added = set(shared)
+        for task_cls, flags in zip(entry["tasks"], declared, strict=True):
+            own = [f for dest, f in flags.items() if dest not in added]
+            if own:
+                group = p.add_argument_group(f"{task_cls.title} runs")
+                for flag in own:
+                    _add_flag(group, flag, False)
+                    added.add(flag.dest)
+        p.set_defaults(func=cmd_inference)
+
+
+def _titles(tasks) -> str:
+    names = [t.title for t in tasks]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def cmd_inference(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
-    from rnnkit.sampling import generate
 
-    run = load_run(args.run, args.checkpoint, task="lm", purpose="sample")
-    gen = torch.Generator().manual_seed(args.seed)
-    run.vocab.encode(args.prompt)  # a prompt the model cannot read fails before anything is printed
-    out = sys.stdout
-    if args.echo_prompt:
-        out.write(args.prompt)
-    chars = generate(
-        run.model,
-        run.vocab,
-        args.prompt,
-        args.length,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        generator=gen,
+    entry = _inference_commands()[args.command]
+    run = load_run(args.run, args.checkpoint, purpose=args.command)
+    task = run.task
+    command = task.command(args.command)
+    if command is None:
+        answers = ", ".join(c.name for c in task.commands)
+        raise CheckpointError(f"{args.run} is a {task.title} run; {args.command} needs a {_titles(entry['tasks'])} "
+                              f"run ({task.title} runs answer {answers})")  # fmt: skip
+    own = {f.dest: f for f in command.flags}
+    for dest, flag in entry["flags"].items():
+        if dest not in own and hasattr(args, dest):
+            raise UsageError(f"{flag.name} does not apply to a {task.title} run ({args.run})")
+    options = {dest: getattr(args, dest, f.default) for dest, f in own.items()}
+    missing = [f"{f.name} {f.metavar or ''}".strip() for f in command.flags if f.required and not hasattr(args, f.dest)]
+    if missing:
+        raise UsageError(f"{args.command} of a {task.title} run needs {' and '.join(missing)}")
+    out = getattr(args, "out", None)
+    if out is not None and not out.strip():
+        raise UsageError("--out must name a file, got an empty string")
+    check_output(out, force=args.force)
+    for f in command.flags:  # files the command will write: checked before any work
+        if f.output and options[f.dest] is not None:
+            check_output(options[f.dest], force=args.force, suffix=f.output, flag=f.name)
+    with run.autocast():
+        result = getattr(task, command.method)(run.model, **options)
+        if command.kind == "scores":
+            _print_scores(args, run, result)
+        elif command.kind == "table":
+            _write_table(result, out)
+        else:
+            for piece in result:  # the model runs as the text is read: streamed under the run's autocast
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    return 0
+
+
+def _print_scores(args: argparse.Namespace, run, scores: dict[str, Any]) -> None:
+    """One JSON object with --json, else one line: the scalar scores, then where they came from."""
+    files = scores.pop("files", [])
+    where = {"run": str(args.run), "checkpoint": str(run.path), "step": run.step}
+    if args.json:
+        print(json.dumps({"task": run.task.name, **scores, **where}))
+    else:
+        shown = ", ".join(f"{key} {_number(value)}" for key, value in scores.items() if _is_number(value))
+        print(f"{args.data}: {shown} ({run.task.title} run {args.run}, {run.path.name}, step {run.step})")
+    for path in files:
+        _eprint(f"wrote {path}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def _write_table(table, out: str | None) -> None:
+    """The rows as CSV (quoted as the csv module does) or TSV (tab-joined): --out's suffix decides, else the
+    task's format; written whole (atomically) to --out, or to standard output."""
+    import csv
+    import io
+
+    from rnnkit.io import atomic_write
+
+    tsv = (
+        out.lower().endswith(".tsv") if out and Path(out).suffix.lower() in (".csv", ".tsv") else table.format == "tsv"
     )
-    with run.autocast():  # the generator runs the model as it is iterated
-        for ch in chars:
-            out.write(ch)
-            out.flush()
-    out.write("\n")
-    out.flush()
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import load_run
-
-    run = load_run(args.run, args.checkpoint)
-    evaluate = {"classify": _eval_classify, "forecast": _eval_forecast, "seq2seq": _eval_seq2seq}
-    with run.autocast():
-        return evaluate.get(run.task.name, _eval_lm)(args, run)
-
-
-def _eval_lm(args: argparse.Namespace, run) -> int:
-    from rnnkit.data import read_text
-    from rnnkit.metrics import evaluate_dynamic, evaluate_text
-
-    text = read_text(args.data)
-    if args.dynamic_lr > 0:
-        ids = run.vocab.encode(text, tensor=True, strict=False)  # (N,)
-        rows = args.batch_size or 2
-        m = evaluate_dynamic(run.model, ids, lr=args.dynamic_lr, decay=args.dynamic_decay, batch_size=rows, bptt=32)
-        m["unknown"] = run.vocab.count_unknown(text)
-    else:
-        rows = args.batch_size or 16
-        m = evaluate_text(run.model, run.vocab, text, batch_size=rows, bptt=run.config.train.bptt)
-    how = f"dynamic, lr {args.dynamic_lr:g}" if args.dynamic_lr > 0 else "static"
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "task": "lm",
-                    "loss": m["loss"],
-                    "bpc": m["bpc"],
-                    "chars": m["chars"],
-                    "unknown_chars": m["unknown"],
-                    "run": str(args.run),
-                    "checkpoint": str(run.path),
-                    "step": run.step,
-                    "dynamic_lr": args.dynamic_lr,
-                }
-            )
-        )
-    else:
-        unknown = f", {m['unknown']} not in the vocabulary (scored as U+FFFD)" if m["unknown"] else ""
-        print(
-            f"{args.data}: {m['chars']} chars{unknown}, loss {m['loss']:.4f} nats/char, {m['bpc']:.4f} bits/char "
-            f"({how}; run {args.run}, {run.path.name}, step {run.step})"
-        )
-    return 0
-
-
-def _eval_classify(args: argparse.Namespace, run) -> int:
-    from rnnkit.data.labelled import read_examples
-
-    task = run.task
-    data = task.encode(read_examples(args.data))
-    m = task.scores(run.model, data)
-    recall = dict(zip(task.labels, m["recall"], strict=True))
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "task": "classify",
-                    "accuracy": m["accuracy"],
-                    "macro_f1": m["macro_f1"],
-                    "loss": m["loss"],
-                    "n": m["n"],
-                    "recall": recall,
-                    "unknown_tokens": data.unknown_tokens,
-                    "run": str(args.run),
-                    "checkpoint": str(run.path),
-                    "step": run.step,
-                }
-            )
-        )
-    else:
-        print(
-            f"{args.data}: {m['n']} examples, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
-            f"loss {m['loss']:.4f} (run {args.run}, {run.path.name}, step {run.step})"
-        )
-        width = max(len(label) for label in task.labels)
-        for label, r in recall.items():
-            print(f"  recall {label:{width}s} {r:.4f}")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import load_run
-
-    run = load_run(args.run, args.checkpoint, purpose="predict")
-    predict = {"classify": _predict_classify, "forecast": _forecast, "seq2seq": _predict_seq2seq}
-    if run.task.name not in predict:
-        raise CheckpointError(f"{args.run} is a {run.task.title} run; predict needs a classify, forecast or seq2seq "
-                              "run (sample generates from a language model)")  # fmt: skip
-    with run.autocast():
-        return predict[run.task.name](args, run)
-
-
-def _predict_classify(args: argparse.Namespace, run) -> int:
-    import csv
-    import io
-
-    from rnnkit.data.labelled import read_examples
-    from rnnkit.io import atomic_write
-
-    task = run.task
-    check_output(args.out, force=args.force)
-    labels, probs = task.predict(run.model, read_examples(args.data, labels="optional"))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["label", *(f"p_{label}" for label in task.labels)])
-    for label, row in zip(labels, probs.tolist(), strict=True):
-        writer.writerow([label, *(f"{p:.6f}" for p in row)])
-    if args.out is None:
+    buf, count = io.StringIO(), 0
+    writer = csv.writer(buf, delimiter="\t" if tsv else ",", lineterminator="\n")
+    if table.header is not None:
+        writer.writerow(table.header)
+    for row in table.rows:
+        if tsv:
+            buf.write("\t".join(str(v) for v in row) + "\n")
+        else:
+            writer.writerow(row)
+        count += 1
+    for note in table.notes:
+        _eprint(note)
+    if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        atomic_write(args.out, buf.getvalue())
-        _eprint(f"wrote {len(labels)} predictions to {args.out}")
-    return 0
-
-
-# --- forecast -----------------------------------------------------------------------------------------------------
-
-
-def _run_forecast(args: argparse.Namespace, task, model, series: list, horizon: int | None, future) -> dict:
-    """``task.forecast`` with the command's --quantiles, --num-samples and --seed, and a progress bar on a TTY."""
-    from rnnkit.tasks.forecasting import parse_quantiles
-
-    levels = parse_quantiles(args.quantiles, "--quantiles") if getattr(args, "quantiles", None) else None
-    bar = None
-    if sys.stderr.isatty() and len(series) > 256:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(series), file=sys.stderr, unit="series", desc="forecast", dynamic_ncols=True)
-    try:
-        return task.forecast(model, series, horizon=horizon, levels=levels, num_samples=args.num_samples,
-                             future=future, seed=args.seed, progress=bar.update if bar else None)  # fmt: skip
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _read_future(task, path: str | None, history, horizon: int) -> dict | None:
-    """Covariates over the forecast steps, {id: (h, C)}, from a CSV like the history (values may be empty)."""
-    if not task.covariates:
-        return None
-    if path is None:
-        raise UsageError(
-            f"this run reads covariates {', '.join(task.covariates)}: give their values over the forecast steps "
-            "with --future FILE (id,time,value,covariates; value may be empty)"
-        )
-    from rnnkit.data.series import check_continues, read_series
-
-    future = read_series(path, values=False, axis=task.axis)  # only the covariates: value cells may be empty
-    task.check_compatible(future)
-    check_continues(history, future, horizon)
-    return {s.id: s.covariates[:horizon] for s in future.series}
-
-
-def _forecast(args: argparse.Namespace, run) -> int:
-    import csv
-    import io
-
-    from rnnkit.io import atomic_write
-    from rnnkit.metrics import plot_forecasts
-
-    task = run.task
-    check_output(args.out, force=args.force)
-    check_output(getattr(args, "plot", None), force=args.force, suffix=".png", flag="--plot")
-    history = task.read(args.data)
-    h = getattr(args, "horizon", None) or task.horizon
-    future = _read_future(task, getattr(args, "future", None), history, h)
-    f = _run_forecast(args, task, run.model, history.series, h, future)
-    shown = sorted(f["quantiles"]) if args.quantiles else list(task.config.model.levels())
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "time", "forecast", *(f"q{q:g}" for q in shown)])
-    for i, s in enumerate(history.series):
-        for k in range(h):
-            writer.writerow([s.id, history.axis.format(f["times"][i, k]), f"{f['median'][i, k]:.6g}",
-                             *(f"{f['quantiles'][q][i, k]:.6g}" for q in shown)])  # fmt: skip
-    if args.out is None:
-        sys.stdout.write(buf.getvalue())
-    else:
-        atomic_write(args.out, buf.getvalue())
-        _eprint(f"wrote {h} steps of {len(history.series)} series to {args.out}")
-    if getattr(args, "plot", None):
-        plot_forecasts(history.series, f, history.axis, Path(args.plot), title=f"{args.run}: forecasts")
-        _eprint(f"plot: {args.plot}")
-    return 0
-
-
-def cmd_forecast(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import load_run
-
-    run = load_run(args.run, args.checkpoint, task="forecast", purpose="forecast")
-    with run.autocast():
-        return _forecast(args, run)
-
-
-def _eval_forecast(args: argparse.Namespace, run) -> int:
-    from rnnkit.data.series import check_continues
-    from rnnkit.metrics import forecast_scores, plot_forecasts
-
-    task = run.task
-    if args.actuals is None:
-        raise UsageError("eval of a forecast run needs --actuals FILE (the values that followed --data)")
-    check_output(getattr(args, "plot", None), force=args.force, suffix=".png", flag="--plot")
-    history = task.read(args.data)
-    actuals = task.read(args.actuals)
-    check_continues(history, actuals)
-    lengths = {len(s) for s in actuals.series}
-    if len(lengths) > 1:
-        raise DataError(f"{args.actuals}: the series hold different numbers of steps ({min(lengths)} to "
-                        f"{max(lengths)}); give each series the same horizon")  # fmt: skip
-    h = lengths.pop()
-    future = {s.id: s.covariates for s in actuals.series} if task.covariates else None
-    f = _run_forecast(args, task, run.model, history.series, h, future)
-    truth = actuals.by_id()
-    y = [truth[s.id].values for s in history.series]
-    m = forecast_scores([s.values for s in history.series], y, list(f["median"]), task.season,
-                        {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
-    if getattr(args, "plot", None):
-        plot_forecasts(history.series, f, history.axis, Path(args.plot), actuals={s.id: truth[s.id].values
-                       for s in history.series}, title=f"{args.run} on {args.actuals}")  # fmt: skip
-    if args.json:
-        print(json.dumps({"task": "forecast", **m, "horizon": h, "season_length": task.season, "run": str(args.run),
-                          "checkpoint": str(run.path), "step": run.step}))  # fmt: skip
-    else:
-        print(
-            f"{args.actuals}: {m['series']} series x {h} steps, sMAPE {m['smape']:.3f}, MASE {m['mase']:.4f} "
-            f"(m = {task.season}), MAE {m['mae']:.4g}, RMSE {m['rmse']:.4g}, quantile loss {m['quantile_loss']:.4g}, "
-            f"80 % interval coverage {m['coverage_80']:.3f} (run {args.run}, {run.path.name}, step {run.step})"
-        )
-    return 0
-
-
-# --- seq2seq -------------------------------------------------------------------------------------------------------
-
-
-def _predict_seq2seq(args: argparse.Namespace, run) -> int:
-    from rnnkit.io import atomic_write
-    from rnnkit.tasks.seq2seq import EncodedPairs
-
-    task = run.task
-    check_output(args.out, force=args.force)
-    pairs = task.read(args.data, "none")
-    data = EncodedPairs(task, pairs)
-    if args.n_best > args.beam:
-        raise UsageError(f"--n-best must be <= --beam, got {args.n_best} and {args.beam}")
-    outputs = task.decode(run.model, data, beam=args.beam, n_best=args.n_best)
-    join = "" if task.config.data.target_tokens == "chars" else " "
-    text = "".join(f"{src}\t{join.join(o)}\n" for src, out in zip(pairs.texts, outputs, strict=True) for o in out)
-    if data.unknown:
-        _eprint(f"{data.unknown} source token(s) not in the run's vocabulary (read as the unknown symbol)")
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        atomic_write(args.out, text)
-        _eprint(f"wrote {len(outputs)} predictions to {args.out}")
-    return 0
-
-
-def _eval_seq2seq(args: argparse.Namespace, run) -> int:
-    from rnnkit.tasks.seq2seq import EncodedPairs, merge_references
-
-    task = run.task
-    data = EncodedPairs(task, merge_references(task.read(args.data, "alternatives")))  # a source once, all its targets
-    m = task.scores(run.model, data, beam=args.beam, text=True)
-    if args.json:
-        print(json.dumps({"task": "seq2seq", **m, "beam": args.beam, "unknown_tokens": data.unknown,
-                          "run": str(args.run), "checkpoint": str(run.path), "step": run.step}))  # fmt: skip
-    else:
-        text = f", BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}" if "bleu" in m else ""
-        print(f"{args.data}: {m['n']} sources, WER {m['wer']:.4f}, TER {m['ter']:.4f}, exact {m['exact']:.4f}{text} "
-              f"(beam {args.beam}; run {args.run}, {run.path.name}, step {run.step})")  # fmt: skip
-    return 0
+        atomic_write(out, buf.getvalue())
+        _eprint(f"wrote {count} rows to {out}")
 
 
 # --- export --------------------------------------------------------------------------------------------------------
@@ -517,30 +358,6 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------------------------
 
 
-def _forecast_flags(p: argparse.ArgumentParser, *, out: bool) -> None:
-    """Flags of forecast, and of predict and eval on a forecast run."""
-    g = p.add_argument_group("forecast runs")
-    if out:
-        g.add_argument("--horizon", type=int_flag(1, 100_000), default=None,
-                       help="steps to forecast (default: the run's horizon)")  # fmt: skip
-        g.add_argument("--future", default=None, metavar="FILE.csv",
-                       help="covariates over the forecast steps, when the run has covariates")  # fmt: skip
-    g.add_argument("--quantiles", default=None, metavar="Q,Q,...",
-                   help="quantile levels to write/score (default: the run's, e.g. 0.1,0.5,0.9)")  # fmt: skip
-    g.add_argument("--num-samples", type=int_flag(1, 100_000), default=None,
-                   help="sampled paths per series (default: the run's)")  # fmt: skip
-    g.add_argument("--seed", type=int_flag(0), default=0, help="sampling seed (default: 0)")
-    g.add_argument("--plot", default=None, metavar="FILE.png", help="draw a few series and their forecasts")
-    if not out and not any(a.dest == "beam" for a in p._actions):
-        group = p.add_argument_group("seq2seq runs")
-        group.add_argument("--beam", type=int_flag(1, 64), default=1, help="beam width (default: 1 = greedy)")
-        group.add_argument(
-            "--n-best", type=int_flag(1, 64), default=1, help="predict: the N best outputs a source, best first"
-        )
-    if not out and not any(a.dest == "force" for a in p._actions):
-        g.add_argument("--force", action="store_true", help="overwrite --plot if it exists")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rnnkit", description="Recurrent neural networks from the equations.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
@@ -551,14 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model")
     train_sub = train.add_subparsers(dest="task", required=True, parser_class=Parser)
-    helps = {"lm": "character language model", "classify": "sequence classifier (text or time series)",
-             "forecast": "global probabilistic forecaster of time series (DeepAR-style)",
-             "seq2seq": "encoder-decoder with attention on source<TAB>target pairs"}  # fmt: skip
     for name, task_cls in TASKS.items():
         p = train_sub.add_parser(
             name,
-            help=helps.get(name, name),
-            description=f"Train a {helps.get(name, name)}. Precedence: defaults < --config TOML < flags.",
+            help=task_cls.help or name,
+            description=f"Train a {task_cls.help or name}. Precedence: defaults < --config TOML < flags.",
         )
         p.add_argument(
             "--out", default=None, metavar="DIR", help=f"run folder (default: a new runs/{name}-YYYYmmdd-HHMMSS)"
@@ -568,70 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(p, task_cls.Config)
         p.set_defaults(func=cmd_train)
 
-    sample = sub.add_parser("sample", help="generate text from a trained run (streamed)")
-    sample.add_argument("--run", required=True, metavar="DIR", help="run folder")
-    sample.add_argument("--prompt", default="", help="text to continue (default: empty, starts after a newline)")
-    sample.add_argument("--echo-prompt", action="store_true", help="print the prompt before the continuation")
-    sample.add_argument("--length", type=int_flag(0), default=500, help="characters to generate (default: 500)")
-    sample.add_argument(
-        "--temperature",
-        type=float_flag(0, float("inf"), low_open=False),
-        default=0.8,
-        help="softmax temperature, 0 = greedy (default 0.8)",
-    )
-    sample.add_argument("--top-k", type=int_flag(0), default=0, help="keep the k likeliest chars (0 = off)")
-    sample.add_argument(
-        "--top-p", type=float_flag(0, 1, low_open=True), default=1.0, help="nucleus mass in (0, 1] (default: 1 = off)"
-    )
-    sample.add_argument("--seed", type=int_flag(0), default=0, help="sampling seed (default: 0)")
-    sample.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-    sample.set_defaults(func=cmd_sample)
-
-    ev = sub.add_parser("eval", help="score a file under a trained run (bpc for an LM; accuracy, F1 for a classifier)")
-    ev.add_argument("--run", required=True, metavar="DIR", help="run folder")
-    ev.add_argument(
-        "--data", required=True, metavar="FILE", help="UTF-8 text (LM) or labelled examples (classifier) to score"
-    )
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-    ev.add_argument(
-        "--batch-size",
-        type=int_flag(1),
-        default=None,
-        help="rows scored at once (default: 16; 2 with --dynamic-lr, where few rows adapt best)",
-    )
-    ev.add_argument(
-        "--dynamic-lr",
-        type=float_flag(0, 1e3, low_open=False),
-        default=0.0,
-        help="dynamic evaluation: RMS-normalised step size on each chunk after it is scored, e.g. 0.001 "
-        "(default: 0 = static)",
-    )
-    ev.add_argument(
-        "--dynamic-decay",
-        type=float_flag(0, 1, low_open=False),
-        default=0.0,
-        help="pull back toward the trained weights per step",
-    )
-    ev.add_argument("--actuals", default=None, metavar="FILE.csv",
-                    help="forecast runs: the values that followed --data (same CSV layout)")  # fmt: skip
-    _forecast_flags(ev, out=False)
-    ev.set_defaults(func=cmd_eval)
-
-    for name, help_text, data_help, func in (
-        ("predict", "one CSV row of results per input of a file, under a classify or forecast run",
-         "classify: .tsv, .csv, .ts or .npz (labels ignored); forecast: the history CSV", cmd_predict),
-        ("forecast", "forecasts of every series of a history CSV, under a forecast run (CSV)",
-         "history: id,time,value[,covariates] rows", cmd_forecast),
-    ):  # fmt: skip
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--run", required=True, metavar="DIR", help="run folder")
-        p.add_argument("--data", required=True, metavar="FILE", help=data_help)
-        p.add_argument("--out", default=None, metavar="FILE.csv", help="write the CSV here (default: standard output)")
-        p.add_argument("--force", action="store_true", help="overwrite --out (and --plot) if they exist")
-        p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-        _forecast_flags(p, out=name == "forecast")
-        p.set_defaults(func=func)
+    _add_inference_parsers(sub)
 
     from rnnkit import export as export_module
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import typing
 from typing import Any
@@ -21,8 +20,8 @@ except ImportError:  # pragma: no cover - Python 3.10: the tomli backport, if in
 
 from rnnkit.config import RunConfig
 from rnnkit.errors import ConfigError
+from rnnkit.flags import float_flag, int_flag, parse_bool
 from rnnkit.io import read_input
-from rnnkit.tasks.language_model import LMConfig
 
 __all__ = [
     "add_config_flags",
@@ -36,49 +35,6 @@ __all__ = [
 ]
 
 
-def parse_bool(text: str) -> bool:
-    """'true/false', 'yes/no', '1/0', 'on/off' -> bool (argparse ``type=``)."""
-    value = text.strip().lower()
-    if value in ("true", "yes", "1", "on"):
-        return True
-    if value in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def int_flag(low: int, high: int = 2**63 - 1):
-    """argparse ``type=``: an integer in [low, high] (the default ceiling keeps it inside int64)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
-        return value
-
-    return parse
-
-
-def float_flag(low: float, high: float, *, low_open: bool = False):
-    """argparse ``type=``: a finite number in [low, high] (or (low, high] with ``low_open``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or not ((value > low) if low_open else (value >= low)) or not value <= high:
-            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value:g}")
-        return value
-
-    return parse
-
-
 def _flag_type(hint: Any):
     if hint is bool:
         return parse_bool
@@ -89,7 +45,7 @@ def _flag_type(hint: Any):
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[RunConfig] = LMConfig) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[RunConfig]) -> None:
     """One flag per config field, grouped by section, default SUPPRESS (absent unless given)."""
     for name, cls in config_cls.sections().items():
         group = parser.add_argument_group(f"[{name}] options (also settable in the TOML file)")
@@ -104,7 +60,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[RunConfig
             group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 
-def config_overrides(args: argparse.Namespace, config_cls: type[RunConfig] = LMConfig) -> dict[str, dict[str, Any]]:
+def config_overrides(args: argparse.Namespace, config_cls: type[RunConfig]) -> dict[str, dict[str, Any]]:
     """The config fields given on the command line, as a nested {section: {field: value}} dict."""
     given = vars(args)
     out: dict[str, dict[str, Any]] = {}
@@ -115,7 +71,7 @@ def config_overrides(args: argparse.Namespace, config_cls: type[RunConfig] = LMC
     return out
 
 
-def load_toml(path: str | os.PathLike, config_cls: type[RunConfig] = LMConfig) -> dict[str, dict[str, Any]]:
+def load_toml(path: str | os.PathLike, config_cls: type[RunConfig]) -> dict[str, dict[str, Any]]:
     """Read a TOML config with the task's tables; an unknown table or key is a ConfigError naming it and the file."""
     if tomllib is None:  # pragma: no cover
         raise ConfigError("reading a TOML config needs Python >= 3.11 (tomllib)")
@@ -131,7 +87,7 @@ def load_toml(path: str | os.PathLike, config_cls: type[RunConfig] = LMConfig) -
 
 
 def build_config(
-    toml_path: str | os.PathLike | None, overrides: dict[str, dict[str, Any]], config_cls: type[RunConfig] = LMConfig
+    toml_path: str | os.PathLike | None, overrides: dict[str, dict[str, Any]], config_cls: type[RunConfig]
 ) -> RunConfig:
     """Defaults < TOML file < ``overrides`` (the explicit flags), validated by the config classes."""
     merged: dict[str, dict[str, Any]] = {name: {} for name in config_cls.sections()}

@@ -17,20 +17,86 @@ Life of a task object::
     metrics = task.evaluate(model, device, dist_info)   # {"loss": ..., task.primary: ..., ...}
 
 For inference only (``load_run``), ``task.restore(artefacts)`` replaces ``prepare``: no training data is read.
+
+A task also owns its inference commands (fairseq's ``inference_step``, ``fairseq-generate`` knowing no task by
+name): ``commands`` lists each one the task answers (``eval``, ``predict``, ``sample``, ``forecast``) with its
+flags, and the method it calls on a restored task::
+
+    rnnkit eval --run DIR --data F --beam 5   ->   run.task.score(run.model, data="F", beam=5)      -> dict
+    rnnkit predict --run DIR --data F         ->   run.task.predict_table(run.model, data="F", ...) -> Table
+    rnnkit sample --run DIR --length 200      ->   run.task.sample(run.model, length=200, ...)      -> Iterator[str]
+
+``rnnkit.cli`` builds every parser from these declarations and prints every result the same way (a scores dict
+as one line or ``--json``; a table as CSV or TSV to ``--out`` or standard output; text streamed), so a new task
+is its module, its data module and one line in ``rnnkit.tasks.TASKS``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit.config import RunConfig
 
-__all__ = ["Batches", "Task"]
+__all__ = ["Batches", "Command", "Flag", "Table", "Task"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A flag of one of a task's commands: what argparse needs, and the value the method gets when it is not given.
+
+    ``output``: the flag names a file the command writes (``--plot FILE.png``), checked before any work is done
+    (it must not exist unless ``--force``, and must end in ``output``).
+    """
+
+    name: str  # "--beam"
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    action: str | None = None  # "store_true" for a switch
+    required: bool = False
+    output: str | None = None  # the suffix of a file this flag names and the command writes (".png")
+
+    @property
+    def dest(self) -> str:
+        """The keyword argument the task's method receives: ``--n-best`` -> ``n_best``."""
+        return self.name.removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Command:
+    """An inference command a task answers: ``rnnkit NAME --run DIR [flags]`` calls ``task.METHOD(model, **flags)``.
+
+    ``kind`` says what the method returns and how the CLI shows it: ``"scores"`` a dict of metrics (one line, or
+    one JSON object with ``--json``); ``"table"`` a ``Table`` (CSV or TSV, to ``--out`` or standard output);
+    ``"text"`` an iterator of strings, streamed to standard output as they come.
+    """
+
+    name: str  # "eval"
+    method: str  # "score"
+    kind: Literal["scores", "table", "text"]
+    help: str
+    flags: tuple[Flag, ...] = ()
+
+
+@dataclass
+class Table:
+    """Rows a command produced, in input order, for the CLI to write (``header`` None: no header line)."""
+
+    header: Sequence[str] | None
+    rows: Iterable[Sequence[Any]]
+    format: Literal["csv", "tsv"] = "csv"  # when the output file's suffix does not say
+    notes: list[str] = field(default_factory=list)  # for the user, on standard error: unknown tokens, files written
+
+
+DATA = Flag("--data", "the file to read (or a built-in dataset: rnnkit datasets)", required=True, metavar="FILE")
 
 
 class Batches(Protocol):
@@ -52,6 +118,8 @@ class Task(ABC):
     name: ClassVar[str]  # CLI name and checkpoint kind: "lm", "classify"
     title: ClassVar[str]  # in messages: "runs/x is a char LM run"
     Config: ClassVar[type[RunConfig]]
+    help: ClassVar[str] = ""  # one line for ``rnnkit train --help``: "character language model"
+    commands: ClassVar[tuple[Command, ...]] = ()  # the inference commands this task answers
     primary: ClassVar[str]  # the metric early stopping and best.pt follow
     higher_is_better: ClassVar[bool]
     unit: ClassVar[str] = "examples"  # what items_per_s counts
@@ -123,3 +191,14 @@ class Task(ABC):
         if a != b:
             return a > b if self.higher_is_better else a < b
         return new["loss"] < best["loss"]
+
+    # --- inference commands -----------------------------------------------------------------------------------
+
+    @classmethod
+    def command(cls, name: str) -> Command | None:
+        """The declaration of command ``name``, or None when this task does not answer it."""
+        return next((c for c in cls.commands if c.name == name), None)
+
+    def after_training(self, run_dir: Path) -> list[str]:
+        """Lines ``rnnkit train`` prints after the run's summary (the LM's sample from best.pt)."""
+        return []

@@ -51,7 +51,7 @@ from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confus
 from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
 from rnnkit.sequence import lengths_to_mask, pad_sequences
-from rnnkit.tasks.base import Task
+from rnnkit.tasks.base import DATA, Command, Flag, Table, Task
 
 __all__ = [
     "ClassifyConfig",
@@ -262,6 +262,14 @@ class ClassifyTask(Task):
 
     name = "classify"
     title = "classify"
+    help = "sequence classifier (text or time series)"
+    commands = (
+        Command("eval", "score", "scores", "accuracy, macro-F1 and recall on labelled examples", (DATA,)),
+        Command("predict", "predict_rows", "table", "the label and class probabilities of each input", (
+            Flag("--data", "examples to label (.tsv, .csv, .ts or .npz; labels ignored)", required=True,
+                 metavar="FILE"),
+        )),
+    )  # fmt: skip
     Config = ClassifyConfig
     higher_is_better = True
 
@@ -480,3 +488,19 @@ class ClassifyTask(Task):
         where = "training set" if self.val_is_train else "validation set"
         title = f"confusion matrix, {where} (last step)"
         plot_confusion(conf, self.labels, run_dir / "confusion.png", title)
+
+    # --- inference commands -----------------------------------------------------------------------------------
+
+    def score(self, model: nn.Module, *, data: str) -> dict[str, Any]:
+        """``rnnkit eval``: accuracy, macro-F1, loss and per-class recall on the labelled examples in ``data``."""
+        encoded = self.encode(read_examples(data))
+        m = self.scores(model, encoded)
+        return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"], "n": m["n"],
+                "recall": dict(zip(self.labels, m["recall"], strict=True)),
+                "unknown_tokens": encoded.unknown_tokens}  # fmt: skip
+
+    def predict_rows(self, model: nn.Module, *, data: str) -> Table:
+        """``rnnkit predict``: each input's label and class probabilities, in input order (labels are ignored)."""
+        labels, probs = self.predict(model, read_examples(data, labels="optional"))
+        rows = ([label, *(f"{p:.6f}" for p in row)] for label, row in zip(labels, probs.tolist(), strict=True))
+        return Table(["label", *(f"p_{label}" for label in self.labels)], rows)

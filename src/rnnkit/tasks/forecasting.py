@@ -46,14 +46,15 @@ from rnnkit.config import (
     check_int,
     check_recurrent,
 )
-from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, read_series
+from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, check_continues, read_series
 from rnnkit.errors import ConfigError, DataError
+from rnnkit.flags import int_flag
 from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
-from rnnkit.metrics import forecast_scores
+from rnnkit.metrics import forecast_scores, plot_forecasts
 from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
-from rnnkit.tasks.base import Task
+from rnnkit.tasks.base import Command, Flag, Table, Task
 
 __all__ = [
     "HEADS",
@@ -329,11 +330,36 @@ class _Batches:
         return batch["values"].size(0)
 
 
+_HISTORY = Flag("--data", "the history: id,time,value[,covariates] rows", required=True, metavar="FILE.csv")
+_SAMPLING = (
+    Flag("--quantiles", "quantile levels to write or score (default: the run's, e.g. 0.1,0.5,0.9)", metavar="Q,Q,..."),
+    Flag("--num-samples", "sampled paths per series (default: the run's)", None, int_flag(1, 100_000), "N"),
+    Flag("--seed", "sampling seed", 0, int_flag(0)),
+    Flag("--plot", "draw a few series and their forecasts", metavar="FILE.png", output=".png"),
+)
+_FORECAST = (
+    _HISTORY,
+    Flag("--horizon", "steps to forecast (default: the run's horizon)", None, int_flag(1, 100_000), "N"),
+    Flag("--future", "covariates over the forecast steps, when the run has covariates", metavar="FILE.csv"),
+    *_SAMPLING,
+)
+
+
 class ForecastTask(Task):
     """``rnnkit train forecast``: one global model forecasting every series of a CSV file."""
 
     name = "forecast"
     title = "forecast"
+    help = "global probabilistic forecaster of time series (DeepAR-style)"
+    commands = (
+        Command("forecast", "forecast_rows", "table", "forecasts of every series of a history CSV", _FORECAST),
+        Command("predict", "forecast_rows", "table", "forecasts of every series of a history CSV", _FORECAST),
+        Command("eval", "score", "scores", "sMAPE, MASE, quantile loss and coverage against the actuals", (
+            _HISTORY,
+            Flag("--actuals", "the values that followed --data (same CSV layout)", required=True, metavar="FILE.csv"),
+            *_SAMPLING,
+        )),
+    )  # fmt: skip
     Config = ForecastConfig
     primary = "mase"
     higher_is_better = False
@@ -738,3 +764,65 @@ class ForecastTask(Task):
         actuals = {s.id: s.values[-H:] for s in self.history.series}
         where = "held-out last horizon" if self.config.data.validation == "last" else "last horizon (in-sample)"
         plot_forecasts(cut, f, self.axis, run_dir / "forecast.png", actuals=actuals, title=f"validation: {where}")
+
+    # --- inference commands -----------------------------------------------------------------------------------
+
+    def _read_future(self, path: str | None, history: SeriesSet, horizon: int) -> dict | None:
+        """Covariates over the forecast steps, {id: (h, C)}, from a CSV like the history (values may be empty)."""
+        if not self.covariates:
+            return None
+        if path is None:
+            raise ConfigError(
+                f"this run reads covariates {', '.join(self.covariates)}: give their values over the forecast steps "
+                "with --future FILE (id,time,value,covariates; value may be empty)"
+            )
+        future = read_series(path, values=False, axis=self.axis)  # only the covariates: value cells may be empty
+        self.check_compatible(future)
+        check_continues(history, future, horizon)
+        return {s.id: s.covariates[:horizon] for s in future.series}
+
+    def forecast_rows(self, model: Forecaster, *, data: str, horizon: int | None = None, future: str | None = None,
+                      quantiles: str | None = None, num_samples: int | None = None, seed: int = 0,
+                      plot: str | None = None) -> Table:  # fmt: skip
+        """``rnnkit forecast`` (and ``predict``): ``id,time,forecast,q...`` rows, ``horizon`` per series, the times
+        continuing each series; the forecast is the median."""
+        history = self.read(data)
+        h = horizon or self.horizon
+        levels = parse_quantiles(quantiles, "--quantiles") if quantiles else None
+        f = self.forecast(model, history.series, horizon=h, levels=levels, num_samples=num_samples,
+                          future=self._read_future(future, history, h), seed=seed)  # fmt: skip
+        shown = sorted(f["quantiles"]) if levels else list(self.config.model.levels())
+        rows = ([s.id, history.axis.format(f["times"][i, k]), f"{f['median'][i, k]:.6g}",
+                 *(f"{f['quantiles'][q][i, k]:.6g}" for q in shown)]
+                for i, s in enumerate(history.series) for k in range(h))  # fmt: skip
+        notes = [f"{len(history.series)} series x {h} steps"]
+        if plot:
+            plot_forecasts(history.series, f, history.axis, Path(plot), title=f"forecasts of {data}")
+            notes.append(f"plot: {plot}")
+        return Table(["id", "time", "forecast", *(f"q{q:g}" for q in shown)], rows, notes=notes)
+
+    def score(self, model: Forecaster, *, data: str, actuals: str, quantiles: str | None = None,
+              num_samples: int | None = None, seed: int = 0, plot: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """``rnnkit eval``: sMAPE, MASE (season m), MAE, RMSE, quantile loss and 80 % coverage of the forecasts of
+        ``data``'s series against ``actuals``, the values that followed them (every series the same horizon)."""
+        history, truth_set = self.read(data), self.read(actuals)
+        check_continues(history, truth_set)
+        lengths = {len(s) for s in truth_set.series}
+        if len(lengths) > 1:
+            raise DataError(f"{actuals}: the series hold different numbers of steps ({min(lengths)} to "
+                            f"{max(lengths)}); give each series the same horizon")  # fmt: skip
+        h = lengths.pop()
+        future = {s.id: s.covariates for s in truth_set.series} if self.covariates else None
+        levels = parse_quantiles(quantiles, "--quantiles") if quantiles else None
+        f = self.forecast(model, history.series, horizon=h, levels=levels, num_samples=num_samples, future=future,
+                          seed=seed)  # fmt: skip
+        truth = truth_set.by_id()
+        y = [truth[s.id].values for s in history.series]
+        m = forecast_scores([s.values for s in history.series], y, list(f["median"]), self.season,
+                            {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
+        files = []
+        if plot:
+            plot_forecasts(history.series, f, history.axis, Path(plot), title=f"forecasts of {data} and {actuals}",
+                           actuals={s.id: truth[s.id].values for s in history.series})  # fmt: skip
+            files.append(plot)
+        return {**m, "horizon": h, "season_length": self.season, "files": files}

@@ -11,7 +11,9 @@ primary metric is the validation bits per character (lower is better).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ from rnnkit.config import (
 )
 from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
 from rnnkit.errors import ConfigError, DataError
+from rnnkit.flags import float_flag, int_flag
 from rnnkit.init import initialise_
-from rnnkit.metrics import evaluate_ids
+from rnnkit.metrics import evaluate_dynamic, evaluate_ids, evaluate_text
 from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
-from rnnkit.tasks.base import Task
+from rnnkit.sampling import generate
+from rnnkit.tasks.base import Command, Flag, Task
 
 __all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMTrainConfig", "lm_loss", "load_text"]
 
@@ -223,11 +227,37 @@ class _Chunks:
         return batch[1].numel()
 
 
+SAMPLE_CHARS = 300  # what ``rnnkit train lm`` shows of the trained model
+
+SEED = Flag("--seed", "sampling seed", 0, int_flag(0))
+
+
 class LMTask(Task):
     """``rnnkit train lm``: next-character prediction on one text, truncated BPTT with carried state."""
 
     name = "lm"
     title = "char LM"
+    help = "character language model"
+    commands = (
+        Command("eval", "score", "scores", "bits per character of a text", (
+            Flag("--data", "UTF-8 text to score", required=True, metavar="FILE"),
+            Flag("--batch-size", "rows scored at once (default: 16; 2 with --dynamic-lr, where few rows adapt best)",
+                 None, int_flag(1), "N"),
+            Flag("--dynamic-lr", "dynamic evaluation: RMS-normalised step size on each chunk after it is scored, "
+                 "e.g. 0.001 (0 = static)", 0.0, float_flag(0, 1e3)),
+            Flag("--dynamic-decay", "dynamic evaluation: pull back toward the trained weights per step", 0.0,
+                 float_flag(0, 1)),
+        )),
+        Command("sample", "sample", "text", "generate text (streamed)", (
+            Flag("--prompt", "text to continue (default: empty, starts after a newline)", ""),
+            Flag("--echo-prompt", "print the prompt before the continuation", False, action="store_true"),
+            Flag("--length", "characters to generate", 500, int_flag(0)),
+            Flag("--temperature", "softmax temperature, 0 = greedy", 0.8, float_flag(0, float("inf"))),
+            Flag("--top-k", "keep the k likeliest characters (0 = off)", 0, int_flag(0)),
+            Flag("--top-p", "nucleus mass in (0, 1] (1 = off)", 1.0, float_flag(0, 1, low_open=True)),
+            SEED,
+        )),
+    )  # fmt: skip
     Config = LMConfig
     primary = "bpc"
     higher_is_better = False
@@ -294,3 +324,39 @@ class LMTask(Task):
         cfg = self.config.train
         return evaluate_ids(model, self.val_ids, batch_size=cfg.batch_size, bptt=cfg.bptt, device=device,
                             dist_info=dist_info)  # fmt: skip
+
+    # --- inference commands -----------------------------------------------------------------------------------
+
+    def score(self, model: CharLM, *, data: str, batch_size: int | None = None, dynamic_lr: float = 0.0,
+              dynamic_decay: float = 0.0) -> dict[str, Any]:  # fmt: skip
+        """``rnnkit eval``: loss (nats) and bits per character of the text in ``data``, statically or dynamically
+        (the model adapting to each chunk after scoring it, Krause et al. 2018); characters the vocabulary lacks
+        are scored as U+FFFD and counted."""
+        text = read_text(data)
+        if dynamic_lr > 0:
+            ids = self.vocab.encode(text, tensor=True, strict=False)  # (N,)
+            m = evaluate_dynamic(model, ids, lr=dynamic_lr, decay=dynamic_decay, batch_size=batch_size or 2, bptt=32)
+            m["unknown"] = self.vocab.count_unknown(text)
+        else:
+            m = evaluate_text(model, self.vocab, text, batch_size=batch_size or 16, bptt=self.config.train.bptt)
+        return {"bpc": m["bpc"], "loss": m["loss"], "chars": m["chars"], "unknown_chars": m["unknown"],
+                "dynamic_lr": dynamic_lr}  # fmt: skip
+
+    def sample(self, model: CharLM, *, prompt: str = "", echo_prompt: bool = False, length: int = 500,
+               temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+               seed: int = 0) -> Iterator[str]:  # fmt: skip
+        """``rnnkit sample``: ``length`` characters continuing ``prompt``, one at a time (the model runs as the
+        iterator is read). A prompt the vocabulary cannot encode fails here, before anything is generated."""
+        self.vocab.encode(prompt)
+        chars = generate(model, self.vocab, prompt, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        return itertools.chain([prompt] if echo_prompt else [], chars, ["\n"])
+
+    def after_training(self, run_dir: Path) -> list[str]:
+        """A sample of the best checkpoint (temperature 0.8, seed 0), so a run shows what it learned."""
+        from rnnkit.checkpoint import load_run
+
+        run = load_run(run_dir, "best")
+        with run.autocast():
+            text = "".join(self.sample(run.model, length=SAMPLE_CHARS, temperature=0.8, seed=0))
+        return [f"sample (best checkpoint, temperature 0.8, seed 0):\n{text.rstrip(chr(10))}"]

@@ -35,13 +35,14 @@ from rnnkit.config import (
 from rnnkit.data.labelled import BucketBatches, LengthBuckets, TokenVocab
 from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
 from rnnkit.errors import ConfigError
+from rnnkit.flags import int_flag
 from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import plot_alignments
 from rnnkit.precision import at_least_fp32
 from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, alignment, beam_search, greedy
 from rnnkit.sequence import pad_sequences
-from rnnkit.tasks.base import Task
+from rnnkit.tasks.base import Command, Flag, Table, Task
 
 __all__ = [
     "EncodedPairs",
@@ -187,11 +188,27 @@ class EncodedPairs:
         return x, lengths, y
 
 
+_BEAM = Flag("--beam", "beam width (1 = greedy)", 1, int_flag(1, 64))
+
+
 class Seq2SeqTask(Task):
     """``rnnkit train seq2seq``: source<TAB>target pairs; the model writes the target."""
 
     name = "seq2seq"
     title = "seq2seq"
+    help = "encoder-decoder with attention on source<TAB>target pairs"
+    commands = (
+        Command("eval", "score", "scores", "WER, TER and exact match against the references", (
+            Flag("--data", "source<TAB>target lines; |-separated alternatives count as one reference each",
+                 required=True, metavar="FILE"),
+            _BEAM,
+        )),
+        Command("predict", "predict_rows", "table", "source<TAB>prediction for each source, in input order", (
+            Flag("--data", "sources, one a line (a target after a tab is ignored)", required=True, metavar="FILE"),
+            _BEAM,
+            Flag("--n-best", "the N best outputs a source, best first (at most --beam)", 1, int_flag(1, 64)),
+        )),
+    )  # fmt: skip
     Config = Seq2SeqConfig
     primary = "wer"
     higher_is_better = False
@@ -346,6 +363,27 @@ class Seq2SeqTask(Task):
                              weights))  # fmt: skip
         model.train(was_training)
         plot_alignments(examples, run_dir / "attention.png", "attention (validation, greedy)")
+
+    # --- inference commands -----------------------------------------------------------------------------------
+
+    def score(self, model: Seq2Seq, *, data: str, beam: int = 1) -> dict[str, Any]:
+        """``rnnkit eval``: wer (share of sources whose output is none of their references), ter, exact, and BLEU
+        and chrF when sacrebleu is installed; a source's lines (and |-separated alternatives) are its references."""
+        encoded = EncodedPairs(self, merge_references(self.read(data, "alternatives")))
+        m = self.scores(model, encoded, beam=beam, text=True)
+        return {**m, "beam": beam, "unknown_tokens": encoded.unknown}
+
+    def predict_rows(self, model: Seq2Seq, *, data: str, beam: int = 1, n_best: int = 1) -> Table:
+        """``rnnkit predict``: ``source<TAB>prediction`` rows in input order, ``n_best`` per source, best first."""
+        if n_best > beam:
+            raise ConfigError(f"--n-best must be <= --beam, got {n_best} and {beam}")
+        pairs = self.read(data, "none")
+        encoded = EncodedPairs(self, pairs)
+        outputs = self.decode(model, encoded, beam=beam, n_best=n_best)
+        join = "" if self.config.data.target_tokens == "chars" else " "
+        rows = [[source, join.join(o)] for source, out in zip(pairs.texts, outputs, strict=True) for o in out]
+        notes = [f"{encoded.unknown} source token(s) not in the run's vocabulary (read as the unknown symbol)"]
+        return Table(None, rows, format="tsv", notes=notes if encoded.unknown else [])
 
 
 def _tokens_of(vocab: TokenVocab, ids: list[int]) -> list[str]:
