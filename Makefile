@@ -9,7 +9,7 @@ PYTHON ?= python3
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,tensorboard]'  # the tests test the extras too
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,tensorboard,docs]'  # the tests test the extras too
 	touch $(STAMP)
 
 # The main job: train a character-level LSTM on the built-in corpus for a few minutes, then generate.
@@ -24,6 +24,7 @@ demo: $(STAMP)
 # The test suite (what .ci/run calls): lint, then every test on the CPU.
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site  # the docs site (mkdocs.yml); a warning fails
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
