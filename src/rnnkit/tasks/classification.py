@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    MODES,
-    Regularisers,
+    RecurrentConfig,
     RunConfig,
     TrainConfig,
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_recurrent,
+    recurrent_field,
 )
 from rnnkit.data.labelled import (
     BucketBatches,
@@ -63,25 +62,19 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ClassifyModelConfig(Regularisers):
+class ClassifyModelConfig(RecurrentConfig):
     """Embedding or standardisation -> rnnkit.RNN -> pooling -> MLP head (``SequenceClassifier``)."""
 
-    mode: str = field(default="gru", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
+    mode: str = recurrent_field("mode", "gru")
+    hidden_size: int = recurrent_field("hidden_size", 128, "hidden state width per layer and direction (units)")
+    dropout: float = recurrent_field("dropout", 0.1, "dropout between layers and in the head, in [0, 1)")
     embedding_size: int = field(default=64, metadata={"help": "token embedding width (units; text only)"})
-    hidden_size: int = field(default=128, metadata={"help": "hidden state width per layer and direction (units)"})
-    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
     bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
     pooling: str = field(default="mean", metadata={"help": "over the valid steps: last, mean, max or attention"})
     head_size: int = field(default=128, metadata={"help": "hidden width of the MLP head (units, 0 = one linear layer)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout between layers and in the head, in [0, 1)"})
-    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
-    init: str = field(
-        default="torch",
-        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
-    )
 
     def __post_init__(self) -> None:
-        check_recurrent(self)
+        super().__post_init__()
         check_bool("bidirectional", self.bidirectional)
         check_choice("pooling", self.pooling, tuple(POOLINGS))
         check_int("head_size", self.head_size, 0, 2**20)

@@ -32,14 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    MODES,
-    Regularisers,
+    RecurrentConfig,
     RunConfig,
     TrainConfig,
     check_bool,
     check_choice,
     check_int,
-    check_recurrent,
+    recurrent_field,
 )
 from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, read_series
 from rnnkit.errors import ConfigError, DataError
@@ -91,18 +90,12 @@ def parse_lags(text: str, season_length: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ForecastModelConfig(Regularisers):
+class ForecastModelConfig(RecurrentConfig):
     """Inputs -> rnnkit.RNN -> a distribution head (sampled) or a direct multi-horizon quantile head."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
-    hidden_size: int = field(default=64, metadata={"help": "hidden state width per layer (units)"})
-    num_layers: int = field(default=2, metadata={"help": "stacked recurrent layers (count)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout between layers, in [0, 1)"})
-    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
-    init: str = field(
-        default="torch",
-        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
-    )
+    hidden_size: int = recurrent_field("hidden_size", 64)
+    num_layers: int = recurrent_field("num_layers", 2)
+    dropout: float = recurrent_field("dropout", 0.1)
     head: str = field(
         default="studentt",
         metadata={"help": "output: gaussian, studentt, negbin (counts; sampled paths) or quantile (direct)"},
@@ -113,7 +106,7 @@ class ForecastModelConfig(Regularisers):
     num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
 
     def __post_init__(self) -> None:
-        check_recurrent(self)
+        super().__post_init__()
         check_choice("head", self.head, tuple(HEADS))
         check_int("id_embedding", self.id_embedding, 0, 2**16)
         if not isinstance(self.lags, str):
