@@ -268,12 +268,25 @@ def test_more_padding_changes_no_prediction(pooling, mode):
 def test_series_model_fills_missing_values_with_the_channel_mean():
     torch.manual_seed(0)
     model = SequenceClassifier(ClassifyModelConfig(hidden_size=4, pooling="mean"), 2, input_channels=2).eval()
-    model.mean.copy_(torch.tensor([5.0, -1.0]))
-    model.std.copy_(torch.tensor([2.0, 0.5]))
+    model.embedding.mean.copy_(torch.tensor([5.0, -1.0]))  # the series' input layer: Standardise
+    model.embedding.std.copy_(torch.tensor([2.0, 0.5]))
     x = torch.tensor([[[7.0, float("nan")], [5.0, 0.0]]])  # (1, 2, 2)
     filled = torch.tensor([[[7.0, -1.0], [5.0, 0.0]]])  # NaN -> the channel mean
     torch.testing.assert_close(model(x, torch.tensor([2])), model(filled, torch.tensor([2])))
     torch.testing.assert_close(model.encode(filled), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]))
+
+
+def test_a_state_dict_from_before_the_input_and_pooling_modules_loads():
+    """Checkpoints kept the series statistics and the attention's layers at the top level of the classifier."""
+    cfg = ClassifyModelConfig(hidden_size=4, pooling="attention", head_size=0)
+    model = SequenceClassifier(cfg, 2, input_channels=3)
+    old = {"embedding.mean": "mean", "embedding.std": "std"}
+    old |= {f"pool.{m}.{p}": f"{m}.{p}" for m in ("score", "attend") for p in ("weight", "bias")}
+    state = {old.get(k, k): v + 1 for k, v in model.state_dict().items()}
+    assert list(state)[:2] == ["mean", "std"] and "score.weight" in state
+    model.load_state_dict(state)  # strict: every key found, none left over
+    torch.testing.assert_close(model.embedding.std, state["std"])
+    torch.testing.assert_close(model.pool.attend.weight, state["attend.weight"])
 
 
 def test_balanced_class_weights_are_n_over_c_times_count(tmp_path):

@@ -34,6 +34,7 @@ __all__ = [
     "MODES",
     "OPTIMIZERS",
     "PRECISIONS",
+    "RecurrentConfig",
     "Regularisers",
     "RunConfig",
     "TrainConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_recurrent",
+    "recurrent_field",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -128,6 +130,40 @@ class Regularisers:
         """The keyword arguments of ``rnnkit.RNN`` these fields set."""
         names = ("zoneout", "weight_drop", "dropout_input", "dropout_output", "locked_dropout")
         return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
+class RecurrentConfig(Regularisers):
+    """The recurrent fields of every task's model section, checked by ``check_recurrent``.
+
+    A task's section inherits them and redeclares only those whose default (or help) differs, with
+    ``recurrent_field``; dataclass fields keep their first position, so every section lists the regularisers, then
+    these six, then its own fields:
+
+        @dataclass(frozen=True)
+        class ForecastModelConfig(RecurrentConfig):
+            hidden_size: int = recurrent_field("hidden_size", 64)
+            head: str = field(default="studentt", metadata={"help": ...})
+    """
+
+    mode: str = field(default="lstm", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
+    hidden_size: int = field(default=128, metadata={"help": "hidden state width per layer (units)"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout between layers, in [0, 1)"})
+    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
+    init: str = field(
+        default="torch",
+        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
+    )
+
+    def __post_init__(self) -> None:
+        check_recurrent(self)
+
+
+def recurrent_field(name: str, default: Any, help: str | None = None) -> Any:
+    """A ``RecurrentConfig`` field redeclared with another default, and its help unless ``help`` is given."""
+    base = RecurrentConfig.__dataclass_fields__[name]
+    return field(default=default, metadata={"help": base.metadata["help"] if help is None else help})
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 
 Pooling reads only the valid steps of each row: ``last`` (the final state of each direction: the forward one
 at the row's last valid step, the backward one at step 0), ``mean``, ``max``, or ``attention`` (a learned
-score per step, softmax over the valid steps, weighted sum; Bahdanau-style, as in Yang et al. 2016).
+score per step, softmax over the valid steps, weighted sum; Bahdanau-style, as in Yang et al. 2016). The model,
+its poolings and the two kinds of input (``TextInput``, ``SeriesInput``) are in ``rnnkit.tasks.classify_parts``.
 
 ``ClassifyTask`` is ``rnnkit train classify``: batches grouped by length (``LengthBuckets``), cross-entropy
 with optional class weights and label smoothing, early stopping on validation accuracy or macro-F1, and a
@@ -19,21 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    MODES,
-    Regularisers,
+    RecurrentConfig,
     RunConfig,
     TrainConfig,
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_recurrent,
+    recurrent_field,
 )
 from rnnkit.data.labelled import (
     BucketBatches,
@@ -45,13 +44,12 @@ from rnnkit.data.labelled import (
 )
 from rnnkit.distributed import all_reduce
 from rnnkit.errors import ConfigError, DataError
-from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confusion
 from rnnkit.precision import at_least_fp32
-from rnnkit.recurrent import RNN
-from rnnkit.sequence import lengths_to_mask, pad_sequences
+from rnnkit.sequence import pad_sequences
 from rnnkit.tasks.base import DATA, Command, Flag, Table, Task
+from rnnkit.tasks.classify_parts import INPUTS, POOLINGS, SequenceClassifier, as_examples
 
 __all__ = [
     "ClassifyConfig",
@@ -62,31 +60,23 @@ __all__ = [
     "SequenceClassifier",
 ]
 
-POOLINGS = ("last", "mean", "max", "attention")
-
 
 @dataclass(frozen=True)
-class ClassifyModelConfig(Regularisers):
+class ClassifyModelConfig(RecurrentConfig):
     """Embedding or standardisation -> rnnkit.RNN -> pooling -> MLP head (``SequenceClassifier``)."""
 
-    mode: str = field(default="gru", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
+    mode: str = recurrent_field("mode", "gru")
+    hidden_size: int = recurrent_field("hidden_size", 128, "hidden state width per layer and direction (units)")
+    dropout: float = recurrent_field("dropout", 0.1, "dropout between layers and in the head, in [0, 1)")
     embedding_size: int = field(default=64, metadata={"help": "token embedding width (units; text only)"})
-    hidden_size: int = field(default=128, metadata={"help": "hidden state width per layer and direction (units)"})
-    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
     bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
     pooling: str = field(default="mean", metadata={"help": "over the valid steps: last, mean, max or attention"})
     head_size: int = field(default=128, metadata={"help": "hidden width of the MLP head (units, 0 = one linear layer)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout between layers and in the head, in [0, 1)"})
-    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
-    init: str = field(
-        default="torch",
-        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
-    )
 
     def __post_init__(self) -> None:
-        check_recurrent(self)
+        super().__post_init__()
         check_bool("bidirectional", self.bidirectional)
-        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("pooling", self.pooling, tuple(POOLINGS))
         check_int("head_size", self.head_size, 0, 2**20)
 
 
@@ -147,83 +137,6 @@ class ClassifyConfig(RunConfig):
     train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
 
 
-class SequenceClassifier(nn.Module):
-    """Embedding (``vocab_size``) or per-channel standardisation (``input_channels``) -> RNN -> pooling -> MLP.
-
-    ``forward(x, lengths) -> logits (B, C)``: x is (B, T) int64 token ids (padding 0) or (B, T, D) float series
-    (NaN allowed: missing values become the channel mean); ``lengths`` (B,) the valid steps of each row.
-    """
-
-    def __init__(self, config: ClassifyModelConfig, num_classes: int, *, vocab_size: int = 0, input_channels: int = 0):
-        super().__init__()
-        if (vocab_size > 0) == (input_channels > 0):
-            raise ValueError(
-                f"give exactly one of vocab_size and input_channels, got {vocab_size} and {input_channels}"
-            )
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.config, self.num_classes = config, num_classes
-        if vocab_size:
-            self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=0)
-            D = config.embedding_size
-        else:
-            self.embedding = None
-            self.register_buffer("mean", torch.zeros(input_channels))  # set from the training set
-            self.register_buffer("std", torch.ones(input_channels))
-            D = input_channels
-        K, H = 2 if config.bidirectional else 1, config.hidden_size
-        self.rnn = RNN(config.mode, D, H, config.num_layers, dropout=config.dropout,
-                       bidirectional=config.bidirectional, backend=config.backend, **config.rnn_options())  # fmt: skip
-        self.score = nn.Linear(K * H, 1) if config.pooling == "attention" else None
-        self.attend = nn.Linear(K * H, K * H) if config.pooling == "attention" else None
-        self.drop = nn.Dropout(config.dropout)
-        if config.head_size:
-            self.head = nn.Sequential(nn.Linear(K * H, config.head_size), nn.ReLU(), nn.Dropout(config.dropout),
-                                      nn.Linear(config.head_size, num_classes))  # fmt: skip
-        else:
-            self.head = nn.Linear(K * H, num_classes)
-        initialise_(self.rnn, config.init)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """The RNN's input: token embeddings (B, T) -> (B, T, E), or standardised series (B, T, D)."""
-        if self.embedding is not None:
-            return self.embedding(x)  # (B, T, E)
-        return torch.nan_to_num((x - self.mean) / self.std, nan=0.0)  # (B, T, D), missing -> the channel mean
-
-    def features(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """The pooled representation (B, K*H) of a padded batch."""
-        y, state = self.rnn(self.encode(x), lengths=lengths)  # y (B, T, K*H), zero past each length
-        mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
-        pooling = self.config.pooling
-        if pooling == "last":
-            h = state.h if isinstance(state, tuple) else state  # (L*K, B, H)
-            K = 2 if self.config.bidirectional else 1
-            return torch.cat(list(h[-K:]), dim=-1)  # (B, K*H): last layer, forward end and backward end
-        if pooling == "mean":
-            return y.sum(1) / lengths.to(y.device, y.dtype).unsqueeze(1)  # (B, K*H)
-        if pooling == "max":
-            return y.masked_fill(~mask, float("-inf")).amax(1)  # (B, K*H)
-        a = self._weights(y, mask)  # (B, T, 1), zero past each length
-        return (a * y).sum(1)  # (B, K*H)
-
-    def _weights(self, y: Tensor, mask: Tensor) -> Tensor:
-        """Attention pooling's weights: a_t = softmax_t(v^T tanh(W y_t + b)) over the valid steps; (B, T, 1)."""
-        e = self.score(torch.tanh(self.attend(y))).masked_fill(~mask, float("-inf"))  # (B, T, 1)
-        return torch.softmax(e, dim=1)
-
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """x (B, T) or (B, T, D), lengths (B,) -> logits (B, C)."""
-        return self.head(self.drop(self.features(x, lengths)))
-
-    def attention(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """The attention weights (B, T) of ``pooling="attention"`` (zero past each length)."""
-        if self.score is None:
-            raise ValueError(f"attention needs pooling='attention', got {self.config.pooling!r}")
-        y, _ = self.rnn(self.encode(x), lengths=lengths)  # (B, T, K*H)
-        mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
-        return self._weights(y, mask).squeeze(-1)  # (B, T)
-
-
 class _ClassifyGraph(nn.Module):
     """Export graph (``rnnkit export``): x (B, T) int64 or (B, T, D) float, lengths (B,) int64 -> logits (B, C)."""
 
@@ -277,6 +190,16 @@ class ClassifyTask(Task):
     def primary(self) -> str:  # type: ignore[override]
         return self.config.train.monitor
 
+    @property
+    def kind(self) -> str:
+        """What the run classifies: "text" or "series"."""
+        return self.input.kind
+
+    @property
+    def vocab(self) -> TokenVocab | None:
+        """A text run's token vocabulary (None for series)."""
+        return getattr(self.input, "vocab", None)
+
     # --- data ---------------------------------------------------------------------------------------------------
 
     def prepare(self, artefacts: dict[str, Any] | None) -> None:
@@ -308,47 +231,13 @@ class ClassifyTask(Task):
             raise DataError(f"{train.source}: a classifier needs at least 2 classes, found only {sorted(found)}")
         declared = train.declared_labels
         self.labels = list(declared) if declared and found <= set(declared) else _natural_order(found)
-        self.kind = train.kind
-        if self.kind == "text":
-            self.vocab = TokenVocab.build([self._tokens(t) for t in train.inputs], self.config.data.max_vocab)
-            self.channels, self.mean, self.std = 0, None, None
-        else:
-            channels = {x.shape[1] for x in train.inputs}
-            if len(channels) != 1:
-                raise DataError(f"{train.source}: examples have different numbers of channels: {sorted(channels)}")
-            values = np.concatenate(train.inputs, axis=0).astype(np.float64)  # (sum T_i, D)
-            self.channels = channels.pop()
-            self.mean = torch.tensor(np.nan_to_num(np.nanmean(values, axis=0)), dtype=torch.float32)
-            std = torch.tensor(np.nan_to_num(np.nanstd(values, axis=0)), dtype=torch.float32)
-            self.std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel is only centred
-            self.vocab = None
-
-    def _tokens(self, text: str) -> list[str]:
-        return text.split() if self.config.data.tokens == "words" else list(text)
+        self.input = INPUTS[train.kind](self.config.data).fit(train)
 
     def encode(self, examples: Examples, *, with_labels: bool = True) -> _Encoded:
         """Model inputs for ``examples``; a label outside the run's label set is a DataError."""
         if examples.kind != self.kind:
             raise DataError(f"{examples.source}: holds {examples.kind} examples, but this run classifies {self.kind}")
-        cap = self.config.data.max_length or None
-        unknown_tokens = 0
-        if self.kind == "text":
-            inputs = []
-            for i, text in enumerate(examples.inputs):
-                tokens = self._tokens(text)[:cap]
-                if not tokens:
-                    raise DataError(f"{examples.source}: example {i + 1} has no tokens")
-                ids, unknown = self.vocab.encode(tokens)
-                inputs.append(ids)
-                unknown_tokens += unknown
-        else:
-            inputs = []
-            for i, x in enumerate(examples.inputs):
-                if x.shape[1] != self.channels:
-                    raise DataError(
-                        f"{examples.source}: example {i + 1} has {x.shape[1]} channels, expected {self.channels}"
-                    )
-                inputs.append(torch.from_numpy(np.ascontiguousarray(x[:cap], dtype=np.float32)))
+        inputs, unknown_tokens = self.input.encode(examples, self.config.data.max_length or None)
         targets = None
         if with_labels and examples.labels is not None:
             index = {y: i for i, y in enumerate(self.labels)}
@@ -360,43 +249,25 @@ class ClassifyTask(Task):
 
     def restore(self, artefacts: dict[str, Any]) -> None:
         self.labels = list(artefacts["labels"])
-        self.kind = artefacts["kind"]
-        self.vocab = TokenVocab(list(artefacts["tokens"])) if self.kind == "text" else None
-        self.channels = int(artefacts.get("channels", 0))
-        self.mean, self.std = artefacts.get("mean"), artefacts.get("std")
+        self.input = INPUTS[artefacts["kind"]](self.config.data).restore(artefacts)
 
     def artefacts(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"labels": self.labels, "kind": self.kind}
-        if self.kind == "text":
-            out["tokens"] = self.vocab.tokens
-        else:
-            out |= {"channels": self.channels, "mean": self.mean, "std": self.std}
-        return out
+        return {"labels": self.labels, "kind": self.kind, **self.input.artefacts()}
 
     def write_files(self, run_dir: Path) -> None:
         labels = {"labels": self.labels, "kind": self.kind, "train_counts": self.counts.tolist()}
-        if self.kind == "text":
-            labels |= {"tokens": self.config.data.tokens, "vocab_size": len(self.vocab)}
-        else:
-            labels |= {"channels": self.channels, "mean": self.mean.tolist(), "std": self.std.tolist()}
-        atomic_write_json(run_dir / "labels.json", labels)
-        if self.kind == "text":
-            atomic_write_json(run_dir / "vocab.json", {"format": "rnnkit.tokens/1", "tokens": self.vocab.tokens})
+        atomic_write_json(run_dir / "labels.json", labels | self.input.summary())
+        self.input.write_files(run_dir)
 
     def build_model(self) -> SequenceClassifier:
-        if self.kind == "text":
-            return SequenceClassifier(self.config.model, len(self.labels), vocab_size=len(self.vocab))
-        model = SequenceClassifier(self.config.model, len(self.labels), input_channels=self.channels)
-        model.mean.copy_(self.mean)
-        model.std.copy_(self.std)
-        return model
+        return self.input.build_model(self.config.model, len(self.labels))
 
     def export_graphs(self, model: SequenceClassifier) -> list:
         """One graph: the padded batch and its lengths in, the logits out (softmax them for probabilities)."""
         from rnnkit.export import Graph, to_torch_modules
 
         lengths = torch.tensor([4, 2, 3])  # ragged, so the trace records the packed path the lengths take
-        x = torch.ones(3, 4, dtype=torch.long) if self.kind == "text" else torch.zeros(3, 4, self.channels)
+        x = self.input.example(3, 4)
         axes = {"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
         return [Graph(_ClassifyGraph(to_torch_modules(model).eval()), (x, lengths), ["x", "lengths"], ["logits"], axes)]
 
@@ -453,10 +324,7 @@ class ClassifyTask(Task):
     def predict(self, model: nn.Module, inputs: Examples | list, device="cpu") -> tuple[list[str], Tensor]:
         """Labels and class probabilities (N, C) for ``inputs`` (texts, (T, D) arrays, or ``Examples``), in order."""
         if not isinstance(inputs, Examples):
-            kind = "text" if all(isinstance(x, str) for x in inputs) else "series"
-            inputs = Examples(
-                kind, [x if kind == "text" else np.asarray(x, np.float32) for x in inputs], None, "inputs"
-            )
+            inputs = as_examples(inputs)
         probs, order = self.predict_proba(model, self.encode(inputs, with_labels=False), device)
         by_input = torch.empty_like(probs)
         by_input[torch.tensor(order, dtype=torch.long)] = probs  # back to input order

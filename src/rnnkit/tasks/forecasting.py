@@ -3,14 +3,10 @@
 At step t of a window the network reads the scaled lagged values z_{t-l} / s (l in ``lags``: 1, 2, 3 and the
 seasonal m, 2m), whether each was observed, the calendar (or season phase) of t, the series' age log10(2 + age),
 the standardised covariates of t and, optionally, a learned embedding of the series id; ``rnnkit.RNN`` turns them
-into h_t, and a head turns h_t into a forecast of z_t:
+into h_t, a linear layer into raw outputs W h_t + b, and a head (``rnnkit.tasks.forecast_heads``: gaussian,
+studentt, negbin for counts, or quantile) into a forecast of z_t. Every window is scaled by its own context:
 
-    scale      s = mean |z| over the observed context steps (1 when they are all 0), per window
-    gaussian   z_t / s ~ Normal(mu, sigma),                  (mu, sigma) = (W h_t + b, softplus(.))
-    studentt   z_t / s ~ StudentT(nu, mu, sigma),            nu = 2 + softplus(.)
-    negbin     z_t ~ NegativeBinomial(r, logits + log s),    counts; the mean scales with s
-    quantile   q_{t+j}^{(k)} = (W h_t + b)[j, k] / ... * s   every horizon j < H and level k at once (MQ-RNN's
-               "forking sequences": each step of a window predicts the H steps after it), pinball loss
+    s = mean |z| over the observed context steps (1 when they are all 0)
 
 Training windows (context C + horizon H steps) are drawn across all series; the distribution heads learn by
 teacher forcing over the whole window and forecast by sampling ``num_samples`` paths autoregressively, each
@@ -33,18 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    MODES,
-    Regularisers,
+    RecurrentConfig,
     RunConfig,
     TrainConfig,
     check_bool,
     check_choice,
     check_int,
-    check_recurrent,
+    recurrent_field,
 )
 from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, check_continues, read_series
 from rnnkit.errors import ConfigError, DataError
@@ -55,9 +49,10 @@ from rnnkit.metrics import forecast_scores, plot_forecasts
 from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
 from rnnkit.tasks.base import Command, Flag, Table, Task
+from rnnkit.tasks.forecast_heads import HEADS, ForecastHead
 
 __all__ = [
-    "HEADS",
+    "HEADS",  # re-exported from rnnkit.tasks.forecast_heads
     "ForecastConfig",
     "ForecastDataConfig",
     "ForecastModelConfig",
@@ -68,9 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-HEADS = ("gaussian", "studentt", "negbin", "quantile")
-_PARAMS = {"gaussian": 2, "studentt": 3, "negbin": 2}
 
 
 def parse_quantiles(text: str, name: str = "quantiles") -> tuple[float, ...]:
@@ -99,18 +91,12 @@ def parse_lags(text: str, season_length: int) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ForecastModelConfig(Regularisers):
+class ForecastModelConfig(RecurrentConfig):
     """Inputs -> rnnkit.RNN -> a distribution head (sampled) or a direct multi-horizon quantile head."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
-    hidden_size: int = field(default=64, metadata={"help": "hidden state width per layer (units)"})
-    num_layers: int = field(default=2, metadata={"help": "stacked recurrent layers (count)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout between layers, in [0, 1)"})
-    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
-    init: str = field(
-        default="torch",
-        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
-    )
+    hidden_size: int = recurrent_field("hidden_size", 64)
+    num_layers: int = recurrent_field("num_layers", 2)
+    dropout: float = recurrent_field("dropout", 0.1)
     head: str = field(
         default="studentt",
         metadata={"help": "output: gaussian, studentt, negbin (counts; sampled paths) or quantile (direct)"},
@@ -121,8 +107,8 @@ class ForecastModelConfig(Regularisers):
     num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
 
     def __post_init__(self) -> None:
-        check_recurrent(self)
-        check_choice("head", self.head, HEADS)
+        super().__post_init__()
+        check_choice("head", self.head, tuple(HEADS))
         check_int("id_embedding", self.id_embedding, 0, 2**16)
         if not isinstance(self.lags, str):
             raise ConfigError(f"lags must be a string ('auto' or like '1,2,12'), got {self.lags!r}")
@@ -199,7 +185,8 @@ class ForecastConfig(RunConfig):
 class Forecaster(nn.Module):
     """inputs (B, T, D) [+ series ids (B,)] -> rnnkit.RNN -> head outputs (B, T, P).
 
-    P is 2 (gaussian, negbin), 3 (studentt) or H * Q (quantile: H steps ahead times Q levels).
+    P is the head's ``num_parameters``: 2 (gaussian, negbin), 3 (studentt) or H * Q (quantile: H steps ahead times
+    Q levels).
     """
 
     def __init__(self, config: ForecastModelConfig, input_size: int, *, num_series: int = 0, horizon: int = 1,
@@ -210,8 +197,8 @@ class Forecaster(nn.Module):
         D = input_size + (config.id_embedding if self.embed is not None else 0)
         self.rnn = RNN(config.mode, D, config.hidden_size, config.num_layers, dropout=config.dropout,
                        backend=config.backend, **config.rnn_options())  # fmt: skip
-        P = horizon * len(levels) if config.head == "quantile" else _PARAMS[config.head]
-        self.head = nn.Linear(config.hidden_size, P)
+        P = HEADS[config.head]().num_parameters(horizon, self.levels)
+        self.head = nn.Linear(config.hidden_size, P)  # raw outputs; the task's ``head`` reads them
         initialise_(self.rnn, config.init)
 
     def forward(self, x: Tensor, ids: Tensor | None = None, state=None) -> tuple[Tensor, Any]:
@@ -239,22 +226,6 @@ class _ForecastGraph(nn.Module):
         ids, state = (rest[0], rest[1:]) if self.ids else (None, rest)
         out, new_state = self.model(x, ids, nested_state(state))  # (B, T, P)
         return (out, *flat_state(new_state))
-
-
-def _distribution(head: str, out: Tensor, scale: Tensor) -> torch.distributions.Distribution:
-    """The head's distribution of z_t (negbin: raw counts) or z_t / s (the others); out (..., P), scale (...)."""
-    if head == "gaussian":
-        return torch.distributions.Normal(out[..., 0], F.softplus(out[..., 1]) + 1e-4)
-    if head == "studentt":
-        return torch.distributions.StudentT(2.0 + F.softplus(out[..., 2]), out[..., 0], F.softplus(out[..., 1]) + 1e-4)
-    total = F.softplus(out[..., 0]) + 1e-4
-    return torch.distributions.NegativeBinomial(total, logits=out[..., 1] + scale.log())
-
-
-def _pinball(target: Tensor, pred: Tensor, levels: Tensor) -> Tensor:
-    """Pinball loss per element: target (...), pred (..., Q), levels (Q,) -> (..., Q)."""
-    d = target.unsqueeze(-1) - pred
-    return torch.maximum(levels * d, (levels - 1) * d)
 
 
 class _Windows:
@@ -365,6 +336,11 @@ class ForecastTask(Task):
     higher_is_better = False
     unit = "windows"
 
+    @property
+    def head(self) -> ForecastHead:
+        """The head strategy of ``model.head`` (the config's string, as an object: loss, sampling, quantiles)."""
+        return HEADS[self.config.model.head]()
+
     # --- data -------------------------------------------------------------------------------------------------
 
     def read(self, path: str, *, wide: bool | None = None, fill: str | None = None) -> SeriesSet:
@@ -408,11 +384,7 @@ class ForecastTask(Task):
                 f"{len(short)} such series); drop them with --min-length {need}"
                 + (" or validate in-sample with --validation none" if d.validation == "last" else "")
             )
-        if self.config.model.head == "negbin":
-            bad = next((s for s in data.series if (s.values < 0).any() or (s.values != np.round(s.values)).any()), None)
-            if bad is not None:
-                raise DataError(f"{data.source}: series {bad.id!r} is not counts (negative or fractional values); "
-                                "the negbin head needs non-negative integers")  # fmt: skip
+        self.head.check_data(data)
         if artefacts is None:
             self._fit(data)
         self.history = data
@@ -575,24 +547,7 @@ class ForecastTask(Task):
         steps = torch.arange(max(self.lags), L, device=device)  # the model's C + H positions
         out, _ = model(self.inputs(values, observed, b["features"], b["age"], scale, steps), b["ids"])  # (B, S, P)
         out = at_least_fp32(out)  # the likelihood in fp32: CPU autocast leaves softplus, log, lgamma in bf16
-        target, mask = values[:, steps], observed[:, steps]  # (B, S)
-        head = self.config.model.head
-        if head == "quantile":
-            H, Q = self.horizon, len(model.levels)
-            pred = out.view(*out.shape[:2], H, Q)  # (B, S, H, Q): step s predicts z_{s+j}
-            j = torch.arange(H, device=device)
-            pos = steps[:, None] + j[None, :]  # (S, H) window positions predicted
-            inside = pos < L
-            pos = pos.clamp(max=L - 1)
-            y = values[:, pos] / scale[:, None, None]  # (B, S, H)
-            m = observed[:, pos] * inside  # (B, S, H)
-            levels = torch.tensor(model.levels, device=device, dtype=out.dtype)
-            loss = _pinball(y, pred, levels).mean(-1) * m  # (B, S, H)
-            return loss.sum(), m.sum()
-        dist = _distribution(head, out, scale[:, None])
-        z = target if head == "negbin" else target / scale[:, None]
-        nll = -dist.log_prob(z) * mask
-        return nll.sum(), mask.sum()
+        return self.head.loss(out, values, observed, steps, scale, horizon=self.horizon, levels=model.levels)
 
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
         total, count = self._window_loss(model, batch, device)
@@ -612,18 +567,11 @@ class ForecastTask(Task):
         is called with the number of series done after each batch of them.
         """
         h = self.horizon if horizon is None else horizon
-        head = self.config.model.head
+        head = self.head
         levels = tuple(sorted(set(levels or self.config.model.levels()) | {0.5}))
         if h < 1:
             raise ValueError(f"horizon must be >= 1, got {h}")
-        if head == "quantile":
-            if h > self.horizon:
-                raise DataError(f"a quantile-head run forecasts at most its trained horizon {self.horizon}, "
-                                f"asked for {h}")  # fmt: skip
-            missing = [q for q in levels if not any(abs(q - k) < 1e-9 for k in model.levels)]
-            if missing:
-                raise DataError(f"a quantile-head run forecasts only its trained levels "
-                                f"{', '.join(f'{q:g}' for q in model.levels)}; asked for {missing[0]:g}")  # fmt: skip
+        head.check_request(h, levels, self.horizon, model.levels)
         S = num_samples or self.config.model.num_samples
         was_training = model.training
         model.eval()
@@ -638,10 +586,10 @@ class ForecastTask(Task):
                     b, t = self._forecast_inputs(chunk, h, future)
                     times.append(t)
                     b["ids"] = torch.as_tensor(ids)
-                    if head == "quantile":
-                        q = self._quantile_forecast(model, b, h, levels, device)
-                    else:
+                    if head.sampled:
                         q = self._sampled_forecast(model, b, h, levels, S, device)
+                    else:
+                        q = self._direct_forecast(model, b, h, levels, device)
                     for level in levels:
                         quantiles[level].append(q[level])
                     if progress is not None:
@@ -685,20 +633,20 @@ class ForecastTask(Task):
                  "features": torch.from_numpy(feats).float(), "age": torch.from_numpy(age).float()}  # fmt: skip
         return batch, times
 
-    def _quantile_forecast(self, model, b, h, levels, device) -> dict[float, np.ndarray]:
+    def _direct_forecast(self, model, b, h, levels, device) -> dict[float, np.ndarray]:
+        """Read the context and the first future step's inputs once; the head maps the last output to quantiles."""
         P, C = max(self.lags), self.context
         b = {k: v.to(device) for k, v in b.items()}
         scale = self.context_scale(b["values"], b["observed"], P + C)
         steps = torch.arange(P, P + C + 1, device=device)  # the context, then the first future step
         out, _ = model(self.inputs(b["values"], b["observed"], b["features"], b["age"], scale, steps), b["ids"])
-        pred = at_least_fp32(out[:, -1]).view(-1, self.horizon, len(model.levels))[:, :h]  # (B, h, Q)
-        pred = pred.sort(dim=-1).values * scale[:, None, None]  # no crossing quantiles
-        pick = {q: min(range(len(model.levels)), key=lambda k: abs(model.levels[k] - q)) for q in levels}
-        return {q: pred[..., k].float().cpu().numpy().astype(np.float64) for q, k in pick.items()}
+        q = self.head.forecast(at_least_fp32(out[:, -1]), scale, h, levels, horizon=self.horizon, trained=model.levels)
+        return {level: v.float().cpu().numpy().astype(np.float64) for level, v in q.items()}  # (B, h) each
 
     def _sampled_forecast(self, model, b, h, levels, S, device) -> dict[float, np.ndarray]:
+        """Read the context once, then draw S paths per series a step at a time, each draw the next step's lag."""
         P, C = max(self.lags), self.context
-        head = self.config.model.head
+        head = self.head
         b = {k: v.to(device) for k, v in b.items()}
         scale = self.context_scale(b["values"], b["observed"], P + C)
         B = scale.size(0)
@@ -716,14 +664,10 @@ class ForecastTask(Task):
             t = P + C + k
             x = self.inputs(values, observed, features, age, s, torch.tensor([t], device=device))
             out, state = model(x, ids, state)
-            dist = _distribution(head, at_least_fp32(out[:, 0]), s)  # sampled in fp32 under bf16 autocast too
-            z = dist.sample()
-            values[:, t] = z if head == "negbin" else z * s
+            values[:, t] = head.sample(at_least_fp32(out[:, 0]), s)  # sampled in fp32 under bf16 autocast too
             observed[:, t] = 1
         paths = values[:, P + C :].view(B, S, h)
-        qs = torch.tensor(levels, device=device, dtype=paths.dtype)
-        how = "nearest" if head == "negbin" else "linear"  # a count's quantiles are counts
-        est = torch.quantile(paths, qs, dim=1, interpolation=how)  # (Q, B, h)
+        est = head.quantiles(paths, levels)  # (Q, B, h)
         return {q: est[i].cpu().numpy().astype(np.float64) for i, q in enumerate(levels)}
 
     # --- evaluation -------------------------------------------------------------------------------------------

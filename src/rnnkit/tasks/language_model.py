@@ -23,14 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import (
-    MODES,
-    Regularisers,
+    RecurrentConfig,
     RunConfig,
     TrainConfig,
     check_bool,
     check_float,
     check_int,
-    check_recurrent,
+    recurrent_field,
 )
 from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
 from rnnkit.errors import ConfigError, DataError
@@ -46,30 +45,23 @@ __all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMT
 
 
 @dataclass(frozen=True)
-class LMModelConfig(Regularisers):
+class LMModelConfig(RecurrentConfig):
     """Embedding -> rnnkit.RNN -> dropout -> linear head (``CharLM``)."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell: " + ", ".join(MODES)})
-    embedding_size: int = field(default=64, metadata={"help": "character embedding width (units)"})
-    hidden_size: int = field(default=384, metadata={"help": "hidden state width per layer (units)"})
-    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers (count)"})
-    dropout: float = field(
-        default=0.0, metadata={"help": "dropout probability between layers and before the head, in [0, 1)"}
+    hidden_size: int = recurrent_field("hidden_size", 384)
+    dropout: float = recurrent_field(
+        "dropout", 0.0, "dropout probability between layers and before the head, in [0, 1)"
     )
+    embedding_size: int = field(default=64, metadata={"help": "character embedding width (units)"})
     tie_weights: bool = field(
         default=False,
         metadata={
             "help": "share the embedding and head weights (Press & Wolf 2016); needs embedding_size == hidden_size"
         },
     )
-    backend: str = field(default="auto", metadata={"help": "RNN implementation: auto, loop, native or fused"})
-    init: str = field(
-        default="torch",
-        metadata={"help": "initialisation: torch (uniform) or orthogonal (orthogonal W_hh, LSTM forget bias 1)"},
-    )
 
     def __post_init__(self) -> None:
-        check_recurrent(self)
+        super().__post_init__()
         check_bool("tie_weights", self.tie_weights)
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ConfigError(

@@ -23,14 +23,14 @@ from torch import nn
 
 from rnnkit.config import (
     MODES,
-    Regularisers,
+    RecurrentConfig,
     RunConfig,
     TrainConfig,
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_recurrent,
+    recurrent_field,
 )
 from rnnkit.data.labelled import BucketBatches, LengthBuckets, TokenVocab
 from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
@@ -58,24 +58,23 @@ SPECIALS = ("<s>", "</s>")
 
 
 @dataclass(frozen=True)
-class Seq2SeqModelConfig(Regularisers):
+class Seq2SeqModelConfig(RecurrentConfig):
     """Embedding -> rnnkit.RNN encoder -> attention decoder (``rnnkit.seq2seq.Seq2Seq``)."""
 
-    mode: str = field(default="lstm", metadata={"help": "recurrent cell of encoder and decoder: " + ", ".join(MODES)})
+    mode: str = recurrent_field("mode", "lstm", "recurrent cell of encoder and decoder: " + ", ".join(MODES))
+    hidden_size: int = recurrent_field("hidden_size", 128, "encoder width per direction (units; decoder: x2 if bi)")
+    num_layers: int = recurrent_field("num_layers", 1, "encoder layers (count)")
+    dropout: float = recurrent_field("dropout", 0.2, "dropout on embeddings, between layers and before output")
+    backend: str = recurrent_field("backend", "auto", "encoder RNN implementation: auto, loop, native or fused")
     embedding_size: int = field(default=64, metadata={"help": "token embedding width, both sides (units)"})
-    hidden_size: int = field(default=128, metadata={"help": "encoder width per direction (units; decoder: x2 if bi)"})
-    num_layers: int = field(default=1, metadata={"help": "encoder layers (count)"})
     bidirectional: bool = field(default=True, metadata={"help": "read the source both ways"})
     decoder_layers: int = field(default=1, metadata={"help": "decoder cells stacked (count)"})
     attention: str = field(default="general", metadata={"help": "score: dot, general (Luong) or bahdanau"})
     input_feeding: bool = field(default=True, metadata={"help": "feed the last attentional vector to the decoder"})
     tie_embeddings: bool = field(default=False, metadata={"help": "output layer shares the target embedding"})
-    dropout: float = field(default=0.2, metadata={"help": "dropout on embeddings, between layers and before output"})
-    backend: str = field(default="auto", metadata={"help": "encoder RNN implementation: auto, loop, native or fused"})
-    init: str = field(default="torch", metadata={"help": "initialisation: torch or orthogonal"})
 
     def __post_init__(self) -> None:
-        check_recurrent(self)
+        super().__post_init__()
         check_bool("bidirectional", self.bidirectional)
         check_int("decoder_layers", self.decoder_layers, 1, 64)
         check_choice("attention", self.attention, ATTENTIONS)
