@@ -244,3 +244,17 @@ def test_ctrl_c_during_training_says_what_it_saved(corpus, tmp_path, capsys, mon
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"rnnkit: interrupted at step 2: saved {out / 'last.pt'}; continue with --out {out} --resume"
+
+
+def test_resume_continues_the_run_as_configured(corpus, tmp_path, capsys):
+    """--resume reads the run's config.json: only the flags given change it (here the step budget)."""
+    out = tmp_path / "r"
+    assert main(["train", "lm", "--data", str(corpus), "--out", str(out), "--max-steps", "4", *TINY]) == 0
+    assert main(["train", "lm", "--out", str(out), "--resume", "--max-steps", "8"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["hidden_size"] == 16 and saved["train"]["max_steps"] == 8
+    assert saved["data"]["data"] == str(corpus)
+    capsys.readouterr()
+    (out / "config.json").write_text("{not json")
+    status = main(["train", "lm", "--out", str(out), "--resume", "--max-steps", "12"])
+    assert "config.json: not a run's config" in _one_error_line(capsys, status)

@@ -24,7 +24,7 @@ from typing import Any
 from rnnkit import __version__
 from rnnkit.cliargs import add_config_flags, build_config, config_overrides, int_flag
 from rnnkit.errors import CheckpointError, RnnkitError
-from rnnkit.io import check_output
+from rnnkit.io import check_output, read_input
 
 log = logging.getLogger("rnnkit.cli")
 
@@ -109,7 +109,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rnnkit.tasks import TASKS
 
     task_cls = TASKS[args.task]
-    config = build_config(args.config, config_overrides(args, task_cls.Config), task_cls.Config)
     if args.out is None:
         if args.resume:
             raise UsageError("--resume needs --out DIR (the run folder to continue)")
@@ -118,6 +117,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.out.strip():
             raise UsageError("--out must name a folder, got an empty string")
         out = Path(args.out)
+    saved = None  # --resume continues the run as it was configured: only the flags given change it
+    if args.resume and (out / "config.json").is_file():
+        try:
+            saved = json.loads(read_input(out / "config.json", expected="a run's config.json").decode("utf-8"))
+        except ValueError as e:
+            raise CheckpointError(f"{out / 'config.json'}: not a run's config ({e})") from None
+        if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
+            raise CheckpointError(f"{out / 'config.json'}: not a run's config (expected sections of settings)")
+    config = build_config(args.config, config_overrides(args, task_cls.Config), task_cls.Config, saved)
     task = task_cls(config)
     progress = _Progress()
     try:

@@ -87,10 +87,14 @@ def load_toml(path: str | os.PathLike, config_cls: type[RunConfig]) -> dict[str,
 
 
 def build_config(
-    toml_path: str | os.PathLike | None, overrides: dict[str, dict[str, Any]], config_cls: type[RunConfig]
+    toml_path: str | os.PathLike | None,
+    overrides: dict[str, dict[str, Any]],
+    config_cls: type[RunConfig],
+    base: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
-    """Defaults < TOML file < ``overrides`` (the explicit flags), validated by the config classes."""
-    merged: dict[str, dict[str, Any]] = {name: {} for name in config_cls.sections()}
+    """Defaults < ``base`` (a resumed run's saved config) < TOML file < ``overrides`` (the explicit flags),
+    validated by the config classes."""
+    merged: dict[str, dict[str, Any]] = {name: dict((base or {}).get(name, {})) for name in config_cls.sections()}
     if toml_path is not None:
         for section, values in load_toml(toml_path, config_cls).items():
             merged[section].update(values)
