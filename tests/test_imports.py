@@ -27,8 +27,6 @@ import importlib.util
 import pkgutil
 from pathlib import Path
 
-import pytest
-
 import rnnkit
 
 PACKAGE = "rnnkit"
@@ -132,13 +130,11 @@ def test_find_cycle_reports_the_circle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.xfail(strict=True, reason="recurrent -> backends -> kernels -> recurrent: the fix follows")
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-@pytest.mark.xfail(strict=True, reason="kernels imports RNN for auto_backend's type: the fix follows")
 def test_kernels_import_nothing_above_them():
     """The fast paths sit below the layers: no module of ``rnnkit.kernels`` imports ``rnnkit.recurrent`` or the
     backends, even for types."""

@@ -13,6 +13,7 @@ Shapes: B batch, T time, D input features, H hidden, L layers, K directions (1 o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -20,17 +21,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import backends
-from rnnkit.backends import BACKENDS, between_layers, locked_dropout, loop_layer, step_mask
+from rnnkit import backends, twin
+from rnnkit.backends import BACKENDS
 from rnnkit.cells import CELLS, NONLINEARITIES, CellSpec, LSTMState, cell_spec, check_size
+from rnnkit.layers import Plan, cell_step, locked_dropout, loop_layer, run_layers, step_mask
 from rnnkit.sequence import check_lengths, mask_to_lengths
 
 __all__ = ["BACKENDS", "MODES", "RNN", "TORCH_MODES", "Bidirectional", "Recurrent", "Stack", "scan"]
 
 State = Any  # a Tensor or a (named) tuple of Tensors
+Layer = Callable[[Tensor, State, "Tensor | None"], tuple[Tensor, State]]  # time-major: rnnkit.layers.run_layers
 
 MODES = tuple(CELLS)  # every cell in the table (rnnkit.cells registers them on import)
-TORCH_MODES = ("elman", "lstm", "gru")  # the cells torch.nn has
+TORCH_MODES = twin.TORCH_MODES  # the cells torch.nn has
 
 
 def scan(
@@ -73,6 +76,35 @@ def _check_sequence(x: object, feature_size: int, what: str = "x", kinds: str = 
     return x
 
 
+# --- the combinators: views over the one skeleton (rnnkit.layers.run_layers) ---------------------------------------
+
+
+def _over_time(
+    layers: list[list[Layer]], x: object, states: list[State], lengths, between=None
+) -> tuple[Tensor, list[State]]:
+    """Batch-first ``x`` (B, T, D) through ``run_layers``: checked, time-major inside, (B, T, F) out."""
+    kinds = "a padded Tensor (B, T, D) (pass lengths for a ragged batch)"
+    x = _check_sequence(x, x.size(-1) if isinstance(x, Tensor) else 0, kinds=kinds)
+    mask = None
+    if lengths is not None:
+        mask = step_mask(check_lengths(lengths, x.size(0), x.size(1)), x.size(1), x.device)  # (T, B, 1)
+    out, finals = run_layers(layers, x.transpose(0, 1), states, mask, between)  # (T, B, F)
+    return out.transpose(0, 1), finals
+
+
+def _directions(module: nn.Module, lengths) -> list[Layer]:
+    """A combinator's layer functions for the skeleton, one per direction; any other module with the contract
+    ``y, state = module(x (B, T, D), state, lengths)`` is one direction, run batch-first as it is."""
+    if isinstance(module, (Recurrent, Bidirectional)):
+        return module.directions()
+
+    def layer(x: Tensor, state: State, mask) -> tuple[Tensor, State]:
+        y, state = module(x.transpose(0, 1), state, lengths)
+        return y.transpose(0, 1), state
+
+    return [layer]
+
+
 class Recurrent(nn.Module):
     """Run a cell over time: ``output, state = Recurrent(cell)(x, state, lengths)``.
 
@@ -88,15 +120,21 @@ class Recurrent(nn.Module):
         self.cell = cell
         self.reverse = bool(reverse)
 
+    def directions(self) -> list[Layer]:
+        return [self.layer]
+
+    def layer(self, x: Tensor, state: State, mask: Tensor | None) -> tuple[Tensor, State]:
+        """The skeleton's layer function: the cell over time-major ``x`` (T, B, D)."""
+        D = getattr(self.cell, "input_size", None)
+        if D is not None and x.size(-1) != D:
+            raise ValueError(f"x.size(-1) must equal input_size={D}, got {x.size(-1)}")
+        return loop_layer(self.cell, x, state, mask, self.reverse)
+
     def forward(
         self, x: Tensor, state: State = None, lengths: Tensor | Sequence[int] | None = None
     ) -> tuple[Tensor, State]:
-        D = getattr(self.cell, "input_size", None)
-        kinds = "a padded Tensor (B, T, D) (pass lengths for a ragged batch)"
-        _check_sequence(x, D if D is not None else x.size(-1) if isinstance(x, Tensor) else 0, kinds=kinds)
-        if lengths is not None:
-            lengths = check_lengths(lengths, x.size(0), x.size(1))
-        return scan(self.cell, x, state, lengths, self.reverse)
+        out, (state,) = _over_time([self.directions()], x, [state], lengths)
+        return out, state
 
     def extra_repr(self) -> str:
         return "reverse=True" if self.reverse else ""
@@ -118,15 +156,18 @@ class Bidirectional(nn.Module):
         self.forward_layer = forward_layer
         self.backward_layer = backward_layer
 
+    def directions(self) -> list[Layer]:
+        return [self.forward_layer.layer, self.backward_layer.layer]
+
     def forward(self, x: Tensor, state: State = None, lengths=None) -> tuple[Tensor, State]:
-        fwd_state, bwd_state = (None, None) if state is None else state
-        y_f, fwd_state = self.forward_layer(x, fwd_state, lengths)  # (B, T, H_f)
-        y_b, bwd_state = self.backward_layer(x, bwd_state, lengths)  # (B, T, H_b)
-        return torch.cat([y_f, y_b], dim=-1), (fwd_state, bwd_state)  # (B, T, H_f + H_b)
+        states = [None, None] if state is None else list(state)
+        out, finals = _over_time([self.directions()], x, states, lengths)  # (B, T, H_f + H_b)
+        return out, tuple(finals)
 
 
 class Stack(nn.Module):
-    """Layers applied one after another, with dropout between them; the state is a list, one per layer."""
+    """Layers applied one after another, with dropout between them; the state is a list, one per layer (a
+    ``Bidirectional`` layer's a pair). Dropout is torch.nn's, a fresh mask per step, on each layer's output."""
 
     def __init__(self, layers: Sequence[nn.Module], dropout: float = 0.0) -> None:
         super().__init__()
@@ -139,11 +180,25 @@ class Stack(nn.Module):
         states = [None] * len(self.layers) if state is None else list(state)
         if len(states) != len(self.layers):
             raise ValueError(f"state must hold one entry per layer ({len(self.layers)}), got {len(states)}")
-        for k, layer in enumerate(self.layers):
-            if k > 0:
-                x = F.dropout(x, self.dropout, self.training)
-            x, states[k] = layer(x, states[k], lengths)
-        return x, states
+        layers = [_directions(layer, lengths) for layer in self.layers]
+        flat = [s for dirs, st in zip(layers, states, strict=True) for s in (_split(st) if len(dirs) == 2 else [st])]
+        between = partial(_dropout, p=self.dropout, training=self.training)
+        out, finals = _over_time(layers, x, flat, lengths, between)
+        per_layer, k = [], 0
+        for dirs in layers:  # flat finals back into one entry per layer
+            per_layer.append(tuple(finals[k : k + 2]) if len(dirs) == 2 else finals[k])
+            k += len(dirs)
+        return out, per_layer
+
+
+def _split(state: State) -> list[State]:
+    return [None, None] if state is None else list(state)
+
+
+def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """torch.nn's dropout on the batch-first view of a layer's time-major output (T, B, F), in that view's memory
+    order: the masks of ``F.dropout(layer(x)[0], p)``, so a ``Stack`` equals its layers called one by one."""
+    return F.dropout(x.transpose(0, 1), p, training).transpose(0, 1)
 
 
 # --- the torch.nn-compatible layer -----------------------------------------------------------------------
@@ -251,11 +306,12 @@ class RNN(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.backend = backend
-        if backend != "auto" and backend not in backends.usable_backends(self):
+        usable = backends.usable_backends(self.plan())
+        if backend != "auto" and backend not in usable:
             raise ValueError(
                 f"backend {backend!r} cannot run this RNN (cell {self.mode!r}"
                 + (", zoneout" if self.zoneout != (0.0, 0.0) else "")
-                + f"); it can run on {backends.usable_backends(self)}"
+                + f"); it can run on {usable}"
             )
 
         kw = {"device": device, "dtype": dtype}
@@ -311,20 +367,29 @@ class RNN(nn.Module):
                 w[kind] = F.dropout(w[kind], self.weight_drop, True)  # kept weights scaled by 1/(1-p)
         return weights
 
-    def step_with(self, weights: dict[str, Tensor | None]) -> Callable[[Tensor, State], tuple[Tensor, State]]:
-        """``y, state = step(x_t, state)`` on the given parameters of one layer and direction, zoneout included."""
-        step = backends.step_function(self, weights)
-        if self.zoneout != (0.0, 0.0):
-            step = backends.zoneout(step, self.spec, *self.zoneout, self.training)
-        return step
-
     def step_function(self, layer: int, direction: int = 0) -> Callable[[Tensor, State], tuple[Tensor, State]]:
-        """``y, state = step(x_t, state)`` for one layer and direction: the cell's equations (``CellSpec.step``)."""
-        return self.step_with(self.layer_params(layer, direction))
+        """``y, state = step(x_t, state)`` for one layer and direction: the cell's equations (``CellSpec.step``),
+        zoneout included."""
+        return cell_step(self.plan(), self.layer_params(layer, direction))
 
-    def between_layers(self, x: Tensor) -> Tensor:
-        """Dropout on the time-major input (T, B, F) of a layer above the first (``rnnkit.backends``)."""
-        return between_layers(x, self.dropout, self.locked_dropout, self.training)
+    def plan(self) -> Plan:
+        """What the backends run, read from this module now (its options may change, its mode does): the cell,
+        sizes, directions, regularisers between and inside the layers, the backend asked for, the training flag."""
+        return Plan(
+            spec=self.spec,
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            options=self.options,
+            dropout=self.dropout,
+            locked_dropout=self.locked_dropout,
+            zoneout=self.zoneout,
+            backend=self.backend,
+            training=self.training,
+        )
 
     def initial_state(self, batch_size: int, *, device=None, dtype=None) -> State:
         """The zero state: (L*K, B, H), or an LSTMState of two such tensors."""
@@ -351,8 +416,10 @@ class RNN(nn.Module):
         return LSTMState(*parts) if has_cell else parts[0]
 
     def resolved_backend(self, x: Tensor) -> str:
-        """The backend a forward pass on ``x`` uses (resolves ``"auto"``)."""
-        return backends.resolve(self, x)
+        """The backend a forward pass on ``x`` (B, T, D) uses (resolves ``"auto"``, ``rnnkit.backends.resolve``)."""
+        K = self.num_directions
+        weights = [self.layer_params(k // K, k % K) for k in range(self.num_layers * K)]
+        return backends.resolve(self.plan(), x, weights)
 
     def forward(
         self,
@@ -400,10 +467,11 @@ class RNN(nn.Module):
     def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """The checked, batch-first forward: locked dropout around the backend's run of every layer."""
         x = locked_dropout(x, self.dropout_input, self.training)  # (B, T, D)
+        plan, weights = self.plan(), self.forward_weights()
         # export hook: under a tracer or torch.export, torch.nn's kernels wherever they compute this RNN
-        native = _exporting() and "native" in backends.usable_backends(self)
-        run = backends.runner("native" if native else self.resolved_backend(x))
-        out, state = run(self, x, state, lengths, self.forward_weights())  # (B, T, K*H)
+        native = _exporting() and "native" in backends.usable_backends(plan)
+        run = backends.runner("native" if native else backends.resolve(plan, x, weights))
+        out, state = run(plan, x, state, lengths, weights)  # (B, T, K*H)
         return locked_dropout(out, self.dropout_output, self.training), state
 
     def step(self, x_t: Tensor, state: State = None) -> tuple[Tensor, State]:
@@ -453,35 +521,15 @@ class RNN(nn.Module):
     def __prepare_scriptable__(self) -> nn.Module:
         """Export hook: ``torch.jit.script(rnn)`` scripts the torch.nn twin in rnnkit's contract (``rnnkit.export``):
         ``forward(x, state=None, lengths=None)`` on padded tensors (no ``PackedSequence``, no ``mask``)."""
-        from rnnkit.export import scriptable
-
-        return scriptable(self)
+        return twin.scriptable(self)
 
     # --- conversion to and from torch.nn ---------------------------------------------------------------
 
     @classmethod
     def from_torch(cls, module: nn.RNNBase, *, backend: str = "auto") -> RNN:
         """An ``RNN`` with the configuration and (copied) weights of a ``torch.nn.RNN/LSTM/GRU``."""
-        if not isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)):
-            raise TypeError(f"module must be a torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"module.proj_size must be 0 (projections are not supported), got {module.proj_size}")
-        mode = {nn.RNN: "elman", nn.LSTM: "lstm", nn.GRU: "gru"}[type(module)]
-        ref = module.weight_ih_l0
-        rnn = cls(
-            mode,
-            module.input_size,
-            module.hidden_size,
-            module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=float(module.dropout),
-            bidirectional=module.bidirectional,
-            nonlinearity=getattr(module, "nonlinearity", "tanh"),
-            backend=backend,
-            device=ref.device,
-            dtype=ref.dtype,
-        )
+        kw = twin.plan_kwargs(module)
+        rnn = cls(**kw, backend=backend)
         rnn.load_state_dict(module.state_dict())
         return rnn.train(module.training)
 
@@ -492,27 +540,8 @@ class RNN(nn.Module):
         training-only regularisers (weight-drop, locked dropout) are left behind, which changes nothing at
         evaluation.
         """
-        cls = self.spec.torch_module
-        if cls is None:
-            raise ValueError(f"cell {self.mode!r} has no torch.nn equivalent (torch.nn has {TORCH_MODES})")
-        if self.zoneout != (0.0, 0.0):
-            raise ValueError(f"zoneout={self.zoneout} has no torch.nn equivalent; build the RNN with zoneout=0")
-        kw: dict[str, Any] = {"nonlinearity": self.nonlinearity} if self.mode == "elman" else {}
         ref = self.weight_ih_l0
-        module = cls(
-            self.input_size,
-            self.hidden_size,
-            self.num_layers,
-            bias=self.bias,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
-            bidirectional=self.bidirectional,
-            device=ref.device,
-            dtype=ref.dtype,
-            **kw,
-        )
-        module.load_state_dict(self.state_dict())
-        return module.train(self.training)
+        return twin.torch_twin(self.plan(), self.state_dict(), device=ref.device, dtype=ref.dtype)
 
 
 def _exporting() -> bool:
