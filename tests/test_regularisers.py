@@ -137,7 +137,7 @@ ZONED = [("elman", "tanh"), ("elman", "relu"), ("gru", "tanh"), ("lstm", "tanh")
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize(("mode", "nonlinearity"), ZONED)
 def test_zoneout_fused_equals_loop(mode, nonlinearity, training, loops):
-    """Fused zoneout (every step's masks drawn before the layer's kernel, backends.zoneout_weights) against the
+    """Fused zoneout (every step's masks drawn before the layer's kernel, layers.zoneout_weights) against the
     loop's (drawn step by step) under one seed, float64: outputs, final states, the RNG's state after, and every
     gradient; 2 layers, both directions, rates (0.3, 0.6), with and without lengths; training (Bernoulli masks)
     and evaluation (the expectation)."""
