@@ -7,8 +7,9 @@ import itertools
 import pytest
 import torch
 
+from rnnkit import backends
 from rnnkit.cells import LSTMState
-from rnnkit.kernels import auto_backend, extension, fast_step, ops
+from rnnkit.kernels import extension, fast_step, ops
 from rnnkit.kernels.elman import ElmanFunction
 from rnnkit.kernels.gru import GRUFunction
 from rnnkit.kernels.lstm import LSTMFunction
@@ -18,6 +19,11 @@ from rnnkit.recurrent import RNN
 MODES = ["elman", "lstm", "gru"]
 B, T, D, H = 3, 5, 4, 3
 LENGTHS = torch.tensor([5, 2, 4])
+
+
+def auto_backend(rnn: RNN, x: torch.Tensor) -> str:
+    """``backends.auto_backend`` on the plan and the parameters of ``rnn``."""
+    return backends.auto_backend(rnn.plan(), x, rnn.forward_weights())
 
 
 def _run(rnn: RNN, backend: str, x, state, lengths):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conftest import tol
-from rnnkit.backends import resolve
 from rnnkit.cells import LSTMState
 from rnnkit.kernels import extension, layernorm_gru, layernorm_lstm
 from rnnkit.kernels.layernorm_gru import LayerNormGRUFunction, layernorm_gru_layer
@@ -179,7 +178,7 @@ def test_backward_twice_with_retain_graph(cell, loops):
 def test_auto_picks_fused_and_alias_works(alias):
     rnn = RNN(alias, D, H)
     x = torch.randn(B, T, D)
-    assert resolve(rnn, x) == "fused"
+    assert rnn.resolved_backend(x) == "fused"
     out, _ = rnn(x)
     assert out.shape == (B, T, H)
 

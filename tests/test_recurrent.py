@@ -789,3 +789,19 @@ def test_mask_is_the_same_as_lengths(batch_first):
     gap[(0, 1) if batch_first else (1, 0)] = False  # row 0, step 1: valid steps after a gap
     with pytest.raises(ValueError, match="prefix mask"):
         rnn(x, mask=gap)
+
+
+def test_stack_runs_any_layer_with_the_contract():
+    """A layer that is not a Recurrent or Bidirectional (here a nested Stack) runs as one direction of the skeleton,
+    called batch-first with the lengths: the stack equals its layers called one by one."""
+    from rnnkit.cells import GRUCell
+    from rnnkit.recurrent import Recurrent, Stack
+
+    torch.manual_seed(0)
+    inner = Stack([Recurrent(GRUCell(D, H, dtype=torch.float64))])
+    top = Recurrent(GRUCell(H, H, dtype=torch.float64), reverse=True)
+    x = torch.randn(B, T, D, dtype=torch.float64)
+    got, (s_inner, s_top) = Stack([inner, top])(x, None, LENGTHS)
+    y0, e_inner = inner(x, None, LENGTHS)
+    y1, e_top = top(y0, None, LENGTHS)
+    torch.testing.assert_close([got, *s_inner, s_top], [y1, *e_inner, e_top], rtol=0, atol=0)

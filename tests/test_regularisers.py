@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import one_error_line
-from rnnkit import RNN
-from rnnkit.backends import locked_dropout
+from rnnkit import RNN, layers
 from rnnkit.cells import CELLS, Cell, LSTMState
 from rnnkit.cli import main
 from rnnkit.kernels import extension, ops
 from rnnkit.kernels.fused import LAYERS, ZONEOUT
+from rnnkit.layers import locked_dropout
 
 B, T, D, H = 3, 7, 4, 5
 LENGTHS = torch.tensor([7, 4, 1])
@@ -137,7 +137,7 @@ ZONED = [("elman", "tanh"), ("elman", "relu"), ("gru", "tanh"), ("lstm", "tanh")
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize(("mode", "nonlinearity"), ZONED)
 def test_zoneout_fused_equals_loop(mode, nonlinearity, training, loops):
-    """Fused zoneout (every step's masks drawn before the layer's kernel, backends.zoneout_weights) against the
+    """Fused zoneout (every step's masks drawn before the layer's kernel, layers.zoneout_weights) against the
     loop's (drawn step by step) under one seed, float64: outputs, final states, the RNG's state after, and every
     gradient; 2 layers, both directions, rates (0.3, 0.6), with and without lengths; training (Bernoulli masks)
     and evaluation (the expectation)."""
@@ -277,7 +277,7 @@ def test_dropout_input_and_output_are_masks_on_x_and_y():
     torch.testing.assert_close(out, expected * y_mask)
 
 
-def test_locked_between_layers_equal_on_loop_and_fused_and_not_native():
+def test_locked_between_layers_equal_on_loop_and_fused_and_not_native(monkeypatch):
     rnn = _rnn("gru", num_layers=3, dropout=0.4, locked_dropout=True).train()
     x = _x()
     assert rnn.resolved_backend(x) != "native"
@@ -295,8 +295,8 @@ def test_locked_between_layers_equal_on_loop_and_fused_and_not_native():
     with torch.no_grad():
         deep.weight_hh_l0.zero_()  # h1_t = tanh(W_ih 0 + b): the same every step
     masks = []
-    orig = deep.between_layers
-    deep.between_layers = lambda xt: masks.append(orig(xt)) or masks[-1]
+    orig = layers.between_layers  # what the skeleton applies between layers (rnnkit.layers.run_plan)
+    monkeypatch.setattr(layers, "between_layers", lambda xt, **kw: masks.append(orig(xt, **kw)) or masks[-1])
     deep(x)
     assert bool((masks[0] == masks[0][:1]).all())
 

@@ -1,7 +1,7 @@
 """Export: a trained model as plain torch.nn, TorchScript or ONNX, with nothing of rnnkit needed to run it.
 
-The way out goes through ``RNN.to_torch``: every ``rnnkit.RNN`` of a model becomes a ``TorchRNN``, a thin
-wrapper around its ``torch.nn.RNN/LSTM/GRU`` twin that keeps rnnkit's contract ``output, state = rnn(x, state,
+The way out goes through ``RNN.to_torch``: every ``rnnkit.RNN`` of a model becomes a ``TorchRNN`` (``rnnkit.twin``),
+a thin wrapper around its ``torch.nn.RNN/LSTM/GRU`` twin that keeps rnnkit's contract ``output, state = rnn(x, state,
 lengths)`` (padded batches packed for torch.nn, outputs zero past each length, the final state of each row at its
 own last step). A recurrence torch.nn lacks fails in ``to_torch``, and export turns that into one ``ExportError``
 line. Both exporters then trace the converted model, so batch and time stay dynamic:
@@ -50,14 +50,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.errors import ExportError
 from rnnkit.io import atomic_open
+from rnnkit.recurrent import RNN
+from rnnkit.twin import LSTMState, TorchLSTM, TorchRNN, scriptable
 
 __all__ = [
     "FORMATS",
@@ -94,79 +95,11 @@ def require(*modules: str, purpose: str = "ONNX export") -> None:
         raise ExportError(f"{purpose} needs {' and '.join(missing)}, which is not installed: {INSTALL}")
 
 
-# rnnkit.cells.LSTMState under ``from __future__ import annotations`` holds its field types as strings, which
-# TorchScript cannot resolve in a NamedTuple (pytorch#95858): the same (h, c) pair, its types given as objects
-LSTMState = NamedTuple("LSTMState", [("h", Tensor), ("c", Tensor)])  # noqa: UP014
-
-
-# --- rnnkit.RNN -> torch.nn --------------------------------------------------------------------------------------
-
-
-class TorchRNN(nn.Module):
-    """``rnnkit.RNN``'s contract on a ``torch.nn.RNN`` or ``GRU``: ``output, hn = rnn(x, h0=None, lengths=None)``.
-
-    x (B, T, D) (batch_first, else (T, B, D)); h0 (L*K, B, H); lengths (B,) int64 in [1, T]. Outputs past a length
-    are zero and hn holds each row's state at its own last step, as in ``rnnkit.RNN``. Scriptable and traceable.
-    """
-
-    def __init__(self, module: nn.RNNBase) -> None:
-        super().__init__()
-        self.rnn = module
-        self.batch_first = module.batch_first
-        self.mode = "gru" if isinstance(module, nn.GRU) else "elman"
-
-    def forward(self, x: Tensor, state: Optional[Tensor] = None, lengths: Optional[Tensor] = None):  # noqa: UP045
-        if lengths is None:
-            return self.rnn(x, state)
-        T = x.size(1) if self.batch_first else x.size(0)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
-        y, hn = self.rnn(packed, state)
-        out, _ = pad_packed_sequence(y, batch_first=self.batch_first, total_length=T)  # (B, T, K*H), 0 past lengths
-        return out, hn
-
-
-class TorchLSTM(nn.Module):
-    """``rnnkit.RNN``'s contract on a ``torch.nn.LSTM``: ``output, LSTMState(hn, cn) = rnn(x, (h0, c0), lengths)``."""
-
-    def __init__(self, module: nn.LSTM) -> None:
-        super().__init__()
-        self.rnn = module
-        self.batch_first = module.batch_first
-        self.mode = "lstm"
-
-    def forward(self, x: Tensor, state: Optional[tuple[Tensor, Tensor]] = None,  # noqa: UP045
-                lengths: Optional[Tensor] = None) -> tuple[Tensor, LSTMState]:  # noqa: UP045  # fmt: skip
-        if lengths is None:
-            out, (h, c) = self.rnn(x, state)
-            return out, LSTMState(h, c)
-        T = x.size(1) if self.batch_first else x.size(0)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
-        y, (h, c) = self.rnn(packed, state)
-        out, _ = pad_packed_sequence(y, batch_first=self.batch_first, total_length=T)  # (B, T, K*H), 0 past lengths
-        return out, LSTMState(h, c)
-
-
-def scriptable(rnn: nn.Module) -> nn.Module:
-    """The torch.nn twin of an ``rnnkit.RNN`` in rnnkit's contract (``TorchRNN``/``TorchLSTM``), same weights.
-
-    ExportError, in one line, for a recurrence torch.nn has no module for (``RNN.to_torch`` says which).
-    """
-    try:
-        with warnings.catch_warnings():
-            # torch.nn warns that dropout does nothing in a one-layer RNN; in rnnkit.RNN it does nothing either
-            warnings.filterwarnings("ignore", "dropout option adds dropout", UserWarning)
-            module = rnn.to_torch()
-    except (ValueError, TypeError, KeyError, NotImplementedError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"cannot export RNN({rnn.extra_repr()}): {first}") from e
-    wrapper = TorchLSTM(module) if isinstance(module, nn.LSTM) else TorchRNN(module)
-    return wrapper.train(rnn.training)
+# --- rnnkit.RNN -> torch.nn: the twin is rnnkit.twin's; here, every RNN of a model ------------------------------
 
 
 def to_torch_modules(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in which every ``rnnkit.RNN`` is its torch.nn twin (``scriptable``); ``model`` is kept."""
-    from rnnkit.recurrent import RNN
-
     if isinstance(model, RNN):
         return scriptable(model)
     model = copy.deepcopy(model)

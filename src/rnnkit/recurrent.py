@@ -1,11 +1,11 @@
 """Recurrent layers: a cell run over time, stacked and in both directions.
 
-- ``scan(step, x, state, lengths, reverse)``: the one time loop, for any ``y, state = step(x_t, state)``.
-- ``Recurrent(cell)``: a cell module over time; ``Bidirectional`` and ``Stack`` combine them, so a custom cell
-  gets direction, depth and masking for free.
+- ``scan``, ``Recurrent``, ``Bidirectional``, ``Stack``: a cell module over time and its combinators
+  (``rnnkit.combinators``, re-exported here);
 - ``RNN(mode, ...)``: the torch.nn-compatible layer for any cell of the table (``rnnkit.cells.CELLS``): stacked,
   bidirectional, padded or packed batches, with zoneout, weight-drop and locked dropout, on a choice of backend
-  (``rnnkit.backends``).
+  (``rnnkit.backends``), each run from the RNN's ``Plan`` (``RNN.plan()``) through the skeleton the combinators
+  use (``rnnkit.layers``).
 
 Shapes: B batch, T time, D input features, H hidden, L layers, K directions (1 or 2).
 """
@@ -20,9 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import backends
-from rnnkit.backends import BACKENDS, between_layers, locked_dropout, loop_layer, step_mask
+from rnnkit import backends, twin
+from rnnkit.backends import BACKENDS
 from rnnkit.cells import CELLS, NONLINEARITIES, CellSpec, LSTMState, cell_spec, check_size
+from rnnkit.combinators import Bidirectional, Recurrent, Stack, check_sequence, scan
+from rnnkit.kernels.step import can_fast, fast_step
+from rnnkit.layers import Plan, cell_step, locked_dropout
 from rnnkit.sequence import check_lengths, mask_to_lengths
 
 __all__ = ["BACKENDS", "MODES", "RNN", "TORCH_MODES", "Bidirectional", "Recurrent", "Stack", "scan"]
@@ -30,120 +33,7 @@ __all__ = ["BACKENDS", "MODES", "RNN", "TORCH_MODES", "Bidirectional", "Recurren
 State = Any  # a Tensor or a (named) tuple of Tensors
 
 MODES = tuple(CELLS)  # every cell in the table (rnnkit.cells registers them on import)
-TORCH_MODES = ("elman", "lstm", "gru")  # the cells torch.nn has
-
-
-def scan(
-    step: Callable[[Tensor, State], tuple[Tensor, State]],
-    x: Tensor,
-    state: State = None,
-    lengths: Tensor | None = None,
-    reverse: bool = False,
-) -> tuple[Tensor, State]:
-    """Run ``y_t, state = step(x_t, state)`` over the time axis of ``x`` (B, T, D).
-
-    Returns the outputs (B, T, H) and the final state. With ``lengths`` (B,), row b stops at step
-    ``lengths[b]``: its state is frozen from then on (so the final state is its last valid one) and its
-    outputs there are zero. With ``reverse``, each row runs from its own last valid step back to step 0.
-    This is the plain loop every backend is checked against::
-
-        for t in range(T):
-            y[:, t], state = step(x[:, t], state)
-    """
-    mask = None
-    if lengths is not None:  # scan is public: validate here too (a list, a wrong shape, a zero length)
-        lengths = check_lengths(lengths, x.size(0), x.size(1))
-        mask = step_mask(lengths, x.size(1), x.device)  # (T, B, 1)
-    out, state = loop_layer(step, x.transpose(0, 1), state, mask, reverse)  # (T, B, H)
-    return out.transpose(0, 1), state
-
-
-def _check_sequence(x: object, feature_size: int, what: str = "x", kinds: str = "a Tensor or PackedSequence") -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be {kinds}, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(
-            f"{what} must be 3-D (batch, time, features={feature_size}), got shape {tuple(x.shape)}; "
-            f"for one unbatched sequence use {what}.unsqueeze(0)"
-        )
-    if x.size(-1) != feature_size:
-        raise ValueError(f"{what}.size(-1) must equal input_size={feature_size}, got {x.size(-1)}")
-    if x.size(1) == 0:
-        raise ValueError(f"{what} must have at least one time step, got shape {tuple(x.shape)}")
-    return x
-
-
-class Recurrent(nn.Module):
-    """Run a cell over time: ``output, state = Recurrent(cell)(x, state, lengths)``.
-
-    ``x`` is (B, T, D), batch first; ``cell`` is any module with ``y, state = cell(x_t, state)`` (``None``
-    meaning the zero state) and an ``input_size`` attribute, or leave it out to skip the size check. With
-    ``reverse=True`` each row is read from its own end (``lengths``) back to its start.
-    """
-
-    def __init__(self, cell: nn.Module, reverse: bool = False) -> None:
-        super().__init__()
-        if not callable(cell):
-            raise TypeError(f"cell must be a callable module, got {type(cell).__name__}")
-        self.cell = cell
-        self.reverse = bool(reverse)
-
-    def forward(
-        self, x: Tensor, state: State = None, lengths: Tensor | Sequence[int] | None = None
-    ) -> tuple[Tensor, State]:
-        D = getattr(self.cell, "input_size", None)
-        kinds = "a padded Tensor (B, T, D) (pass lengths for a ragged batch)"
-        _check_sequence(x, D if D is not None else x.size(-1) if isinstance(x, Tensor) else 0, kinds=kinds)
-        if lengths is not None:
-            lengths = check_lengths(lengths, x.size(0), x.size(1))
-        return scan(self.cell, x, state, lengths, self.reverse)
-
-    def extra_repr(self) -> str:
-        return "reverse=True" if self.reverse else ""
-
-
-class Bidirectional(nn.Module):
-    """Two ``Recurrent`` layers read in opposite directions; outputs concatenated on the feature axis.
-
-    ``state`` is ``(forward_state, backward_state)`` or ``None``; the same pair comes back.
-    """
-
-    def __init__(self, forward_layer: Recurrent, backward_layer: Recurrent) -> None:
-        super().__init__()
-        if forward_layer.reverse or not backward_layer.reverse:
-            raise ValueError(
-                "forward_layer must have reverse=False and backward_layer reverse=True, got "
-                f"{forward_layer.reverse} and {backward_layer.reverse}"
-            )
-        self.forward_layer = forward_layer
-        self.backward_layer = backward_layer
-
-    def forward(self, x: Tensor, state: State = None, lengths=None) -> tuple[Tensor, State]:
-        fwd_state, bwd_state = (None, None) if state is None else state
-        y_f, fwd_state = self.forward_layer(x, fwd_state, lengths)  # (B, T, H_f)
-        y_b, bwd_state = self.backward_layer(x, bwd_state, lengths)  # (B, T, H_b)
-        return torch.cat([y_f, y_b], dim=-1), (fwd_state, bwd_state)  # (B, T, H_f + H_b)
-
-
-class Stack(nn.Module):
-    """Layers applied one after another, with dropout between them; the state is a list, one per layer."""
-
-    def __init__(self, layers: Sequence[nn.Module], dropout: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.layers = nn.ModuleList(layers)
-        self.dropout = dropout
-
-    def forward(self, x: Tensor, state: Sequence[State] | None = None, lengths=None):
-        states = [None] * len(self.layers) if state is None else list(state)
-        if len(states) != len(self.layers):
-            raise ValueError(f"state must hold one entry per layer ({len(self.layers)}), got {len(states)}")
-        for k, layer in enumerate(self.layers):
-            if k > 0:
-                x = F.dropout(x, self.dropout, self.training)
-            x, states[k] = layer(x, states[k], lengths)
-        return x, states
+TORCH_MODES = twin.TORCH_MODES  # the cells torch.nn has
 
 
 # --- the torch.nn-compatible layer -----------------------------------------------------------------------
@@ -251,11 +141,12 @@ class RNN(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.backend = backend
-        if backend != "auto" and backend not in backends.usable_backends(self):
+        usable = backends.usable_backends(self.plan())
+        if backend != "auto" and backend not in usable:
             raise ValueError(
                 f"backend {backend!r} cannot run this RNN (cell {self.mode!r}"
                 + (", zoneout" if self.zoneout != (0.0, 0.0) else "")
-                + f"); it can run on {backends.usable_backends(self)}"
+                + f"); it can run on {usable}"
             )
 
         kw = {"device": device, "dtype": dtype}
@@ -311,20 +202,29 @@ class RNN(nn.Module):
                 w[kind] = F.dropout(w[kind], self.weight_drop, True)  # kept weights scaled by 1/(1-p)
         return weights
 
-    def step_with(self, weights: dict[str, Tensor | None]) -> Callable[[Tensor, State], tuple[Tensor, State]]:
-        """``y, state = step(x_t, state)`` on the given parameters of one layer and direction, zoneout included."""
-        step = backends.step_function(self, weights)
-        if self.zoneout != (0.0, 0.0):
-            step = backends.zoneout(step, self.spec, *self.zoneout, self.training)
-        return step
-
     def step_function(self, layer: int, direction: int = 0) -> Callable[[Tensor, State], tuple[Tensor, State]]:
-        """``y, state = step(x_t, state)`` for one layer and direction: the cell's equations (``CellSpec.step``)."""
-        return self.step_with(self.layer_params(layer, direction))
+        """``y, state = step(x_t, state)`` for one layer and direction: the cell's equations (``CellSpec.step``),
+        zoneout included."""
+        return cell_step(self.plan(), self.layer_params(layer, direction))
 
-    def between_layers(self, x: Tensor) -> Tensor:
-        """Dropout on the time-major input (T, B, F) of a layer above the first (``rnnkit.backends``)."""
-        return between_layers(x, self.dropout, self.locked_dropout, self.training)
+    def plan(self) -> Plan:
+        """What the backends run, read from this module now (its options may change, its mode does): the cell,
+        sizes, directions, regularisers between and inside the layers, the backend asked for, the training flag."""
+        return Plan(
+            spec=self.spec,
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            options=self.options,
+            dropout=self.dropout,
+            locked_dropout=self.locked_dropout,
+            zoneout=self.zoneout,
+            backend=self.backend,
+            training=self.training,
+        )
 
     def initial_state(self, batch_size: int, *, device=None, dtype=None) -> State:
         """The zero state: (L*K, B, H), or an LSTMState of two such tensors."""
@@ -351,8 +251,10 @@ class RNN(nn.Module):
         return LSTMState(*parts) if has_cell else parts[0]
 
     def resolved_backend(self, x: Tensor) -> str:
-        """The backend a forward pass on ``x`` uses (resolves ``"auto"``)."""
-        return backends.resolve(self, x)
+        """The backend a forward pass on ``x`` (B, T, D) uses (resolves ``"auto"``, ``rnnkit.backends.resolve``)."""
+        K = self.num_directions
+        weights = [self.layer_params(k // K, k % K) for k in range(self.num_layers * K)]
+        return backends.resolve(self.plan(), x, weights)
 
     def forward(
         self,
@@ -375,7 +277,7 @@ class RNN(nn.Module):
             x, lengths = pad_packed_sequence(packed, batch_first=True)  # (B, T, D), original order
         elif not self.batch_first and isinstance(x, Tensor):
             x = x.transpose(0, 1)  # (T, B, D) -> (B, T, D)
-        x = _check_sequence(x, self.input_size)
+        x = check_sequence(x, self.input_size)
         B, T = x.shape[:2]
         # export hook (rnnkit.export): a trace records one path, so under torch.jit.trace / torch.onnx / torch.export
         # no shortcut that depends on the values, and torch.nn's kernels, which every exporter knows. torch.compile
@@ -400,10 +302,11 @@ class RNN(nn.Module):
     def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """The checked, batch-first forward: locked dropout around the backend's run of every layer."""
         x = locked_dropout(x, self.dropout_input, self.training)  # (B, T, D)
+        plan, weights = self.plan(), self.forward_weights()
         # export hook: under a tracer or torch.export, torch.nn's kernels wherever they compute this RNN
-        native = _exporting() and "native" in backends.usable_backends(self)
-        run = backends.runner("native" if native else self.resolved_backend(x))
-        out, state = run(self, x, state, lengths, self.forward_weights())  # (B, T, K*H)
+        native = _exporting() and "native" in backends.usable_backends(plan)
+        run = backends.runner("native" if native else backends.resolve(plan, x, weights))
+        out, state = run(plan, x, state, lengths, weights)  # (B, T, K*H)
         return locked_dropout(out, self.dropout_output, self.training), state
 
     def step(self, x_t: Tensor, state: State = None) -> tuple[Tensor, State]:
@@ -422,8 +325,6 @@ class RNN(nn.Module):
         state = (
             self.initial_state(B, device=x_t.device, dtype=x_t.dtype) if state is None else self._check_state(state, B)
         )
-        from rnnkit.kernels.step import can_fast, fast_step
-
         if can_fast(self, x_t, state):
             return fast_step(self, x_t, state)
         out, state = self._run(x_t.unsqueeze(1), state, None)  # (B, 1, H)
@@ -453,35 +354,15 @@ class RNN(nn.Module):
     def __prepare_scriptable__(self) -> nn.Module:
         """Export hook: ``torch.jit.script(rnn)`` scripts the torch.nn twin in rnnkit's contract (``rnnkit.export``):
         ``forward(x, state=None, lengths=None)`` on padded tensors (no ``PackedSequence``, no ``mask``)."""
-        from rnnkit.export import scriptable
-
-        return scriptable(self)
+        return twin.scriptable(self)
 
     # --- conversion to and from torch.nn ---------------------------------------------------------------
 
     @classmethod
     def from_torch(cls, module: nn.RNNBase, *, backend: str = "auto") -> RNN:
         """An ``RNN`` with the configuration and (copied) weights of a ``torch.nn.RNN/LSTM/GRU``."""
-        if not isinstance(module, (nn.RNN, nn.LSTM, nn.GRU)):
-            raise TypeError(f"module must be a torch.nn.RNN, LSTM or GRU, got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"module.proj_size must be 0 (projections are not supported), got {module.proj_size}")
-        mode = {nn.RNN: "elman", nn.LSTM: "lstm", nn.GRU: "gru"}[type(module)]
-        ref = module.weight_ih_l0
-        rnn = cls(
-            mode,
-            module.input_size,
-            module.hidden_size,
-            module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=float(module.dropout),
-            bidirectional=module.bidirectional,
-            nonlinearity=getattr(module, "nonlinearity", "tanh"),
-            backend=backend,
-            device=ref.device,
-            dtype=ref.dtype,
-        )
+        kw = twin.plan_kwargs(module)
+        rnn = cls(**kw, backend=backend)
         rnn.load_state_dict(module.state_dict())
         return rnn.train(module.training)
 
@@ -492,27 +373,8 @@ class RNN(nn.Module):
         training-only regularisers (weight-drop, locked dropout) are left behind, which changes nothing at
         evaluation.
         """
-        cls = self.spec.torch_module
-        if cls is None:
-            raise ValueError(f"cell {self.mode!r} has no torch.nn equivalent (torch.nn has {TORCH_MODES})")
-        if self.zoneout != (0.0, 0.0):
-            raise ValueError(f"zoneout={self.zoneout} has no torch.nn equivalent; build the RNN with zoneout=0")
-        kw: dict[str, Any] = {"nonlinearity": self.nonlinearity} if self.mode == "elman" else {}
         ref = self.weight_ih_l0
-        module = cls(
-            self.input_size,
-            self.hidden_size,
-            self.num_layers,
-            bias=self.bias,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
-            bidirectional=self.bidirectional,
-            device=ref.device,
-            dtype=ref.dtype,
-            **kw,
-        )
-        module.load_state_dict(self.state_dict())
-        return module.train(self.training)
+        return twin.torch_twin(self.plan(), self.state_dict(), device=ref.device, dtype=ref.dtype)
 
 
 def _exporting() -> bool:

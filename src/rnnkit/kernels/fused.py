@@ -2,14 +2,14 @@
 
 ``LAYERS[cell](x (T, B, D), state, mask (T, B, 1) bool or None, reverse, w, **options) -> (y (T, B, H), state)``
 runs one direction of one layer on time-major input, with ``w`` the layer's parameters by kind; the skeleton
-around it (layers, directions, dropout, state layout) is ``rnnkit.backends.run_layers``. Inside, everything is
+around it (layers, directions, dropout, state layout) is ``rnnkit.layers.run_plan``. Inside, everything is
 time-major, so each step reads and writes contiguous (B, .) slices. The per-cell kernels live in ``elman.py``,
 ``lstm.py``, ``gru.py``, ``layernorm_lstm.py`` and ``layernorm_gru.py``; the seed cells (elman-io, i2h) are the
 Elman kernel and one batched product (``seeds.py``).
 
 Zoneout: the layers of ``ZONEOUT`` also take ``zoneout``, a (T, n, B, H) tensor in time order holding per step,
 state (h, or h and c for the LSTM), row and unit while training a bool mask, True where the unit keeps its previous
-value, and at evaluation the weight p of the previous value (``rnnkit.backends.zoneout_weights`` makes them).
+value, and at evaluation the weight p of the previous value (``rnnkit.layers.zoneout_weights`` makes them).
 
 Mixed precision (``product_dtype``): under ``torch.autocast`` with bfloat16 (or float16), or with bf16
 parameters, the matrix products run in bf16 and everything else in float32 (``ops.lower``).
