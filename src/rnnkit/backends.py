@@ -187,7 +187,7 @@ def auto_backend(plan: Plan, x: Tensor, weights: Weights) -> str:
     - LSTM: ``"native"``, training and inference (fused trains at the same speed with a third less memory:
       pass ``backend="fused"`` for that), except training under bf16 autocast (or with bf16 parameters):
       ``"fused"``, whose bf16 products with fp32 gates trained faster than oneDNN's bf16 LSTM; oneDNN's stays
-      faster for inference.
+      faster for inference, where the CPU has AVX-512 (oneDNN has no bf16 LSTM without it: fused runs then).
 
     Without the C++ loops (no compiler), only Elman/GRU steps of at least ``MIN_STEP_MACS`` multiply-adds go
     to fused's Python loop. "native" is torch.nn's computation on rnnkit's parameters, so "auto" never bets
@@ -208,6 +208,8 @@ def auto_backend(plan: Plan, x: Tensor, weights: Weights) -> str:
     if plan.mode == "lstm":
         low = weights[0][plan.spec.recurrent_weight].dtype == torch.bfloat16
         mixed = (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16) or low
+        if mixed and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return "fused"  # oneDNN's bf16 LSTM needs AVX-512: without it torch.nn raises, fused computes
         return "fused" if grad and mixed and cpp_loops() is not None else "native"  # x is on the CPU, any float dtype
     B, H = x.size(0), plan.hidden_size
     G = 3 if plan.mode == "gru" else 1

@@ -21,16 +21,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rnnkit.metrics import MetricsLog, tensorboard_writer
-
-if TYPE_CHECKING:
-    from rnnkit.train import Trainer
 
 __all__ = ["Callback", "Checkpoints", "EarlyStopping", "Event", "EventHandler", "MetricsFile", "TensorBoard"]
 
 Event = dict[str, Any]
+
+
+class Trainer(Protocol):
+    """What a callback may use of ``rnnkit.train.Trainer`` (a protocol, so this module does not import it)."""
+
+    state: Any  # the RunState: step, epoch, best and last metrics, evaluations without improvement, ...
+
+    def save(self, *names: str) -> None: ...
+
+    def stop(self, reason: str) -> None: ...
 
 
 class Callback:

@@ -13,12 +13,13 @@ with its input layer. A pooling is an ``nn.Module`` chosen by the config's ``poo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnkit.config import RecurrentConfig
 from rnnkit.data.labelled import Examples, TokenVocab
 from rnnkit.errors import DataError
 from rnnkit.init import initialise_
@@ -26,8 +27,10 @@ from rnnkit.io import atomic_write_json
 from rnnkit.recurrent import RNN
 from rnnkit.sequence import lengths_to_mask
 
-if TYPE_CHECKING:
-    from rnnkit.tasks.classification import ClassifyDataConfig, ClassifyModelConfig
+# the configs are rnnkit.tasks.classification's ClassifyModelConfig (a RecurrentConfig with the classifier's own
+# fields) and ClassifyDataConfig, typed loosely here: that module imports this one
+ClassifyModelConfig = RecurrentConfig
+ClassifyDataConfig = Any
 
 __all__ = [
     "INPUTS",
