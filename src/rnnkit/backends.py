@@ -142,7 +142,7 @@ def usable_backends(plan: Plan) -> tuple[str, ...]:
 
 # A cell's sequence form (the parallel scan of minGRU/minLSTM) runs from here down in state values per step (B * H),
 # above it its step loop: the scan won on small steps and lost on large ones, whatever T (benchmarks/min_scan.py;
-# the figures are in the README's cell table). A single step always goes to the loop.
+# the figures are in docs/results.md, "The cell table's speed"). A single step always goes to the loop.
 SCAN_MAX_VALUES = 1024
 
 

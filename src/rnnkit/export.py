@@ -11,7 +11,7 @@ line. Both exporters then trace the converted model, so batch and time stay dyna
 - ONNX: ``torch.onnx.export(..., dynamo=False)``, torch's TorchScript-based exporter. Why not the default
   ``dynamo=True`` of torch 2.13: torch.export cannot trace ``pack_padded_sequence`` (data-dependent sizes), so it
   cannot export lengths, while the TorchScript-based exporter maps them onto the ``sequence_lens`` input of ONNX's
-  own LSTM/GRU/RNN operators, keeps batch and time dynamic, and was several times faster to export here (README,
+  own LSTM/GRU/RNN operators, keeps batch and time dynamic, and was several times faster to export here (docs/export.md,
   "Export"). ``dynamo=True`` still works on ``rnnkit.RNN`` without lengths (tested). torch 2.13 marks
   ``torch.jit`` and this exporter deprecated, and ships both.
 

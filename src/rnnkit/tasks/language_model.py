@@ -98,7 +98,7 @@ class LMTrainConfig(TrainConfig):
 
     bptt: int = field(default=128, metadata={"help": "truncated-BPTT chunk length (time steps = chars)"})
     # The LM trains on a time budget, so its results already depend on the machine; bf16 learned as well per step
-    # and, with 2.5x the steps in 10 minutes, reached a lower held-out bpc (README, "Mixed precision")
+    # and, with 2.5x the steps in 10 minutes, reached a lower held-out bpc (docs/results.md, "In bf16")
     precision: str = field(
         default="auto",
         metadata={"help": "arithmetic of each forward and loss: fp32, bf16 (autocast; the weights, optimiser and "
