@@ -252,7 +252,10 @@ def _generated(dataset: Dataset, split: Split) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: the temporary folder, as the C++ extension does
         folder = Path(tempfile.gettempdir()) / f"rnnkit-{os.getuid()}" / "datasets" / dataset.key()
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"{dataset.name}: cannot make a folder to generate it into ({e})") from e
         target = folder / split.file
     log.info("generating %s into %s", dataset.name, folder)
     texts = dataset.generate()
