@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data.text import read_text
+from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 from rnnkit.io import check_input
 
@@ -161,10 +162,11 @@ def _read_ts(path: Path, labels: str) -> Examples:
 
 
 def read_examples(path: str | os.PathLike, *, labels: str = "required") -> Examples:
-    """Read a classification data file (see the module docstring); ``labels``: "required" or "optional"."""
+    """Read a classification data file (see the module docstring) or a built-in dataset (``rnnkit.datasets``);
+    ``labels``: "required" or "optional"."""
     if labels not in ("required", "optional"):
         raise ValueError(f"labels must be 'required' or 'optional', got {labels!r}")
-    p = Path(path)
+    p = resolve(path)
     suffix = p.suffix.lower()
     if suffix not in EXTENSIONS:
         raise DataError(

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from rnnkit.data.text import read_text
+from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 
 __all__ = ["TOKENS", "Pairs", "read_pairs", "split_tokens"]
@@ -56,7 +57,7 @@ def read_pairs(
     max_target_length: int = 0,
     too_long: str = "drop",
 ) -> Pairs:
-    """The pairs of ``path``; see the module docstring.
+    """The pairs of ``path`` (a file, or a built-in dataset: ``rnnkit.datasets.resolve``); see the module docstring.
 
     ``targets``: "required" (training data: exactly one target a line), "alternatives" (data to score: a target a
     line, alternatives separated by ``|``) or "none" (data to translate: the first field, or the whole line).
@@ -72,6 +73,7 @@ def read_pairs(
         raise ValueError(f"too_long must be drop or error, got {too_long!r}")
     if isinstance(max_target_length, bool) or not isinstance(max_target_length, int) or max_target_length < 0:
         raise ValueError(f"max_target_length must be an integer >= 0 (0 = no limit), got {max_target_length!r}")
+    path = resolve(path)
     name = str(path)
     out = Pairs([], [], [], name)
     for number, line in enumerate(read_text(path, expected="a file of source<TAB>target lines").splitlines(), 1):

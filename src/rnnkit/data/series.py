@@ -26,6 +26,7 @@ from itertools import pairwise
 import numpy as np
 
 from rnnkit.data.text import read_text
+from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 
 __all__ = ["FILLS", "Series", "SeriesSet", "TimeAxis", "check_continues", "read_series"]
@@ -255,6 +256,7 @@ def read_series(
     axis: TimeAxis | None = None,
 ) -> SeriesSet:
     """The series of a long or (``wide=True``) wide CSV file, on their inferred time axis; see the module docs.
+    ``path`` may name a built-in dataset (``rnnkit.datasets.resolve``).
 
     ``axis``: put the times on this grid instead of inferring one (a trained run's: a file of one point per series
     has no frequency of its own). ``values=False`` reads a file of future covariates, whose value cells may be
@@ -262,6 +264,7 @@ def read_series(
     """
     if fill is not None and fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)} or None, got {fill!r}")
+    path = resolve(path)
     source = str(path)
     header, rows = _rows(path)
     if "time" not in header:

@@ -7,6 +7,7 @@ import os
 import sysconfig
 from pathlib import Path
 
+from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 from rnnkit.io import read_input
 
@@ -25,9 +26,9 @@ def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
 
     DataError, with the path, for a missing file, a directory, a FIFO or device, a file over
     ``rnnkit.io.MAX_INPUT_BYTES``, an empty file (or one holding only a BOM), a binary file (NUL bytes) or bytes
-    that are not UTF-8.
+    that are not UTF-8. ``path`` may name a built-in dataset (``rnnkit.datasets.resolve``).
     """
-    p = Path(path)
+    p = resolve(path)
     raw = read_input(p, expected=expected)
     if not raw:
         raise DataError(f"{p}: file is empty")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnkit.data.text import read_text
+from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 
 __all__ = ["TimeSeriesSet", "read_ts"]
@@ -84,7 +85,8 @@ def read_ts(path: str | os.PathLike) -> TimeSeriesSet:
     """Read a UEA/UCR ``.ts`` file (univariate or multivariate, equal or unequal length, with missing values).
 
     Args:
-        path: the ``.ts`` file, UTF-8 text (a leading BOM is dropped).
+        path: the ``.ts`` file, UTF-8 text (a leading BOM is dropped), or a built-in dataset
+            (``rnnkit.datasets.resolve``).
 
     Returns:
         A ``TimeSeriesSet``: one (T_i, D) float32 array per example, the labels as str, the declared class
@@ -102,7 +104,7 @@ def read_ts(path: str | os.PathLike) -> TimeSeriesSet:
     A trailing ``:`` on an unlabelled line (sktime's writer leaves one after the last channel of multivariate
     data) is ignored. ``@equalLength`` and ``@seriesLength`` are not checked: ``equal_length`` is computed.
     """
-    p = Path(path)
+    p = resolve(path)
     lines = _read_lines(p)
     header, first = _parse_header(p, lines)
     expected_dims = header.dimensions
