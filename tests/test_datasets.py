@@ -168,3 +168,19 @@ def test_a_forecast_run_and_its_eval_by_name(tmp_path, capsys, one_thread):
                    "--json"])  # fmt: skip
     scores = json.loads(capsys.readouterr().out)
     assert status == 0 and scores["points"] == 24 and np.isfinite(scores["mase"])
+
+
+def test_rnnkit_datasets_lists_every_name_and_split(capsys):
+    import json
+
+    from rnnkit.cli import main
+    from rnnkit.datasets import catalogue
+
+    assert main(["datasets"]) == 0
+    text = capsys.readouterr().out
+    for row in catalogue():
+        assert f"{row.name} ({row.task})" in text and row.splits.split(", ")[-1] in text
+    assert main(["datasets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in listed] == [row.name for row in catalogue()]
+    assert {"gunpoint", "air-passengers", "dates"} <= {d["name"] for d in listed}

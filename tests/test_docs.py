@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,9 +154,12 @@ def run_page(page: Path, tmp_path: Path, monkeypatch, *, slow: bool) -> None:
         if block.lang == "python":
             exec(compile(block.text, block.where, "exec"), namespace)
             continue
+        started = time.monotonic()
         for argv in commands(block):
             status = main(argv[1:])
             assert status == 0, f"{block.where}: {shlex.join(argv)} exited {status}"
+        if block.marker == "slow":  # the README promises about two minutes a block: the log shows each one's time
+            sys.__stderr__.write(f"\n{block.where}: {time.monotonic() - started:.0f} s as written\n")
 
 
 def _pages(slow: bool) -> list[Path]:

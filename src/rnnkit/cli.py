@@ -339,6 +339,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- datasets ------------------------------------------------------------------------------------------------------
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """The built-in datasets: any --data takes NAME or NAME:SPLIT where it takes a file."""
+    from rnnkit.datasets import catalogue
+
+    rows = catalogue()
+    if args.json:
+        print(json.dumps([row._asdict() for row in rows]))
+        return 0
+    for row in rows:
+        print(f"{row.name} ({row.task}): {row.description}")
+        print(f"  --data {row.splits.replace(', ', ' | ')}")
+        print(f"  {row.size}")
+        print(f"  source: {row.source}")
+    return 0
+
+
 # --- bench / gradflow ----------------------------------------------------------------------------------------------
 
 
@@ -412,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     ex.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     ex.set_defaults(func=cmd_export)
+
+    ds = sub.add_parser("datasets", help="the built-in datasets (use NAME or NAME:SPLIT wherever --data takes a file)")
+    ds.add_argument("--json", action="store_true", help="print one JSON list")
+    ds.set_defaults(func=cmd_datasets)
 
     bench = sub.add_parser("bench", help="RNN backend speed table")
     try:
