@@ -21,9 +21,8 @@ loss skips them), so a series needs only ``horizon + 1`` points to train on, how
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,274 +30,36 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnkit.config import (
-    RecurrentConfig,
-    RunConfig,
-    TrainConfig,
-    check_bool,
-    check_choice,
-    check_int,
-    recurrent_field,
-)
-from rnnkit.data.series import FILLS, Series, SeriesSet, TimeAxis, check_continues, read_series
+from rnnkit.data.series import Series, SeriesSet, TimeAxis, check_continues, read_series
 from rnnkit.errors import ConfigError, DataError
 from rnnkit.flags import int_flag
-from rnnkit.init import initialise_
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import forecast_scores, plot_forecasts
 from rnnkit.precision import at_least_fp32
-from rnnkit.recurrent import RNN
 from rnnkit.tasks.base import Command, Flag, Table, Task
+from rnnkit.tasks.forecast_config import (
+    ForecastConfig,
+    ForecastDataConfig,
+    ForecastModelConfig,
+    ForecastTrainConfig,
+    parse_lags,
+    parse_quantiles,
+)
 from rnnkit.tasks.forecast_heads import HEADS, ForecastHead
+from rnnkit.tasks.forecast_parts import Forecaster, ForecastGraph, WindowBatches, Windows, drop_last, window_pairs
 
 __all__ = [
     "HEADS",  # re-exported from rnnkit.tasks.forecast_heads
-    "ForecastConfig",
+    "ForecastConfig",  # the configs and parse_quantiles: re-exported from rnnkit.tasks.forecast_config
     "ForecastDataConfig",
     "ForecastModelConfig",
     "ForecastTask",
     "ForecastTrainConfig",
-    "Forecaster",
+    "Forecaster",  # re-exported from rnnkit.tasks.forecast_parts
     "parse_quantiles",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def parse_quantiles(text: str, name: str = "quantiles") -> tuple[float, ...]:
-    """ "0.1,0.5,0.9" -> (0.1, 0.5, 0.9): distinct levels in (0, 1), sorted; ConfigError otherwise."""
-    try:
-        levels = sorted({float(part) for part in str(text).split(",") if part.strip()})
-    except ValueError:
-        raise ConfigError(f"{name} must be comma-separated numbers in (0, 1), got {text!r}") from None
-    if not levels or not all(0 < q < 1 for q in levels):
-        raise ConfigError(f"{name} must be comma-separated numbers in (0, 1), got {text!r}")
-    return tuple(levels)
-
-
-def parse_lags(text: str, season_length: int) -> tuple[int, ...]:
-    """ "auto" -> 1, 2, 3 and, for a season m > 1, m and 2m; else a comma list of positive integers."""
-    if text == "auto":
-        lags = {1, 2, 3} | ({season_length, 2 * season_length} if season_length > 1 else set())
-        return tuple(sorted(lags))
-    try:
-        lags = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ConfigError(f"lags must be 'auto' or comma-separated integers >= 1, got {text!r}") from None
-    if not lags or lags[0] < 1 or lags[-1] > 100_000:
-        raise ConfigError(f"lags must be 'auto' or comma-separated integers in [1, 100000], got {text!r}")
-    return tuple(lags)
-
-
-@dataclass(frozen=True)
-class ForecastModelConfig(RecurrentConfig):
-    """Inputs -> rnnkit.RNN -> a distribution head (sampled) or a direct multi-horizon quantile head."""
-
-    hidden_size: int = recurrent_field("hidden_size", 64)
-    num_layers: int = recurrent_field("num_layers", 2)
-    dropout: float = recurrent_field("dropout", 0.1)
-    head: str = field(
-        default="studentt",
-        metadata={"help": "output: gaussian, studentt, negbin (counts; sampled paths) or quantile (direct)"},
-    )
-    id_embedding: int = field(default=0, metadata={"help": "width of a learned per-series vector (units, 0 = off)"})
-    lags: str = field(default="auto", metadata={"help": "lagged inputs: auto (1,2,3,m,2m) or a list like 1,2,12"})
-    quantiles: str = field(default="0.1,0.5,0.9", metadata={"help": "forecast quantile levels, comma-separated"})
-    num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("head", self.head, tuple(HEADS))
-        check_int("id_embedding", self.id_embedding, 0, 2**16)
-        if not isinstance(self.lags, str):
-            raise ConfigError(f"lags must be a string ('auto' or like '1,2,12'), got {self.lags!r}")
-        if self.lags != "auto":
-            parse_lags(self.lags, 1)
-        parse_quantiles(self.quantiles)
-        check_int("num_samples", self.num_samples, 1, 100_000)
-
-    def levels(self) -> tuple[float, ...]:
-        """The levels a run forecasts: ``quantiles`` plus the median and the 80 % interval's ends."""
-        return tuple(sorted(set(parse_quantiles(self.quantiles)) | {0.1, 0.5, 0.9}))
-
-
-@dataclass(frozen=True)
-class ForecastDataConfig:
-    """The history file, how to read it, and the forecasting problem: horizon, context, season, validation."""
-
-    data: str | None = field(default=None, metadata={"help": "history CSV: id,time,value[,covariates] (path)"})
-    wide: bool = field(default=False, metadata={"help": "the CSV has a time column plus one column per series"})
-    fill: str = field(
-        default="none", metadata={"help": "gaps and missing values: none (an error), " + ", ".join(FILLS)}
-    )
-    horizon: int = field(default=0, metadata={"help": "steps to forecast (required, >= 1)"})
-    context_length: int = field(default=0, metadata={"help": "steps the network reads first (0 = max(2H, 2m))"})
-    season_length: int = field(
-        default=0, metadata={"help": "seasonal period m (steps; 0 = from the dates' frequency, 1 for integer times)"}
-    )
-    min_length: int = field(
-        default=0, metadata={"help": "drop series shorter than this (points, with a count; 0 = keep all)"}
-    )
-    validation: str = field(
-        default="last",
-        metadata={"help": "last (hold out each series' last horizon) or none (score the last window in-sample)"},
-    )
-    eval_samples: int = field(default=32, metadata={"help": "sampled paths per series in validation (count)"})
-    sampling: str = field(
-        default="windows",
-        metadata={"help": "training windows: windows (each once per epoch) or series (a series uniformly, then "
-                  "one of its windows)"},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if self.data is not None and (not isinstance(self.data, str) or not self.data):
-            raise ConfigError(f"data must be a non-empty file path or unset, got {self.data!r}")
-        check_bool("wide", self.wide)
-        check_choice("fill", self.fill, ("none", *FILLS))
-        check_int("horizon", self.horizon, 0, 100_000)
-        check_int("context_length", self.context_length, 0, 1_000_000)
-        check_int("season_length", self.season_length, 0, 100_000)
-        check_int("min_length", self.min_length, 0)
-        check_choice("validation", self.validation, ("last", "none"))
-        check_int("eval_samples", self.eval_samples, 1, 100_000)
-        check_choice("sampling", self.sampling, ("windows", "series"))
-
-
-@dataclass(frozen=True)
-class ForecastTrainConfig(TrainConfig):
-    """The trainer's settings, with defaults for windows of a few dozen steps."""
-
-    batch_size: int = field(default=64, metadata={"help": "windows per batch (count)"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (after warmup)"})
-    max_minutes: float = field(default=3.0, metadata={"help": "stop after this much training time (minutes)"})
-
-
-@dataclass(frozen=True)
-class ForecastConfig(RunConfig):
-    """The whole forecasting run: ``model``, ``data`` and ``train`` sections."""
-
-    model: ForecastModelConfig = field(default_factory=ForecastModelConfig)
-    data: ForecastDataConfig = field(default_factory=ForecastDataConfig)
-    train: ForecastTrainConfig = field(default_factory=ForecastTrainConfig)
-
-
-class Forecaster(nn.Module):
-    """inputs (B, T, D) [+ series ids (B,)] -> rnnkit.RNN -> head outputs (B, T, P).
-
-    P is the head's ``num_parameters``: 2 (gaussian, negbin), 3 (studentt) or H * Q (quantile: H steps ahead times
-    Q levels).
-    """
-
-    def __init__(self, config: ForecastModelConfig, input_size: int, *, num_series: int = 0, horizon: int = 1,
-                 levels: tuple[float, ...] = (0.5,)) -> None:  # fmt: skip
-        super().__init__()
-        self.config, self.horizon, self.levels = config, horizon, tuple(levels)
-        self.embed = nn.Embedding(num_series, config.id_embedding) if config.id_embedding and num_series else None
-        D = input_size + (config.id_embedding if self.embed is not None else 0)
-        self.rnn = RNN(config.mode, D, config.hidden_size, config.num_layers, dropout=config.dropout,
-                       backend=config.backend, **config.rnn_options())  # fmt: skip
-        P = HEADS[config.head]().num_parameters(horizon, self.levels)
-        self.head = nn.Linear(config.hidden_size, P)  # raw outputs; the task's ``head`` reads them
-        initialise_(self.rnn, config.init)
-
-    def forward(self, x: Tensor, ids: Tensor | None = None, state=None) -> tuple[Tensor, Any]:
-        """x (B, T, D), ids (B,) long (-1 = a series the run never saw: the mean embedding) -> (B, T, P), state."""
-        if self.embed is not None:
-            if ids is None:
-                raise ValueError("this model has series embeddings: pass ids (B,)")
-            known = ids.clamp(min=0)
-            e = torch.where((ids >= 0).unsqueeze(-1), self.embed(known), self.embed.weight.mean(0))  # (B, E)
-            x = torch.cat([x, e.unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
-        y, state = self.rnn(x, state)  # (B, T, H)
-        return self.head(y), state
-
-
-class _ForecastGraph(nn.Module):
-    """Export graph (``rnnkit export``): x (B, T, D) [, ids (B,) int64], h0 [c0] -> params (B, T, P), hn [cn]."""
-
-    def __init__(self, model: Forecaster, ids: bool) -> None:
-        super().__init__()
-        self.model, self.ids = model, ids
-
-    def forward(self, x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        from rnnkit.export import flat_state, nested_state
-
-        ids, state = (rest[0], rest[1:]) if self.ids else (None, rest)
-        out, new_state = self.model(x, ids, nested_state(state))  # (B, T, P)
-        return (out, *flat_state(new_state))
-
-
-class _Windows:
-    """Series laid end to end with ``pad`` unobserved steps before each, so any window is one fancy index."""
-
-    def __init__(self, series: list[Series], features: list[np.ndarray], pad: int) -> None:
-        F_ = features[0].shape[1] if features else 0
-        chunks_v, chunks_o, chunks_f, chunks_a = [], [], [], []
-        self.offsets, self.lengths = [], []
-        at = 0
-        for s, f in zip(series, features, strict=True):
-            n = len(s)
-            chunks_v += [np.zeros(pad), s.values]
-            chunks_o += [np.zeros(pad), np.ones(n)]
-            chunks_f += [np.zeros((pad, F_)), f]
-            chunks_a += [np.zeros(pad), np.arange(n, dtype=np.float64)]
-            self.offsets.append(at + pad)  # position of the series' first point
-            self.lengths.append(n)
-            at += pad + n
-        self.values = np.concatenate(chunks_v) if chunks_v else np.zeros(0)
-        self.observed = np.concatenate(chunks_o) if chunks_o else np.zeros(0)
-        self.features = np.concatenate(chunks_f) if chunks_f else np.zeros((0, F_))
-        self.age = np.concatenate(chunks_a) if chunks_a else np.zeros(0)
-
-    def take(self, series: np.ndarray, ends: np.ndarray, width: int) -> dict[str, Tensor]:
-        """Windows of ``width`` steps ending (exclusive) at point ``ends[b]`` of series ``series[b]``."""
-        base = np.asarray(self.offsets)[series] + ends  # (B,)
-        idx = base[:, None] - width + np.arange(width)[None, :]  # (B, width)
-        return {
-            "values": torch.from_numpy(self.values[idx]).float(),
-            "observed": torch.from_numpy(self.observed[idx]).float(),
-            "features": torch.from_numpy(self.features[idx]).float(),
-            "age": torch.from_numpy(self.age[idx]).float(),
-        }
-
-
-class _Batches:
-    """An epoch is ``len(pairs)`` windows: every window once in a shuffled order (``sampling="windows"``), or as
-    many draws of a series chosen uniformly and then a window of it (``"series"``: short series weigh as much as
-    long ones, as every series counts once in the accuracy)."""
-
-    def __init__(self, task: ForecastTask, pairs: np.ndarray, rank: int, world_size: int) -> None:
-        self.task, self.pairs, self.rank, self.world = task, pairs, rank, world_size
-        self.size = task.config.train.batch_size
-        self.per_rank = len(pairs) // world_size
-        self.series = np.unique(pairs[:, 0])
-        first = np.searchsorted(pairs[:, 0], self.series)  # pairs are grouped by series, ends ascending
-        self.first, self.count = first, np.diff(np.append(first, len(pairs)))
-        self.epoch, self.order = None, None
-
-    def __len__(self) -> int:
-        return max(1, math.ceil(self.per_rank / self.size))
-
-    def _epoch(self, epoch: int) -> np.ndarray:
-        """Indices into ``pairs`` of this epoch's windows, in order, for this rank."""
-        if self.epoch != epoch:
-            seed = self.task.config.train.seed * 1_000_003 + epoch
-            if self.task.config.data.sampling == "windows":
-                order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(seed)).numpy()
-            else:
-                rng = np.random.default_rng(seed)
-                which = rng.integers(0, len(self.series), len(self.pairs))
-                order = self.first[which] + (rng.random(len(self.pairs)) * self.count[which]).astype(np.int64)
-            start = self.rank * self.per_rank if self.world > 1 else 0
-            self.epoch, self.order = epoch, order[start : start + self.per_rank]
-        return self.order
-
-    def get(self, epoch: int, k: int):
-        pick = self.pairs[self._epoch(epoch)[k * self.size : (k + 1) * self.size]]  # (B, 2): series index, end
-        return self.task.window_batch(self.task.train_windows, pick[:, 0], pick[:, 1])
-
-    def items(self, batch) -> int:
-        return batch["values"].size(0)
 
 
 _HISTORY = Flag("--data", "the history: id,time,value[,covariates] rows", required=True, metavar="FILE.csv")
@@ -341,6 +102,11 @@ class ForecastTask(Task):
         """The head strategy of ``model.head`` (the config's string, as an object: loss, sampling, quantiles)."""
         return HEADS[self.config.model.head]()
 
+    @property
+    def held_out(self) -> bool:
+        """Whether each series' last horizon is held out for validation (``--validation last``), not trained on."""
+        return self.config.data.validation == "last"
+
     # --- data -------------------------------------------------------------------------------------------------
 
     def read(self, path: str, *, wide: bool | None = None, fill: str | None = None) -> SeriesSet:
@@ -373,16 +139,14 @@ class ForecastTask(Task):
                 raise DataError(f"{data.source}: no series has --min-length {d.min_length} points")
             data.series = kept
         H = d.horizon
-        need = H + 1 + (H if d.validation == "last" else 0)
+        need = H + 1 + (H if self.held_out else 0)
         short = [s for s in data.series if len(s) < need]
         if short:
-            how = "horizon + 1 points to train on" + (
-                " after the held-out last horizon" if d.validation == "last" else ""
-            )
+            how = "horizon + 1 points to train on" + (" after the held-out last horizon" if self.held_out else "")
             raise DataError(
                 f"{data.source}: series {short[0].id!r} has {len(short[0])} points, fewer than {need} ({how}; "
                 f"{len(short)} such series); drop them with --min-length {need}"
-                + (" or validate in-sample with --validation none" if d.validation == "last" else "")
+                + (" or validate in-sample with --validation none" if self.held_out else "")
             )
         self.head.check_data(data)
         if artefacts is None:
@@ -390,9 +154,9 @@ class ForecastTask(Task):
         self.history = data
         index = {sid: i for i, sid in enumerate(self.ids)}
         self.run_ids = np.array([index.get(s.id, -1) for s in data.series], np.int64)  # row -> embedding row
-        self.train_series = [self._cut(s, H if d.validation == "last" else 0) for s in data.series]
+        self.train_series = [drop_last(s, H if self.held_out else 0) for s in data.series]
         self.train_windows = self.windows(self.train_series)
-        self.pairs = self._pairs()
+        self.pairs = window_pairs(self.train_series, H)
         self.val_windows = self.windows(data.series)
 
     def _fit(self, data: SeriesSet) -> None:
@@ -405,7 +169,7 @@ class ForecastTask(Task):
         self.ids = [s.id for s in data.series]
         self.covariates = list(data.covariates)
         if self.covariates:
-            values = np.concatenate([s.covariates[: len(s) - (d.horizon if d.validation == "last" else 0)]
+            values = np.concatenate([s.covariates[: len(s) - (d.horizon if self.held_out else 0)]
                                      for s in data.series])  # fmt: skip
             mean, std = values.mean(0), values.std(0)
             self.cov_mean, self.cov_std = mean.tolist(), np.where(std > 1e-12, std, 1.0).tolist()
@@ -417,18 +181,6 @@ class ForecastTask(Task):
         if getattr(self, "covariates", None) is not None and data.covariates != self.covariates:
             raise DataError(f"{data.source}: covariate columns {data.covariates} differ from the run's "
                             f"{self.covariates}")  # fmt: skip
-
-    @staticmethod
-    def _cut(s: Series, k: int) -> Series:
-        return Series(s.id, s.start, s.values[: len(s) - k], s.covariates[: len(s) - k]) if k else s
-
-    def _pairs(self) -> np.ndarray:
-        """Every training window as (series index, end): the last H points before ``end`` are all observed and
-        at least one context point is."""
-        H = self.horizon
-        pairs = [np.stack([np.full(len(s) - H, i), np.arange(H + 1, len(s) + 1)], 1)
-                 for i, s in enumerate(self.train_series) if len(s) > H]  # fmt: skip
-        return np.concatenate(pairs).astype(np.int64)
 
     def restore(self, artefacts: dict[str, Any]) -> None:
         self.axis = TimeAxis.from_dict(artefacts["axis"])
@@ -482,11 +234,11 @@ class ForecastTask(Task):
     def input_size(self) -> int:
         return 2 * len(self.lags) + 1 + self.num_features
 
-    def windows(self, series: list[Series]) -> _Windows:
+    def windows(self, series: list[Series]) -> Windows:
         feats = [self.features(s.start + self.axis.step * np.arange(len(s)), s.covariates) for s in series]
-        return _Windows(series, feats, self.context + max(self.lags))
+        return Windows(series, feats, self.context + max(self.lags))
 
-    def window_batch(self, windows: _Windows, series: np.ndarray, ends: np.ndarray) -> dict[str, Tensor]:
+    def window_batch(self, windows: Windows, series: np.ndarray, ends: np.ndarray) -> dict[str, Tensor]:
         """Training/validation windows: maxlag + C + H steps ending at ``ends``, and the series' run ids."""
         W = max(self.lags) + self.context + self.horizon
         batch = windows.take(series, ends, W)
@@ -530,13 +282,16 @@ class ForecastTask(Task):
         names = ["x", *(["ids"] if ids else []), *ins]
         axes = {"x": {0: "batch", 1: "time"}, "ids": {0: "batch"}, "params": {0: "batch", 1: "time"}}
         axes = {k: v for k, v in axes.items() if k in names or k == "params"} | batch_axes(ins + outs)
-        graph = _ForecastGraph(to_torch_modules(model).eval(), bool(ids))
+        graph = ForecastGraph(to_torch_modules(model).eval(), bool(ids))
         return [Graph(graph, (x, *ids, *state), names, ["params", *outs], axes)]
 
-    def batches(self, rank: int, world_size: int) -> _Batches:
+    def batches(self, rank: int, world_size: int) -> WindowBatches:
         if len(self.pairs) < world_size:
             raise DataError(f"{len(self.pairs)} training windows cannot be shared by {world_size} processes")
-        return _Batches(self, self.pairs, rank, world_size)
+        t = self.config.train
+        take = partial(self.window_batch, self.train_windows)  # (series, ends) -> a batch of training windows
+        return WindowBatches(self.pairs, rank, world_size, batch_size=t.batch_size, seed=t.seed,
+                             sampling=self.config.data.sampling, take=take)  # fmt: skip
 
     def _window_loss(self, model: Forecaster, batch: dict[str, Tensor], device) -> tuple[Tensor, Tensor]:
         """Summed loss and the count of scored values of a batch of windows (teacher forcing, whole window)."""
@@ -687,7 +442,7 @@ class ForecastTask(Task):
                 total, count = total + float(t), count + float(c)
         model.train(was_training)
         histories = [s.values[:-H] for s in self.history.series]
-        cut = [self._cut(s, H) for s in self.history.series]
+        cut = [drop_last(s, H) for s in self.history.series]
         future = {s.id: s.covariates[-H:] for s in self.history.series} if self.covariates else None
         f = self.forecast(model, cut, num_samples=self.config.data.eval_samples, seed=self.config.train.seed,
                           future=future, device=device)  # fmt: skip
@@ -706,7 +461,7 @@ class ForecastTask(Task):
         cut, f = self.last_forecast
         H = self.horizon
         actuals = {s.id: s.values[-H:] for s in self.history.series}
-        where = "held-out last horizon" if self.config.data.validation == "last" else "last horizon (in-sample)"
+        where = "held-out last horizon" if self.held_out else "last horizon (in-sample)"
         plot_forecasts(cut, f, self.axis, run_dir / "forecast.png", actuals=actuals, title=f"validation: {where}")
 
     # --- inference commands -----------------------------------------------------------------------------------
