@@ -12,7 +12,7 @@ from rnnkit.tasks.language_model import LMConfig
 
 def _parser():
     p = argparse.ArgumentParser()
-    add_config_flags(p)
+    add_config_flags(p, LMConfig)
     return p
 
 
@@ -28,11 +28,11 @@ def test_every_field_has_a_kebab_flag_with_help_and_default():
 
 def test_only_given_flags_are_overrides_and_types_convert():
     args = _parser().parse_args(["--hidden-size", "32", "--lr", "0.01", "--tie-weights", "false", "--mode", "gru"])
-    assert config_overrides(args) == {
+    assert config_overrides(args, LMConfig) == {
         "model": {"hidden_size": 32, "tie_weights": False, "mode": "gru"},
         "train": {"lr": 0.01},
     }
-    assert config_overrides(_parser().parse_args([])) == {}
+    assert config_overrides(_parser().parse_args([]), LMConfig) == {}
 
 
 def test_parse_bool():
@@ -44,11 +44,11 @@ def test_parse_bool():
 def test_precedence_defaults_toml_flags(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[model]\nhidden_size = 40\nmode = 'gru'\n[train]\nlr = 0.5\n")
-    cfg = build_config(path, {"model": {"hidden_size": 24}})
+    cfg = build_config(path, {"model": {"hidden_size": 24}}, LMConfig)
     assert cfg.model.hidden_size == 24  # flag beats TOML
     assert cfg.model.mode == "gru" and cfg.train.lr == 0.5  # TOML beats default
     assert cfg.train.bptt == LMConfig().train.bptt  # default
-    assert build_config(None, {}) == LMConfig()
+    assert build_config(None, {}, LMConfig) == LMConfig()
 
 
 def test_toml_round_trip(tmp_path):
@@ -61,7 +61,7 @@ def test_toml_round_trip(tmp_path):
     )
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
-    assert build_config(path, {}) == cfg
+    assert build_config(path, {}, LMConfig) == cfg
 
 
 @pytest.mark.parametrize(
@@ -77,5 +77,5 @@ def test_toml_errors_name_the_key_and_file(tmp_path, text, needle):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_toml(path)
+        load_toml(path, LMConfig)
     assert needle in str(info.value) and str(path) in str(info.value)
