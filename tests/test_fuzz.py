@@ -296,6 +296,7 @@ def _base(command: str, g: dict[str, Path], out: Path) -> list:
         "forecast": ["forecast", "--run", g["forecast"], "--data", g["csv"], "--num-samples", "4"],
         "export": ["export", "--run", g["seq2seq"], "--format", "torchscript", "--out", out.with_suffix(".pt")],
         "gradflow": ["gradflow", "--seq-len", "4", "--hidden-size", "3", "--out", out.with_suffix(".png")],
+        "datasets": ["datasets"],
         "bench": ["bench", "--quick", "--modes", "elman", "--shapes", "2x3x4", "--skip-loop-train", "--repeats", "1",
                   "--tokens", "2", "--no-compile"],
     }[command]  # fmt: skip
