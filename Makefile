@@ -7,9 +7,11 @@ PYTHON ?= python3
 
 .PHONY: demo test lint bench clean
 
+# The tests test the extras too. --no-compile: no bytecode up front for the thousands of files of torch and the rest
+# (most of a fresh install's time on two cores); Python compiles what is imported, once, on first import.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,tensorboard,docs]'  # the tests test the extras too
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,export,tensorboard,docs]'
 	touch $(STAMP)
 
 # The main job: train a character-level LSTM on the built-in corpus for a few minutes, then generate.
@@ -21,11 +23,16 @@ demo: $(STAMP)
 	$(VENV)/bin/rnnkit train lm --out $(DEMO_RUN) --max-minutes $(DEMO_MINUTES)
 	$(VENV)/bin/rnnkit sample --run $(DEMO_RUN) --prompt "def " --echo-prompt --length 400 --temperature 0.8
 
-# The test suite (what .ci/run calls): lint, then every test on the CPU.
+# The test suite (what .ci/run calls): lint, then every test on the CPU, on as many pytest-xdist workers as there
+# are cores; a module whose tests share a module-scoped fixture stays on one worker (loadgroup: tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
+<<<<<<< HEAD
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site  # the docs site (mkdocs.yml); a warning fails
 	$(PY) -m pytest -q
+=======
+	$(PY) -m pytest -q -n auto --dist loadgroup
+>>>>>>> testspeed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

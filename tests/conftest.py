@@ -1,8 +1,14 @@
-"""Shared test helpers: the CUDA skip marker, tolerances per dtype, and the fused kernels' C++-or-Python `loops`."""
+"""Shared test helpers: the CUDA skip marker, tolerances per dtype, and the fused kernels' C++-or-Python `loops`;
+and what makes the suite run well in parallel under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,13 +28,80 @@ def tol(dtype: torch.dtype) -> dict[str, float]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``cuda`` when no CUDA device is present."""
+    """Skip tests marked ``cuda`` when no CUDA device is present; keep each module that builds a module-scoped
+    fixture on one xdist worker."""
+    for item in items:
+        if _own_module_fixture(item):
+            # --dist loadgroup sends one group to one worker: the fixture (a trained run, say) is built once, not
+            # once per worker that happens to draw one of its tests; the other tests spread freely
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _own_module_fixture(item) -> bool:
+    """Whether ``item`` uses a module- or class-scoped fixture defined in its own test file (conftest's cheap
+    ``one_thread`` is no reason to group)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None or not hasattr(item, "module"):
+        return False
+    return any(
+        d.scope in ("module", "class") and getattr(d.func, "__module__", None) == item.module.__name__
+        for defs in info.name2fixturedefs.values()
+        for d in defs
+    )
+
+
+# --- the C++ loops, built once per session under xdist ----------------------------------------------------------
+# kernels/extension.py builds its library on first use (about 30 s) and caches it; two workers starting on an empty
+# cache would each build it. The xdist controller builds it instead, in a thread while the workers start and
+# collect, holding a lock file that each worker waits on before its first test.
+
+
+def _build_lock() -> Path:
+    return Path(tempfile.gettempdir()) / f"rnnkit-{os.getuid()}-{extension.library_path().stem}.lock"
+
+
+def _is_xdist_controller(config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        # the workers share the machine's cores: torch's default (all of them) in each would oversubscribe them
+        workers = int(config.workerinput.get("workercount", 1))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # and so in the processes the tests start
+        return
+    if not _is_xdist_controller(config):
+        return
+    lock = open(_build_lock(), "w")  # noqa: SIM115 (held until the build ends, in the thread below)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+    def build():
+        try:
+            extension.ops()  # builds unless cached; logs a warning and leaves the Python loops where it cannot
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+    config._rnnkit_build = threading.Thread(target=build, name="rnnkit-extension-build", daemon=True)
+    config._rnnkit_build.start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _extension_built(request):
+    """On an xdist worker: wait until the controller's build of the C++ loops has ended (a no-op once cached)."""
+    if hasattr(request.config, "workerinput"):
+        with contextlib.suppress(OSError), open(_build_lock(), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    yield
 
 
 @pytest.fixture(scope="module")

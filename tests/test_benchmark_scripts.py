@@ -3,6 +3,7 @@ would notice when a rename breaks them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,12 +17,43 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("[!_]*.py")))
-def test_every_script_imports_and_prints_its_help(script):
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
-                          env=ENV, timeout=120)  # fmt: skip
+# Every script's --help in one Python process (each run as __main__ by runpy, output captured apart): one import of
+# torch for them all instead of one per script, which was most of this file's time
+HELP = """
+import contextlib, io, json, runpy, sys, traceback
+report, paths, results = sys.argv[1], sys.argv[2:], {}
+for path in paths:
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    sys.argv = [path, "--help"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+    results[path] = {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}
+with open(report, "w") as f:
+    json.dump(results, f)
+"""
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("[!_]*.py"))
+
+
+@pytest.fixture(scope="module")
+def helps(tmp_path_factory) -> dict:
+    report = tmp_path_factory.mktemp("helps") / "helps.json"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(BENCHMARKS), ENV["PYTHONPATH"]])}  # the scripts' _common
+    proc = subprocess.run([sys.executable, "-c", HELP, str(report), *(str(BENCHMARKS / s) for s in SCRIPTS)],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "usage:" in proc.stdout
+    return {Path(path).name: result for path, result in json.loads(report.read_text()).items()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_imports_and_prints_its_help(script, helps):
+    assert helps[script]["status"] == 0, helps[script]["stderr"][-2000:]
+    assert "usage:" in helps[script]["stdout"]
 
 
 def test_lm_vs_compressors_trains_scores_and_prints_its_table(tmp_path):

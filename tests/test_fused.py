@@ -87,14 +87,19 @@ def test_backward_in_time_slices_equals_loop(mode, bidirectional, slice_steps, m
 def test_rows_split_over_threads_equal_loop(mode):
     """A step wide enough that the C++ loops split its rows over threads (row_grain in recurrence.cpp: B * G*H
     of 2 x 16384 or more values), with H = 200 (not a multiple of the vector width) and lengths."""
-    if not extension.available() or torch.get_num_threads() < 2:
-        pytest.skip("needs the C++ loops and two threads")
-    torch.manual_seed(0)
-    rnn = RNN(mode, 8, 200, bidirectional=True, dtype=torch.float64)
-    x = torch.randn(170, 3, 8, dtype=torch.float64)
-    lengths = torch.randint(1, 4, (170,))
-    ref_out, ref_grads = _run(rnn, "loop", x, None, lengths)
-    out, grads = _run(rnn, "fused", x, None, lengths)
+    if not extension.available():
+        pytest.skip("needs the C++ loops")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # whatever the process had (one per xdist worker on two cores)
+    try:
+        torch.manual_seed(0)
+        rnn = RNN(mode, 8, 200, bidirectional=True, dtype=torch.float64)
+        x = torch.randn(170, 3, 8, dtype=torch.float64)
+        lengths = torch.randint(1, 4, (170,))
+        ref_out, ref_grads = _run(rnn, "loop", x, None, lengths)
+        out, grads = _run(rnn, "fused", x, None, lengths)
+    finally:
+        torch.set_num_threads(before)
     for a, b in zip(ref_out + ref_grads, out + grads, strict=True):
         torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-9)
 

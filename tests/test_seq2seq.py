@@ -84,20 +84,22 @@ def test_wider_beams_find_sequences_at_least_as_likely():
 
 @pytest.mark.slow
 def test_learns_to_reverse_sequences():
+    # 8 symbols, lengths 3 to 10, 300 steps of 32: exact on every held-out row here (0.97 at 200 steps), in about a
+    # seventh of the CPU time of 10 symbols up to length 20 (reversal needs the attention either way)
     torch.manual_seed(0)
-    model = Seq2Seq(14, 14, embedding_size=16, hidden_size=48, attention="general")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=900, pct_start=0.2)
+    model = Seq2Seq(12, 12, embedding_size=16, hidden_size=32, attention="general")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=300, pct_start=0.2)
     g = torch.Generator().manual_seed(0)
 
     def batch(n):
-        seqs = [torch.randint(4, 14, (int(torch.randint(5, 21, (1,), generator=g)),), generator=g) for _ in range(n)]
+        seqs = [torch.randint(4, 12, (int(torch.randint(3, 11, (1,), generator=g)),), generator=g) for _ in range(n)]
         x, lengths = pad_sequences(seqs)
         y, _ = pad_sequences([torch.cat([torch.tensor([BOS]), s.flip(0), torch.tensor([EOS])]) for s in seqs])
         return x, lengths, y, seqs
 
-    for _ in range(900):
-        x, lengths, y, _ = batch(64)
+    for _ in range(300):
+        x, lengths, y, _ = batch(32)
         logits = model(x, lengths, y[:, :-1])
         loss = F.cross_entropy(logits.transpose(1, 2), y[:, 1:], ignore_index=PAD)
         opt.zero_grad()
@@ -106,11 +108,11 @@ def test_learns_to_reverse_sequences():
         sched.step()
     model.eval()
     x, lengths, _, seqs = batch(200)
-    hyps = greedy(model, x, lengths, max_length=25)
+    hyps = greedy(model, x, lengths, max_length=15)
     exact = sum(h.tokens == [*s.flip(0).tolist(), EOS] for h, s in zip(hyps, seqs, strict=True)) / len(seqs)
     assert exact >= 0.99, exact
     # a confident model makes </s> the second-best first token: that early, unlikely ending must not end the search
-    beams = beam_search(model, x, lengths, beam=3, max_length=25)
+    beams = beam_search(model, x, lengths, beam=3, max_length=15)
     exact = sum(h[0].tokens == [*s.flip(0).tolist(), EOS] for h, s in zip(beams, seqs, strict=True)) / len(seqs)
     assert exact >= 0.99, exact
 
