@@ -27,12 +27,8 @@ demo: $(STAMP)
 # are cores; a module whose tests share a module-scoped fixture stays on one worker (loadgroup: tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
-<<<<<<< HEAD
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site  # the docs site (mkdocs.yml); a warning fails
-	$(PY) -m pytest -q
-=======
 	$(PY) -m pytest -q -n auto --dist loadgroup
->>>>>>> testspeed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
