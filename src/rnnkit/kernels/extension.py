@@ -25,6 +25,7 @@ and keeps its Python loops, which compute the same thing. ``RNNKIT_EXTENSION=0``
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -127,17 +128,19 @@ def build(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
         objs, lib = [Path(tmp) / f"{src.stem}.o" for src in SOURCES], Path(tmp) / path.name
-        for cmd in (
-            *(
-                [cxx, *COMPILE_FLAGS, *cflags, "-c", str(src), "-o", str(obj)]
-                for src, obj in zip(SOURCES, objs, strict=True)
-            ),
-            [cxx, "-shared", "-fopenmp", *map(str, objs), *ldflags, "-o", str(lib)],
-        ):
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd[:2])} ... failed:\n{done.stderr[-2000:]}")
+        compiles = [[cxx, *COMPILE_FLAGS, *cflags, "-c", str(src), "-o", str(obj)]
+                    for src, obj in zip(SOURCES, objs, strict=True)]  # fmt: skip
+        # the sources compile side by side (a process per core at most): the build is most of a first run's wait
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(len(compiles), os.cpu_count() or 1))) as pool:
+            list(pool.map(_run_compiler, compiles))  # the first failure raises here
+        _run_compiler([cxx, "-shared", "-fopenmp", *map(str, objs), *ldflags, "-o", str(lib)])
         os.replace(lib, path)
+
+
+def _run_compiler(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:2])} ... failed:\n{done.stderr[-2000:]}")
 
 
 def _load():
