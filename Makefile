@@ -24,11 +24,11 @@ demo: $(STAMP)
 	$(VENV)/bin/rnnkit sample --run $(DEMO_RUN) --prompt "def " --echo-prompt --length 400 --temperature 0.8
 
 # The test suite (what .ci/run calls): lint, then every test on the CPU, on as many pytest-xdist workers as there
-# are cores; a module whose tests share a module-scoped fixture stays on one worker (loadgroup: tests/conftest.py).
+# are cores; each test file runs on one worker (loadfile), so a module-scoped fixture (a trained run) is built once.
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site  # the docs site (mkdocs.yml); a warning fails
-	$(PY) -m pytest -q -n auto --dist loadgroup
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

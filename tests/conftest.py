@@ -1,5 +1,5 @@
 """Shared test helpers: the CUDA skip marker, tolerances per dtype, and the fused kernels' C++-or-Python `loops`;
-and what makes the suite run well in parallel under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``)."""
+and what makes the suite run well in parallel under pytest-xdist (``make test`` runs ``-n auto --dist loadfile``)."""
 
 from __future__ import annotations
 
@@ -28,13 +28,11 @@ def tol(dtype: torch.dtype) -> dict[str, float]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked ``cuda`` when no CUDA device is present; keep each module that builds a module-scoped
-    fixture on one xdist worker."""
-    for item in items:
-        if _own_module_fixture(item):
-            # --dist loadgroup sends one group to one worker: the fixture (a trained run, say) is built once, not
-            # once per worker that happens to draw one of its tests; the other tests spread freely
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    """Skip tests marked ``cuda`` when no CUDA device is present."""
+    _skip_cuda(items)
+
+
+def _skip_cuda(items) -> None:
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -43,23 +41,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _own_module_fixture(item) -> bool:
-    """Whether ``item`` uses a module- or class-scoped fixture defined in its own test file (conftest's cheap
-    ``one_thread`` is no reason to group)."""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None or not hasattr(item, "module"):
-        return False
-    return any(
-        d.scope in ("module", "class") and getattr(d.func, "__module__", None) == item.module.__name__
-        for defs in info.name2fixturedefs.values()
-        for d in defs
-    )
-
-
 # --- the C++ loops, built once per session under xdist ----------------------------------------------------------
 # kernels/extension.py builds its library on first use (about 30 s) and caches it; two workers starting on an empty
 # cache would each build it. The xdist controller builds it instead, in a thread while the workers start and
-# collect, holding a lock file that each worker waits on before its first test.
+# collect, holding a lock file that a worker waits on when one of its tests first needs the loops.
 
 
 def _build_lock() -> Path:
@@ -77,6 +62,15 @@ def pytest_configure(config):
         threads = max(1, (os.cpu_count() or 1) // workers)
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # and so in the processes the tests start
+        load = extension._load
+
+        def load_once_built():  # the first test that needs the C++ loops waits for the controller's build; the
+            with contextlib.suppress(OSError), open(_build_lock(), "w") as lock:  # others run meanwhile
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            return load()
+
+        extension._load = load_once_built
         return
     if not _is_xdist_controller(config):
         return
@@ -92,16 +86,6 @@ def pytest_configure(config):
 
     config._rnnkit_build = threading.Thread(target=build, name="rnnkit-extension-build", daemon=True)
     config._rnnkit_build.start()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _extension_built(request):
-    """On an xdist worker: wait until the controller's build of the C++ loops has ended (a no-op once cached)."""
-    if hasattr(request.config, "workerinput"):
-        with contextlib.suppress(OSError), open(_build_lock(), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH)
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    yield
 
 
 @pytest.fixture(scope="module")
