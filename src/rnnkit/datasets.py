@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from rnnkit.errors import DataError
-from rnnkit.io import atomic_write
+from rnnkit.io import atomic_write, cache_dir
 
 __all__ = [
     "BUILTIN_DIR",
@@ -219,15 +219,6 @@ DATASETS: dict[str, Dataset] = {
 
 
 # --- resolution -------------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where generated files are kept: ``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit``, else
-    ``~/.cache/rnnkit`` (the folder of ``rnnkit.kernels.extension.cache_dir``)."""
-    if os.environ.get("RNNKIT_CACHE_DIR"):
-        return Path(os.environ["RNNKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rnnkit"
 
 
 def _known() -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "atomic_open",
     "atomic_write",
     "atomic_write_json",
+    "cache_dir",
     "check_input",
     "check_output",
     "read_input",
@@ -171,3 +172,12 @@ def check_output(path: str | os.PathLike | None, *, force: bool = False, suffix:
         raise OutputError(f"{flag} {p}: the folder {p.parent} does not exist")
     if (p.exists() or p.is_symlink()) and not force:
         raise OutputError(f"{flag} {p} exists; pass --force to overwrite it")
+
+
+def cache_dir() -> Path:
+    """rnnkit's cache folder (the C++ loops' library, generated datasets): ``$RNNKIT_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``."""
+    if os.environ.get("RNNKIT_CACHE_DIR"):
+        return Path(os.environ["RNNKIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rnnkit"

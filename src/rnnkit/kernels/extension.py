@@ -42,6 +42,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rnnkit.io import cache_dir
+
 __all__ = ["available", "build", "cache_dir", "loaded", "ops", "step_weight", "use_extension", "wanted"]
 
 log = logging.getLogger(__name__)
@@ -62,14 +64,6 @@ COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-s
 _lock = threading.Lock()
 _state: dict[str, object] = {"ops": None, "tried": False, "packing": {}}
 _enabled = os.environ.get("RNNKIT_EXTENSION", "1") != "0"
-
-
-def cache_dir() -> Path:
-    """Where built libraries are kept."""
-    if os.environ.get("RNNKIT_CACHE_DIR"):
-        return Path(os.environ["RNNKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "rnnkit"
 
 
 def _cpu_model() -> str:
