@@ -278,8 +278,9 @@ def _exact(value: Any, kind: type | tuple[type, ...]) -> Any:
 class Trainer:
     """One run of a task: the model, the optimiser, the ``RunState`` and the callbacks around the loop (``fit``)."""
 
-    def __init__(self, task: Task, run_dir: Path, payload, info: DistInfo, device, callbacks=()) -> None:
-        self.task, self.run_dir, self.info, self.device = task, run_dir, info, device
+    def __init__(self, task: Task, run_dir: Path, payload, info: DistInfo, device, callbacks=(), *,
+                 plots: bool = True) -> None:  # fmt: skip
+        self.task, self.run_dir, self.info, self.device, self.plots = task, run_dir, info, device, plots
         self.dtype = resolve_precision(task.config.train.precision, device)  # one log line: asked, resolved, why
         self.precision = precision_name(self.dtype)
         cfg = task.config.train
@@ -470,9 +471,10 @@ class Trainer:
         )  # fmt: skip
         if self.info.is_main:
             records = next((c.records for c in self.callbacks if isinstance(c, MetricsFile)), [])
-            plot_training(records, self.run_dir / "loss.png", task.primary)
-            with autocast(self.dtype, self.device):
-                task.plots(self.model, self.run_dir, self.device)
+            if self.plots:
+                plot_training(records, self.run_dir / "loss.png", task.primary)
+                with autocast(self.dtype, self.device):
+                    task.plots(self.model, self.run_dir, self.device)
             atomic_write_json(self.run_dir / "summary.json", _summary(result, task))
         last = {f"val_{key}": v for key, v in state.last.items()}
         best = {f"best_val_{task.primary}": state.best[task.primary]}
@@ -487,12 +489,14 @@ def train(
     resume: bool = False,
     on_event: Callable[[Event], None] | None = None,
     callbacks: list[Callback] | None = None,
+    plots: bool = True,
 ) -> TrainResult:
     """Train ``task`` as its config says, writing the run folder ``out_dir`` (see the module docstring).
 
     Refuses (ConfigError) to start over a folder that holds a checkpoint unless ``resume=True``; bad data
     fails (DataError) before anything is written. ``on_event`` gets every event as a dict (the CLI's progress
-    bar); ``callbacks`` run after the built-in ones (``rnnkit.callbacks``).
+    bar); ``callbacks`` run after the built-in ones (``rnnkit.callbacks``). ``plots=False`` leaves out the PNGs
+    drawn at the end (loss.png and the task's): most of a tiny run's time (the estimators' checks fit hundreds).
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be an rnnkit Task, got {type(task).__name__}")
@@ -503,15 +507,16 @@ def train(
     info, device = init_distributed(task.config.train.device)
     clean = False
     try:
-        result = _train(task, run_dir, payload, info, device, on_event, list(callbacks or []))
+        result = _train(task, run_dir, payload, info, device, on_event, list(callbacks or []), plots)
         clean = True
         return result
     finally:
         shutdown(info, clean=clean)
 
 
-def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event, extra: list[Callback]):
-    trainer = Trainer(task, run_dir, payload, info, device)  # builds the model and batches: fails before any write
+def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event, extra: list[Callback], plots: bool):
+    # builds the model and batches: fails before any write
+    trainer = Trainer(task, run_dir, payload, info, device, plots=plots)
     cfg = trainer.cfg
     finished = payload is not None and bool(cfg.max_steps) and trainer.state.step >= cfg.max_steps
     if info.is_main:
