@@ -10,6 +10,23 @@ from rnnkit.sequence import detach_state, flip_padded, last_valid, lengths_to_ma
 
 __version__ = "0.1.0"
 
+# the estimators (rnnkit.estimators) load the tasks and the trainer: imported when first used, so that importing
+# rnnkit for its layers stays light
+_ESTIMATORS = ("Classifier", "Forecaster", "LanguageModel", "Seq2Seq", "load")
+
+
+def __getattr__(name: str):
+    if name in _ESTIMATORS:
+        import rnnkit.estimators
+
+        return getattr(rnnkit.estimators, name)
+    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_ESTIMATORS])
+
+
 __all__ = [
     "CELLS",
     "RNN",
@@ -17,15 +34,19 @@ __all__ = [
     "Cell",
     "CellSpec",
     "CheckpointError",
+    "Classifier",
     "ConfigError",
     "DataError",
     "ElmanCell",
     "ExportError",
+    "Forecaster",
     "GRUCell",
     "LSTMCell",
     "LSTMState",
+    "LanguageModel",
     "Recurrent",
     "RnnkitError",
+    "Seq2Seq",
     "Stack",
     "compare_gradient_flow",
     "detach_state",
@@ -35,6 +56,7 @@ __all__ = [
     "init_orthogonal_",
     "last_valid",
     "lengths_to_mask",
+    "load",
     "pad_sequences",
     "plot_gradient_flow",
     "reference",
