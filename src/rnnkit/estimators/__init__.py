@@ -17,10 +17,25 @@ from rnnkit.checkpoint import load_checkpoint
 from rnnkit.errors import CheckpointError
 from rnnkit.estimators.base import Estimator, NotFittedError, Progress
 from rnnkit.estimators.classifier import Classifier, as_sequences
+from rnnkit.estimators.forecaster import Forecaster
+from rnnkit.estimators.language_model import LanguageModel
+from rnnkit.estimators.seq2seq import Seq2Seq
 
-__all__ = ["Classifier", "Estimator", "NotFittedError", "Progress", "as_sequences", "load"]
+__all__ = [
+    "Classifier",
+    "Estimator",
+    "Forecaster",
+    "LanguageModel",
+    "NotFittedError",
+    "Progress",
+    "Seq2Seq",
+    "as_sequences",
+    "load",
+]
 
-ESTIMATORS: dict[str, type[Estimator]] = {cls.Task.name: cls for cls in (Classifier,)}
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.Task.name: cls for cls in (Classifier, Forecaster, LanguageModel, Seq2Seq)
+}
 
 
 def load(path) -> Estimator:
