@@ -195,7 +195,8 @@ class Estimator:
             finally:
                 if progress is not None:
                     progress.close()
-            atomic_write_json(run_dir / ESTIMATOR_FILE, {"class": type(self).__name__, **(extra or {})})
+            own = {"verbose": self.verbose, "plots": self.plots}  # callbacks are code: not saved
+            atomic_write_json(run_dir / ESTIMATOR_FILE, {"class": type(self).__name__, "own": own, **(extra or {})})
         except BaseException:
             if owned:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -278,7 +279,8 @@ class Estimator:
         those of the run's config."""
         run_dir = Path(run_dir)
         run = load_run(run_dir, "best", task=cls.Task.name, purpose=cls.__name__)
-        est = cls(**{name: getattr(getattr(run.config, section), name) for name, (section, _) in cls._fields.items()})
+        params = {name: getattr(getattr(run.config, section), name) for name, (section, _) in cls._fields.items()}
+        est = cls(**params, **cls._read_extra(run_dir).get("own", {}))
         est._adopt(run_dir, owned=False)
         return est
 
