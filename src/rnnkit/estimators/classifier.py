@@ -238,7 +238,8 @@ class Classifier(Estimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each sequence (values of ``classes_``)."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
     def score(self, X, y, sample_weight=None) -> float:
         """Accuracy: the share of sequences whose predicted class is ``y`` (weighted by ``sample_weight``)."""
