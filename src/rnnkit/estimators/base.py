@@ -78,7 +78,7 @@ class Estimator:
     """Base class of ``Classifier``, ``Forecaster``, ``Seq2Seq`` and ``LanguageModel`` (see the module docstring)."""
 
     Task: ClassVar[type[Task]]
-    own: ClassVar[dict[str, Any]] = {"verbose": 1, "callbacks": None, "plots": True}
+    own: ClassVar[dict[str, Any]] = {"verbose": 1, "callbacks": None, "plots": False}
     excluded: ClassVar[tuple[str, ...]] = ()  # config fields that make no sense in memory (the forecaster's wide)
     _fields: ClassVar[dict[str, tuple[str, dataclasses.Field]]]
 
@@ -114,7 +114,7 @@ class Estimator:
         lines += [
             "    verbose = 1  a progress bar (tqdm.auto: terminal or notebook); 0 = silent",
             "    callbacks = None  rnnkit.callbacks.Callback objects on the trainer's events, for every fit",
-            "    plots = True  draw loss.png and the task's plots into the run folder at the end of a fit",
+            "    plots = False  draw loss.png and the task's plots into the run folder at the end of a fit (as the CLI does)",
         ]
         return "\n".join(lines)
 
