@@ -114,7 +114,7 @@ class Estimator:
         lines += [
             "    verbose = 1  a progress bar (tqdm.auto: terminal or notebook); 0 = silent",
             "    callbacks = None  rnnkit.callbacks.Callback objects on the trainer's events, for every fit",
-            "    plots = False  draw loss.png and the task's plots into the run folder at the end of a fit (as the CLI does)",
+            "    plots = False  draw loss.png and the task's plots into the run folder after a fit (the CLI does)",
         ]
         return "\n".join(lines)
 
