@@ -108,7 +108,7 @@ class Estimator:
 
     @classmethod
     def _keyword_doc(cls) -> str:
-        lines = [f"Every keyword of ``rnnkit train {cls.Task.name}``'s flags, by section, with its default:", ""]
+        lines = [f"The keywords: every flag of ``rnnkit train {cls.Task.name}``, by section, with its default:", ""]
         for name, (section, f) in cls._fields.items():
             lines.append(f"    {name} = {f.default!r}  [{section}] {f.metadata.get('help', '')}")
         lines += [
