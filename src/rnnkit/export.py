@@ -65,6 +65,7 @@ __all__ = [
     "Graph",
     "TorchLSTM",
     "TorchRNN",
+    "as_outputs",
     "available",
     "export_graphs",
     "max_difference",
@@ -115,7 +116,8 @@ def to_torch_modules(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Graph:
-    """One exported graph: a module of Tensors in, a tuple of Tensors out, example inputs and axis names.
+    """One exported graph: a module of Tensors in, a Tensor (one output) or a tuple of Tensors out, example inputs
+    and axis names. ONNX names its inputs ``input_names``; TorchScript by the module's ``forward`` arguments.
 
     ``name``: "" for a task's one graph, else the part it is ("encoder", "decoder"), put in the file name.
     ``dynamic``: {input or output name: {axis: "batch" | "time" | ...}}, the axes that stay free.
@@ -136,7 +138,7 @@ class Graph:
     def signature(self) -> str:
         """``tokens (batch, time) int64, h0 (2, batch, 8) float32 -> logits (batch, time, 40) float32, ...``."""
         with torch.no_grad():
-            outputs = self.module(*self.inputs)
+            outputs = as_outputs(self.module(*self.inputs))
 
         def describe(names: list[str], tensors) -> str:
             parts = []
@@ -146,6 +148,11 @@ class Graph:
             return ", ".join(parts)
 
         return f"{describe(self.input_names, self.inputs)} -> {describe(self.output_names, outputs)}"
+
+
+def as_outputs(out: Tensor | tuple[Tensor, ...] | list[Tensor]) -> tuple[Tensor, ...]:
+    """A graph's outputs as a tuple: a graph with one output returns the tensor itself, not a 1-tuple."""
+    return (out,) if isinstance(out, Tensor) else tuple(out)
 
 
 def state_names(has_cell: bool) -> tuple[list[str], list[str]]:
@@ -236,7 +243,9 @@ def _onnx(graph: Graph, path: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            graph.module,
+            # traced first: the exporter's own trace refuses a scripted submodule (rnnkit.steploop's loop), a
+            # ScriptModule made by torch.jit.trace keeps it, and the exporter writes its loop as an ONNX Loop
+            _trace(graph),
             graph.inputs,
             str(path),
             input_names=graph.input_names,
@@ -252,7 +261,7 @@ def run_exported(path: str | os.PathLike, fmt: str, graph: Graph, inputs: tuple[
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, still ships it
-            return list(torch.jit.load(str(path))(*inputs))
+            return list(as_outputs(torch.jit.load(str(path))(*inputs)))
     require("onnxruntime", purpose="checking an ONNX file")
     import onnxruntime
 
@@ -266,7 +275,7 @@ def max_difference(path: str | os.PathLike, fmt: str, graph: Graph) -> float:
     """The largest |exported - model| over the outputs of the graph's example inputs (a check after writing)."""
     got = run_exported(path, fmt, graph, graph.inputs)
     with torch.no_grad():
-        expected = graph.module(*graph.inputs)
+        expected = as_outputs(graph.module(*graph.inputs))
     worst = 0.0
     for g, e in zip(got, expected, strict=True):
         if tuple(g.shape) != tuple(e.shape):

@@ -279,8 +279,8 @@ class ForecastTask(Task):
         state = flat_state(model.rnn.initial_state(2))  # (L, 2, H) each
         ids = (torch.tensor([0, -1]),) if model.embed is not None else ()  # -1: a series the run never saw
         ins, outs = state_names(len(state) == 2)
-        names = ["x", *(["ids"] if ids else []), *ins]
-        axes = {"x": {0: "batch", 1: "time"}, "ids": {0: "batch"}, "params": {0: "batch", 1: "time"}}
+        names = ["inputs", *(["ids"] if ids else []), *ins]
+        axes = {"inputs": {0: "batch", 1: "time"}, "ids": {0: "batch"}, "params": {0: "batch", 1: "time"}}
         axes = {k: v for k, v in axes.items() if k in names or k == "params"} | batch_axes(ins + outs)
         graph = ForecastGraph(to_torch_modules(model).eval(), bool(ids))
         return [Graph(graph, (x, *ids, *state), names, ["params", *outs], axes)]
