@@ -298,6 +298,12 @@ class ClassifyTask(Task):
     def batches(self, rank: int, world_size: int) -> BucketBatches:
         return BucketBatches(self.train_set, self._buckets(rank, world_size), lambda batch: batch[0].size(0))
 
+    def validation_batch(self):
+        """The first batch of the validation set (in the training batches' form)."""
+        cfg = self.config.train
+        buckets = LengthBuckets(self.val_set.lengths, cfg.batch_size, cfg.seed, bucket=self.config.data.bucket)
+        return BucketBatches(self.val_set, buckets, lambda batch: batch[0].size(0)).get(0, 0)
+
     def _class_weights(self) -> Tensor | None:
         if self.config.train.class_weights == "none":
             return None
