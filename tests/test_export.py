@@ -450,6 +450,16 @@ def test_bad_export_requests_are_one_line(runs, tmp_path, capsys, monkeypatch):
         torch.jit.script(rnnkit.RNN("gru", 2, 3))
     monkeypatch.undo()
 
+    # --format torch pickles torch.nn's modules; the scripted loop of any other cell (or zoneout) does not pickle
+    from rnnkit.export import save_torch
+
+    for rnn in (rnnkit.RNN("mingru", 2, 3), rnnkit.RNN("gru", 2, 3, zoneout=0.1)):
+        with pytest.raises(
+            ExportError, match=r"--format torch needs recurrences torch.nn has.*use --format torchscript"
+        ):
+            save_torch(nn.Sequential(rnn), tmp_path / "d.pt")
+    assert not (tmp_path / "d.pt").exists()
+
 
 # --- torch.compile ------------------------------------------------------------------------------------------------
 
