@@ -380,12 +380,12 @@ def cmd_gradflow(args: argparse.Namespace) -> int:
         batch = run.task.validation_batch()
         device = torch.device("cpu")
         curves = model_gradient_flow(run.model, lambda model: run.task.loss(model, batch, None, device)[0])
-        what = f"{args.run}, the task's loss on one validation batch"
+        what, loss = f"{args.run}, the task's loss on one validation batch", "the task's loss on a validation batch"
     else:
         curves = compare_gradient_flow(args.mode, hidden_size=args.hidden_size, seq_len=args.seq_len, seed=args.seed,
                                        num_layers=args.num_layers, bidirectional=args.bidirectional)  # fmt: skip
-        what = f"T={args.seq_len}, H={args.hidden_size}, loss of the last states"
-    path = plot_gradient_flow(curves, args.out)
+        what, loss = f"T={args.seq_len}, H={args.hidden_size}, loss of the last states", "sum of the final states"
+    path = plot_gradient_flow(curves, args.out, loss=loss)
     print(f"vanishing factor ||dL/dh_first|| / ||dL/dh_last|| ({what}):")
     width = max(map(len, curves))
     for name, ratio in summary(curves).items():

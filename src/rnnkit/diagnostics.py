@@ -229,8 +229,15 @@ def _check_curves(curves: object) -> dict[str, Tensor]:
     return dict(curves)
 
 
-def plot_gradient_flow(curves: Mapping[str, Tensor], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Write the curves as a PNG (log-scale y) to ``path`` and return it.
+def plot_gradient_flow(
+    curves: Mapping[str, Tensor],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    loss: str = "loss of the last states",
+) -> Path:
+    """Write the curves as a PNG (log-scale y) to ``path`` and return it; ``loss`` says what L is, on the y axis.
+    A curve named "... reverse" (a reverse direction) is dashed.
 
     The file is written to a temporary file next to ``path`` and moved over it with ``os.replace``, so an
     existing file is replaced only once the new one is complete.
@@ -253,10 +260,10 @@ def plot_gradient_flow(curves: Mapping[str, Tensor], path: str | os.PathLike, *,
         ax.plot(range(values.size), values, style, label=f"{mode}   (vanishing factor {factors[mode]:.2g})")
     ax.set_yscale("log")
     ax.set_xlabel("time step t")
-    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$   (L: loss at the last step)")
+    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$" + f"   (L: {loss})")
     ax.set_title(title or f"Gradient flow back through time (T={T})")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(title=r"$\|\partial L/\partial h_0\| \;/\; \|\partial L/\partial h_{T-1}\|$", fontsize="small")
+    ax.legend(title="vanishing factor: first step over last, in each direction's order", fontsize="small")
     fig.tight_layout()
 
     path.parent.mkdir(parents=True, exist_ok=True)
