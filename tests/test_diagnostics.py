@@ -252,26 +252,36 @@ def test_every_cell_stacked_and_bidirectional_equals_autograd_through_the_states
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    """A tiny trained run of two tasks: a 2-layer LM and a bidirectional text classifier."""
+    """A tiny trained run of each task: a 2-layer LM, a bidirectional text classifier, a minGRU seq2seq (its
+    bidirectional encoder is its one rnnkit.RNN) and a 2-layer forecaster."""
     from rnnkit.cli import main
 
     root = tmp_path_factory.mktemp("gradflow-runs")
     (root / "text.txt").write_text("the cat sat on the mat. " * 60)
     (root / "labelled.tsv").write_text("".join(f"{'ab' * (i % 3 + 1)}{'c' * (i % 2)}\t{i % 2}\n" for i in range(40)))
     common = ["--max-minutes", "0", "--max-steps", "2", "--hidden-size", "6"]
-    runs = {"lm": root / "lm", "classify": root / "classify"}
+    (root / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "bca", "cab", "abcd", "bd") * 4))
+    rows = [f"s{i},{t},{10 + math.sin(t / 2 + i):.4f}" for i in range(3) for t in range(30)]
+    (root / "series.csv").write_text("id,time,value\n" + "\n".join(rows) + "\n")
+    runs = {task: root / task for task in ("lm", "classify", "seq2seq", "forecast")}
     argv = {"lm": ["train", "lm", "--data", str(root / "text.txt"), "--num-layers", "2", "--mode", "lstm",
                    "--bptt", "8", "--batch-size", "4", "--precision", "fp32", "--embedding-size", "4"],
             "classify": ["train", "classify", "--data", str(root / "labelled.tsv"), "--mode", "gru",
-                         "--embedding-size", "4"]}  # fmt: skip
+                         "--embedding-size", "4"],
+            "seq2seq": ["train", "seq2seq", "--data", str(root / "pairs.tsv"), "--mode", "mingru",
+                        "--embedding-size", "4"],
+            "forecast": ["train", "forecast", "--data", str(root / "series.csv"), "--horizon", "2", "--num-layers",
+                         "2", "--num-samples", "4", "--eval-samples", "4"]}  # fmt: skip
     for task, args in argv.items():
         assert main([*args, *common, "--out", str(runs[task])]) == 0
     return runs
 
 
-@pytest.mark.parametrize(
-    ("task", "names"), [("lm", ["layer 0", "layer 1"]), ("classify", ["layer 0", "layer 0 reverse"])]
-)
+GRADFLOW_RUNS = [("lm", ["layer 0", "layer 1"]), ("classify", ["layer 0", "layer 0 reverse"]),
+                 ("seq2seq", ["layer 0", "layer 0 reverse"]), ("forecast", ["layer 0", "layer 1"])]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "names"), GRADFLOW_RUNS)
 def test_gradflow_of_a_trained_run(task, names, tiny_runs, tmp_path, capsys):
     from rnnkit.checkpoint import load_run
     from rnnkit.cli import main
@@ -288,7 +298,8 @@ def test_gradflow_of_a_trained_run(task, names, tiny_runs, tmp_path, capsys):
     run.task.prepare(run.task.artefacts())
     batch = run.task.validation_batch()
     curves = model_gradient_flow(run.model, lambda m: run.task.loss(m, batch, None, torch.device("cpu"))[0])
-    T = batch[0].size(1)
+    # one point per time step the network saw (a forecast batch is a dict of windows: context + horizon steps)
+    T = batch[0].size(1) if isinstance(batch, tuple) else run.task.context + run.task.horizon
     assert list(curves) == names and all(c.shape == (T,) and (c > 0).any() for c in curves.values())
 
 

@@ -173,7 +173,7 @@ class Task(ABC):
 
     def validation_batch(self) -> Any:
         """One batch of validation data in the form ``loss`` takes, after ``prepare`` (``rnnkit gradflow --run``
-        computes its loss). Default: the first training batch, for a task that has no batch of validation data."""
+        computes its loss). Default: the first training batch, for a task without validation batches of that form."""
         return self.batches(0, 1).get(0, 0)
 
     def train_metrics(self, loss: float) -> dict[str, float]:

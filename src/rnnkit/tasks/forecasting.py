@@ -304,6 +304,12 @@ class ForecastTask(Task):
         out = at_least_fp32(out)  # the likelihood in fp32: CPU autocast leaves softplus, log, lgamma in bf16
         return self.head.loss(out, values, observed, steps, scale, horizon=self.horizon, levels=model.levels)
 
+    def validation_batch(self) -> dict[str, Tensor]:
+        """The windows ``evaluate`` scores first: each series' last horizon (up to a training batch of series)."""
+        n = np.arange(min(len(self.history.series), self.config.train.batch_size))
+        ends = np.array([len(self.history.series[i]) for i in n], np.int64)
+        return self.window_batch(self.val_windows, n, ends)
+
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
         total, count = self._window_loss(model, batch, device)
         return total / count.clamp(min=1), None
