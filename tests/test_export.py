@@ -298,6 +298,9 @@ TASK_CASES = {
     "forecast-lstm-ids-studentt": ("forecast", {"mode": "lstm", "hidden_size": 6, "id_embedding": 3}),
     "forecast-gru-quantile": ("forecast", {"mode": "gru", "hidden_size": 6, "num_layers": 1, "head": "quantile"}),
     "seq2seq-lstm-general": ("seq2seq", {"mode": "lstm", "embedding_size": 4, "hidden_size": 5, "decoder_layers": 2}),
+    "lm-layernorm-lstm-zoneout": ("lm", {"mode": "layernorm-lstm", "embedding_size": 4, "hidden_size": 6,
+                                         "num_layers": 2, "zoneout": 0.2}),
+    "classify-series-mingru-bi": ("classify-series", {"mode": "mingru", "hidden_size": 5, "pooling": "mean"}),
     "seq2seq-gru-bahdanau": ("seq2seq", {"mode": "gru", "embedding_size": 4, "hidden_size": 5, "num_layers": 2,
                                          "attention": "bahdanau", "tie_embeddings": True}),
 }  # fmt: skip
