@@ -23,7 +23,7 @@ from torch import nn
 import rnnkit
 from rnnkit.cli import main
 from rnnkit.errors import ExportError
-from rnnkit.export import Graph, batch_axes, export_graphs, flat_state, state_names, to_torch_modules
+from rnnkit.export import Graph, as_outputs, batch_axes, export_graphs, flat_state, state_names, to_torch_modules
 
 ort = pytest.importorskip("onnxruntime", reason="needs the [export] extra: pip install 'rnnkit[export]'")
 
@@ -38,7 +38,7 @@ def run_file(path: Path, fmt: str, names: list[str], inputs: tuple[torch.Tensor,
     """The outputs of an exported file on ``inputs``: onnxruntime for ONNX, torch.jit.load for TorchScript."""
     if fmt == "torchscript":
         with torch.no_grad():
-            return list(torch.jit.load(str(path))(*inputs))
+            return list(as_outputs(torch.jit.load(str(path))(*inputs)))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}  # an input the graph ignores is pruned from the file
     feed = {n: t.numpy() for n, t in zip(names, inputs, strict=True) if n in wanted}
@@ -112,11 +112,16 @@ def test_rnn_export_equals_rnnkit(mode, nonlinearity, bidirectional, fmt, tmp_pa
         assert_outputs_equal(run_file(path, fmt, graph.input_names, (x, lengths, *h0)), expected, (B, T))
 
 
-@pytest.mark.parametrize(("mode", "batch_first"), [("elman", True), ("lstm", True), ("gru", True), ("lstm", False)])
-def test_rnn_scripts(mode, batch_first):
-    """torch.jit.script(rnnkit.RNN) scripts its torch.nn twin (RNN.__prepare_scriptable__): same outputs."""
+SCRIPT_CASES = [("elman", True, 0.0), ("lstm", True, 0.0), ("gru", True, 0.0), ("lstm", False, 0.0),
+                ("layernorm-lstm", False, 0.0), ("mingru", True, 0.0), ("gru", False, 0.25)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "batch_first", "zoneout"), SCRIPT_CASES)
+def test_rnn_scripts(mode, batch_first, zoneout):
+    """torch.jit.script(rnnkit.RNN) scripts its torch.nn twin, or the step loop for a cell torch.nn lacks and for
+    zoneout (RNN.__prepare_scriptable__): same outputs, with and without lengths."""
     torch.manual_seed(0)
-    rnn = rnnkit.RNN(mode, 3, 4, 2, bidirectional=True, batch_first=batch_first).eval()
+    rnn = rnnkit.RNN(mode, 3, 4, 2, bidirectional=True, batch_first=batch_first, zoneout=zoneout).eval()
     scripted = torch.jit.script(rnn)
     gen = torch.Generator().manual_seed(1)
     for B, T in SIZES:
@@ -143,6 +148,62 @@ def test_rnn_traces_on_every_backend(backend):
         args = (torch.randn(B, T, 3, generator=gen), lengths_for(B, T, gen), torch.randn(4, B, 4, generator=gen))
         with torch.no_grad():
             assert_outputs_equal(list(traced(*args)), WithLengths(rnn)(*args), (backend, B, T))
+
+
+# --- every cell of the table with every regulariser (evaluation): the traced step in a scripted loop -------------
+
+CELL_SIZES = ((1, 3), (4, 9))  # two batch sizes and two lengths, none the (3, 4) the graphs are traced with
+
+
+def rnn_graph(rnn: rnnkit.RNN) -> Graph:
+    """An RNN's export graph: x (B, T, D), lengths (B,), h0 [c0] -> output, hn [cn], batch and time free."""
+    ins, outs = state_names(rnn.spec.has_cell)
+    L = rnn.num_layers * rnn.num_directions
+    state = tuple(torch.zeros(L, 3, rnn.hidden_size) for _ in ins)
+    axes = {"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "output": {0: "batch", 1: "time"}}
+    return Graph(WithLengths(to_torch_modules(rnn)), (torch.zeros(3, 4, rnn.input_size), torch.tensor([4, 2, 3]),
+                 *state), ["x", "lengths", *ins], ["output", *outs], axes | batch_axes(ins + outs))  # fmt: skip
+
+
+def regularised(mode: str, zoneout=(0.3, 0.2)) -> rnnkit.RNN:
+    """RNN(mode) stacked and bidirectional with every regulariser on (at evaluation only zoneout acts)."""
+    recurrent = rnnkit.cells.CELLS[mode].recurrent_weight is not None
+    return rnnkit.RNN(mode, 3, 4, 2, bidirectional=True, dropout=0.3, zoneout=zoneout, locked_dropout=True,
+                      weight_drop=0.3 if recurrent else 0.0, dropout_input=0.2, dropout_output=0.2).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", list(rnnkit.cells.CELLS))
+def test_every_cell_exports_with_every_regulariser(mode, tmp_path):
+    """Every cell of the table: one plain layer (torch.nn's twin where torch.nn has the cell) to TorchScript, and a
+    stacked bidirectional RNN with every regulariser (the scripted step loop for every cell) to TorchScript and to
+    ONNX, whose file holds a Loop: each run by torch.jit.load / onnxruntime at two batch sizes and two lengths
+    with ragged lengths and a random initial state, equal to rnnkit's model."""
+    import onnx
+
+    torch.manual_seed(0)
+    cases = {"plain": (rnnkit.RNN(mode, 3, 4).eval(), ("torchscript",)),
+             "regularised": (regularised(mode), ("torchscript", "onnx"))}  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    for name, (rnn, formats) in cases.items():
+        graph = rnn_graph(rnn)
+        for fmt in formats:
+            [path] = export_graphs([graph], tmp_path / f"{name}.{fmt}", fmt)
+            if fmt == "onnx":
+                assert "Loop" in {node.op_type for node in onnx.load(str(path)).graph.node}
+            for B, T in CELL_SIZES:
+                x, lengths = torch.randn(B, T, 3, generator=gen), lengths_for(B, T, gen)
+                h0 = tuple(torch.randn(*graph.inputs[2].shape[:1], B, 4, generator=gen) for _ in graph.inputs[2:])
+                with torch.no_grad():
+                    expected = WithLengths(rnn)(x, lengths, *h0)
+                assert_outputs_equal(run_file(path, fmt, graph.input_names, (x, lengths, *h0)), expected,
+                                     (name, fmt, B, T))  # fmt: skip
+    # zoneout's expectation is in the graph: the same weights without it give other outputs
+    rnn = cases["regularised"][0]
+    without = regularised(mode, zoneout=0.0)
+    without.load_state_dict(rnn.state_dict())
+    x = torch.randn(2, 6, 3, generator=gen)
+    with torch.no_grad():
+        assert (rnn(x)[0] - without(x)[0]).abs().max() > 1e-3
 
 
 def test_torch_onnx_export_of_rnnkit_rnn_itself(tmp_path):
@@ -218,7 +279,7 @@ def random_inputs(graph: Graph, B: int, T: int, gen: torch.Generator, model: nn.
             t = torch.randint(-1 if name == "ids" else 0, high, shape, generator=gen)
         else:
             t = torch.randn(shape, generator=gen)
-            if name == "x" and hasattr(model, "std"):  # a classifier's series: a missing value reads as the mean
+            if name == "series":  # a classifier's series: a missing value reads as the mean
                 t[0, 0, -1] = float("nan")
         out.append(t)
     return tuple(out)
@@ -237,6 +298,9 @@ TASK_CASES = {
     "forecast-lstm-ids-studentt": ("forecast", {"mode": "lstm", "hidden_size": 6, "id_embedding": 3}),
     "forecast-gru-quantile": ("forecast", {"mode": "gru", "hidden_size": 6, "num_layers": 1, "head": "quantile"}),
     "seq2seq-lstm-general": ("seq2seq", {"mode": "lstm", "embedding_size": 4, "hidden_size": 5, "decoder_layers": 2}),
+    "lm-layernorm-lstm-zoneout": ("lm", {"mode": "layernorm-lstm", "embedding_size": 4, "hidden_size": 6,
+                                         "num_layers": 2, "zoneout": 0.2}),
+    "classify-series-mingru-bi": ("classify-series", {"mode": "mingru", "hidden_size": 5, "pooling": "mean"}),
     "seq2seq-gru-bahdanau": ("seq2seq", {"mode": "gru", "embedding_size": 4, "hidden_size": 5, "num_layers": 2,
                                          "attention": "bahdanau", "tie_embeddings": True}),
 }  # fmt: skip
@@ -257,7 +321,7 @@ def test_task_graphs_equal_the_model(case, fmt, tmp_path):
         for B, T in SIZES:
             inputs = random_inputs(graph, B, T, gen, model)
             with torch.no_grad():
-                expected = ref(*inputs)
+                expected = as_outputs(ref(*inputs))
             assert_outputs_equal(run_file(path, fmt, graph.input_names, inputs), expected, (case, graph.name, B, T))
 
 
@@ -389,11 +453,15 @@ def test_bad_export_requests_are_one_line(runs, tmp_path, capsys, monkeypatch):
         torch.jit.script(rnnkit.RNN("gru", 2, 3))
     monkeypatch.undo()
 
-    # the real ones: a cell of the table torch.nn lacks, and zoneout
-    with pytest.raises(ExportError, match=r"cannot export .*'layernorm-lstm' has no torch.nn equivalent"):
-        torch.jit.script(rnnkit.RNN("layernorm-lstm", 2, 3))
-    with pytest.raises(ExportError, match="zoneout"):
-        to_torch_modules(nn.Sequential(rnnkit.RNN("lstm", 2, 3, zoneout=0.1)))
+    # --format torch pickles torch.nn's modules; the scripted loop of any other cell (or zoneout) does not pickle
+    from rnnkit.export import save_torch
+
+    for rnn in (rnnkit.RNN("mingru", 2, 3), rnnkit.RNN("gru", 2, 3, zoneout=0.1)):
+        with pytest.raises(
+            ExportError, match=r"--format torch needs recurrences torch.nn has.*use --format torchscript"
+        ):
+            save_torch(nn.Sequential(rnn), tmp_path / "d.pt")
+    assert not (tmp_path / "d.pt").exists()
 
 
 # --- torch.compile ------------------------------------------------------------------------------------------------

@@ -368,16 +368,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_gradflow(args: argparse.Namespace) -> int:
-    from rnnkit.diagnostics import compare_gradient_flow, plot_gradient_flow, summary
+    import torch
+
+    from rnnkit.checkpoint import load_run
+    from rnnkit.diagnostics import compare_gradient_flow, model_gradient_flow, plot_gradient_flow, summary
 
     check_output(args.out, force=args.force, suffix=".png")
-    curves = compare_gradient_flow(
-        ("elman", "lstm", "gru"), hidden_size=args.hidden_size, seq_len=args.seq_len, seed=args.seed
-    )
-    path = plot_gradient_flow(curves, args.out)
-    print(f"vanishing factor ||dL/dh_0|| / ||dL/dh_T-1|| over T={args.seq_len}, H={args.hidden_size}:")
-    for mode, ratio in summary(curves).items():
-        print(f"  {mode:6s} {ratio:.3e}")
+    if args.run is not None:
+        run = load_run(args.run, purpose="gradflow")
+        run.task.prepare(run.task.artefacts())  # the run's own data, read again with the vocabulary it kept
+        batch = run.task.validation_batch()
+        device = torch.device("cpu")
+        curves = model_gradient_flow(run.model, lambda model: run.task.loss(model, batch, None, device)[0])
+        what, loss = f"{args.run}, the task's loss on one validation batch", "the task's loss on a validation batch"
+    else:
+        curves = compare_gradient_flow(args.mode, hidden_size=args.hidden_size, seq_len=args.seq_len, seed=args.seed,
+                                       num_layers=args.num_layers, bidirectional=args.bidirectional)  # fmt: skip
+        what, loss = f"T={args.seq_len}, H={args.hidden_size}, loss of the last states", "sum of the final states"
+    path = plot_gradient_flow(curves, args.out, loss=loss)
+    print(f"vanishing factor ||dL/dh_first|| / ||dL/dh_last|| ({what}):")
+    width = max(map(len, curves))
+    for name, ratio in summary(curves).items():
+        print(f"  {name:{width}s} {ratio:.3e}")
     print(f"plot: {path}")
     return 0
 
@@ -445,7 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
         bench_module.add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
 
-    gf = sub.add_parser("gradflow", help="gradient flow of Elman, LSTM and GRU through time (PNG + ratios)")
+    from rnnkit.recurrent import MODES
+
+    gf = sub.add_parser("gradflow", help="gradient flow through time, per layer and direction (PNG + ratios)")
+    gf.add_argument(
+        "--mode",
+        nargs="+",
+        choices=MODES,
+        default=["elman", "lstm", "gru"],
+        metavar="MODE",
+        help=f"cells to compare, fresh and untrained (default: elman lstm gru; any of {', '.join(MODES)})",
+    )
+    gf.add_argument("--num-layers", type=int_flag(1, 64), default=1, help="stacked layers (default: 1)")
+    gf.add_argument("--bidirectional", action="store_true", help="both directions")
+    gf.add_argument("--run", metavar="RUN", help="a trained run instead: its model and loss on its validation data")
     gf.add_argument("--seq-len", type=int_flag(1, 100_000), default=100, help="time steps T (default: 100)")
     gf.add_argument("--hidden-size", type=int_flag(1, 4096), default=64, help="hidden units H (default: 64)")
     gf.add_argument("--out", default="gradflow.png", metavar="FILE.png", help="plot path (default: gradflow.png)")

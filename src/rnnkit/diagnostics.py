@@ -23,18 +23,28 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit.cells import LSTMState
 from rnnkit.init import init_forget_bias_
 from rnnkit.io import atomic_write
+from rnnkit.layers import cell_step, locked_dropout, loop_layer, run_plan
 from rnnkit.recurrent import RNN
 
-__all__ = ["compare_gradient_flow", "gradient_flow", "plot_gradient_flow", "summary"]
+__all__ = [
+    "compare_gradient_flow",
+    "curve_names",
+    "gradient_flow",
+    "model_gradient_flow",
+    "plot_gradient_flow",
+    "recording",
+    "summary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,58 +53,120 @@ def _sum(h: Tensor) -> Tensor:
     return h.sum()
 
 
+@contextmanager
+def recording(rnn: RNN) -> Iterator[list[list[Tensor]]]:
+    """While active, ``rnn`` runs its cell step by step (the loop backend's equations, any cell and regulariser)
+    and keeps every step's hidden state h_t, in the autograd graph, in ``records[k]`` (time order; k = layer * K +
+    direction, torch.nn's order of h_n). Forward passes while recording append (a batch of TBPTT chunks)."""
+    K = rnn.num_directions
+    records: list[list[Tensor]] = [[] for _ in range(rnn.num_layers * K)]
+
+    def run(x: Tensor, state, lengths: Tensor | None):
+        plan, weights = rnn.plan(), rnn.forward_weights()
+        x = locked_dropout(x, rnn.dropout_input, rnn.training)  # (B, T, D)
+
+        def layer(k: int, xt: Tensor, st, mask: Tensor | None, reverse: bool):
+            step, seen = cell_step(plan, weights[k]), []
+
+            def recorded(x_t: Tensor, s):
+                y, new = step(x_t, s)
+                seen.append(new[0] if plan.spec.has_cell else new)  # h_t (B, H): the tensor the next step reads
+                return y, new
+
+            out = loop_layer(recorded, xt, st, mask, reverse)
+            records[k].extend(seen[::-1] if reverse else seen)  # the reverse direction visits T-1 .. 0
+            return out
+
+        out, state = run_plan(plan, x, state, lengths, layer)
+        return locked_dropout(out, rnn.dropout_output, rnn.training), state
+
+    rnn._run = run  # an instance attribute over RNN._run, which forward calls
+    try:
+        yield records
+    finally:
+        del rnn._run
+
+
+def _norms(loss: Tensor, hs: list[Tensor]) -> Tensor:
+    """||dL/dh|| for each h of ``hs``, float64 on the CPU: squaring a float32 gradient of 1e-20 would underflow to 0
+    and hide a nonzero curve. A state the loss does not reach (past a row's length, say) has norm 0."""
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar Tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
+    grads = torch.autograd.grad(loss.reshape(()), hs, allow_unused=True)
+    zero = torch.zeros((), dtype=torch.float64)
+    return torch.stack([zero if g is None else g.detach().to(device="cpu", dtype=torch.float64).norm() for g in grads])
+
+
 def gradient_flow(
     rnn: RNN,
     x: Tensor,
     state: Tensor | LSTMState | None = None,
     *,
     loss_fn: Callable[[Tensor], Tensor] = _sum,
+    lengths: Tensor | None = None,
 ) -> Tensor:
-    """``||dL/dh_t||`` for t = 0 .. T-1, where ``L = loss_fn(h_{T-1})`` depends on the last step only.
+    """``||dL/dh_t||`` for t = 0 .. T-1 and every layer and direction, where L = ``loss_fn`` of the top layer's
+    final hidden states (the forward direction's h_{T-1}, the reverse direction's h_0).
 
     Args:
-        rnn: a single-layer, unidirectional ``rnnkit.RNN``.
+        rnn: any ``rnnkit.RNN`` (any cell, stacked, bidirectional); run step by step with its regularisers in the
+            module's mode.
         x: the input sequence in the layout of ``rnn``: (B, T, D) with ``batch_first=True``, else (T, B, D).
-        state: the initial state, as for ``rnn.forward`` ((1, B, H), or ``(h0, c0)`` for LSTM); ``None`` is zeros.
-        loss_fn: maps the last hidden state h_{T-1} (B, H) to a scalar; default ``h.sum()``.
+        state: the initial state, as for ``rnn.forward`` ((L*K, B, H), or ``(h0, c0)``); ``None`` is zeros.
+        loss_fn: maps the top layer's final states (B, K*H), directions side by side, to a scalar; default the sum.
+        lengths: (B,) valid lengths, as for ``rnn.forward``.
 
     Returns:
-        A float64 CPU tensor (T,); entry t is the Frobenius norm of dL/dh_t (B, H).
+        A float64 CPU tensor: (T,) for a one-layer unidirectional RNN; (L*K, T) otherwise, row k = layer * K +
+        direction (torch.nn's order of h_n). Entry t is the Frobenius norm of dL/dh_t (B, H).
     """
     if not isinstance(rnn, RNN):
         raise TypeError(f"rnn must be an rnnkit.RNN, got {type(rnn).__name__}")
-    if rnn.num_layers != 1 or rnn.bidirectional:
-        got = f"num_layers={rnn.num_layers}, bidirectional={rnn.bidirectional}"
-        raise ValueError(f"rnn must have num_layers=1 and bidirectional=False, got {got}")
     if not isinstance(x, Tensor) or x.dim() != 3 or x.size(-1) != rnn.input_size:
         layout = "(B, T, D)" if rnn.batch_first else "(T, B, D)"
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must have shape {layout} with D=input_size={rnn.input_size}, got {got}")
-    if rnn.batch_first:
-        x = x.transpose(0, 1)  # (B, T, D) -> (T, B, D)
-    if x.size(0) == 0:
+    if x.size(1 if rnn.batch_first else 0) == 0:
         raise ValueError(f"x must have at least one time step, got T=0 in shape {tuple(x.shape)}")
-    B = x.size(1)
+    B, K = x.size(0 if rnn.batch_first else 1), rnn.num_directions
     state = rnn.initial_state(B, device=x.device, dtype=x.dtype) if state is None else rnn._check_state(state, B)
-    step = rnn.step_function(0, 0)
-    with torch.enable_grad():
-        # h_0 needs a graph even when the parameters are frozen, so the initial state is a leaf that wants grad.
-        if rnn.spec.has_cell:
-            state = LSTMState(state.h[0].detach().requires_grad_(), state.c[0].detach())  # 2 x (B, H)
-        else:
-            state = state[0].detach().requires_grad_()  # (B, H)
-        hs = []
-        for x_t in x.unbind(0):  # (B, D)
-            h, state = step(x_t, state)  # (B, H)
-            hs.append(h)
-        loss = loss_fn(hs[-1])
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError(f"loss_fn must return a scalar Tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
-        grads = torch.autograd.grad(loss.reshape(()), hs, allow_unused=True)  # T x (B, H)
-    # The norm in float64: squaring a float32 gradient of 1e-20 would underflow to 0 and hide a nonzero curve.
-    zero = torch.zeros((), dtype=torch.float64)
-    norms = [zero if g is None else g.detach().to(device="cpu", dtype=torch.float64).norm() for g in grads]
-    return torch.stack(norms)  # (T,)
+    with torch.enable_grad(), recording(rnn) as records:
+        # the initial state a leaf that wants grad: the states have a graph even when the parameters are frozen
+        state = type(state)(*(p.detach().requires_grad_() for p in state)) if rnn.spec.has_cell else (
+            state.detach().requires_grad_())  # fmt: skip
+        _, final = rnn(x, state, lengths)
+        h_n = final[0] if rnn.spec.has_cell else final  # (L*K, B, H)
+        top = torch.cat(list(h_n[-K:]), dim=-1)  # (B, K*H)
+        T = len(records[0])
+        curves = _norms(loss_fn(top), [h for hs in records for h in hs]).reshape(len(records), T)
+    return curves[0] if len(records) == 1 else curves
+
+
+def curve_names(rnn: RNN, prefix: str = "") -> list[str]:
+    """Names of ``gradient_flow``'s rows: "layer 0", "layer 0 reverse", ... (with ``prefix`` before them)."""
+    K = rnn.num_directions
+    return [f"{prefix}layer {k // K}" + (" reverse" if k % K else "") for k in range(rnn.num_layers * K)]
+
+
+def model_gradient_flow(model: nn.Module, loss: Callable[[nn.Module], Tensor]) -> dict[str, Tensor]:
+    """``||dL/dh_t||`` for every layer and direction of every ``rnnkit.RNN`` in ``model``, L = ``loss(model)``
+    (a task's loss on one batch: ``rnnkit gradflow --run``). Name -> (T,), named by the RNN's module path."""
+    rnns = [(name, m) for name, m in model.named_modules() if isinstance(m, RNN)]
+    if not rnns:
+        raise ValueError(f"model holds no rnnkit.RNN ({type(model).__name__})")
+    with torch.enable_grad(), ExitStack() as stack:
+        records = [stack.enter_context(recording(m)) for _, m in rnns]
+        value = loss(model)
+        names, hs, sizes = [], [], []
+        for (path, rnn), rec in zip(rnns, records, strict=True):
+            for name, states in zip(curve_names(rnn, f"{path} " if len(rnns) > 1 else ""), rec, strict=True):
+                names.append(name)
+                sizes.append(len(states))
+                hs.extend(states)
+        if not hs:
+            raise ValueError("the loss ran no recurrent step")
+        flat = _norms(value, hs)
+    return dict(zip(names, flat.split(sizes), strict=True))
 
 
 def compare_gradient_flow(
@@ -108,8 +180,11 @@ def compare_gradient_flow(
     forget_bias: float | None = 1.0,
     dtype: torch.dtype = torch.float64,
     loss_fn: Callable[[Tensor], Tensor] = _sum,
+    num_layers: int = 1,
+    bidirectional: bool = False,
 ) -> dict[str, Tensor]:
-    """Gradient-flow curves of fresh Elman, LSTM and GRU layers on the same random sequence: mode -> (T,).
+    """Gradient-flow curves of fresh Elman, LSTM and GRU layers on the same random sequence: mode -> (T,), or
+    with ``num_layers`` > 1 or ``bidirectional``, "mode layer l[ reverse]" -> (T,) for every layer and direction.
 
     Each layer gets torch.nn's default initialisation drawn right after ``torch.manual_seed(seed)`` (inside
     ``fork_rng``, so the caller's global RNG is left as it was); the LSTM's forget-gate bias is then set to
@@ -123,17 +198,25 @@ def compare_gradient_flow(
     for mode in modes:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            rnn = RNN(mode, input_size, hidden_size, backend="loop", dtype=dtype)
+            rnn = RNN(mode, input_size, hidden_size, num_layers, bidirectional=bidirectional, dtype=dtype)
         if rnn.spec.has_cell and forget_bias is not None:
             init_forget_bias_(rnn, forget_bias)
-        curves[mode] = gradient_flow(rnn, x, loss_fn=loss_fn)
+        flow = gradient_flow(rnn, x, loss_fn=loss_fn)
+        if flow.dim() == 1:
+            curves[mode] = flow
+        else:
+            curves |= dict(zip(curve_names(rnn, f"{mode} "), flow, strict=True))
     log.info("gradient flow, T=%d H=%d seed=%d: vanishing factors %s", seq_len, hidden_size, seed, summary(curves))
     return curves
 
 
 def summary(curves: Mapping[str, Tensor]) -> dict[str, float]:
-    """Per mode, the vanishing factor ``||dL/dh_0|| / ||dL/dh_{T-1}||`` (< 1 vanishes, > 1 explodes)."""
-    return {mode: float(curve[0] / curve[-1]) for mode, curve in _check_curves(curves).items()}
+    """Per curve, the vanishing factor ``||dL/dh_0|| / ||dL/dh_{T-1}||`` (< 1 vanishes, > 1 explodes); for a curve
+    named "... reverse" (a reverse direction, whose last step is t=0) ``||dL/dh_{T-1}|| / ||dL/dh_0||``."""
+    return {
+        name: float(curve[-1] / curve[0] if name.endswith("reverse") else curve[0] / curve[-1])
+        for name, curve in _check_curves(curves).items()
+    }
 
 
 def _check_curves(curves: object) -> dict[str, Tensor]:
@@ -146,8 +229,15 @@ def _check_curves(curves: object) -> dict[str, Tensor]:
     return dict(curves)
 
 
-def plot_gradient_flow(curves: Mapping[str, Tensor], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Write the curves as a PNG (log-scale y) to ``path`` and return it.
+def plot_gradient_flow(
+    curves: Mapping[str, Tensor],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    loss: str = "loss of the last states",
+) -> Path:
+    """Write the curves as a PNG (log-scale y) to ``path`` and return it; ``loss`` says what L is, on the y axis.
+    A curve named "... reverse" (a reverse direction) is dashed.
 
     The file is written to a temporary file next to ``path`` and moved over it with ``os.replace``, so an
     existing file is replaced only once the new one is complete.
@@ -166,13 +256,14 @@ def plot_gradient_flow(curves: Mapping[str, Tensor], path: str | os.PathLike, *,
         values = curve.detach().double().cpu().numpy()
         if (values <= 0).any():
             log.warning("curve %r has %d non-positive values; the log scale leaves them out", mode, (values <= 0).sum())
-        ax.plot(range(values.size), values, label=f"{mode}   (vanishing factor {factors[mode]:.2g})")
+        style = "--" if mode.endswith("reverse") else "-"  # a reverse direction dashed, beside its forward one
+        ax.plot(range(values.size), values, style, label=f"{mode}   (vanishing factor {factors[mode]:.2g})")
     ax.set_yscale("log")
     ax.set_xlabel("time step t")
-    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$   (L: loss at the last step)")
+    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$" + f"   (L: {loss})")
     ax.set_title(title or f"Gradient flow back through time (T={T})")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(title=r"$\|\partial L/\partial h_0\| \;/\; \|\partial L/\partial h_{T-1}\|$", fontsize="small")
+    ax.legend(title="vanishing factor: first step over last, in each direction's order", fontsize="small")
     fig.tight_layout()
 
     path.parent.mkdir(parents=True, exist_ok=True)

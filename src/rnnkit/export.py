@@ -1,31 +1,32 @@
 """Export: a trained model as plain torch.nn, TorchScript or ONNX, with nothing of rnnkit needed to run it.
 
-The way out goes through ``RNN.to_torch``: every ``rnnkit.RNN`` of a model becomes a ``TorchRNN`` (``rnnkit.twin``),
-a thin wrapper around its ``torch.nn.RNN/LSTM/GRU`` twin that keeps rnnkit's contract ``output, state = rnn(x, state,
-lengths)`` (padded batches packed for torch.nn, outputs zero past each length, the final state of each row at its
-own last step). A recurrence torch.nn lacks fails in ``to_torch``, and export turns that into one ``ExportError``
-line. Both exporters then trace the converted model, so batch and time stay dynamic:
+The way out goes through ``twin.scriptable``: every ``rnnkit.RNN`` of a model becomes, for a cell torch.nn has
+(Elman, LSTM, GRU) without zoneout, a ``TorchRNN`` (``rnnkit.twin``), a thin wrapper around its
+``torch.nn.RNN/LSTM/GRU`` twin that keeps rnnkit's contract ``output, state = rnn(x, state, lengths)`` (padded
+batches packed for torch.nn, outputs zero past each length, the final state of each row at its own last step); for
+any other cell of the table, and for zoneout, a ``LoopRNN`` (``rnnkit.steploop``) with the same contract: the
+cell's step traced once, in a scripted loop over time. Both exporters then trace the converted model, so batch and
+time stay dynamic (the scripted loop stays a loop: a TorchScript loop, an ONNX ``Loop``):
 
 - TorchScript: ``torch.jit.trace`` of the task's graph (``torch.jit.script`` works on ``rnnkit.RNN`` itself
-  through ``RNN.__prepare_scriptable__``, which hands over a ``TorchRNN``);
-- ONNX: ``torch.onnx.export(..., dynamo=False)``, torch's TorchScript-based exporter. Why not the default
-  ``dynamo=True`` of torch 2.13: torch.export cannot trace ``pack_padded_sequence`` (data-dependent sizes), so it
-  cannot export lengths, while the TorchScript-based exporter maps them onto the ``sequence_lens`` input of ONNX's
-  own LSTM/GRU/RNN operators, keeps batch and time dynamic, and was several times faster to export here (docs/export.md,
-  "Export"). ``dynamo=True`` still works on ``rnnkit.RNN`` without lengths (tested). torch 2.13 marks
-  ``torch.jit`` and this exporter deprecated, and ships both.
+  through ``RNN.__prepare_scriptable__``, which hands over the twin or the loop);
+- ONNX: ``torch.onnx.export(..., dynamo=False)`` of that trace, torch's TorchScript-based exporter. Why not the
+  default ``dynamo=True`` of torch 2.13: torch.export cannot trace ``pack_padded_sequence`` (data-dependent sizes),
+  so it cannot export lengths, while the TorchScript-based exporter maps them onto the ``sequence_lens`` input of
+  ONNX's own LSTM/GRU/RNN operators, writes the scripted loop as an ONNX ``Loop``, keeps batch and time dynamic,
+  and was several times faster to export here (docs/export.md, "Export"). ``dynamo=True`` still works on
+  ``rnnkit.RNN`` of a torch.nn cell without lengths (tested). torch 2.13 marks ``torch.jit`` and this exporter
+  deprecated, and ships both.
 
-Cells torch.nn has no module for (the cell table's LayerNorm, min, elman-io and i2h cells) and zoneout are not
-traced through rnnkit's loop (it would bake T into the graph) or scripted: export refuses them in one line, which
-names what ``to_torch`` said. Weight-drop and locked dropout act in training only, and export is of the eval model.
-``torch.compile`` needs no export: ``RNN.forward`` runs the recurrence eagerly behind a graph break.
+Weight-drop, dropout and locked dropout act in training only, and export is of the eval model; zoneout goes out as
+its expectation. ``torch.compile`` needs no export: ``RNN.forward`` runs the recurrence eagerly behind a graph break.
 
 What each task exports (``Task.export_graphs``; shapes with B batch, T time, L layers x directions, H hidden):
 
 - ``lm``: tokens (B, T) int64, h0 [c0] (L, B, H) -> logits (B, T, V), hn [cn]: call it on a prompt, then on one
   token at a time with the returned state (``examples/onnx_sample.py`` does so with onnxruntime alone);
-- ``classify``: x (B, T) int64 tokens or (B, T, D) float series, lengths (B,) int64 -> logits (B, C);
-- ``forecast``: x (B, T, D) network inputs [, ids (B,) int64], h0 [c0] -> params (B, T, P) (the head's
+- ``classify``: tokens (B, T) int64 or series (B, T, D) float, lengths (B,) int64 -> logits (B, C) (a tensor);
+- ``forecast``: inputs (B, T, D), the network's [, ids (B,) int64], h0 [c0] -> params (B, T, P) (the head's
   distribution parameters or quantiles), hn [cn]; the scaling, lags and autoregressive sampling stay in Python;
 - ``seq2seq``: two graphs, ``FILE.encoder`` (source (B, S) int64, lengths (B,) -> memory, keys, mask, h0 [c0],
   feed0) and ``FILE.decoder`` (one step: previous (B,) int64, h0 [c0], feed0, memory, keys, mask -> logits (B, V),
@@ -65,6 +66,7 @@ __all__ = [
     "Graph",
     "TorchLSTM",
     "TorchRNN",
+    "as_outputs",
     "available",
     "export_graphs",
     "max_difference",
@@ -115,7 +117,8 @@ def to_torch_modules(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Graph:
-    """One exported graph: a module of Tensors in, a tuple of Tensors out, example inputs and axis names.
+    """One exported graph: a module of Tensors in, a Tensor (one output) or a tuple of Tensors out, example inputs
+    and axis names. ONNX names its inputs ``input_names``; TorchScript by the module's ``forward`` arguments.
 
     ``name``: "" for a task's one graph, else the part it is ("encoder", "decoder"), put in the file name.
     ``dynamic``: {input or output name: {axis: "batch" | "time" | ...}}, the axes that stay free.
@@ -136,7 +139,7 @@ class Graph:
     def signature(self) -> str:
         """``tokens (batch, time) int64, h0 (2, batch, 8) float32 -> logits (batch, time, 40) float32, ...``."""
         with torch.no_grad():
-            outputs = self.module(*self.inputs)
+            outputs = as_outputs(self.module(*self.inputs))
 
         def describe(names: list[str], tensors) -> str:
             parts = []
@@ -146,6 +149,11 @@ class Graph:
             return ", ".join(parts)
 
         return f"{describe(self.input_names, self.inputs)} -> {describe(self.output_names, outputs)}"
+
+
+def as_outputs(out: Tensor | tuple[Tensor, ...] | list[Tensor]) -> tuple[Tensor, ...]:
+    """A graph's outputs as a tuple: a graph with one output returns the tensor itself, not a 1-tuple."""
+    return (out,) if isinstance(out, Tensor) else tuple(out)
 
 
 def state_names(has_cell: bool) -> tuple[list[str], list[str]]:
@@ -236,7 +244,9 @@ def _onnx(graph: Graph, path: Path) -> None:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            graph.module,
+            # traced first: the exporter's own trace refuses a scripted submodule (rnnkit.steploop's loop), a
+            # ScriptModule made by torch.jit.trace keeps it, and the exporter writes its loop as an ONNX Loop
+            _trace(graph),
             graph.inputs,
             str(path),
             input_names=graph.input_names,
@@ -252,7 +262,7 @@ def run_exported(path: str | os.PathLike, fmt: str, graph: Graph, inputs: tuple[
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, still ships it
-            return list(torch.jit.load(str(path))(*inputs))
+            return list(as_outputs(torch.jit.load(str(path))(*inputs)))
     require("onnxruntime", purpose="checking an ONNX file")
     import onnxruntime
 
@@ -266,7 +276,7 @@ def max_difference(path: str | os.PathLike, fmt: str, graph: Graph) -> float:
     """The largest |exported - model| over the outputs of the graph's example inputs (a check after writing)."""
     got = run_exported(path, fmt, graph, graph.inputs)
     with torch.no_grad():
-        expected = graph.module(*graph.inputs)
+        expected = as_outputs(graph.module(*graph.inputs))
     worst = 0.0
     for g, e in zip(got, expected, strict=True):
         if tuple(g.shape) != tuple(e.shape):
@@ -276,7 +286,12 @@ def max_difference(path: str | os.PathLike, fmt: str, graph: Graph) -> float:
 
 
 def save_torch(model: nn.Module, path: str | os.PathLike) -> None:
-    """``--format torch``: the model with torch.nn recurrences, ``torch.save``d whole (atomically)."""
+    """``--format torch``: the model with torch.nn recurrences, ``torch.save``d whole (atomically). ExportError for a
+    cell torch.nn lacks, or zoneout: their scripted loop does not pickle (TorchScript and ONNX take them)."""
+    for module in model.modules():
+        if isinstance(module, RNN) and (module.spec.torch_module is None or module.plan().zoned):
+            raise ExportError(f"--format torch needs recurrences torch.nn has, got RNN({module.extra_repr()}); "
+                              "use --format torchscript or onnx")  # fmt: skip
     converted = to_torch_modules(model).eval()
     try:
         with atomic_open(path) as (f, _):

@@ -353,8 +353,9 @@ class RNN(nn.Module):
 
     def __prepare_scriptable__(self) -> nn.Module:
         """Export hook: ``torch.jit.script(rnn)`` scripts the torch.nn twin in rnnkit's contract (``rnnkit.export``):
-        ``forward(x, state=None, lengths=None)`` on padded tensors (no ``PackedSequence``, no ``mask``)."""
-        return twin.scriptable(self)
+        ``forward(x, state=None, lengths=None)`` on padded tensors (no ``PackedSequence``, no ``mask``); a cell
+        torch.nn lacks, or zoneout, as its step in a loop (``rnnkit.steploop``, the evaluation model)."""
+        return twin.scriptable(self, script=False)
 
     # --- conversion to and from torch.nn ---------------------------------------------------------------
 

@@ -138,11 +138,19 @@ class TorchLSTM(nn.Module):
         return out, LSTMState(h, c)
 
 
-def scriptable(rnn: nn.Module) -> nn.Module:
+def scriptable(rnn: nn.Module, *, script: bool = True) -> nn.Module:
     """The torch.nn twin of an ``rnnkit.RNN`` in rnnkit's contract (``TorchRNN``/``TorchLSTM``), same weights.
 
-    ExportError, in one line, for a recurrence torch.nn has no module for (``RNN.to_torch`` says which).
+    A cell torch.nn has no module for (the table's LayerNorm, min, elman-io and i2h cells) or zoneout goes out as
+    the cell's traced step in a scripted loop over time instead (``rnnkit.steploop``, the evaluation model;
+    ``script=False``: not yet scripted, for ``torch.jit.script`` to script).
+    ExportError, in one line, for anything else ``RNN.to_torch`` refuses.
     """
+    plan = rnn.plan()
+    if plan.spec.torch_module is None or plan.zoned:
+        from rnnkit.steploop import script_loop  # it imports this module's LSTMState
+
+        return script_loop(rnn, script=script)
     try:
         with warnings.catch_warnings():
             # torch.nn warns that dropout does nothing in a one-layer RNN; in rnnkit.RNN it does nothing either

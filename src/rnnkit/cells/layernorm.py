@@ -22,7 +22,9 @@ EPS = 1e-5
 
 def _ln(a: Tensor, gain: Tensor, shift: Tensor | None = None) -> Tensor:
     """LN(a) = gain * (a - mean(a)) / sqrt(var(a) + eps) (+ shift), over the last axis."""
-    return F.layer_norm(a, a.shape[-1:], gain, shift, EPS)
+    # the feature size as an int: a trace records it as a constant (rnnkit.steploop's traced step), which the ONNX
+    # exporter needs of layer_norm's shape; it is G*H, fixed by the weights
+    return F.layer_norm(a, (int(a.shape[-1]),), gain, shift, EPS)
 
 
 def _plus(a: Tensor, b: Tensor | None) -> Tensor:

@@ -171,6 +171,11 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: Any, state: Any, device: torch.device) -> tuple[Tensor, Any]:
         """The mean loss of one batch and the state to carry into the next (None for a task without carried state)."""
 
+    def validation_batch(self) -> Any:
+        """One batch of validation data in the form ``loss`` takes, after ``prepare`` (``rnnkit gradflow --run``
+        computes its loss). Default: the first training batch, for a task without validation batches of that form."""
+        return self.batches(0, 1).get(0, 0)
+
     def train_metrics(self, loss: float) -> dict[str, float]:
         """Metrics derived from a mean training loss, reported beside it (the LM's bits per character)."""
         return {}

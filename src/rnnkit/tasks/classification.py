@@ -137,15 +137,23 @@ class ClassifyConfig(RunConfig):
     train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
 
 
-class _ClassifyGraph(nn.Module):
-    """Export graph (``rnnkit export``): x (B, T) int64 or (B, T, D) float, lengths (B,) int64 -> logits (B, C)."""
+class _ClassifyTokens(nn.Module):
+    """Export graph (``rnnkit export``) of a text classifier: tokens (B, T) int64, lengths (B,) int64 -> logits
+    (B, C). The argument names are the TorchScript file's input names, as ``Graph.input_names`` are ONNX's."""
 
     def __init__(self, model: SequenceClassifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor]:
-        return (self.model(x, lengths),)
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        return self.model(tokens, lengths)
+
+
+class _ClassifySeries(_ClassifyTokens):
+    """Export graph of a series classifier: series (B, T, D) float32, lengths (B,) int64 -> logits (B, C)."""
+
+    def forward(self, series: Tensor, lengths: Tensor) -> Tensor:
+        return self.model(series, lengths)
 
 
 def _natural_order(labels: set[str]) -> list[str]:
@@ -263,13 +271,15 @@ class ClassifyTask(Task):
         return self.input.build_model(self.config.model, len(self.labels))
 
     def export_graphs(self, model: SequenceClassifier) -> list:
-        """One graph: the padded batch and its lengths in, the logits out (softmax them for probabilities)."""
+        """One graph: the padded batch (``tokens`` or ``series``) and its ``lengths`` in, the ``logits`` out (a tensor;
+        softmax them for probabilities)."""
         from rnnkit.export import Graph, to_torch_modules
 
         lengths = torch.tensor([4, 2, 3])  # ragged, so the trace records the packed path the lengths take
         x = self.input.example(3, 4)
-        axes = {"x": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
-        return [Graph(_ClassifyGraph(to_torch_modules(model).eval()), (x, lengths), ["x", "lengths"], ["logits"], axes)]
+        name, cls = ("tokens", _ClassifyTokens) if self.input.kind == "text" else ("series", _ClassifySeries)
+        axes = {name: {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
+        return [Graph(cls(to_torch_modules(model).eval()), (x, lengths), [name, "lengths"], ["logits"], axes)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -287,6 +297,12 @@ class ClassifyTask(Task):
 
     def batches(self, rank: int, world_size: int) -> BucketBatches:
         return BucketBatches(self.train_set, self._buckets(rank, world_size), lambda batch: batch[0].size(0))
+
+    def validation_batch(self):
+        """The first batch of the validation set (in the training batches' form)."""
+        cfg = self.config.train
+        buckets = LengthBuckets(self.val_set.lengths, cfg.batch_size, cfg.seed, bucket=self.config.data.bucket)
+        return BucketBatches(self.val_set, buckets, lambda batch: batch[0].size(0)).get(0, 0)
 
     def _class_weights(self) -> Tensor | None:
         if self.config.train.class_weights == "none":

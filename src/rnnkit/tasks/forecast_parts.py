@@ -59,17 +59,17 @@ class Forecaster(nn.Module):
 
 
 class ForecastGraph(nn.Module):
-    """Export graph (``rnnkit export``): x (B, T, D) [, ids (B,) int64], h0 [c0] -> params (B, T, P), hn [cn]."""
+    """Export graph (``rnnkit export``): inputs (B, T, D) [, ids (B,) int64], h0 [c0] -> params (B, T, P), hn [cn]."""
 
     def __init__(self, model: Forecaster, ids: bool) -> None:
         super().__init__()
         self.model, self.ids = model, ids
 
-    def forward(self, x: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, inputs: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         from rnnkit.export import flat_state, nested_state
 
         ids, state = (rest[0], rest[1:]) if self.ids else (None, rest)
-        out, new_state = self.model(x, ids, nested_state(state))  # (B, T, P)
+        out, new_state = self.model(inputs, ids, nested_state(state))  # (B, T, P)
         return (out, *flat_state(new_state))
 
 

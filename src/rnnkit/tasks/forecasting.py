@@ -279,8 +279,8 @@ class ForecastTask(Task):
         state = flat_state(model.rnn.initial_state(2))  # (L, 2, H) each
         ids = (torch.tensor([0, -1]),) if model.embed is not None else ()  # -1: a series the run never saw
         ins, outs = state_names(len(state) == 2)
-        names = ["x", *(["ids"] if ids else []), *ins]
-        axes = {"x": {0: "batch", 1: "time"}, "ids": {0: "batch"}, "params": {0: "batch", 1: "time"}}
+        names = ["inputs", *(["ids"] if ids else []), *ins]
+        axes = {"inputs": {0: "batch", 1: "time"}, "ids": {0: "batch"}, "params": {0: "batch", 1: "time"}}
         axes = {k: v for k, v in axes.items() if k in names or k == "params"} | batch_axes(ins + outs)
         graph = ForecastGraph(to_torch_modules(model).eval(), bool(ids))
         return [Graph(graph, (x, *ids, *state), names, ["params", *outs], axes)]
@@ -303,6 +303,12 @@ class ForecastTask(Task):
         out, _ = model(self.inputs(values, observed, b["features"], b["age"], scale, steps), b["ids"])  # (B, S, P)
         out = at_least_fp32(out)  # the likelihood in fp32: CPU autocast leaves softplus, log, lgamma in bf16
         return self.head.loss(out, values, observed, steps, scale, horizon=self.horizon, levels=model.levels)
+
+    def validation_batch(self) -> dict[str, Tensor]:
+        """The windows ``evaluate`` scores first: each series' last horizon (up to a training batch of series)."""
+        n = np.arange(min(len(self.history.series), self.config.train.batch_size))
+        ends = np.array([len(self.history.series[i]) for i in n], np.int64)
+        return self.window_batch(self.val_windows, n, ends)
 
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, None]:
         total, count = self._window_loss(model, batch, device)

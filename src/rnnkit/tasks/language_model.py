@@ -293,6 +293,12 @@ class LMTask(Task):
         return {"train_chars": len(self.train_text), "val_chars": int(self.val_ids.numel()) - 1,
                 "vocab_size": len(self.vocab)}  # fmt: skip
 
+    def validation_batch(self) -> tuple[Tensor, Tensor]:
+        """The first (B, T) chunk of the validation text, inputs and targets (fewer rows where it is short)."""
+        cfg = self.config.train
+        rows = max(1, min(cfg.batch_size, (self.val_ids.numel() - 1) // cfg.bptt))
+        return TextStream(self.val_ids, batch_size=rows, bptt=cfg.bptt).chunk(0)
+
     def batches(self, rank: int, world_size: int) -> _Chunks:
         cfg = self.config.train
         rows = cfg.batch_size * world_size

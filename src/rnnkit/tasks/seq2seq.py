@@ -297,6 +297,12 @@ class Seq2SeqTask(Task):
         buckets = LengthBuckets(self.train_set.lengths, cfg.batch_size, cfg.seed, rank=rank, world_size=world_size)
         return BucketBatches(self.train_set, buckets, lambda batch: int((batch[2][:, 1:] != PAD).sum()))  # tokens
 
+    def validation_batch(self):
+        """The first batch of the validation pairs (in the training batches' form)."""
+        cfg = self.config.train
+        buckets = LengthBuckets(self.val_set.lengths, cfg.batch_size, cfg.seed)
+        return BucketBatches(self.val_set, buckets, lambda batch: batch[0].size(0)).get(0, 0)
+
     def loss(self, model: nn.Module, batch, state, device: torch.device):
         x, lengths, y = batch
         y = y.to(device)
