@@ -4,7 +4,8 @@ Each utterance says 3 to 6 digits. A digit is the sum of two sines, one of four 
 column frequencies (the telephone keypad, ITU-T Q.23), lasting 70 to 150 ms with random amplitudes and phases;
 digits are 50 to 150 ms apart, with 50 to 250 ms of silence before and after, and white noise at 10 to 30 dB SNR
 over the whole utterance. Audio is 16-bit WAV at 8 kHz (the telephone rate), so reading it exercises the
-resampler; transcripts are the digits separated by spaces (``"5 0 3 1"``), so WER counts digit errors.
+resampler. Transcripts are the digits (``"5031"``): CER is the digit error rate, and WER (one word an utterance) the
+share of utterances with any error.
 """
 
 from __future__ import annotations
@@ -66,6 +67,6 @@ def dtmf_files(sizes: dict[str, int] | None = None, seed: int = DTMF_SEED) -> di
             digits = "".join(rng.choice(list(KEYPAD), size=int(rng.integers(3, 7))))
             name = f"wav/{split}-{i:05d}.wav"
             files[name] = wav_bytes(dtmf_utterance(digits, rng), DTMF_RATE)
-            lines.append(f"{name}\t{' '.join(digits)}")
+            lines.append(f"{name}\t{digits}")
         files[split] = "\n".join(lines) + "\n"
     return files

@@ -5,9 +5,10 @@ first line ``audio<TAB>transcript`` (or path/file, text/sentence) is a header; b
 are relative to the manifest's folder. For prediction the transcript column is optional. Audio is read with
 soundfile (libsndfile: WAV, FLAC, OGG, ...; the ``speech`` extra), mixed down to mono and resampled to 16 kHz.
 
-Resampling is band-limited polyphase filtering (``scipy.signal.resample_poly``, a Kaiser-windowed sinc low-pass at
-the lower of the two Nyquist frequencies): a rate change p/q in lowest terms upsamples by p, filters, and keeps
-every q-th sample, so 8 kHz -> 16 kHz or 44.1 kHz -> 16 kHz alias nothing a model could learn from.
+Resampling is band-limited windowed-sinc interpolation in polyphase form (``resample``), in torch: the low-pass sits
+just under the lower of the two Nyquist frequencies, so 8 kHz -> 16 kHz or 44.1 kHz -> 16 kHz alias nothing a model
+could learn from. It is checked against ``scipy.signal.resample_poly`` in the tests; scipy itself is not used, as
+importing ``scipy.signal`` cost seconds on the machine where this was written, more than resampling a corpus.
 
 A ``.npz`` holds ready features instead: ``X`` (N, T, D) float, ``lengths`` (N,) (default all T) and ``targets``
 (N,) strings; it is for sequence labelling that is not audio (features are used as they are).
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rnnkit.data.text import read_text
 from rnnkit.datasets import resolve
@@ -67,16 +69,35 @@ def soundfile_module():
     return soundfile
 
 
-def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Waveform ``x`` (N,) at ``rate`` Hz -> at ``target`` Hz, band-limited (polyphase, ``resample_poly``)."""
+def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE, *, zeros: int = 6,
+             rolloff: float = 0.99) -> np.ndarray:  # fmt: skip
+    """Waveform ``x`` (N,) at ``rate`` Hz -> (ceil(N target / rate),) at ``target`` Hz, band-limited.
+
+    Windowed-sinc interpolation in polyphase form (Smith's bandlimited interpolation; torchaudio's ``resample``):
+    with p/q = target/rate in lowest terms, output sample n sits at input time n q / p, and each of the p phases
+    is one FIR filter, so one strided ``conv1d`` computes them all::
+
+        y[n] = sum_m x[m] h(n q / p - m),   h(t) = c sinc(c t) w(t),   c = rolloff * min(1, p / q)
+
+    ``c`` is the low-pass cutoff in cycles per input sample (just under the lower of the two Nyquist frequencies,
+    so nothing above the new Nyquist folds back) and ``w`` a Hann window spanning ``zeros`` zero crossings of the
+    sinc either side.
+    """
     if rate == target:
         return x
-    try:
-        from scipy.signal import resample_poly
-    except ImportError as e:
-        raise ConfigError(f"resampling audio needs scipy (pip install 'rnnkit[speech]'): {e}") from e
     g = math.gcd(rate, target)
-    return resample_poly(x, target // g, rate // g).astype(np.float32)  # (N * target / rate,)
+    q, p = rate // g, target // g  # input step, output phases
+    c = min(q, p) * rolloff  # cutoff, in units of 1 / (q input samples)
+    width = math.ceil(zeros * q / c)  # input samples either side of the output time
+    m = torch.arange(-width, width + q, dtype=torch.float64)[None, :] / q  # (1, L) input offsets, in q-steps
+    t = (torch.arange(0, -p, -1, dtype=torch.float64)[:, None] / p + m) * c  # (p, L) phase k's tap times
+    t = t.clamp(-zeros, zeros)
+    w = torch.cos(t * math.pi / zeros / 2) ** 2  # (p, L) Hann window over [-zeros, zeros]
+    h = torch.where(t == 0, 1.0, torch.sin(math.pi * t) / (math.pi * t)) * w * (c / q)  # (p, L)
+    padded = torch.nn.functional.pad(torch.as_tensor(x, dtype=torch.float64)[None, None], (width, width + q))
+    y = torch.nn.functional.conv1d(padded, h[:, None], stride=q)  # (1, p, n) phase k of output block j
+    y = y[0].T.reshape(-1)  # (p * n,) interleaved: output j p + k
+    return y[: math.ceil(len(x) * p / q)].float().numpy()
 
 
 def read_audio(path: str | os.PathLike, where: str = "") -> np.ndarray:
