@@ -216,11 +216,11 @@ def write_dataset(folder, sizes, seed=0):
 def dtmf_run(tmp_path_factory):
     pytest.importorskip("soundfile")
     root = tmp_path_factory.mktemp("dtmf")
-    data = write_dataset(root / "data", {"train": 160, "val": 24})
+    data = write_dataset(root / "data", {"train": 120, "val": 24})
     run = root / "run"
     status = main(["train", "ctc", "--data", str(data / "train.tsv"), "--val", str(data / "val.tsv"), "--out",
-                   str(run), "--hidden-size", "48", "--num-layers", "1", "--max-steps", "240",
-                   "--max-minutes", "0", "--eval-every", "60", "--lr", "0.01", "--warmup-steps", "20",
+                   str(run), "--hidden-size", "48", "--num-layers", "1", "--max-steps", "90",
+                   "--max-minutes", "0", "--eval-every", "45", "--lr", "0.01", "--warmup-steps", "20",
                    "--dropout", "0", "--batch-size", "16"])  # fmt: skip
     assert status == 0
     return data, run

@@ -193,6 +193,7 @@ def make_task(name: str, model: dict):
                      "cov_std": []},
         "seq2seq": {"source_tokens": [*specials, "<s>", "</s>", *"abcde"], "target_tokens": [*specials, "<s>", "</s>",
                     *"ABCDEFG"]},
+        "ctc": {"symbols": list("ab c"), "input": "features", "num_features": 3},
     }[name]  # fmt: skip
     task.restore(artefacts)
     torch.manual_seed(0)
@@ -239,6 +240,7 @@ TASK_CASES = {
     "seq2seq-lstm-general": ("seq2seq", {"mode": "lstm", "embedding_size": 4, "hidden_size": 5, "decoder_layers": 2}),
     "seq2seq-gru-bahdanau": ("seq2seq", {"mode": "gru", "embedding_size": 4, "hidden_size": 5, "num_layers": 2,
                                          "attention": "bahdanau", "tie_embeddings": True}),
+    "ctc-lstm-bi": ("ctc", {"mode": "lstm", "hidden_size": 5, "num_layers": 2, "subsample": 1}),
 }  # fmt: skip
 
 

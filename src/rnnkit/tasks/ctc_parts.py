@@ -110,7 +110,9 @@ class CTCModel(nn.Module):
         initialise_(self.rnn, config.init)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        s = x.unfold(1, self.k, self.k).transpose(2, 3).flatten(2)  # (B, T // k, k * D); a partial last step dropped
+        B, T, D = x.shape
+        n = T // self.k  # a partial last step is dropped
+        s = x[:, : n * self.k].reshape(B, n, self.k * D)  # (B, T', k * D): k consecutive frames side by side
         out_lengths = torch.div(lengths, self.k, rounding_mode="floor").clamp(min=1)  # (B,) the RNN needs >= 1 step
         h, _ = self.rnn(s, lengths=out_lengths)  # (B, T', K * H)
         logits = self.head(self.drop(h))  # (B, T', V + 1)
