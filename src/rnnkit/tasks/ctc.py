@@ -263,7 +263,8 @@ class CTCTask(Task):
 
     def decode(self, log_probs: list[Tensor], *, beam: int = 1, lm: str | None = None, lm_weight: float = 0.5,
                insertion_bonus: float = 1.0) -> list[str]:  # fmt: skip
-        """Transcripts of each utterance's log-probabilities: greedy (beam 1, no LM) or prefix beam search."""
+        """Transcripts of each utterance's log-probabilities: greedy (beam 1, no LM) or prefix beam search (the LM's
+        weight and the insertion bonus apply with an LM only)."""
         if lm is None and beam == 1:
             return [self.join([self.symbols[i - 1] for i in greedy_decode(lp[None], torch.tensor([lp.size(0)]))[0]])
                     for lp in log_probs]  # fmt: skip
@@ -279,7 +280,8 @@ class CTCTask(Task):
         for lp in log_probs:
             if scorer is not None:
                 scorer.cache.clear()
-            best = prefix_beam_search(lp, beam, lm=scorer, lm_weight=lm_weight, insertion_bonus=insertion_bonus)[0]
+            best = prefix_beam_search(lp, beam, lm=scorer, lm_weight=lm_weight,
+                                      insertion_bonus=insertion_bonus if scorer is not None else 0.0)[0]  # fmt: skip
             texts.append(self.join([self.symbols[i - 1] for i in best.ids]))
         return texts
 
