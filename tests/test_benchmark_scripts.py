@@ -79,3 +79,14 @@ def test_lm_vs_compressors_in_bf16(tmp_path):
     used = "bf16" if bf16_supported("cpu") else "fp32"  # bf16 asked on a CPU without it trains fp32
     assert f"precision {used}" in proc.stdout and "rnnkit char LM" in proc.stdout
     assert "xz" not in proc.stdout.split("rnnkit char LM")[1].split("note:")[0]
+
+
+def test_ctc_speech_stops_cleanly_without_its_synthesizers(tmp_path):
+    """The speech benchmark needs espeak-ng and flite (Debian packages): without them on PATH it says which and
+    exits 0, having written nothing."""
+    env = {**ENV, "PATH": str(tmp_path)}  # no espeak-ng, no flite
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "ctc_speech.py"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "needs espeak-ng (apt-get install espeak-ng), flite (apt-get install flite)" in proc.stderr
+    assert not (tmp_path / "out").exists()

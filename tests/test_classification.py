@@ -22,6 +22,8 @@ from rnnkit.tasks import (
     TASKS,
     ClassifyConfig,
     ClassifyTask,
+    CTCConfig,
+    CTCTask,
     ForecastConfig,
     ForecastTask,
     LMConfig,
@@ -136,14 +138,31 @@ def _seq2seq_config(data, **train) -> Seq2SeqConfig:
     return Seq2SeqConfig.from_dict({"model": m, "data": {"data": str(data), "val_fraction": 0.2}, "train": t | train})
 
 
+@pytest.fixture(scope="module")
+def features_npz(tmp_path_factory):
+    p = tmp_path_factory.mktemp("ctc") / "features.npz"
+    g = np.random.default_rng(0)
+    np.savez(p, X=g.normal(size=(40, 16, 5)).astype(np.float32), lengths=g.integers(8, 17, 40),
+             targets=np.array(["ab", "ba", "abc", "c"] * 10))  # fmt: skip
+    return p
+
+
+def _ctc_config(data, **train) -> CTCConfig:
+    t = {"batch_size": 8, "max_steps": 6, "max_minutes": 0, "eval_every": 3, "log_every": 1, "warmup_steps": 2}
+    m = {"hidden_size": 8, "num_layers": 2, "dropout": 0.2, "subsample": 2}
+    d = {"data": str(data), "val_fraction": 0.2, "specaugment": True}  # masks drawn per batch: resume must match
+    return CTCConfig.from_dict({"model": m, "data": d, "train": t | train})
+
+
 @pytest.fixture
-def tasks(text_files, lm_text, series_csv, pairs_tsv):
+def tasks(text_files, lm_text, series_csv, pairs_tsv, features_npz):
     """name -> a function making a fresh task of that name with train settings overridden."""
     return {
         "lm": lambda **train: LMTask(_lm_config(lm_text, **train)),
         "classify": lambda **train: ClassifyTask(_classify_config(text_files[0], **train)),
         "forecast": lambda **train: ForecastTask(_forecast_config(series_csv, **train)),
         "seq2seq": lambda **train: Seq2SeqTask(_seq2seq_config(pairs_tsv, **train)),
+        "ctc": lambda **train: CTCTask(_ctc_config(features_npz, **train)),
     }
 
 
@@ -411,6 +430,7 @@ REGULARISED_MODELS = {  # task -> a cell torch.nn lacks, with every regulariser 
     "classify": {"mode": "minlstm", "weight_drop": 0.0},  # minLSTM has no recurrent weight to drop
     "forecast": {"mode": "layernorm-gru"},
     "seq2seq": {"mode": "elman-io"},
+    "ctc": {"mode": "layernorm-lstm"},
 }
 
 

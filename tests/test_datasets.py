@@ -14,12 +14,13 @@ from conftest import one_error_line
 from rnnkit.data.labelled import read_examples
 from rnnkit.data.pairs import read_pairs
 from rnnkit.data.series import check_continues, read_series
+from rnnkit.data.speech import read_utterances
 from rnnkit.data.text import default_corpus, read_text
 from rnnkit.data.ts import read_ts
 from rnnkit.datasets import DATASETS, catalogue, date_pairs, resolve
 from rnnkit.errors import DataError
 
-KNOWN = "built-in datasets: gunpoint, air-passengers, dates, python-stdlib; see `rnnkit datasets`"
+KNOWN = "built-in datasets: gunpoint, air-passengers, dates, python-stdlib, dtmf-digits; see `rnnkit datasets`"
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +45,7 @@ def test_names_resolve_to_real_files_with_the_readers_suffix(cache):
     assert resolve(p) == p
 
 
-@pytest.mark.parametrize("reader", [read_examples, read_series, read_pairs, read_text, read_ts])
+@pytest.mark.parametrize("reader", [read_examples, read_series, read_pairs, read_text, read_ts, read_utterances])
 def test_an_unknown_name_is_no_such_file_with_the_list(reader):
     with pytest.raises(DataError) as e:
         reader("names.tsv")
@@ -151,7 +152,8 @@ def test_python_stdlib_is_the_language_models_default_corpus():
 def test_catalogue_rows_for_rnnkit_datasets():
     rows = catalogue()
     assert [(r.name, r.task) for r in rows] == [("gunpoint", "classify"), ("air-passengers", "forecast"),
-                                                ("dates", "seq2seq"), ("python-stdlib", "lm")]  # fmt: skip
+                                                ("dates", "seq2seq"), ("python-stdlib", "lm"),
+                                                ("dtmf-digits", "ctc")]  # fmt: skip
     assert all(isinstance(v, str) and v for r in rows for v in r)
     assert rows[0].splits == "gunpoint, gunpoint:test" and "50 series" in rows[0].size
 

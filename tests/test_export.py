@@ -254,6 +254,7 @@ def make_task(name: str, model: dict):
                      "cov_std": []},
         "seq2seq": {"source_tokens": [*specials, "<s>", "</s>", *"abcde"], "target_tokens": [*specials, "<s>", "</s>",
                     *"ABCDEFG"]},
+        "ctc": {"symbols": list("ab c"), "input": "features", "num_features": 3},
     }[name]  # fmt: skip
     task.restore(artefacts)
     torch.manual_seed(0)
@@ -303,6 +304,7 @@ TASK_CASES = {
     "classify-series-mingru-bi": ("classify-series", {"mode": "mingru", "hidden_size": 5, "pooling": "mean"}),
     "seq2seq-gru-bahdanau": ("seq2seq", {"mode": "gru", "embedding_size": 4, "hidden_size": 5, "num_layers": 2,
                                          "attention": "bahdanau", "tie_embeddings": True}),
+    "ctc-lstm-bi": ("ctc", {"mode": "lstm", "hidden_size": 5, "num_layers": 2, "subsample": 1}),
 }  # fmt: skip
 
 

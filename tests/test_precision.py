@@ -28,6 +28,8 @@ from rnnkit.tasks import (
     TASKS,
     ClassifyConfig,
     ClassifyTask,
+    CTCConfig,
+    CTCTask,
     ForecastConfig,
     ForecastTask,
     LMConfig,
@@ -160,6 +162,9 @@ def data(tmp_path_factory):
     (d / "series.csv").write_text("id,time,value\n" + "\n".join(series) + "\n")
     words = ["abc", "bca", "cab", "abcd", "dcab", "bd", "db", "cc", "ad", "da"]
     (d / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words * 4))
+    g = np.random.default_rng(0)
+    np.savez(d / "features.npz", X=g.normal(size=(40, 16, 5)).astype(np.float32), lengths=g.integers(8, 17, 40),
+             targets=np.array(["ab", "ba", "abc", "c"] * 10))  # fmt: skip
     return d
 
 
@@ -179,6 +184,10 @@ def _task(name: str, data, mode: str = "gru", backend: str = "auto", **train_opt
         m = {"mode": "lstm", "hidden_size": 12, "num_layers": 2, "dropout": 0.2, "num_samples": 8}
         d = {"data": str(data / "series.csv"), "horizon": 4, "season_length": 6, "eval_samples": 8}
         return ForecastTask(ForecastConfig.from_dict({"model": m, "data": d, "train": t}))
+    if name == "ctc":
+        m = {"hidden_size": 8, "num_layers": 2, "dropout": 0.2, "subsample": 2}
+        d = {"data": str(data / "features.npz"), "val_fraction": 0.2, "specaugment": True}
+        return CTCTask(CTCConfig.from_dict({"model": m, "data": d, "train": t}))
     m = {"hidden_size": 8, "embedding_size": 4, "dropout": 0.2}
     d = {"data": str(data / "pairs.tsv"), "val_fraction": 0.2}
     return Seq2SeqTask(Seq2SeqConfig.from_dict({"model": m, "data": d, "train": t}))
@@ -230,7 +239,7 @@ def test_every_cell_trains_in_bf16(mode, backend, data, tmp_path, bf16_cpu):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_trains_in_bf16_with_fp32_master_weights_and_resumes_bit_exactly(name, data, tmp_path, bf16_cpu):
-    assert set(TASKS) == {"lm", "classify", "forecast", "seq2seq"}  # a new task joins this test in _task
+    assert set(TASKS) == {"lm", "classify", "forecast", "seq2seq", "ctc"}  # a new task joins this test in _task
     task, seen, events = _task(name, data), [], []
     _watch(task, seen)
     straight = train(task, tmp_path / "straight", on_event=events.append)
