@@ -7,9 +7,12 @@ from rnnkit.tasks.base import Task
 from rnnkit.tasks.classification import ClassifyConfig, ClassifyTask, SequenceClassifier
 from rnnkit.tasks.forecasting import ForecastConfig, Forecaster, ForecastTask
 from rnnkit.tasks.language_model import CharLM, LMConfig, LMTask, lm_loss
+from rnnkit.tasks.music import MusicConfig, MusicRNN, MusicTask
 from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask, ForecastTask, Seq2SeqTask)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (LMTask, ClassifyTask, ForecastTask, Seq2SeqTask, MusicTask)
+}
 
 __all__ = [
     "TASKS",
@@ -21,6 +24,9 @@ __all__ = [
     "Forecaster",
     "LMConfig",
     "LMTask",
+    "MusicConfig",
+    "MusicRNN",
+    "MusicTask",
     "Seq2SeqConfig",
     "Seq2SeqTask",
     "SequenceClassifier",
