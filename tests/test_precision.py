@@ -21,6 +21,7 @@ from rnnkit.cells import cell_spec
 from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.cli import main
 from rnnkit.config import TrainConfig
+from rnnkit.data.music import write_midi
 from rnnkit.errors import ConfigError
 from rnnkit.precision import at_least_fp32, autocast, bf16_supported, precision_name, resolve_precision
 from rnnkit.recurrent import MODES
@@ -32,6 +33,8 @@ from rnnkit.tasks import (
     ForecastTask,
     LMConfig,
     LMTask,
+    MusicConfig,
+    MusicTask,
     Seq2SeqConfig,
     Seq2SeqTask,
 )
@@ -160,6 +163,10 @@ def data(tmp_path_factory):
     (d / "series.csv").write_text("id,time,value\n" + "\n".join(series) + "\n")
     words = ["abc", "bca", "cab", "abcd", "dcab", "bd", "db", "cc", "ad", "da"]
     (d / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in words * 4))
+    (d / "music").mkdir()
+    for k, frames in enumerate(np.random.default_rng(0).random((5, 12, 6)) < 0.3):
+        frames[-1, 0] = True
+        (d / "music" / f"piece{k}.mid").write_bytes(write_midi(frames, 4, low=60))
     return d
 
 
@@ -179,6 +186,10 @@ def _task(name: str, data, mode: str = "gru", backend: str = "auto", **train_opt
         m = {"mode": "lstm", "hidden_size": 12, "num_layers": 2, "dropout": 0.2, "num_samples": 8}
         d = {"data": str(data / "series.csv"), "horizon": 4, "season_length": 6, "eval_samples": 8}
         return ForecastTask(ForecastConfig.from_dict({"model": m, "data": d, "train": t}))
+    if name == "music":
+        m = {"hidden_size": 8, "nade_size": 4, "dropout": 0.2, "num_layers": 2}
+        d = {"data": [str(data / "music")], "val_fraction": 0.3, "seq_len": 8}
+        return MusicTask(MusicConfig.from_dict({"model": m, "data": d, "train": t | {"batch_size": 2}}))
     m = {"hidden_size": 8, "embedding_size": 4, "dropout": 0.2}
     d = {"data": str(data / "pairs.tsv"), "val_fraction": 0.2}
     return Seq2SeqTask(Seq2SeqConfig.from_dict({"model": m, "data": d, "train": t}))
@@ -230,7 +241,7 @@ def test_every_cell_trains_in_bf16(mode, backend, data, tmp_path, bf16_cpu):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_trains_in_bf16_with_fp32_master_weights_and_resumes_bit_exactly(name, data, tmp_path, bf16_cpu):
-    assert set(TASKS) == {"lm", "classify", "forecast", "seq2seq"}  # a new task joins this test in _task
+    assert set(TASKS) == {"lm", "classify", "forecast", "seq2seq", "music"}  # a new task joins this test in _task
     task, seen, events = _task(name, data), [], []
     _watch(task, seen)
     straight = train(task, tmp_path / "straight", on_event=events.append)

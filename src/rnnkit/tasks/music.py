@@ -383,8 +383,9 @@ class MusicTask(Task):
                 notes.append(f"{prompt}: {encoded['out_of_range_notes']} notes outside the run's keys "
                              f"{self.low}..{self.high} left out of the prompt")  # fmt: skip
         model.eval()
-        new = model.generate(length, primer, temperature=temperature,
-                             generator=torch.Generator().manual_seed(seed))  # (length, K)
+        new = model.generate(
+            length, primer, temperature=temperature, generator=torch.Generator().manual_seed(seed)
+        )  # (length, K)
         frames = (new if primer is None else torch.cat([primer, new])).numpy() > 0.5  # (P + length, K)
         atomic_write(out, write_midi(frames, R, self.low, tempo=tempo))
         written = [Path(out)]
