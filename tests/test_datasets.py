@@ -19,8 +19,9 @@ from rnnkit.data.ts import read_ts
 from rnnkit.datasets import DATASETS, catalogue, date_pairs, resolve
 from rnnkit.errors import DataError
 
-KNOWN = ("built-in datasets: gunpoint, air-passengers, dates, python-stdlib, arpeggios, bach-chorales; see "
-         "`rnnkit datasets`")
+KNOWN = (
+    "built-in datasets: gunpoint, air-passengers, dates, python-stdlib, arpeggios, bach-chorales; see `rnnkit datasets`"
+)
 
 
 @pytest.fixture(autouse=True)
