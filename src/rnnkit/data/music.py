@@ -162,7 +162,8 @@ def _midi_notes(data: bytes, source: str) -> np.ndarray:
     try:
         midi = mido.MidiFile(file=io.BytesIO(data), clip=True)
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
-        raise DataError(f"{source}: not a standard MIDI file ({e})") from None
+        why = str(e) or type(e).__name__
+        raise DataError(f"{source}: not a standard MIDI file ({why})") from None
     tpb = midi.ticks_per_beat
     if not isinstance(tpb, int) or tpb <= 0:
         raise DataError(f"{source}: MIDI time in SMPTE frames is not supported (ticks per quarter note needed)")
