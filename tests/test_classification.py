@@ -28,6 +28,8 @@ from rnnkit.tasks import (
     ForecastTask,
     LMConfig,
     LMTask,
+    MusicConfig,
+    MusicTask,
     Seq2SeqConfig,
     Seq2SeqTask,
     SequenceClassifier,
@@ -154,8 +156,28 @@ def _ctc_config(data, **train) -> CTCConfig:
     return CTCConfig.from_dict({"model": m, "data": d, "train": t | train})
 
 
+@pytest.fixture(scope="module")
+def midi_dir(tmp_path_factory):
+    from rnnkit.data.music import write_midi
+
+    d = tmp_path_factory.mktemp("music")
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        frames = rng.random((12, 6)) < 0.3
+        frames[-1, 0] = True
+        (d / f"piece{k}.mid").write_bytes(write_midi(frames, 4, low=60))
+    return d
+
+
+def _music_config(data, **train) -> MusicConfig:
+    t = {"batch_size": 2, "max_steps": 6, "max_minutes": 0, "eval_every": 3, "log_every": 1, "warmup_steps": 2}
+    m = {"hidden_size": 8, "nade_size": 4, "dropout": 0.2, "num_layers": 2}
+    d = {"data": [str(data)], "val_fraction": 0.3, "seq_len": 8, "transpose": 2}
+    return MusicConfig.from_dict({"model": m, "data": d, "train": t | train})
+
+
 @pytest.fixture
-def tasks(text_files, lm_text, series_csv, pairs_tsv, features_npz):
+def tasks(text_files, lm_text, series_csv, pairs_tsv, features_npz, midi_dir):
     """name -> a function making a fresh task of that name with train settings overridden."""
     return {
         "lm": lambda **train: LMTask(_lm_config(lm_text, **train)),
@@ -163,6 +185,7 @@ def tasks(text_files, lm_text, series_csv, pairs_tsv, features_npz):
         "forecast": lambda **train: ForecastTask(_forecast_config(series_csv, **train)),
         "seq2seq": lambda **train: Seq2SeqTask(_seq2seq_config(pairs_tsv, **train)),
         "ctc": lambda **train: CTCTask(_ctc_config(features_npz, **train)),
+        "music": lambda **train: MusicTask(_music_config(midi_dir, **train)),
     }
 
 
@@ -431,6 +454,7 @@ REGULARISED_MODELS = {  # task -> a cell torch.nn lacks, with every regulariser 
     "forecast": {"mode": "layernorm-gru"},
     "seq2seq": {"mode": "elman-io"},
     "ctc": {"mode": "layernorm-lstm"},
+    "music": {"mode": "layernorm-lstm"},
 }
 
 

@@ -20,7 +20,10 @@ from rnnkit.data.ts import read_ts
 from rnnkit.datasets import DATASETS, catalogue, date_pairs, resolve
 from rnnkit.errors import DataError
 
-KNOWN = "built-in datasets: gunpoint, air-passengers, dates, python-stdlib, dtmf-digits; see `rnnkit datasets`"
+KNOWN = (
+    "built-in datasets: gunpoint, air-passengers, dates, python-stdlib, dtmf-digits, arpeggios, bach-chorales; "
+    "see `rnnkit datasets`"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -144,6 +147,21 @@ def test_dates_are_the_recorded_bytes_and_cached_once(cache):
     assert read_pairs("dates").texts[0] == "August 8, 1946"  # a changed cache file is made again
 
 
+def test_arpeggios_is_a_folder_of_midi_files_generated_once(tmp_path, monkeypatch):
+    from rnnkit.data.music import read_pieces
+
+    monkeypatch.setenv("RNNKIT_CACHE_DIR", str(tmp_path))
+    train, val = resolve("arpeggios"), resolve("arpeggios:val")
+    assert train.is_dir() and train.name == "train" and val.parent == train.parent
+    assert len(list(train.glob("*.mid"))) == 284 and len(list(val.glob("*.mid"))) == 40
+    pieces, skipped = read_pieces("arpeggios:val")
+    assert len(pieces) == 40 and skipped == 0 and all(p.roll(4).frames.shape == (80, 128) for p in pieces)
+    stamp = (train / "train-000.mid").stat().st_mtime_ns
+    assert resolve("arpeggios").stat().st_mtime_ns and (train / "train-000.mid").stat().st_mtime_ns == stamp
+    train_notes = {p.notes.tobytes() for p in read_pieces(train)[0]}
+    assert not train_notes & {p.notes.tobytes() for p in pieces}  # no piece in both splits
+
+
 def test_python_stdlib_is_the_language_models_default_corpus():
     p = resolve("python-stdlib")
     assert p.suffix == ".txt" and read_text(p) == default_corpus()
@@ -153,7 +171,8 @@ def test_catalogue_rows_for_rnnkit_datasets():
     rows = catalogue()
     assert [(r.name, r.task) for r in rows] == [("gunpoint", "classify"), ("air-passengers", "forecast"),
                                                 ("dates", "seq2seq"), ("python-stdlib", "lm"),
-                                                ("dtmf-digits", "ctc")]  # fmt: skip
+                                                ("dtmf-digits", "ctc"), ("arpeggios", "music"),
+                                                ("bach-chorales", "music")]  # fmt: skip
     assert all(isinstance(v, str) and v for r in rows for v in r)
     assert rows[0].splits == "gunpoint, gunpoint:test" and "50 series" in rows[0].size
 

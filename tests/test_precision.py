@@ -21,6 +21,7 @@ from rnnkit.cells import cell_spec
 from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.cli import main
 from rnnkit.config import TrainConfig
+from rnnkit.data.music import write_midi
 from rnnkit.errors import ConfigError
 from rnnkit.precision import at_least_fp32, autocast, bf16_supported, precision_name, resolve_precision
 from rnnkit.recurrent import MODES
@@ -34,6 +35,8 @@ from rnnkit.tasks import (
     ForecastTask,
     LMConfig,
     LMTask,
+    MusicConfig,
+    MusicTask,
     Seq2SeqConfig,
     Seq2SeqTask,
 )
@@ -165,6 +168,10 @@ def data(tmp_path_factory):
     g = np.random.default_rng(0)
     np.savez(d / "features.npz", X=g.normal(size=(40, 16, 5)).astype(np.float32), lengths=g.integers(8, 17, 40),
              targets=np.array(["ab", "ba", "abc", "c"] * 10))  # fmt: skip
+    (d / "music").mkdir()
+    for k, frames in enumerate(np.random.default_rng(0).random((5, 12, 6)) < 0.3):
+        frames[-1, 0] = True
+        (d / "music" / f"piece{k}.mid").write_bytes(write_midi(frames, 4, low=60))
     return d
 
 
@@ -188,6 +195,10 @@ def _task(name: str, data, mode: str = "gru", backend: str = "auto", **train_opt
         m = {"hidden_size": 8, "num_layers": 2, "dropout": 0.2, "subsample": 2}
         d = {"data": str(data / "features.npz"), "val_fraction": 0.2, "specaugment": True}
         return CTCTask(CTCConfig.from_dict({"model": m, "data": d, "train": t}))
+    if name == "music":
+        m = {"hidden_size": 8, "nade_size": 4, "dropout": 0.2, "num_layers": 2}
+        d = {"data": [str(data / "music")], "val_fraction": 0.3, "seq_len": 8}
+        return MusicTask(MusicConfig.from_dict({"model": m, "data": d, "train": t | {"batch_size": 2}}))
     m = {"hidden_size": 8, "embedding_size": 4, "dropout": 0.2}
     d = {"data": str(data / "pairs.tsv"), "val_fraction": 0.2}
     return Seq2SeqTask(Seq2SeqConfig.from_dict({"model": m, "data": d, "train": t}))
@@ -239,7 +250,7 @@ def test_every_cell_trains_in_bf16(mode, backend, data, tmp_path, bf16_cpu):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_task_trains_in_bf16_with_fp32_master_weights_and_resumes_bit_exactly(name, data, tmp_path, bf16_cpu):
-    assert set(TASKS) == {"lm", "classify", "forecast", "seq2seq", "ctc"}  # a new task joins this test in _task
+    assert set(TASKS) == {"lm", "classify", "forecast", "seq2seq", "ctc", "music"}  # a new task joins in _task
     task, seen, events = _task(name, data), [], []
     _watch(task, seen)
     straight = train(task, tmp_path / "straight", on_event=events.append)

@@ -17,7 +17,7 @@ from rnnkit.cli import build_parser
 from rnnkit.tasks import TASKS
 from rnnkit.tasks.base import Command, Task
 
-KINDS = {"scores", "table", "text"}
+KINDS = {"scores", "table", "text", "files"}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -153,15 +153,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _inference_commands() -> dict[str, dict[str, Any]]:
-    """{command: {"tasks": [task classes answering it], "kind": ..., "help": ..., "flags": {dest: Flag}}}."""
+    """{command: {"tasks": [task classes answering it], "kinds": {their kinds}, "help": ..., "flags": {dest: Flag}}}."""
     from rnnkit.tasks import TASKS
 
     commands: dict[str, dict[str, Any]] = {}
     for task_cls in TASKS.values():
         for c in task_cls.commands:
-            entry = commands.setdefault(c.name, {"tasks": [], "kind": c.kind, "help": c.help, "flags": {}})
-            if entry["kind"] != c.kind:
-                raise TypeError(f"command {c.name} returns {entry['kind']} for one task and {c.kind} for another")
+            entry = commands.setdefault(c.name, {"tasks": [], "kinds": set(), "help": c.help, "flags": {}})
+            entry["kinds"].add(c.kind)  # each task's own: the run's task decides how the result is shown
             entry["tasks"].append(task_cls)
             for flag in c.flags:
                 entry["flags"].setdefault(flag.dest, flag)
@@ -186,9 +185,9 @@ def _add_inference_parsers(sub) -> None:
         p = sub.add_parser(name, help=f"{entry['help']} (under a {titles} run)")
         p.add_argument("--run", required=True, metavar="DIR", help="run folder")
         p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-        if entry["kind"] == "scores":
+        if "scores" in entry["kinds"]:
             p.add_argument("--json", action="store_true", help="print one JSON object")
-        if entry["kind"] == "table":
+        if "table" in entry["kinds"]:
             p.add_argument("--out", default=None, metavar="FILE", help="write the rows here (.csv or .tsv; default: "
                            "standard output)")  # fmt: skip
         p.add_argument("--force", action="store_true", help="overwrite the files the command writes")
@@ -249,6 +248,11 @@ def cmd_inference(args: argparse.Namespace) -> int:
             _print_scores(args, run, result)
         elif command.kind == "table":
             _write_table(result, out)
+        elif command.kind == "files":
+            for note in result.notes:
+                _eprint(note)
+            for path in result.paths:
+                print(f"wrote {path}")
         else:
             for piece in result:  # the model runs as the text is read: streamed under the run's autocast
                 sys.stdout.write(piece)

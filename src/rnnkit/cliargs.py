@@ -1,7 +1,8 @@
 """Command-line flags from a task's config dataclasses, and TOML config files.
 
 Each field of the task's sections (``model``, ``data``, ``train``) becomes a kebab-case flag (``hidden_size`` ->
-``--hidden-size``) whose help is the field's help plus its default. Flags default to ``argparse.SUPPRESS`` so the
+``--hidden-size``) whose help is the field's help plus its default; a ``tuple[str, ...]`` field takes one or more
+values (``--data a.mid b.mid``). Flags default to ``argparse.SUPPRESS`` so the
 namespace holds only the flags actually given: the precedence is defaults < TOML file < explicit flags.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import types
 import typing
 from typing import Any
 
@@ -35,6 +38,12 @@ __all__ = [
 ]
 
 
+def _is_list(hint: Any) -> bool:
+    """A field of several values (``tuple[str, ...]``, or that or None): its flag takes one or more."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return any(typing.get_origin(h) is tuple for h in options)
+
+
 def _flag_type(hint: Any):
     if hint is bool:
         return parse_bool
@@ -57,7 +66,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[RunConfig
             if f.name in ("data", "val"):
                 metavar = "FILE"
             help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
-            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
+            several = {"nargs": "+"} if _is_list(hints[f.name]) else {}
+            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text,
+                               **several)  # fmt: skip
 
 
 def config_overrides(args: argparse.Namespace, config_cls: type[RunConfig]) -> dict[str, dict[str, Any]]:
@@ -113,6 +124,8 @@ def to_toml(config: RunConfig) -> str:
                 continue
             if isinstance(value, bool):
                 text = "true" if value else "false"
+            elif isinstance(value, list | tuple):  # of strings: a JSON array of strings is a TOML array
+                text = json.dumps(list(value))
             elif isinstance(value, str):
                 text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
             else:

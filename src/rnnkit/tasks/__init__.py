@@ -9,9 +9,12 @@ from rnnkit.tasks.ctc import CTCTask
 from rnnkit.tasks.ctc_parts import CTCConfig, CTCModel
 from rnnkit.tasks.forecasting import ForecastConfig, Forecaster, ForecastTask
 from rnnkit.tasks.language_model import CharLM, LMConfig, LMTask, lm_loss
+from rnnkit.tasks.music import MusicConfig, MusicRNN, MusicTask
 from rnnkit.tasks.seq2seq import Seq2SeqConfig, Seq2SeqTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (LMTask, ClassifyTask, ForecastTask, Seq2SeqTask, CTCTask)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (LMTask, ClassifyTask, ForecastTask, Seq2SeqTask, CTCTask, MusicTask)
+}
 
 __all__ = [
     "TASKS",
@@ -26,6 +29,9 @@ __all__ = [
     "Forecaster",
     "LMConfig",
     "LMTask",
+    "MusicConfig",
+    "MusicRNN",
+    "MusicTask",
     "Seq2SeqConfig",
     "Seq2SeqTask",
     "SequenceClassifier",

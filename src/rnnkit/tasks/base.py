@@ -25,10 +25,13 @@ flags, and the method it calls on a restored task::
     rnnkit eval --run DIR --data F --beam 5   ->   run.task.score(run.model, data="F", beam=5)      -> dict
     rnnkit predict --run DIR --data F         ->   run.task.predict_table(run.model, data="F", ...) -> Table
     rnnkit sample --run DIR --length 200      ->   run.task.sample(run.model, length=200, ...)      -> Iterator[str]
+    rnnkit sample --run DIR --out song.mid    ->   run.task.sample(run.model, out="song.mid", ...)  -> Files
 
 ``rnnkit.cli`` builds every parser from these declarations and prints every result the same way (a scores dict
-as one line or ``--json``; a table as CSV or TSV to ``--out`` or standard output; text streamed), so a new task
-is its module, its data module and one line in ``rnnkit.tasks.TASKS``.
+as one line or ``--json``; a table as CSV or TSV to ``--out`` or standard output; text streamed; the files a
+command wrote, one ``wrote PATH`` line each), so a new task is its module, its data module and one line in
+``rnnkit.tasks.TASKS``. One command name may be of another kind for each task (``sample`` streams an LM's text and
+writes a music run's MIDI file): the run's task decides.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from torch import Tensor, nn
 
 from rnnkit.config import RunConfig
 
-__all__ = ["Batches", "Command", "Flag", "Table", "Task"]
+__all__ = ["Batches", "Command", "Files", "Flag", "Table", "Task"]
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,13 @@ class Command:
 
     ``kind`` says what the method returns and how the CLI shows it: ``"scores"`` a dict of metrics (one line, or
     one JSON object with ``--json``); ``"table"`` a ``Table`` (CSV or TSV, to ``--out`` or standard output);
-    ``"text"`` an iterator of strings, streamed to standard output as they come.
+    ``"text"`` an iterator of strings, streamed to standard output as they come; ``"files"`` a ``Files``, the
+    files the method wrote (each named by a flag with ``output``, checked before the method runs).
     """
 
     name: str  # "eval"
     method: str  # "score"
-    kind: Literal["scores", "table", "text"]
+    kind: Literal["scores", "table", "text", "files"]
     help: str
     flags: tuple[Flag, ...] = ()
 
@@ -94,6 +98,14 @@ class Table:
     rows: Iterable[Sequence[Any]]
     format: Literal["csv", "tsv"] = "csv"  # when the output file's suffix does not say
     notes: list[str] = field(default_factory=list)  # for the user, on standard error: unknown tokens, files written
+
+
+@dataclass
+class Files:
+    """The files a command wrote, in order, and lines for the user about them (what was sampled, notes dropped)."""
+
+    paths: list[Path]
+    notes: list[str] = field(default_factory=list)
 
 
 DATA = Flag("--data", "the file to read (or a built-in dataset: rnnkit datasets)", required=True, metavar="FILE")
