@@ -350,13 +350,13 @@ def test_a_run_of_the_wrong_task_is_one_line(text_files, lm_text, tmp_path, caps
     train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm)
     line = _error_line(capsys, main(["predict", "--run", str(lm), "--data", str(text_files[1])]))
     assert line == (
-        f"rnnkit: error: {lm} is a char LM run; predict needs a classify, forecast or seq2seq run (char LM runs "
-        "answer eval, sample)"
+        f"rnnkit: error: {lm} is a char LM run; predict needs a classify, forecast, seq2seq or CTC speech run "
+        "(char LM runs answer eval, sample)"
     )
     line = _error_line(capsys, main(["sample", "--run", str(clf)]))
-    assert (
-        line
-        == f"rnnkit: error: {clf} is a classify run; sample needs a char LM run (classify runs answer eval, predict)"
+    assert line == (
+        f"rnnkit: error: {clf} is a classify run; sample needs a char LM or music run (classify runs answer eval, "
+        "predict)"
     )
     with pytest.raises(CheckpointError, match="is a classify run"):
         load_run(clf, task="lm")
