@@ -140,7 +140,7 @@ def test_held_out_sources_keep_all_their_targets_on_one_side(tmp_path):
     cfg = Seq2SeqConfig.from_dict({"data": {"data": str(p), "val_fraction": 0.25}})
     task = Seq2SeqTask(cfg)
     task.prepare(None)
-    held = {"".join(s) for s in task.val_pairs.sources}
+    held = {tuple(s.tolist()) for s in task.val_set.sources}
     assert len(held) == 10 and all("".join(s) not in held for s in task.read(str(p), "required").sources
                                    if "".join(s) not in held)  # fmt: skip
     for source, refs in zip(task.val_pairs.sources, task.val_pairs.references, strict=True):
@@ -294,3 +294,30 @@ def test_an_input_feeding_model_searches_as_before():
     new = beam_search(model, x, lengths, beam=3, max_length=6, n_best=2)
     old = reference.beam_search(model, x, lengths, beam=3, max_length=6, n_best=2)
     assert [[h.tokens for h in row] for row in new] == [[h.tokens for h in row] for row in old]
+
+
+def test_validation_decodes_a_fixed_sample_and_takes_the_loss_on_every_pair(tmp_path):
+    p = tmp_path / "pairs.tsv"
+    p.write_text("".join(f"w{i}\tp{i}\n" for i in range(60)))
+    cfg = Seq2SeqConfig.from_dict({"model": {"hidden_size": 8, "embedding_size": 4},
+                                   "data": {"data": str(p), "val_fraction": 0.5, "val_decode": 7}})  # fmt: skip
+    task = Seq2SeqTask(cfg)
+    task.prepare(None)
+    model = task.build_model()
+    decoded, batched = [], []
+    decode, batch = task.decode, task.val_set.batch
+
+    def watched_decode(m, data, **kw):
+        decoded.append([tuple(s.tolist()) for s in data.sources])
+        return decode(m, data, **kw)
+
+    task.decode = watched_decode
+    task.val_set.batch = lambda idx: batched.append(len(idx)) or batch(idx)
+    first, second = (task.evaluate(model, torch.device("cpu"), None) for _ in range(2))
+    assert first == second and set(first) == {"loss", "wer", "ter", "exact"}
+    held = {tuple(s.tolist()) for s in task.val_set.sources}
+    assert len(held) == 30 and len(decoded[0]) == 7 and decoded[0] == decoded[1] and set(decoded[0]) <= held
+    assert batched == [7, 30] * 2  # at each evaluation: the sample decoded, then the loss on every held-out pair
+    assert task.val_set.sample(0, 0) is task.val_set and task.val_set.sample(30, 5) is task.val_set
+    one, two = ([s.tolist() for s in task.val_set.sample(7, seed).sources] for seed in (1, 2))
+    assert one != two
