@@ -43,11 +43,12 @@ SHAPES = {"g2p": (64, (4, 12), (3, 11), 30, 42), "sentence": (64, (100, 200), (1
 VARIANTS = ("before", "steps, feeding", "steps", "parallel")
 
 
-def batch(name: str, seed: int = 0):
+def batch(name: str, seed: int = 0, size: int = 0):
     """Random pairs of ``SHAPES[name]`` as training meets them: source (B, S), lengths (B,), target <s> ... </s>
     (B, T + 2). The task batches pairs of similar source lengths (``LengthBuckets``: pools of 50 batches sorted by
     length), so this is the middle batch of such a pool."""
     B, (s_lo, s_hi), (t_lo, t_hi), vs, vt = SHAPES[name]
+    B = size or B
     g = torch.Generator().manual_seed(seed)
     pool = LengthBuckets.POOL * B
     n = torch.randint(s_lo, s_hi + 1, (pool,), generator=g).sort().values[pool // 2 - B // 2 :][:B].tolist()
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16 (default fp32)")
     p.add_argument("--no-decode", action="store_true", help="time the training step only")
+    p.add_argument("--batch", type=int, default=0, help="pairs per batch instead of the shape's 64 (quick checks)")
     args = p.parse_args(argv)
     shapes = args.shapes.split(",")
     for s in shapes:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
           f"bf16 in hardware: {bf16_supported('cpu')}")  # fmt: skip
     print(f"{'shape':9} {'precision':9} {'decoder':15} {'ms/step':>9} {'tokens/s':>10} {'ratio':>7}")
     for shape in shapes:
-        data = batch(shape)
+        data = batch(shape, size=args.batch)
         tokens = int((data[2][:, 1:] != PAD).sum())
         for prec in args.precision.split(","):
             fns = {v: train_step(model(shape, v), v, data, precisions[prec]) for v in VARIANTS}
