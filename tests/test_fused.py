@@ -300,6 +300,12 @@ def test_auto_backend_rule_with_cpp_loops():
         assert auto_backend(RNN("lstm", D, 256), x) == "native"
         with torch.no_grad():
             assert auto_backend(RNN("lstm", D, 256), x) == "native"
+            assert backends.auto_backend(RNN("lstm", D, 256).plan(), x, RNN("lstm", D, 256).forward_weights(),
+                                         padded=True) == "native"  # fmt: skip
+    # ... except training on a padded batch, which torch.nn packs and leaves oneDNN for (its backward: T^2)
+    padded = RNN("lstm", D, 256)
+    assert backends.auto_backend(padded.plan(), lm, padded.forward_weights(), padded=True) == "fused"
+    assert padded.resolved_backend(lm, padded=True) == "fused" and padded.resolved_backend(lm) == "native"
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: fused trains the LSTM, oneDNN infers
         assert auto_backend(RNN("lstm", D, 256), lm) == "fused"
         with torch.no_grad():  # ... where oneDNN has a bf16 LSTM (AVX-512): without it torch.nn raises

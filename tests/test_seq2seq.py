@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import _seq2seq_reference as reference
 from conftest import one_error_line
+from rnnkit import seq2seq
 from rnnkit.cli import main
 from rnnkit.seq2seq import BOS, EOS, PAD, Attention, Seq2Seq, alignment, beam_search, greedy
 from rnnkit.sequence import pad_sequences
@@ -138,7 +140,7 @@ def test_held_out_sources_keep_all_their_targets_on_one_side(tmp_path):
     cfg = Seq2SeqConfig.from_dict({"data": {"data": str(p), "val_fraction": 0.25}})
     task = Seq2SeqTask(cfg)
     task.prepare(None)
-    held = {"".join(s) for s in task.val_pairs.sources}
+    held = {tuple(s.tolist()) for s in task.val_set.sources}
     assert len(held) == 10 and all("".join(s) not in held for s in task.read(str(p), "required").sources
                                    if "".join(s) not in held)  # fmt: skip
     for source, refs in zip(task.val_pairs.sources, task.val_pairs.references, strict=True):
@@ -184,3 +186,138 @@ def test_alignment_rows_are_distributions_over_the_source():
     assert weights.shape == (len(tokens), 4) and torch.allclose(weights.sum(-1), torch.ones(len(tokens)))
     x, lengths = _batch([[4, 5, 6, 7]])
     assert tokens == greedy(model, x, lengths, 5)[0].tokens
+
+
+# --- the parallel decoder, the batched search, old checkpoints --------------------------------------------------
+
+
+def _pairs(seed=0, n=5, target_length=7):
+    g = torch.Generator().manual_seed(seed)
+    x, lengths = pad_sequences([torch.randint(4, 12, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g)
+                                for _ in range(n)])  # fmt: skip
+    y = torch.randint(4, 9, (n, target_length), generator=g)
+    y[:, 0] = BOS
+    return x, lengths, y
+
+
+@pytest.mark.parametrize("attention", ["dot", "general", "bahdanau"])
+@pytest.mark.parametrize("mode", ["lstm", "gru", "elman", "layernorm-gru"])
+def test_parallel_teacher_forcing_equals_the_step_by_step_decoder(attention, mode):
+    """Without input feeding, the decoder RNN over the whole target and the batched attention give the logits and
+    gradients of ``step`` run token by token, in fp32 and (within bf16's rounding) under bf16 autocast."""
+    model = _model(attention, mode=mode, decoder_layers=2, input_feeding=False)
+    x, lengths, y = _pairs()
+    parallel, steps = model(x, lengths, y), model.forward_steps(x, lengths, y)
+    torch.testing.assert_close(parallel, steps, atol=1e-5, rtol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_parallel = torch.autograd.grad(parallel.square().sum(), params)
+    g_steps = torch.autograd.grad(steps.square().sum(), params)
+    for a, b in zip(g_parallel, g_steps, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(x, lengths, y)
+    torch.testing.assert_close(bf16.float(), steps, atol=2e-2, rtol=2e-2)
+
+
+def test_bahdanau_in_chunks_of_the_target_equals_one_block(monkeypatch):
+    model = _model("bahdanau", input_feeding=False)
+    x, lengths, y = _pairs()
+    whole = model(x, lengths, y)
+    g_whole = torch.autograd.grad(whole.sum(), list(model.parameters()), allow_unused=True)
+    monkeypatch.setattr(seq2seq, "ADDITIVE_CHUNK", 2 * 8 * 16)  # two target steps of 2 rows a chunk: recomputed
+    chunked = model(x, lengths, y)
+    torch.testing.assert_close(chunked, whole)
+    for a, b in zip(torch.autograd.grad(chunked.sum(), list(model.parameters()), allow_unused=True), g_whole,
+                    strict=True):  # fmt: skip
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+
+
+def test_a_checkpoint_of_the_stacked_cells_decoder_loads():
+    """Before the decoder was an rnnkit.RNN its layers were ``cells.{k}`` (a ModuleList of cells): those keys load
+    into ``decoder.{kind}_l{k}``, and the parameters keep their order (an optimiser's saved state)."""
+    model = _model(mode="lstm", decoder_layers=2)
+    renamed = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("decoder."):
+            kind, layer = key[len("decoder.") :].rsplit("_l", 1)
+            key = f"cells.{layer}.{kind}"
+        renamed[key] = value
+    # the names rnnkit wrote before, for an LSTM decoder of two layers
+    legacy = [f"cells.{k}.{kind}" for k in (0, 1) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert [k for k in renamed if k.startswith("cells.")] == legacy
+    torch.manual_seed(1)
+    fresh = Seq2Seq(12, 9, embedding_size=6, hidden_size=8, decoder_layers=2).eval()
+    fresh.load_state_dict(renamed)  # strict
+    x, lengths, y = _pairs()
+    torch.testing.assert_close(fresh(x, lengths, y), model(x, lengths, y), atol=0, rtol=0)
+    names = [n for n, _ in fresh.named_parameters()]
+    assert names[names.index("bridge.bias") + 1] == "decoder.weight_ih_l0"  # where cells.0.weight_ih was
+
+
+@pytest.fixture(scope="module")
+def reverser():
+    """A tiny model trained for a little while to reverse sequences: confident enough for beams to diverge."""
+    torch.manual_seed(0)
+    model = Seq2Seq(12, 12, embedding_size=12, hidden_size=16, attention="general", input_feeding=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        seqs = [torch.randint(4, 12, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g) for _ in range(32)]
+        x, lengths = pad_sequences(seqs)
+        y, _ = pad_sequences([torch.cat([torch.tensor([BOS]), s.flip(0), torch.tensor([EOS])]) for s in seqs])
+        loss = F.cross_entropy(model(x, lengths, y[:, :-1]).transpose(1, 2), y[:, 1:], ignore_index=PAD)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.0])
+def test_batched_search_finds_what_the_per_hypothesis_search_found(reverser, alpha):
+    x, lengths = _batch([[4, 5, 6, 7], [8, 9], [10, 11, 4, 5, 6, 7], [9], [6, 6, 6], [7, 5, 4, 11, 10]])
+    for max_length in (3, 9):  # cut short (the live beams taken as they are) and ending on </s>
+        new = beam_search(reverser, x, lengths, beam=4, max_length=max_length, alpha=alpha, n_best=4)
+        old = reference.beam_search(reverser, x, lengths, beam=4, max_length=max_length, alpha=alpha, n_best=4)
+        assert [[h.tokens for h in row] for row in new] == [[h.tokens for h in row] for row in old]
+        for row_new, row_old in zip(new, old, strict=True):
+            assert [h.score for h in row_new] == pytest.approx([h.score for h in row_old], abs=1e-6)
+            assert [h.normalised for h in row_new] == pytest.approx([h.normalised for h in row_old], abs=1e-6)
+        assert [h.tokens for h in greedy(reverser, x, lengths, max_length)] == [
+            h.tokens for h in reference.greedy(reverser, x, lengths, max_length)
+        ]
+    assert sum(len(set(map(tuple, (h.tokens for h in row)))) for row in new) > len(new)  # beams differ
+
+
+def test_an_input_feeding_model_searches_as_before():
+    model = _model("bahdanau", mode="gru", decoder_layers=2)
+    x, lengths = _batch([[4, 5, 6, 7], [8, 9], [10, 11, 4]])
+    new = beam_search(model, x, lengths, beam=3, max_length=6, n_best=2)
+    old = reference.beam_search(model, x, lengths, beam=3, max_length=6, n_best=2)
+    assert [[h.tokens for h in row] for row in new] == [[h.tokens for h in row] for row in old]
+
+
+def test_validation_decodes_a_fixed_sample_and_takes_the_loss_on_every_pair(tmp_path):
+    p = tmp_path / "pairs.tsv"
+    p.write_text("".join(f"w{i}\tp{i}\n" for i in range(60)))
+    cfg = Seq2SeqConfig.from_dict({"model": {"hidden_size": 8, "embedding_size": 4},
+                                   "data": {"data": str(p), "val_fraction": 0.5, "val_decode": 7}})  # fmt: skip
+    task = Seq2SeqTask(cfg)
+    task.prepare(None)
+    model = task.build_model()
+    decoded, batched = [], []
+    decode, batch = task.decode, task.val_set.batch
+
+    def watched_decode(m, data, **kw):
+        decoded.append([tuple(s.tolist()) for s in data.sources])
+        return decode(m, data, **kw)
+
+    task.decode = watched_decode
+    task.val_set.batch = lambda idx: batched.append(len(idx)) or batch(idx)
+    first, second = (task.evaluate(model, torch.device("cpu"), None) for _ in range(2))
+    assert first == second and set(first) == {"loss", "wer", "ter", "exact"}
+    held = {tuple(s.tolist()) for s in task.val_set.sources}
+    assert len(held) == 30 and len(decoded[0]) == 7 and decoded[0] == decoded[1] and set(decoded[0]) <= held
+    assert batched == [7, 30] * 2  # at each evaluation: the sample decoded, then the loss on every held-out pair
+    assert task.val_set.sample(0, 0) is task.val_set and task.val_set.sample(30, 5) is task.val_set
+    one, two = ([s.tolist() for s in task.val_set.sample(7, seed).sources] for seed in (1, 2))
+    assert one != two

@@ -146,8 +146,9 @@ def usable_backends(plan: Plan) -> tuple[str, ...]:
 SCAN_MAX_VALUES = 1024
 
 
-def resolve(plan: Plan, x: Tensor, weights: Weights) -> str:
-    """The backend a forward pass of ``plan`` on ``x`` (B, T, D) with ``weights`` runs (``"auto"`` resolved).
+def resolve(plan: Plan, x: Tensor, weights: Weights, *, padded: bool = False) -> str:
+    """The backend a forward pass of ``plan`` on ``x`` (B, T, D) with ``weights`` runs (``"auto"`` resolved);
+    ``padded``: the rows have lengths below T (the pass gets ``lengths``).
 
     Rule: the cells torch.nn has follow ``auto_backend`` among the backends that can run the options (with
     zoneout, which native lacks: fused; locked dropout between layers: not native); a cell with a hand-written
@@ -158,7 +159,7 @@ def resolve(plan: Plan, x: Tensor, weights: Weights) -> str:
         return plan.backend
     usable = usable_backends(plan)
     if "native" in usable:
-        choice = auto_backend(plan, x, weights)
+        choice = auto_backend(plan, x, weights, padded=padded)
         if choice in usable:
             return choice
     if "fused" in usable and plan.mode not in LAYERS:  # the sequence form
@@ -175,8 +176,9 @@ MIN_ELMAN_TRAIN_VALUES = 512
 MIN_STEP_MACS = 2**24
 
 
-def auto_backend(plan: Plan, x: Tensor, weights: Weights) -> str:
-    """The backend ``backend="auto"`` runs for a cell torch.nn has (Elman, LSTM, GRU) on input ``x`` (B, T, D).
+def auto_backend(plan: Plan, x: Tensor, weights: Weights, *, padded: bool = False) -> str:
+    """The backend ``backend="auto"`` runs for a cell torch.nn has (Elman, LSTM, GRU) on input ``x`` (B, T, D),
+    ``padded`` when its rows have lengths below T.
 
     Rule: off CPU, ``"native"`` (cuDNN). On CPU, ``"native"`` (torch.nn's own kernels: oneDNN's LSTM, a C++
     loop for GRU and Elman under autograd's per-step graph) except, with fused's C++ loops built:
@@ -187,7 +189,11 @@ def auto_backend(plan: Plan, x: Tensor, weights: Weights) -> str:
     - LSTM: ``"native"``, training and inference (fused trains at the same speed with a third less memory:
       pass ``backend="fused"`` for that), except training under bf16 autocast (or with bf16 parameters):
       ``"fused"``, whose bf16 products with fp32 gates trained faster than oneDNN's bf16 LSTM; oneDNN's stays
-      faster for inference, where the CPU has AVX-512 (oneDNN has no bf16 LSTM without it: fused runs then).
+      faster for inference, where the CPU has AVX-512 (oneDNN has no bf16 LSTM without it: fused runs then);
+      and training on a padded batch: ``"fused"``. torch.nn packs it, and its packed LSTM leaves oneDNN for a
+      step loop whose backward adds each step's gradient into a zero tensor of the whole sequence (time
+      quadratic in T): a bidirectional LSTM of 128 on 64 x 151 steps took 13 s forward and backward against 2.7 s
+      unpadded and 2.1 s fused, padded or not (one thread, a busy machine; the seq2seq encoder's batches).
 
     Without the C++ loops (no compiler), only Elman/GRU steps of at least ``MIN_STEP_MACS`` multiply-adds go
     to fused's Python loop. "native" is torch.nn's computation on rnnkit's parameters, so "auto" never bets
@@ -210,7 +216,7 @@ def auto_backend(plan: Plan, x: Tensor, weights: Weights) -> str:
         mixed = (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16) or low
         if mixed and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return "fused"  # oneDNN's bf16 LSTM needs AVX-512: without it torch.nn raises, fused computes
-        return "fused" if grad and mixed and cpp_loops() is not None else "native"  # x is on the CPU, any float dtype
+        return "fused" if grad and (mixed or padded) and cpp_loops() is not None else "native"  # x on the CPU
     B, H = x.size(0), plan.hidden_size
     G = 3 if plan.mode == "gru" else 1
     if wanted(x) is None:

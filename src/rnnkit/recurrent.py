@@ -250,11 +250,12 @@ class RNN(nn.Module):
                 raise ValueError(f"{name} must have shape (L*K, B, H)={expected}, got {tuple(part.shape)}")
         return LSTMState(*parts) if has_cell else parts[0]
 
-    def resolved_backend(self, x: Tensor) -> str:
-        """The backend a forward pass on ``x`` (B, T, D) uses (resolves ``"auto"``, ``rnnkit.backends.resolve``)."""
+    def resolved_backend(self, x: Tensor, *, padded: bool = False) -> str:
+        """The backend a forward pass on ``x`` (B, T, D) uses (resolves ``"auto"``, ``rnnkit.backends.resolve``);
+        ``padded``: with ``lengths`` below T."""
         K = self.num_directions
         weights = [self.layer_params(k // K, k % K) for k in range(self.num_layers * K)]
-        return backends.resolve(self.plan(), x, weights)
+        return backends.resolve(self.plan(), x, weights, padded=padded)
 
     def forward(
         self,
@@ -305,7 +306,7 @@ class RNN(nn.Module):
         plan, weights = self.plan(), self.forward_weights()
         # export hook: under a tracer or torch.export, torch.nn's kernels wherever they compute this RNN
         native = _exporting() and "native" in backends.usable_backends(plan)
-        run = backends.runner("native" if native else backends.resolve(plan, x, weights))
+        run = backends.runner("native" if native else backends.resolve(plan, x, weights, padded=lengths is not None))
         out, state = run(plan, x, state, lengths, weights)  # (B, T, K*H)
         return locked_dropout(out, self.dropout_output, self.training), state
 

@@ -3,15 +3,25 @@
     source ids (B, S) --embedding--> rnnkit.RNN (bidirectional, lengths) --> memory m_1..m_S (B, S, K*H)
     bridge:      s_0 = tanh(W_b [h_fwd_S ; h_bwd_1])                       (every decoder layer starts from it)
     decoder step t (D = K*H units):
-        x_t  = [E_tgt y_{t-1} ; h~_{t-1}]                                   (input feeding: last attentional vector)
-        h_t  = cells(x_t, state_{t-1})                                      (a stack of rnnkit cells)
+        x_t  = [E_tgt y_{t-1} ; h~_{t-1}]    with input feeding, else E_tgt y_{t-1}
+        h_t  = decoder(x_t, state_{t-1})                                    (an rnnkit.RNN of Ld layers)
         a_t  = softmax_s score(h_t, m_s) over the valid source steps        (dot: h.m, general: h.W m,
                                                                              bahdanau: v.tanh(W_q h + W_k m))
         c_t  = sum_s a_ts m_s
         h~_t = tanh(W_c [c_t ; h_t]);  logits_t = W_o h~_t                  (or tied: E_tgt (P h~_t))
 
-The attention reads the current decoder state (Luong's order) for every score function. Token ids: 0 padding,
-1 unknown, 2 <s>, 3 </s> (``TokenVocab`` with specials ("<s>", "</s>")).
+The attention reads the current decoder state (Luong's order) for every score function. Without input feeding
+(``input_feeding=False``) nothing in h_t depends on an earlier attention, so teacher forcing runs the decoder RNN
+over the whole target in one call (the fused engine) and the attention for all t as batched products:
+
+    H  = decoder(E_tgt Y_in, s_0)          (B, T, D)
+    A  = softmax_S(score(H, M))            (B, T, S)   dot/general: one bmm; bahdanau: (B, t, S, D) chunks of T
+    C  = A M                               (B, T, D)
+    H~ = tanh(W_c [C ; H])                 (B, T, D)
+
+With input feeding, x_t needs h~_{t-1}, so training steps one token at a time (``forward_steps``), as decoding
+always does. Both compute the same logits (tests/test_seq2seq.py). Token ids: 0 padding, 1 unknown, 2 <s>, 3 </s>
+(``TokenVocab`` with specials ("<s>", "</s>")).
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from rnnkit.cells import Cell, LSTMState, cell_spec
+from rnnkit.cells import LSTMState, cell_spec
+from rnnkit.kernels.step import can_fast
 from rnnkit.recurrent import RNN
 from rnnkit.sequence import lengths_to_mask
 
@@ -43,9 +55,15 @@ __all__ = [
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 ATTENTIONS = ("dot", "general", "bahdanau")
 
+# Bahdanau's scores go through a (B, t, S, D) tensor: queries are taken this many elements at a time, and under
+# autograd each chunk is recomputed in the backward pass rather than kept (checkpointing), so the memory stays
+# bounded at any T (the step-by-step decoder kept one (B, S, D) tensor a step).
+ADDITIVE_CHUNK = 2**22
+
 
 class Attention(nn.Module):
-    """Scores of a query (B, D) against memory (B, S, M), softmax over the valid steps, and the context (B, M)."""
+    """Scores of queries (B, T, D) or (B, D) against memory (B, S, M), softmax over the valid steps, and the
+    contexts (B, T, M) or (B, M)."""
 
     def __init__(self, kind: str, query_size: int, memory_size: int) -> None:
         super().__init__()
@@ -63,13 +81,29 @@ class Attention(nn.Module):
         return memory if self.w_k is None else self.w_k(memory)
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """query (B, D), keys (B, S, D), memory (B, S, M), mask (B, S) bool -> weights (B, S), context (B, M)."""
-        if self.kind == "bahdanau":
-            e = self.v(torch.tanh(self.w_q(query).unsqueeze(1) + keys)).squeeze(-1)  # (B, S)
-        else:
-            e = (keys @ query.unsqueeze(-1)).squeeze(-1)  # (B, S)
-        a = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-1)  # (B, S), 0 on padding
-        return a, (a.unsqueeze(-1) * memory).sum(1)
+        """query (B, T, D) or (B, D), keys (B, S, D), memory (B, S, M), mask (B, S) bool
+        -> weights (B, T, S), context (B, T, M) (without the T axis for a (B, D) query)."""
+        one = query.dim() == 2
+        q = query.unsqueeze(1) if one else query  # (B, T, D)
+        e = self.additive(q, keys) if self.kind == "bahdanau" else q @ keys.transpose(1, 2)  # (B, T, S)
+        a = torch.softmax(e.float().masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)  # (B, T, S), 0 on pads
+        c = a.to(memory.dtype) @ memory  # (B, T, M)
+        return (a.squeeze(1), c.squeeze(1)) if one else (a, c)
+
+    def additive(self, q: Tensor, keys: Tensor) -> Tensor:
+        """Bahdanau's e_ts = v . tanh(W_q q_t + k_s): q (B, T, D), keys (B, S, D) -> (B, T, S), in chunks of T."""
+        B, T, D = q.shape
+        wq = self.w_q(q)  # (B, T, D)
+        step = max(1, ADDITIVE_CHUNK // max(1, B * keys.size(1) * D))
+        if step >= T:
+            return self._scores(wq, keys)
+        recompute = torch.is_grad_enabled() and (wq.requires_grad or keys.requires_grad)
+        parts = [checkpoint(self._scores, part, keys, use_reentrant=False) if recompute else self._scores(part, keys)
+                 for part in wq.split(step, dim=1)]  # fmt: skip
+        return torch.cat(parts, dim=1)
+
+    def _scores(self, wq: Tensor, keys: Tensor) -> Tensor:
+        return self.v(torch.tanh(wq.unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)  # (B, t, S, D) -> (B, t, S)
 
 
 @dataclass
@@ -85,7 +119,11 @@ class Memory:
 
 
 class Seq2Seq(nn.Module):
-    """Encoder (embedding, rnnkit.RNN) -> attention decoder (a stack of cells, input feeding); see the module doc."""
+    """Encoder (embedding, rnnkit.RNN) -> attention decoder (rnnkit.RNN, optional input feeding); see the module doc.
+
+    The decoder's state is ``(hidden, feed)``: ``hidden`` in ``rnnkit.RNN``'s layout, (Ld, B, D) or an
+    ``LSTMState`` of two, and ``feed`` the last attentional vector h~ (B, D).
+    """
 
     def __init__(self, source_vocab: int, target_vocab: int, *, mode: str = "lstm", embedding_size: int = 64,
                  hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = True, decoder_layers: int = 1,
@@ -96,13 +134,15 @@ class Seq2Seq(nn.Module):
         K = 2 if bidirectional else 1
         D = K * hidden_size  # the decoder is as wide as the memory, so dot attention always applies
         self.mode, self.K, self.D, self.input_feeding = self.spec.name, K, D, input_feeding
+        self.decoder_layers = decoder_layers
         self.src_embed = nn.Embedding(source_vocab, embedding_size, padding_idx=PAD)
         self.encoder = RNN(mode, embedding_size, hidden_size, num_layers, dropout=dropout, bidirectional=bidirectional,
                            backend=backend, **(encoder_options or {}))  # fmt: skip
         self.tgt_embed = nn.Embedding(target_vocab, embedding_size, padding_idx=PAD)
         self.bridge = nn.Linear(D, D)
-        sizes = [embedding_size + (D if input_feeding else 0)] + [D] * (decoder_layers - 1)
-        self.cells = nn.ModuleList(Cell(mode, size, D) for size in sizes)
+        # registered where the stack of cells was, so the parameters keep their order (an optimiser's state)
+        self.decoder = RNN(mode, embedding_size + (D if input_feeding else 0), D, decoder_layers, dropout=dropout,
+                           backend=backend)  # fmt: skip
         self.attention = Attention(attention, D, D)
         self.combine = nn.Linear(2 * D, D, bias=False)
         self.drop = nn.Dropout(dropout)
@@ -112,31 +152,54 @@ class Seq2Seq(nn.Module):
             self.out_bias = nn.Parameter(torch.zeros(target_vocab))
         else:
             self.out = nn.Linear(D, target_vocab)
+        self.register_load_state_dict_pre_hook(_cells_to_decoder)
 
     # --- encoder and one decoder step -----------------------------------------------------------------------------
 
     def encode(self, source: Tensor, lengths: Tensor) -> tuple[Memory, Any]:
-        """source (B, S) ids, lengths (B,) -> the memory and the decoder's first state."""
+        """source (B, S) ids, lengths (B,) -> the memory and the decoder's first state (hidden, feed)."""
         memory, state = self.encoder(self.drop(self.src_embed(source)), lengths=lengths)  # (B, S, D)
         h = state.h if isinstance(state, tuple) else state  # (L*K, B, H)
         s0 = torch.tanh(self.bridge(torch.cat(list(h[-self.K :]), dim=-1)))  # (B, D)
-        layers = [LSTMState(s0, torch.zeros_like(s0)) if self.spec.has_cell else s0 for _ in self.cells]
+        h0 = s0.unsqueeze(0).expand(self.decoder_layers, -1, -1).contiguous()  # (Ld, B, D)
+        hidden = LSTMState(h0, torch.zeros_like(h0)) if self.spec.has_cell else h0
         mask = lengths_to_mask(lengths.to(memory.device), memory.size(1))  # (B, S)
-        return Memory(memory, self.attention.keys(memory), mask), (layers, torch.zeros_like(s0))
+        return Memory(memory, self.attention.keys(memory), mask), (hidden, torch.zeros_like(s0))
 
     def step(self, previous: Tensor, state, memory: Memory) -> tuple[Tensor, Any, Tensor]:
-        """previous (B,) token ids -> logits (B, V), the next state, attention weights (B, S)."""
-        layers, feed = state
+        """previous (B,) token ids -> logits (B, V), the next state, attention weights (B, S): one call per token
+        does the decoder RNN's step, the attention and the output layer for the whole batch (beams included)."""
+        hidden, feed = state
         x = self.tgt_embed(previous)  # (B, E)
         if self.input_feeding:
-            x = torch.cat([x, feed], dim=-1)
-        new_layers = []
-        for cell, s in zip(self.cells, layers, strict=True):
-            x, s = cell(self.drop(x), s)  # (B, D)
-            new_layers.append(s)
-        a, c = self.attention(x, memory.keys, memory.memory, memory.mask)
-        h_tilde = torch.tanh(self.combine(torch.cat([c, x], dim=-1)))  # (B, D)
-        return self.logits(self.drop(h_tilde)), (new_layers, h_tilde), a
+            x = torch.cat([x, feed], dim=-1)  # (B, E + D)
+        y, hidden = self._decoder_step(self.drop(x), hidden)  # (B, D)
+        h_tilde, a = self.attend(y, memory)  # (B, D), (B, S)
+        return self.logits(self.drop(h_tilde)), (hidden, h_tilde), a
+
+    def _decoder_step(self, x: Tensor, hidden):
+        """One step of every decoder layer: the fast single step (``RNN.step``) without autograd, else the cell's
+        equations layer by layer with dropout between them (autograd's graph per step)."""
+        rnn = self.decoder
+        if not isinstance(rnn, RNN):  # export: the torch.nn twin (rnnkit.export.to_torch_modules)
+            out, hidden = rnn(x.unsqueeze(1), hidden)
+            return out.squeeze(1), hidden
+        if can_fast(rnn, x, hidden):
+            return rnn.step(x, hidden)
+        has_cell = self.spec.has_cell
+        layers = []
+        for k in range(rnn.num_layers):
+            s = LSTMState(hidden.h[k], hidden.c[k]) if has_cell else hidden[k]
+            x, s = self.spec.step(self.drop(x) if k else x, s, rnn.layer_params(k), **rnn.options)  # (B, D)
+            layers.append(s)
+        if has_cell:
+            return x, LSTMState(torch.stack([s.h for s in layers]), torch.stack([s.c for s in layers]))
+        return x, torch.stack(layers)
+
+    def attend(self, y: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Decoder outputs y (B, T, D) or (B, D) -> h~ = tanh(W_c [c ; y]) of the same shape, and the weights."""
+        a, c = self.attention(y, memory.keys, memory.memory, memory.mask)  # (B, [T,] S), (B, [T,] D)
+        return torch.tanh(self.combine(torch.cat([c.to(y.dtype), y], dim=-1))), a
 
     def logits(self, h: Tensor) -> Tensor:
         if self.tie:
@@ -144,13 +207,33 @@ class Seq2Seq(nn.Module):
         return self.out(h)
 
     def forward(self, source: Tensor, lengths: Tensor, target_in: Tensor) -> Tensor:
-        """Teacher forcing: target_in (B, T) starts with <s> -> logits (B, T, V) for the next tokens."""
+        """Teacher forcing: target_in (B, T) starts with <s> -> logits (B, T, V) for the next tokens. Without input
+        feeding, the whole target at once; with it, one step at a time (``forward_steps``)."""
+        if self.input_feeding:
+            return self.forward_steps(source, lengths, target_in)
+        memory, (hidden, _) = self.encode(source, lengths)
+        x = self.drop(self.tgt_embed(target_in))  # (B, T, E)
+        y, _ = self.decoder(x, hidden)  # (B, T, D): rnnkit.RNN's engine over the whole target
+        h_tilde, _ = self.attend(y, memory)  # (B, T, D)
+        return self.logits(self.drop(h_tilde))  # (B, T, V)
+
+    def forward_steps(self, source: Tensor, lengths: Tensor, target_in: Tensor) -> Tensor:
+        """Teacher forcing through ``step``, one token at a time (what decoding runs): logits (B, T, V)."""
         memory, state = self.encode(source, lengths)
         out = []
         for t in range(target_in.size(1)):
             logits, state, _ = self.step(target_in[:, t], state, memory)
             out.append(logits)
         return torch.stack(out, dim=1)
+
+
+def _cells_to_decoder(module: Seq2Seq, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the decoder was an ``rnnkit.RNN`` name its layers ``cells.{k}.{kind}``: read
+    them as ``decoder.{kind}_l{k}`` (the same tensors, in the same order)."""
+    old = f"{prefix}cells."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        layer, _, kind = key[len(old) :].partition(".")
+        state_dict[f"{prefix}decoder.{kind}_l{layer}"] = state_dict.pop(key)
 
 
 class EncoderGraph(nn.Module):
@@ -161,8 +244,8 @@ class EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, source: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
-        memory, (layers, feed) = self.model.encode(source, lengths)
-        return (memory.memory, memory.keys, memory.mask, *_stack_layers(layers), feed)
+        memory, (hidden, feed) = self.model.encode(source, lengths)
+        return (memory.memory, memory.keys, memory.mask, *_parts(hidden), feed)
 
 
 class DecoderGraph(nn.Module):
@@ -176,22 +259,20 @@ class DecoderGraph(nn.Module):
     def forward(self, previous: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
         n = 2 if self.model.spec.has_cell else 1
         parts, (feed, memory, keys, mask) = rest[:n], rest[n:]
-        layers = [LSTMState(parts[0][k], parts[1][k]) if n == 2 else parts[0][k] for k in range(len(self.model.cells))]
-        logits, (layers, feed), a = self.model.step(previous, (layers, feed), Memory(memory, keys, mask))
-        return (logits, *_stack_layers(layers), feed, a)
+        hidden = LSTMState(*parts) if n == 2 else parts[0]
+        logits, (hidden, feed), a = self.model.step(previous, (hidden, feed), Memory(memory, keys, mask))
+        return (logits, *_parts(hidden), feed, a)
 
 
-def _stack_layers(layers: list) -> tuple[Tensor, ...]:
-    """The decoder's per-layer states as (Ld, B, D) tensors: (h, c) for LSTM cells, (h,) else."""
-    if isinstance(layers[0], tuple):
-        return torch.stack([s.h for s in layers]), torch.stack([s.c for s in layers])
-    return (torch.stack(layers),)
+def _parts(hidden) -> tuple[Tensor, ...]:
+    """The decoder's hidden state as (Ld, B, D) tensors: (h, c) for LSTM cells, (h,) else."""
+    return (hidden.h, hidden.c) if isinstance(hidden, tuple) else (hidden,)
 
 
 def reorder(state, index: Tensor):
     """The decoder state of the rows ``index`` (beam search's bookkeeping)."""
-    layers, feed = state
-    pick = [LSTMState(s.h[index], s.c[index]) if isinstance(s, LSTMState) else s[index] for s in layers]
+    hidden, feed = state
+    pick = LSTMState(hidden.h[:, index], hidden.c[:, index]) if isinstance(hidden, tuple) else hidden[:, index]
     return pick, feed[index]
 
 
@@ -206,30 +287,32 @@ class Hypothesis:
 def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_length: int) -> list[Hypothesis]:
     """The most likely next token at every step, up to </s> or ``max_length`` tokens; one hypothesis a row."""
     memory, state = model.encode(source, lengths)
-    B = source.size(0)
-    previous = torch.full((B,), BOS, dtype=torch.long, device=source.device)
-    tokens, scores = [[] for _ in range(B)], [0.0] * B
-    done = [False] * B
-    for _ in range(max_length):
+    B, device = source.size(0), source.device
+    previous = torch.full((B,), BOS, dtype=torch.long, device=device)
+    tokens = torch.full((B, max(max_length, 1)), PAD, dtype=torch.long, device=device)
+    scores = torch.zeros(B, dtype=torch.float64, device=device)  # summed as Python floats were: in float64
+    length = torch.zeros(B, dtype=torch.long, device=device)
+    live = torch.ones(B, dtype=torch.bool, device=device)
+    for t in range(max_length):
         logits, state, _ = model.step(previous, state, memory)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        best = logp.argmax(-1)
-        for b, (token, lp) in enumerate(zip(best.tolist(), logp.gather(1, best[:, None])[:, 0].tolist(), strict=True)):
-            if not done[b]:
-                tokens[b].append(token)
-                scores[b] += lp
-                done[b] = token == EOS
-        if all(done):
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+        best = logp.argmax(-1)  # (B,)
+        tokens[:, t] = torch.where(live, best, PAD)
+        scores += torch.where(live, logp.gather(1, best[:, None])[:, 0].double(), 0.0)
+        length += live
+        live &= best != EOS
+        if not bool(live.any()):
             break
         previous = best
-    return [Hypothesis(t, s, s / max(len(t), 1)) for t, s in zip(tokens, scores, strict=True)]
+    rows = zip(tokens.tolist(), length.tolist(), scores.tolist(), strict=True)
+    return [Hypothesis(t[:n], s, s / max(n, 1)) for t, n, s in rows]
 
 
 @torch.no_grad()
 def alignment(model: Seq2Seq, source: Tensor, max_length: int) -> tuple[list[int], Tensor]:
     """Greedy output of one source (S,) and its attention weights (T, S): row t is where step t looked."""
     memory, state = model.encode(source.unsqueeze(0), torch.tensor([source.numel()]))
-    previous, tokens, rows = torch.tensor([BOS]), [], []
+    previous, tokens, rows = torch.tensor([BOS], device=source.device), [], []
     for _ in range(max_length):
         logits, state, a = model.step(previous, state, memory)
         previous = logits.argmax(-1)
@@ -250,6 +333,10 @@ def beam_search(model: Seq2Seq, source: Tensor, lengths: Tensor, beam: int, max_
     ``beam`` finished ones and its best live hypothesis, normalised by its length so far, ranks below the beam-th of
     them (the rule of Hugging Face's ``BeamHypotheses``: an early, unlikely ending cannot stop a row whose live
     beam is far better); at ``max_length`` its live beams are taken as they are.
+
+    The beams live in tensors (B, beam, ...), as in OpenNMT-py's ``BeamSearch``: a step is one ``model.step`` on
+    all B * beam hypotheses and a few batched selections, with no Python loop over rows or hypotheses. Every
+    hypothesis of step t has t + 1 tokens, so the finished ones of a step share one length.
     """
     if beam < 1 or n_best < 1 or n_best > beam:
         raise ValueError(f"need 1 <= n_best <= beam, got beam={beam}, n_best={n_best}")
@@ -257,59 +344,63 @@ def beam_search(model: Seq2Seq, source: Tensor, lengths: Tensor, beam: int, max_
     memory, state = model.encode(source, lengths)
     memory = memory.repeat(beam)
     state = reorder(state, torch.arange(B, device=device).repeat_interleave(beam))
-    scores = torch.full((B, beam), float("-inf"), device=device)
+    inf = float("-inf")
+    scores = torch.full((B, beam), inf, device=device)
     scores[:, 0] = 0.0  # one live hypothesis to start with
     previous = torch.full((B * beam,), BOS, dtype=torch.long, device=device)
-    history = [[[] for _ in range(beam)] for _ in range(B)]
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
+    history = torch.zeros(B, beam, 0, dtype=torch.long, device=device)  # (B, beam, t) tokens so far
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    kth = torch.full((B, beam), inf, dtype=torch.float64, device=device)  # best ``beam`` finished, normalised
+    ended: list[tuple[Tensor, Tensor, Tensor]] = []  # per batch of endings: tokens (B, n, t+1), score, normalised
     for t in range(max_length):
         logits, state, _ = model.step(previous, state, memory)
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B*beam, V)
         V = logp.size(-1)
         total = (scores.unsqueeze(-1) + logp.view(B, beam, V)).view(B, -1)  # (B, beam*V)
-        top, idx = total.topk(min(2 * beam, total.size(1)), dim=-1)  # enough to refill the beam past </s>
-        top_l, origin_l, token_l = top.tolist(), (idx // V).tolist(), (idx % V).tolist()
-        new_scores = torch.full((B, beam), float("-inf"), device=device)
-        new_origin = torch.zeros(B, beam, dtype=torch.long)
-        new_token = torch.full((B, beam), PAD, dtype=torch.long)
-        new_history = [[[] for _ in range(beam)] for _ in range(B)]
-        for b in range(B):
-            if done[b]:
-                continue
-            k = 0
-            for rank, (score, origin, token) in enumerate(zip(top_l[b], origin_l[b], token_l[b], strict=True)):
-                if score == float("-inf"):
-                    break
-                seq = [*history[b][origin], token]
-                if token == EOS:
-                    if rank < beam:  # an ending counts only among the step's best ``beam`` candidates
-                        finished[b].append(Hypothesis(seq, score, score / len(seq) ** alpha))
-                else:
-                    new_scores[b, k], new_origin[b, k], new_token[b, k] = score, origin, token
-                    new_history[b][k] = seq
-                    k += 1
-                if k == beam:
-                    break
-            if k == 0:
-                done[b] = True
-            elif len(finished[b]) >= beam:  # done once no live hypothesis ranks above the beam-th finished one
-                kth = sorted((h.normalised for h in finished[b]), reverse=True)[beam - 1]
-                done[b] = max(top for top in new_scores[b, :k].tolist()) / (t + 1) ** alpha <= kth
-        if all(done):
+        top, idx = total.topk(min(2 * beam, total.size(1)), dim=-1)  # (B, C): enough to refill the beam past </s>
+        origin, token = idx // V, idx % V  # (B, C)
+        seqs = torch.cat([history.gather(1, origin.unsqueeze(-1).expand(-1, -1, t)), token.unsqueeze(-1)], -1)
+        valid = (top > inf) & ~done.unsqueeze(1)  # (B, C)
+        eos = token == EOS
+        norm = top.double() / (t + 1) ** alpha  # (B, C), in float64 as Python's floats were
+        finish = valid & eos & (torch.arange(top.size(1), device=device) < beam)  # (B, C): ranks < beam end
+        live = valid & ~eos
+        keep = live & (live.cumsum(1) <= beam)  # the first ``beam`` live candidates, in rank order
+        ended.append((seqs[:, :beam], top[:, :beam], torch.where(finish[:, :beam], norm[:, :beam], inf)))
+        kth = torch.cat([kth, ended[-1][2]], dim=1).topk(beam, dim=1).values  # (B, beam)
+        slot = (~keep).to(torch.uint8).argsort(dim=1, stable=True)[:, :beam]  # (B, beam): kept ones first
+        filled = keep.gather(1, slot)
+        new_scores = torch.where(filled, top.gather(1, slot), inf)  # (B, beam)
+        new_origin = torch.where(filled, origin.gather(1, slot), 0)
+        new_token = torch.where(filled, token.gather(1, slot), PAD)
+        history = seqs.gather(1, slot.unsqueeze(-1).expand(-1, -1, t + 1))  # (B, beam, t+1)
+        # a row is done once no live hypothesis ranks above its beam-th finished one (or none is left)
+        best_live = new_scores.max(1).values.double() / (t + 1) ** alpha  # (B,)
+        done |= ~filled[:, 0] | ((kth[:, -1] > inf) & (best_live <= kth[:, -1]))
+        if bool(done.all()):
             break
-        if t == max_length - 1:
-            for b in range(B):
-                if not done[b]:
-                    for k in range(beam):
-                        s = new_scores[b, k].item()
-                        if s > float("-inf"):
-                            seq = new_history[b][k]
-                            finished[b].append(Hypothesis(seq, s, s / len(seq) ** alpha))
+        if t == max_length - 1:  # the live beams of the rows still searching, as they are
+            open_ = filled & ~done.unsqueeze(1)
+            ended.append((history, new_scores, torch.where(open_, new_scores.double() / (t + 1) ** alpha, inf)))
             break
-        rows = (torch.arange(B).unsqueeze(1) * beam + new_origin).view(-1).to(device)
+        rows = (torch.arange(B, device=device).unsqueeze(1) * beam + new_origin).view(-1)
         state = reorder(state, rows)
-        scores, history = new_scores, new_history
-        scores[torch.tensor(done, device=device)] = float("-inf")
-        previous = new_token.view(-1).to(device)
-    return [sorted(f, key=lambda h: -h.normalised)[:n_best] for f in finished]
+        scores = new_scores.masked_fill(done.unsqueeze(1), inf)
+        previous = new_token.view(-1)
+    return _best(ended, B, n_best)
+
+
+def _best(ended: list[tuple[Tensor, Tensor, Tensor]], B: int, n_best: int) -> list[list[Hypothesis]]:
+    """The ``n_best`` finished hypotheses of each row by normalised score, ties in the order they ended."""
+    if not ended:
+        return [[] for _ in range(B)]
+    width = max(seqs.size(-1) for seqs, _, _ in ended)
+    tokens = torch.cat([F.pad(seqs, (0, width - seqs.size(-1)), value=PAD) for seqs, _, _ in ended], 1)  # (B, N, W)
+    lengths = torch.cat([torch.full(s.shape, seqs.size(-1)) for seqs, s, _ in ended], 1)  # (B, N)
+    scores = torch.cat([s for _, s, _ in ended], 1)  # (B, N)
+    norm = torch.cat([n for _, _, n in ended], 1)  # (B, N), -inf where no hypothesis ended
+    order = norm.argsort(dim=1, descending=True, stable=True)[:, :n_best]  # (B, n_best)
+    picked = [x.cpu().gather(1, order.cpu()).tolist() for x in (lengths, scores, norm)]
+    rows = tokens.cpu().gather(1, order.cpu().unsqueeze(-1).expand(-1, -1, width)).tolist()
+    return [[Hypothesis(seq[:n], s, z) for seq, n, s, z in zip(*row, strict=True) if z > float("-inf")]
+            for row in zip(rows, *picked, strict=True)]  # fmt: skip

@@ -1,7 +1,8 @@
 """Sequence to sequence (``rnnkit train seq2seq``): pairs of token sequences in, a model that writes the target.
 
 The model is ``rnnkit.seq2seq.Seq2Seq`` (an RNN encoder, an attention decoder); training is teacher forcing with
-label smoothing over batches grouped by source length; validation decodes (greedy, or ``--beam K``) and scores
+label smoothing over batches grouped by source length; validation computes the teacher-forced loss on every pair
+and decodes (greedy, or ``--beam K``) a fixed, seeded sample of ``--val-decode`` sources, whose outputs score
 
     wer   share of sources whose output is none of their references (a source's references: all its targets)
     ter   token edit distance to the nearest reference, summed, over the summed length of those references
@@ -13,6 +14,7 @@ same side (all pronunciations of a word), and each held-out source is scored aga
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ class Seq2SeqModelConfig(RecurrentConfig):
     bidirectional: bool = field(default=True, metadata={"help": "read the source both ways"})
     decoder_layers: int = field(default=1, metadata={"help": "decoder cells stacked (count)"})
     attention: str = field(default="general", metadata={"help": "score: dot, general (Luong) or bahdanau"})
-    input_feeding: bool = field(default=True, metadata={"help": "feed the last attentional vector to the decoder"})
+    input_feeding: bool = field(default=False, metadata={"help": "feed h~ to the next step (trains token by token)"})
     tie_embeddings: bool = field(default=False, metadata={"help": "output layer shares the target embedding"})
 
     def __post_init__(self) -> None:
@@ -95,6 +97,8 @@ class Seq2SeqDataConfig:
     too_long: str = field(default="drop", metadata={"help": "a longer target: drop (with a count) or error"})
     max_vocab: int = field(default=50_000, metadata={"help": "most frequent tokens kept per side (count)"})
     beam: int = field(default=1, metadata={"help": "beam width when validating (1 = greedy)"})
+    val_decode: int = field(default=1000, metadata={
+        "help": "validation sources decoded at each evaluation: a fixed seeded sample (count, 0 = all)"})  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("data", "val"):
@@ -108,6 +112,7 @@ class Seq2SeqDataConfig:
         check_choice("too_long", self.too_long, ("drop", "error"))
         check_int("max_vocab", self.max_vocab, 8, 2**24)
         check_int("beam", self.beam, 1, 64)
+        check_int("val_decode", self.val_decode, 0, 2**31)
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,18 @@ class EncodedPairs:
                         for refs in pairs.references] if pairs.references and pairs.references[0] else []  # fmt: skip
         self.references = pairs.references
         self.lengths = [len(s) for s in self.sources]
+
+    def sample(self, n: int, seed: int) -> EncodedPairs:
+        """At most ``n`` of these pairs (all when ``n`` is 0 or covers them), drawn with ``seed``, in input order."""
+        if n == 0 or n >= len(self.sources):
+            return self
+        keep = sorted(torch.randperm(len(self.sources), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+        out = copy.copy(self)
+        out.sources = [self.sources[i] for i in keep]
+        out.references = [self.references[i] for i in keep]
+        out.lengths = [self.lengths[i] for i in keep]
+        out.targets = [self.targets[i] for i in keep] if self.targets else []
+        return out
 
     def batch(self, idx: list[int]):
         x, lengths = pad_sequences([self.sources[i] for i in idx])
@@ -343,13 +360,18 @@ class Seq2SeqTask(Task):
         return m
 
     def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
-        m = self.scores(model, self.val_set, beam=self.config.data.beam, device=device)
+        """The teacher-forced loss on every validation pair, and wer/ter/exact from decoding a fixed, seeded sample
+        of ``--val-decode`` sources (decoding steps token by token: on all of a large set it cost more than the
+        training between two evaluations; ``rnnkit eval`` decodes them all)."""
+        m = self.scores(model, self.val_set.sample(self.config.data.val_decode, self.config.train.seed),
+                        beam=self.config.data.beam, device=device)  # fmt: skip
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
+        order = sorted(range(len(self.val_set.sources)), key=lambda i: self.val_set.lengths[i])  # less padding
         with torch.no_grad():
-            for start in range(0, len(self.val_set.sources), 256):
-                x, lengths, y = self.val_set.batch(list(range(start, min(start + 256, len(self.val_set.sources)))))
+            for start in range(0, len(order), 256):
+                x, lengths, y = self.val_set.batch(order[start : start + 256])
                 logits = at_least_fp32(model(x.to(device), lengths, y[:, :-1].to(device)))  # (b, T, V)
                 total += float(F.cross_entropy(logits.transpose(1, 2), y[:, 1:].to(device), ignore_index=PAD,
                                                reduction="sum"))  # fmt: skip
