@@ -212,11 +212,19 @@ def compare_gradient_flow(
 
 def summary(curves: Mapping[str, Tensor]) -> dict[str, float]:
     """Per curve, the vanishing factor ``||dL/dh_0|| / ||dL/dh_{T-1}||`` (< 1 vanishes, > 1 explodes); for a curve
-    named "... reverse" (a reverse direction, whose last step is t=0) ``||dL/dh_{T-1}|| / ||dL/dh_0||``."""
-    return {
-        name: float(curve[-1] / curve[0] if name.endswith("reverse") else curve[0] / curve[-1])
-        for name, curve in _check_curves(curves).items()
-    }
+    named "... reverse" (a reverse direction, whose last step is t=0) ``||dL/dh_{T-1}|| / ||dL/dh_0||``.
+
+    Steps whose gradient is exactly zero at either end (padding past every sequence of a batch, a decoder step no
+    loss reads) are left out: the factor runs from the first to the last step the loss reaches (0 if none)."""
+    factors = {}
+    for name, curve in _check_curves(curves).items():
+        reached = torch.nonzero(curve).flatten()
+        if reached.numel() == 0:
+            factors[name] = 0.0
+            continue
+        first, last = curve[reached[0]], curve[reached[-1]]
+        factors[name] = float(last / first if name.endswith("reverse") else first / last)
+    return factors
 
 
 def _check_curves(curves: object) -> dict[str, Tensor]:
