@@ -278,7 +278,8 @@ def tiny_runs(tmp_path_factory):
 
 
 GRADFLOW_RUNS = [("lm", ["layer 0", "layer 1"]), ("classify", ["layer 0", "layer 0 reverse"]),
-                 ("seq2seq", ["encoder layer 0", "encoder layer 0 reverse", "decoder layer 0"]), ("forecast", ["layer 0", "layer 1"])]  # fmt: skip
+                 ("seq2seq", ["encoder layer 0", "encoder layer 0 reverse", "decoder layer 0"]),
+                 ("forecast", ["layer 0", "layer 1"])]  # fmt: skip
 
 
 @pytest.mark.parametrize(("task", "names"), GRADFLOW_RUNS)
