@@ -11,7 +11,7 @@ PYTHON ?= python3
 # (most of a fresh install's time on two cores); Python compiles what is imported, once, on first import.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,export,tensorboard,docs,speech,music]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,export,tensorboard,docs,speech,music,bpe,tune]'
 	# the CTC beam search's second oracle in the tests; --no-deps: its metadata caps numpy below 2 (see pyproject.toml)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps 'pyctcdecode==0.5.0' 'pygtrie>=2.1'
 	touch $(STAMP)

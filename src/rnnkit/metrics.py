@@ -1,6 +1,8 @@
 """Metrics: the language model's loss and bits per character, classification metrics, the run's records and plots.
 
-bits per character = loss / ln 2, with the loss the mean next-character cross-entropy in nats.
+The language model's loss is the mean next-token cross-entropy in nats, its perplexity exp(loss), and its bits per
+character the total nats over the characters the scored tokens hold, / ln 2 (= loss / ln 2 for character tokens),
+so that bpc compares across tokenisations of the same text.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.stream import TextStream
+from rnnkit.data.tokens import Tokenizer, as_tokenizer
 from rnnkit.data.vocab import Vocab
 from rnnkit.distributed import DistInfo, all_reduce
 from rnnkit.io import atomic_open, atomic_write
@@ -51,6 +54,19 @@ def _nll_sum(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def _lm_scores(total: float, tokens: float, chars: float) -> dict[str, float]:
+    """The LM's metrics from the summed nats of ``tokens`` scored tokens holding ``chars`` characters."""
+    loss = total / tokens
+    return {"loss": loss, "bpc": total / chars / LN2, "ppl": math.exp(min(loss, 700.0)), "chars": int(chars),
+            "tokens": int(tokens)}  # fmt: skip
+
+
+def _count_chars(targets: Tensor, char_lengths: Tensor | None) -> int:
+    """Characters the target ids (B, T) hold: one each without ``char_lengths`` (V,)."""
+    return targets.numel() if char_lengths is None else int(char_lengths[targets].sum())
+
+
+@torch.no_grad()
 def evaluate_ids(
     model: nn.Module,
     ids: Tensor,
@@ -59,29 +75,33 @@ def evaluate_ids(
     bptt: int,
     device: torch.device | str,
     dist_info: DistInfo | None = None,
+    char_lengths: Tensor | None = None,
 ) -> dict[str, float]:
-    """Loss and bpc of ``model`` on the id stream ``ids`` (N,), every target predicted once with carried state.
+    """Loss, bpc and perplexity of ``model`` on the id stream ``ids`` (N,), every target predicted once with carried
+    state: {"loss": nats/token, "bpc": bits/char, "ppl": exp(loss), "chars": ..., "tokens": ... scored}.
 
-    The stream is cut into at most ``batch_size`` rows (fewer for a short text, so each row holds about one
-    ``bptt`` chunk or more); each row starts from the zero state. Under DDP each rank scores its own rows and the
-    sums are all-reduced, so every rank gets the same numbers.
+    ``char_lengths`` (V,): the characters each token holds (``Tokenizer.char_lengths``); None: one each (character
+    tokens). bpc is the summed nats of the scored tokens over their characters, / ln 2. The stream is cut into at
+    most ``batch_size`` rows (fewer for a short text, so each row holds about one ``bptt`` chunk or more); each row
+    starts from the zero state. Under DDP each rank scores its own rows and the sums are all-reduced, so every rank
+    gets the same numbers.
     """
     info = dist_info or DistInfo()
     rows = max(1, min(batch_size, (ids.numel() - 1) // (bptt * info.world_size)))
     stream = TextStream(ids, rows, bptt, rank=info.rank, world_size=info.world_size)
     was_training = model.training
     model.eval()
-    total, count, state = 0.0, 0, None
+    total, count, chars, state = 0.0, 0, 0, None
     for x, y in stream.chunks():
+        chars += _count_chars(y, char_lengths)
         x, y = x.to(device), y.to(device)  # (B, T) each
         logits, state = model(x, state)  # (B, T, V)
         state = detach_state(state)
         total += float(_nll_sum(logits, y))
         count += y.numel()
     model.train(was_training)
-    total, count = all_reduce([total, float(count)], "sum", info, torch.device(device))
-    loss = total / count
-    return {"loss": loss, "bpc": loss / LN2, "chars": int(count)}
+    total, count, chars = all_reduce([total, float(count), float(chars)], "sum", info, torch.device(device))
+    return _lm_scores(total, count, chars)
 
 
 def evaluate_dynamic(
@@ -95,8 +115,10 @@ def evaluate_dynamic(
     batch_size: int = 2,
     bptt: int = 32,
     device: torch.device | str = "cpu",
+    char_lengths: Tensor | None = None,
 ) -> dict[str, float]:
-    """Loss and bpc of ``ids`` (N,) under dynamic evaluation: the model keeps learning from the text it has scored.
+    """Loss, bpc and perplexity (as ``evaluate_ids``) of ``ids`` (N,) under dynamic evaluation: the model keeps
+    learning from the text it has scored.
 
     Dynamic evaluation (Krause et al., 2018): each ``bptt`` chunk is first scored with the current parameters,
     and only then used for one gradient step on its mean loss g,
@@ -124,8 +146,9 @@ def evaluate_dynamic(
     mean_sq: list[Tensor | None] = [None] * len(params)
     rows = max(1, min(batch_size, (ids.numel() - 1) // bptt))
     stream = TextStream(ids, rows, bptt)
-    total, count, state = 0.0, 0, None
+    total, count, chars, state = 0.0, 0, 0, None
     for x, y in stream.chunks():
+        chars += _count_chars(y, char_lengths)
         x, y = x.to(device), y.to(device)  # (B, T) each
         logits, state = model(x, state)  # (B, T, V)
         loss = _nll_sum(logits, y)
@@ -144,21 +167,23 @@ def evaluate_dynamic(
                 if decay:
                     p.add_(p0 - p, alpha=decay)
         state = detach_state(state)
-    loss = total / count
-    return {"loss": loss, "bpc": loss / LN2, "chars": int(count)}
+    return _lm_scores(total, count, chars)
 
 
 def evaluate_text(
-    model: nn.Module, vocab: Vocab, text: str, *, batch_size: int = 16, bptt: int = 256, device="cpu"
+    model: nn.Module, vocab: Vocab | Tokenizer, text: str, *, batch_size: int = 16, bptt: int = 256, device="cpu"
 ) -> dict[str, float]:
-    """{"loss": nats/char, "bpc": bits/char, "chars": characters scored, "unknown": characters outside the vocabulary}.
+    """``evaluate_ids`` of ``text`` encoded by ``vocab`` (a run's tokenizer, or a character ``Vocab``), plus
+    "unknown": the characters outside the vocabulary.
 
-    Characters outside ``vocab`` are scored as its unknown symbol (U+FFFD; a DataError for a vocabulary without
-    one); the first character is context only (it has no predecessor).
+    Characters outside it are scored as its unknown symbol (U+FFFD; a DataError for a vocabulary without one); the
+    first token is context only (it has no predecessor), so its characters are not counted.
     """
-    ids = vocab.encode(text, tensor=True, strict=False)  # (N,)
-    return {**evaluate_ids(model, ids, batch_size=batch_size, bptt=bptt, device=device),
-            "unknown": vocab.count_unknown(text)}  # fmt: skip
+    tokenizer = as_tokenizer(vocab)
+    ids = tokenizer.ids(text)  # (N,)
+    return {**evaluate_ids(model, ids, batch_size=batch_size, bptt=bptt, device=device,
+                           char_lengths=tokenizer.char_lengths()),
+            "unknown": tokenizer.count_unknown(text)}  # fmt: skip
 
 
 class MetricsLog:

@@ -91,6 +91,8 @@ class Vocab:
         unk = self.index.get(UNKNOWN, -1)
         if tensor:
             # bulk path: map code points through a lookup table instead of a Python loop per character
+            if not text:  # torch.frombuffer refuses an empty buffer
+                return torch.zeros(0, dtype=torch.long)
             codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()  # (N,)
             table = torch.full((max(codes.max().item() if codes.numel() else 0, *map(ord, self.chars)) + 1,), unk)
             table[torch.tensor([ord(c) for c in self.chars])] = torch.arange(len(self))

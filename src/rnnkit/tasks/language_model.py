@@ -1,12 +1,17 @@
-"""Character-level language model: Embedding -> rnnkit.RNN -> dropout -> Linear head, trained by truncated BPTT.
+"""The language model: Embedding -> rnnkit.RNN -> dropout -> Linear head, trained by truncated BPTT.
 
     tokens (B, T) --embedding--> (B, T, E) --RNN--> (B, T, H) --dropout--> --head--> logits (B, T, V)
 
 The recurrent state is passed in and returned (``None`` means zeros), so the trainer carries it across
-truncated-BPTT chunks and a sampler primes it on a prompt and then ``step``s one character at a time.
-``LMTask`` is the task the trainer runs (``rnnkit train lm``): the text is one contiguous stream, cut into
-``batch_size`` rows read left to right in chunks of ``bptt`` characters (``rnnkit.data.TextStream``); the
-primary metric is the validation bits per character (lower is better).
+truncated-BPTT chunks and a sampler primes it on a prompt and then ``step``s one token at a time.
+``LMTask`` is the task the trainer runs (``rnnkit train lm``): the text is one contiguous stream of tokens
+(characters by default; words or byte-level BPE pieces with ``--tokens``, ``rnnkit.data.tokens``), cut into
+``batch_size`` rows read left to right in chunks of ``bptt`` tokens (``rnnkit.data.TextStream``); the
+primary metric is the validation bits per character (lower is better), which compares across tokenisations:
+
+    bpc = (sum over scored tokens of -ln p(token | past)) / (characters of those tokens) / ln 2
+
+with the per-token loss (nats) and perplexity exp(loss) beside it.
 """
 
 from __future__ import annotations
@@ -27,18 +32,20 @@ from rnnkit.config import (
     RunConfig,
     TrainConfig,
     check_bool,
+    check_choice,
     check_float,
     check_int,
     recurrent_field,
 )
 from rnnkit.data import TextStream, Vocab, default_corpus, read_text, split_text
+from rnnkit.data.tokens import INSTALL, TOKENIZERS, CharTokenizer, Tokenizer
 from rnnkit.errors import ConfigError, DataError
 from rnnkit.flags import float_flag, int_flag
 from rnnkit.init import initialise_
 from rnnkit.metrics import evaluate_dynamic, evaluate_ids, evaluate_text
 from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
-from rnnkit.sampling import generate
+from rnnkit.sampling import beam_search, check_prompt, generate
 from rnnkit.tasks.base import Command, Flag, Task
 
 __all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMTrainConfig", "lm_loss", "load_text"]
@@ -52,7 +59,7 @@ class LMModelConfig(RecurrentConfig):
     dropout: float = recurrent_field(
         "dropout", 0.0, "dropout probability between layers and before the head, in [0, 1)"
     )
-    embedding_size: int = field(default=64, metadata={"help": "character embedding width (units)"})
+    embedding_size: int = field(default=64, metadata={"help": "token embedding width (units)"})
     tie_weights: bool = field(
         default=False,
         metadata={
@@ -84,19 +91,41 @@ class LMDataConfig:
     max_chars: int = field(
         default=10_000_000, metadata={"help": "use at most this many characters of the text (chars, 0 = all)"}
     )
+    tokens: str = field(
+        default="chars",
+        metadata={"help": "what the model predicts: chars (one character a step), words (frequent words, whitespace "
+                  "runs and punctuation; rare words spelled in characters) or bpe (byte-level BPE pieces; needs "
+                  f"{INSTALL})"},
+    )  # fmt: skip
+    vocab_size: int = field(
+        default=0,
+        metadata={"help": "tokens in the vocabulary for words and bpe, learned from the training text (count, 0 = "
+                  f"words {TOKENIZERS['words'].default_vocab_size}, bpe {TOKENIZERS['bpe'].default_vocab_size}; "
+                  "chars: every character of the text)"},
+    )  # fmt: skip
+    min_count: int = field(
+        default=2, metadata={"help": "words and bpe: a word or merge seen fewer times is left out (count)"}
+    )
 
     def __post_init__(self) -> None:
         if self.data is not None and (not isinstance(self.data, str) or not self.data):
             raise ConfigError(f"data must be a non-empty file path or unset, got {self.data!r}")
         check_float("val_fraction", self.val_fraction, 0.0, 0.5, low_open=True)
         check_int("max_chars", self.max_chars, 0)
+        check_choice("tokens", self.tokens, tuple(TOKENIZERS))
+        check_int("vocab_size", self.vocab_size, 0, 2**24)
+        check_int("min_count", self.min_count, 1)
+        if self.tokens == "chars" and self.vocab_size:
+            raise ConfigError(f"vocab_size applies to --tokens words or bpe, got {self.vocab_size} with chars")
 
 
 @dataclass(frozen=True)
 class LMTrainConfig(TrainConfig):
     """The trainer's settings plus the text stream's: chunk length and how much held-out text to score."""
 
-    bptt: int = field(default=128, metadata={"help": "truncated-BPTT chunk length (time steps = chars)"})
+    bptt: int = field(
+        default=128, metadata={"help": "truncated-BPTT chunk length (time steps = tokens: characters with chars)"}
+    )
     # The LM trains on a time budget, so its results already depend on the machine; bf16 learned as well per step
     # and, with 2.5x the steps in 10 minutes, reached a lower held-out bpc (docs/results.md, "In bf16")
     precision: str = field(
@@ -125,7 +154,8 @@ class LMConfig(RunConfig):
 
 
 class CharLM(nn.Module):
-    """A next-character model over a vocabulary of ``vocab_size`` symbols, configured by ``LMModelConfig``."""
+    """A next-token model over a vocabulary of ``vocab_size`` tokens (characters, words or BPE pieces), configured by
+    ``LMModelConfig``; the name is from when the tokens were characters only."""
 
     def __init__(self, vocab_size: int, config: LMModelConfig) -> None:
         super().__init__()
@@ -158,7 +188,7 @@ class CharLM(nn.Module):
         return logits, state
 
     def step(self, token: Tensor, state=None) -> tuple[Tensor, object]:
-        """One character for generation: token (B,) long -> logits (B, V), new state (via ``RNN.step``)."""
+        """One token for generation: token (B,) long -> logits (B, V), new state (via ``RNN.step``)."""
         if not isinstance(token, Tensor) or token.dim() != 1 or token.dtype != torch.long:
             got = f"{tuple(token.shape)} {token.dtype}" if isinstance(token, Tensor) else type(token).__name__
             raise ValueError(f"token must be a (B,) int64 Tensor, got {got}")
@@ -187,7 +217,7 @@ class _LMGraph(nn.Module):
 
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-character cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar.
+    """Mean next-token cross-entropy in nats: logits (B, T, V), targets (B, T) -> scalar.
 
     Computed in fp32 at least, whatever the logits' dtype (bf16 under ``--precision bf16``): a log-softmax over V
     in bf16 would round each term to 3 significant digits.
@@ -206,8 +236,9 @@ def load_text(config: LMConfig) -> str:
 class _Chunks:
     """The trainer's view of a ``TextStream``: chunk k of every epoch (the stream is read in a fixed order)."""
 
-    def __init__(self, stream: TextStream) -> None:
+    def __init__(self, stream: TextStream, char_lengths: Tensor | None = None) -> None:
         self.stream = stream
+        self.char_lengths = char_lengths  # (V,) characters per token; None: one per token
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -216,22 +247,29 @@ class _Chunks:
         return self.stream.chunk(k)  # (B, T) inputs and targets
 
     def items(self, batch: tuple[Tensor, Tensor]) -> int:
-        return batch[1].numel()
+        """The characters of the batch's targets, so throughput reads in chars/s whatever the tokens."""
+        targets = batch[1]  # (B, T)
+        return targets.numel() if self.char_lengths is None else int(self.char_lengths[targets].sum())
 
 
-SAMPLE_CHARS = 300  # what ``rnnkit train lm`` shows of the trained model
+SAMPLE_TOKENS = 300  # what ``rnnkit train lm`` shows of the trained model
+SAMPLE_CHARS = SAMPLE_TOKENS  # the name from before the tokenizers
 
 SEED = Flag("--seed", "sampling seed", 0, int_flag(0))
 
 
 class LMTask(Task):
-    """``rnnkit train lm``: next-character prediction on one text, truncated BPTT with carried state."""
+    """``rnnkit train lm``: next-token prediction on one text, truncated BPTT with carried state.
+
+    ``tokenizer`` (a ``rnnkit.data.tokens.Tokenizer`` of the config's ``tokens`` kind) is fitted on the training
+    text by ``prepare`` (chars: the whole text, as before) or rebuilt from the run's artefacts by ``restore``.
+    """
 
     name = "lm"
     title = "char LM"
-    help = "character language model"
+    help = "language model (characters, words or BPE tokens)"
     commands = (
-        Command("eval", "score", "scores", "bits per character of a text", (
+        Command("eval", "score", "scores", "bits per character and per-token loss and perplexity of a text", (
             Flag("--data", "UTF-8 text to score", required=True, metavar="FILE"),
             Flag("--batch-size", "rows scored at once (default: 16; 2 with --dynamic-lr, where few rows adapt best)",
                  None, int_flag(1), "N"),
@@ -243,10 +281,13 @@ class LMTask(Task):
         Command("sample", "sample", "text", "generate text (streamed)", (
             Flag("--prompt", "text to continue (default: empty, starts after a newline)", ""),
             Flag("--echo-prompt", "print the prompt before the continuation", False, action="store_true"),
-            Flag("--length", "characters to generate", 500, int_flag(0)),
+            Flag("--length", "tokens to generate (characters for a chars run)", 500, int_flag(0)),
             Flag("--temperature", "softmax temperature, 0 = greedy", 0.8, float_flag(0, float("inf"))),
-            Flag("--top-k", "keep the k likeliest characters (0 = off)", 0, int_flag(0)),
+            Flag("--top-k", "keep the k likeliest tokens (0 = off)", 0, int_flag(0)),
             Flag("--top-p", "nucleus mass in (0, 1] (1 = off)", 1.0, float_flag(0, 1, low_open=True)),
+            Flag("--beam", "beam search with K beams for the likeliest continuation of --length tokens, instead of "
+                 "sampling (0 = off; --temperature, --top-k, --top-p and --seed are then unused)", 0, int_flag(0),
+                 "K"),
             SEED,
         )),
     )  # fmt: skip
@@ -255,29 +296,46 @@ class LMTask(Task):
     higher_is_better = False
     unit = "chars"
 
+    tokenizer: Tokenizer
+
     def prepare(self, artefacts: dict[str, Any] | None) -> None:
+        d = self.config.data
         text = load_text(self.config)
-        self.train_text, val_text = split_text(text, self.config.data.val_fraction)
+        self.train_text, val_text = split_text(text, d.val_fraction)
         if artefacts is not None:
             self.restore(artefacts)
+        elif d.tokens == "chars":
+            self.tokenizer = CharTokenizer.fit(text)  # the whole text's characters, as chars runs always had
         else:
-            self.vocab = Vocab.from_text(text, unknown=True)  # U+FFFD stands for characters the text lacks
-        self.train_ids = self.vocab.encode(self.train_text, tensor=True)  # (N_train,)
-        self.val_ids = self.vocab.encode(val_text, tensor=True)  # (N_val,)
+            self.tokenizer = TOKENIZERS[d.tokens].fit(self.train_text, vocab_size=d.vocab_size, min_count=d.min_count)
         if self.config.train.eval_chars:
-            self.val_ids = self.val_ids[: self.config.train.eval_chars + 1]
+            val_text = val_text[: self.config.train.eval_chars + 1]  # the same characters for every tokenisation
+        self.train_ids = self.tokenizer.ids(self.train_text)  # (N_train,)
+        self.val_ids = self.tokenizer.ids(val_text)  # (N_val,)
+        self.char_lengths = self.tokenizer.char_lengths()  # (V,)
 
     def restore(self, artefacts: dict[str, Any]) -> None:
-        self.vocab = Vocab(artefacts["vocab"])
+        kind = self.config.data.tokens
+        saved = artefacts.get("tokens", "chars")  # chars runs keep {"vocab": [...]} alone, as before tokenizers
+        if saved != kind:
+            raise DataError(f"the run's artefacts hold {saved} tokens, but its config says tokens = {kind}")
+        self.tokenizer = TOKENIZERS[kind].from_artefacts(artefacts)
+        self.char_lengths = self.tokenizer.char_lengths()  # (V,)
+
+    @property
+    def vocab(self) -> Vocab | Tokenizer:
+        """The character ``Vocab`` of a chars run (as before tokenizers), else the tokenizer; both encode, decode
+        and count unknown characters, and ``rnnkit.metrics.evaluate_text`` takes either."""
+        return self.tokenizer.vocab if isinstance(self.tokenizer, CharTokenizer) else self.tokenizer
 
     def artefacts(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.chars}
+        return self.tokenizer.artefacts()
 
     def write_files(self, run_dir: Path) -> None:
-        self.vocab.save(run_dir / "vocab.json")
+        self.tokenizer.write_files(run_dir)
 
     def build_model(self) -> CharLM:
-        return CharLM(len(self.vocab), self.config.model)
+        return CharLM(len(self.tokenizer), self.config.model)
 
     def export_graphs(self, model: CharLM) -> list:
         """One graph: tokens and state in, logits and state out, so a caller primes on a prompt, then steps."""
@@ -289,9 +347,14 @@ class LMTask(Task):
         graph = _LMGraph(to_torch_modules(model).eval())
         return [Graph(graph, (torch.zeros(2, 3, dtype=torch.long), *state), ["tokens", *ins], ["logits", *outs], axes)]
 
+    def _chars(self, ids: Tensor) -> int:
+        """Characters the ids (N,) hold."""
+        return int(self.char_lengths[ids].sum())
+
     def describe(self) -> dict[str, Any]:
-        return {"train_chars": len(self.train_text), "val_chars": int(self.val_ids.numel()) - 1,
-                "vocab_size": len(self.vocab)}  # fmt: skip
+        return {"tokens": self.config.data.tokens, "train_chars": len(self.train_text),
+                "val_chars": self._chars(self.val_ids[1:]), "vocab_size": len(self.tokenizer),
+                "train_tokens": int(self.train_ids.numel())}  # fmt: skip
 
     def validation_batch(self) -> tuple[Tensor, Tensor]:
         """The first (B, T) chunk of the validation text, inputs and targets (fewer rows where it is short)."""
@@ -303,52 +366,64 @@ class LMTask(Task):
         cfg = self.config.train
         rows = cfg.batch_size * world_size
         if (self.train_ids.numel() - 1) // rows < cfg.bptt:
+            what = "characters" if self.config.data.tokens == "chars" else f"{self.config.data.tokens} tokens"
             raise DataError(
-                f"training text of {len(self.train_text)} characters is shorter than one batch: "
+                f"training text of {self.train_ids.numel()} {what} is shorter than one batch: "
                 f"batch_size={cfg.batch_size} x bptt={cfg.bptt} x {world_size} process(es) needs "
                 f"{rows * cfg.bptt + 1}"
             )
-        return _Chunks(TextStream(self.train_ids, cfg.batch_size, cfg.bptt, rank=rank, world_size=world_size))
+        stream = TextStream(self.train_ids, cfg.batch_size, cfg.bptt, rank=rank, world_size=world_size)
+        return _Chunks(stream, None if self.config.data.tokens == "chars" else self.char_lengths)
 
     def loss(self, model: nn.Module, batch, state, device: torch.device) -> tuple[Tensor, Any]:
         x, y = (t.to(device) for t in batch)  # (B, T) each
         logits, state = model(x, state)  # (B, T, V)
-        return lm_loss(logits, y), state  # nats per character
+        return lm_loss(logits, y), state  # nats per token
 
     def train_metrics(self, loss: float) -> dict[str, float]:
-        return {"bpc": loss / math.log(2.0)}
+        """bpc of a training loss (nats per token): for words and bpe through the training text's mean characters
+        per token, an estimate of the batches' own (validation and ``rnnkit eval`` count each token's)."""
+        if self.config.data.tokens == "chars":
+            return {"bpc": loss / math.log(2.0)}
+        chars_per_token = len(self.train_text) / self.train_ids.numel()
+        return {"bpc": loss / math.log(2.0) / chars_per_token}
 
     def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
         cfg = self.config.train
         return evaluate_ids(model, self.val_ids, batch_size=cfg.batch_size, bptt=cfg.bptt, device=device,
-                            dist_info=dist_info)  # fmt: skip
+                            dist_info=dist_info, char_lengths=self.char_lengths)  # fmt: skip
 
     # --- inference commands -----------------------------------------------------------------------------------
 
     def score(self, model: CharLM, *, data: str, batch_size: int | None = None, dynamic_lr: float = 0.0,
               dynamic_decay: float = 0.0) -> dict[str, Any]:  # fmt: skip
-        """``rnnkit eval``: loss (nats) and bits per character of the text in ``data``, statically or dynamically
-        (the model adapting to each chunk after scoring it, Krause et al. 2018); characters the vocabulary lacks
-        are scored as U+FFFD and counted."""
+        """``rnnkit eval``: bits per character, loss (nats per token) and perplexity per token of the text in
+        ``data``, statically or dynamically (the model adapting to each chunk after scoring it, Krause et al. 2018);
+        characters the vocabulary lacks are scored as U+FFFD and counted."""
         text = read_text(data)
         if dynamic_lr > 0:
-            ids = self.vocab.encode(text, tensor=True, strict=False)  # (N,)
-            m = evaluate_dynamic(model, ids, lr=dynamic_lr, decay=dynamic_decay, batch_size=batch_size or 2, bptt=32)
-            m["unknown"] = self.vocab.count_unknown(text)
+            ids = self.tokenizer.ids(text)  # (N,)
+            m = evaluate_dynamic(model, ids, lr=dynamic_lr, decay=dynamic_decay, batch_size=batch_size or 2, bptt=32,
+                                 char_lengths=self.char_lengths)  # fmt: skip
+            m["unknown"] = self.tokenizer.count_unknown(text)
         else:
-            m = evaluate_text(model, self.vocab, text, batch_size=batch_size or 16, bptt=self.config.train.bptt)
-        return {"bpc": m["bpc"], "loss": m["loss"], "chars": m["chars"], "unknown_chars": m["unknown"],
-                "dynamic_lr": dynamic_lr}  # fmt: skip
+            m = evaluate_text(model, self.tokenizer, text, batch_size=batch_size or 16, bptt=self.config.train.bptt)
+        return {"bpc": m["bpc"], "loss": m["loss"], "ppl": m["ppl"], "chars": m["chars"], "tokens": m["tokens"],
+                "unknown_chars": m["unknown"], "dynamic_lr": dynamic_lr}  # fmt: skip
 
     def sample(self, model: CharLM, *, prompt: str = "", echo_prompt: bool = False, length: int = 500,
-               temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+               temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, beam: int = 0,
                seed: int = 0) -> Iterator[str]:  # fmt: skip
-        """``rnnkit sample``: ``length`` characters continuing ``prompt``, one at a time (the model runs as the
-        iterator is read). A prompt the vocabulary cannot encode fails here, before anything is generated."""
-        self.vocab.encode(prompt)
-        chars = generate(model, self.vocab, prompt, length, temperature=temperature, top_k=top_k, top_p=top_p,
-                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        return itertools.chain([prompt] if echo_prompt else [], chars, ["\n"])
+        """``rnnkit sample``: ``length`` tokens continuing ``prompt``, decoded as they come (the model runs as the
+        iterator is read), sampled, or with ``beam`` > 0 the likeliest continuation by beam search. A prompt the
+        vocabulary cannot encode fails here, before anything is generated."""
+        check_prompt(self.tokenizer, prompt)
+        if beam:
+            text = beam_search(model, self.tokenizer, prompt, length, beam=beam)
+        else:
+            text = generate(model, self.tokenizer, prompt, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        return itertools.chain([prompt] if echo_prompt else [], text, ["\n"])
 
     def after_training(self, run_dir: Path) -> list[str]:
         """A sample of the best checkpoint (temperature 0.8, seed 0), so a run shows what it learned."""
@@ -356,5 +431,5 @@ class LMTask(Task):
 
         run = load_run(run_dir, "best")
         with run.autocast():
-            text = "".join(self.sample(run.model, length=SAMPLE_CHARS, temperature=0.8, seed=0))
+            text = "".join(self.sample(run.model, length=SAMPLE_TOKENS, temperature=0.8, seed=0))
         return [f"sample (best checkpoint, temperature 0.8, seed 0):\n{text.rstrip(chr(10))}"]
