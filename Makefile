@@ -11,7 +11,7 @@ PYTHON ?= python3
 # (most of a fresh install's time on two cores); Python compiles what is imported, once, on first import.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,export,tensorboard,docs]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,export,tensorboard,docs,tune]'
 	touch $(STAMP)
 
 # The main job: train a character-level LSTM on the built-in corpus for a few minutes, then generate.
