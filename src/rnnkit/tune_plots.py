@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def plot_importance(study: Any, path: Path) -> str | None:
     if len(complete) < 2:
         return f"it needs 2 completed trials, the study has {len(complete)}"
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # "some regimes have less than 2 trials": a small study's importances are rough
+            warnings.simplefilter("ignore", UserWarning)
+            importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ImportError, ZeroDivisionError) as e:  # too few distinct settings or values
         log.info("no parameter importances: %s", e)
         return f"Optuna could not rank the settings ({e})"
