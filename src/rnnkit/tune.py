@@ -45,7 +45,7 @@ from typing import Any
 from rnnkit.callbacks import Callback, Event
 from rnnkit.cliargs import to_toml
 from rnnkit.config import RunConfig
-from rnnkit.errors import ConfigError, DependencyError
+from rnnkit.errors import ConfigError, DataError, DependencyError
 from rnnkit.io import atomic_write
 from rnnkit.tasks.base import Param, Task
 
@@ -231,7 +231,7 @@ def _objective(task_cls: type[Task], base: RunConfig, space: tuple[Param, ...], 
         pruning = Pruning(trial, primary)
         try:
             result = train(task_cls(config), run_dir, callbacks=[pruning])
-        except DivergenceError as e:
+        except (ConfigError, DataError, DivergenceError) as e:  # these settings on this data: the trial fails
             trial.set_user_attr("error", str(e))
             raise
         except KeyboardInterrupt:  # the user stopped the study: this trial runs again first when it continues
@@ -285,7 +285,10 @@ def tune(
         trial_minutes = total_minutes / trials
     if trial_minutes is not None:
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, max_minutes=trial_minutes))
-    primary = task_cls(base).primary  # the classifier's follows its config (accuracy or macro_f1)
+    task = task_cls(base)
+    primary = task.primary  # the classifier's follows its config (accuracy or macro_f1)
+    task.prepare(None)  # the data is read and checked once before anything is written (a DataError stops here)
+    del task
     pinned = set(pinned)
     space = tuple(p for p in task_cls.search_space(base) if p.name not in pinned)
     study = open_study(folder, task_cls, primary, storage=storage, study_name=study_name, pruner=pruner,
@@ -307,7 +310,7 @@ def tune(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(
                     _objective(task_cls, base, space, folder, primary), timeout=timeout, callbacks=callbacks,
-                    catch=(ConfigError, _divergence()), gc_after_trial=False,
+                    catch=(ConfigError, DataError, _divergence()), gc_after_trial=False,
                 )  # fmt: skip
         finally:
             write_outputs(study, folder, task_cls, primary, plots=False)  # what an interruption leaves is current
