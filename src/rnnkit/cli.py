@@ -185,8 +185,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             trial_minutes=args.trial_minutes, on_trial=on_trial,
         )  # fmt: skip
     except KeyboardInterrupt:
-        _eprint(f"rnnkit: interrupted: the running trial failed and runs again first when the same rnnkit tune "
-                f"--out {args.out} continues the study (trials.csv and best.toml are up to date)")  # fmt: skip
+        _eprint(f"rnnkit: interrupted: {args.out} holds the study so far; the same command continues it (a trial "
+                "that was running runs again first)")  # fmt: skip
         return 130
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts.items()))
     print(f"study {result.study}: {result.finished} of {args.trials} trials finished ({counts})")
