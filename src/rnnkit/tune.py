@@ -36,6 +36,7 @@ import io
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -149,15 +150,22 @@ def open_study(
     retry_cls = getattr(optuna.storages, retry_name, None) or optuna.storages.RetryFailedTrialCallback
     retry_kw = "heartbeat_stale_trial_callback" if hasattr(optuna.storages, retry_name) else "failed_trial_callback"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}  # two processes share a file
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    for attempt in range(3):  # two processes starting on a new database race to create its tables: the loser retries
         try:
-            rdb = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=grace_s,
-                **{retry_kw: retry_cls(max_retry=2)},
-            )  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=grace_s,
+                    **{retry_kw: retry_cls(max_retry=2)},
+                )  # fmt: skip
+            break
         except Exception as e:  # sqlalchemy's URL, driver and connection errors: the user's storage, in one line
-            raise ConfigError(f"--storage {_safe_url(url)}: cannot open it ({type(e).__name__}: {e})") from None
+            if attempt == 2 or "IntegrityError" not in type(e).__name__:
+                reason = (str(e).strip().splitlines() or [""])[0]
+                raise ConfigError(
+                    f"--storage {_safe_url(url)}: cannot open it ({type(e).__name__}: {reason})"
+                ) from None
+            time.sleep(1.0 + attempt)
     direction = "maximize" if task_cls.higher_is_better else "minimize"
     name = study_name or task_cls.name
     study = optuna.create_study(
