@@ -1,9 +1,9 @@
 """The pictures of a study (``rnnkit tune``): the optimisation history and the settings' importances (matplotlib Agg).
 
 The history plots each finished trial's value by trial number (a pruned trial at the last value it reported) and
-the best so far as a step line. The importances are Optuna's (``optuna.importance.get_param_importances``: PED-ANOVA
-in Optuna >= 4.x's default; what share of the value's variation each setting explains), which need at least two
-completed trials whose settings differ.
+the best so far as a step line. The importances are Optuna's (``optuna.importance.get_param_importances`` with
+its default evaluator: PED-ANOVA in Optuna 5, fANOVA before; normalised to sum to 1), which need at least two
+completed trials whose settings differ; with a handful of trials they are rough.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def plot_importance(study: Any, path: Path) -> str | None:
     names = list(importances)[::-1]  # the most important at the top
     fig, ax = plt.subplots(figsize=(7, 1 + 0.4 * len(names)))
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel(f"importance (share of the variation of the value, {len(complete)} completed trials)")
+    ax.set_xlabel(f"importance (Optuna's default evaluator, summing to 1; {len(complete)} completed trials)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     _save(plt, fig, path)
