@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit import __version__
-from rnnkit.cliargs import add_config_flags, build_config, config_overrides, int_flag
+from rnnkit.cliargs import add_config_flags, build_config, config_overrides, float_flag, int_flag, load_toml
 from rnnkit.errors import CheckpointError, RnnkitError
 from rnnkit.io import check_output, read_input
 
@@ -144,6 +144,59 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("note: no validation data (--val-fraction 0 and no --val): the metrics above are on the training set")
     for line in task.after_training(result.run_dir):
         print(line)
+    return 0
+
+
+# --- tune ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rnnkit import tune as tuning
+    from rnnkit.tasks import TASKS
+
+    optuna = tuning.require_optuna()  # before any work: one line naming the extra to install
+    task_cls = TASKS[args.task]
+    if not args.out.strip():
+        raise UsageError("--out must name a folder, got an empty string")
+    overrides = config_overrides(args, task_cls.Config)
+    config = build_config(args.config, overrides, task_cls.Config)
+    pinned = {key for values in overrides.values() for key in values}  # what the user set is not searched
+    if args.config is not None:
+        pinned |= {key for values in load_toml(args.config, task_cls.Config).values() for key in values}
+    if not args.verbose:  # each trial's end is printed below; Optuna's own lines (and tracebacks) only with -v
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    primary = task_cls(config).primary
+
+    def on_trial(t: dict[str, Any]) -> None:
+        params = " ".join(f"{k}={_number(v) if isinstance(v, float) else v}" for k, v in t["params"].items())
+        if t["state"] == "COMPLETE":
+            what = f"val {primary} {t['value']:.4f} ({t['steps']} steps, {t['minutes']:.1f} min)"
+        elif t["state"] == "PRUNED":
+            what = f"pruned at step {t['steps']} (val {primary} {_f(t['last'], 4)})"
+        else:
+            what = f"failed ({t['error'] or 'see -v'})"
+        best = "" if t["best_number"] is None else f"; best: trial {t['best_number']}, {t['best_value']:.4f}"
+        print(f"trial {t['number']}: {what}{best}  [{params}]", flush=True)
+
+    try:
+        result = tuning.tune(
+            task_cls, config, args.out, trials=args.trials, pinned=pinned, storage=args.storage,
+            study_name=args.study, pruner=args.pruner, total_minutes=args.study_minutes,
+            trial_minutes=args.trial_minutes, on_trial=on_trial,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        _eprint(f"rnnkit: interrupted: {args.out} holds the study so far; the same command continues it (a trial "
+                "that was running runs again first)")  # fmt: skip
+        return 130
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts.items()))
+    print(f"study {result.study}: {result.finished} of {args.trials} trials finished ({counts})")
+    if result.best_number is not None:
+        print(f"best: trial {result.best_number}, val {result.primary} {result.best_value:.4f}")
+    print("wrote " + ", ".join(str(path) for path in result.files))
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.best_number is not None:
+        print(f"reproduce: rnnkit train {task_cls.name} --config {Path(args.out) / 'best.toml'}")
     return 0
 
 
@@ -424,6 +477,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
         add_config_flags(p, task_cls.Config)
         p.set_defaults(func=cmd_train)
+
+    from rnnkit.tune import PRUNERS
+
+    tune = sub.add_parser("tune", help="search a task's settings with Optuna (needs the [tune] extra)")
+    tune_sub = tune.add_subparsers(dest="task", required=True, parser_class=Parser)
+    for name, task_cls in TASKS.items():
+        p = tune_sub.add_parser(
+            name,
+            help=task_cls.help or name,
+            description=f"Tune a {task_cls.help or name}: each trial is an rnnkit train run (FOLDER/trials/NNNN) "
+            "with settings drawn from the task's search space; a setting given as a flag or in --config is kept, "
+            "not searched. Writes FOLDER/best.toml (for rnnkit train --config), trials.csv and plots.",
+        )
+        p.add_argument("--out", required=True, metavar="FOLDER", help="the study's folder (run again to continue)")
+        p.add_argument(
+            "--trials", required=True, type=int_flag(1, 100_000), metavar="N",
+            help="finished trials (complete or pruned) the study should hold",
+        )  # fmt: skip
+        minutes = float_flag(0, 1e6, low_open=True)
+        p.add_argument(
+            "--max-minutes", dest="study_minutes", type=minutes, default=None, metavar="M",
+            help="the study's time budget: each trial trains for M/N minutes, none starts after M",
+        )  # fmt: skip
+        p.add_argument(
+            "--trial-minutes", type=minutes, default=None, metavar="X",
+            help="each trial's training budget (minutes; default: M/N, else the config's max_minutes)",
+        )  # fmt: skip
+        p.add_argument(
+            "--storage", default=None, metavar="URL",
+            help="an Optuna RDB storage (postgresql://..., mysql://...) that several machines share "
+            "(default: sqlite:///FOLDER/study.db)",
+        )  # fmt: skip
+        p.add_argument("--study", default=None, metavar="NAME", help=f"the study's name (default: {name})")
+        p.add_argument("--pruner", choices=PRUNERS, default="median", help="stops trials early at their evaluations "
+                       "(median, hyperband or none; default: median)")  # fmt: skip
+        p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with [model] [data] [train]")
+        add_config_flags(p, task_cls.Config, exclude=("max_minutes",))
+        p.set_defaults(func=cmd_tune)
 
     _add_inference_parsers(sub)
 

@@ -54,12 +54,17 @@ def _flag_type(hint: Any):
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type[RunConfig]) -> None:
-    """One flag per config field, grouped by section, default SUPPRESS (absent unless given)."""
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_cls: type[RunConfig], exclude: tuple[str, ...] = ()
+) -> None:
+    """One flag per config field, grouped by section, default SUPPRESS (absent unless given); no flag for the fields
+    named in ``exclude`` (a command whose own flag of that name means something else)."""
     for name, cls in config_cls.sections().items():
         group = parser.add_argument_group(f"[{name}] options (also settable in the TOML file)")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if f.name in exclude:
+                continue
             flag = "--" + f.name.replace("_", "-")
             kind = _flag_type(hints[f.name])
             metavar = {parse_bool: "BOOL", int: "N", float: "X"}.get(kind, "VALUE")

@@ -31,3 +31,7 @@ class OutputError(RnnkitError, ValueError):
 
 class ExportError(RnnkitError, ValueError):
     """A model cannot be exported as asked: a recurrence with no torch.nn or ONNX form, or a missing extra."""
+
+
+class DependencyError(RnnkitError, ImportError):
+    """A command needs an optional dependency that is not installed; the message names the extra to install."""

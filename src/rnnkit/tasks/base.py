@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from rnnkit.config import RunConfig
 
-__all__ = ["Batches", "Command", "Files", "Flag", "Table", "Task"]
+__all__ = ["SEARCH_SPACE", "Batches", "Command", "Files", "Flag", "Param", "Table", "Task"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,53 @@ class Files:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Param:
+    """One setting ``rnnkit tune`` searches: a field of a config section, and the values a trial may give it.
+
+    Either ``choices`` (tried as listed: cells, poolings, sizes in powers of two) or a range ``low`` .. ``high``,
+    drawn as integers when both bounds are ints, on a log scale with ``log`` (learning rates). The trial is
+    Optuna's (``optuna.Trial``), used only through its ``suggest_*`` methods: this module does not import Optuna.
+    """
+
+    section: str  # "model", "data" or "train"
+    name: str  # the field, which is also the parameter's name in the study: field names are unique across sections
+    choices: tuple[Any, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        ranged = self.low is not None and self.high is not None
+        if bool(self.choices) == ranged or (not ranged and (self.low is not None or self.high is not None)):
+            raise ValueError(f"Param {self.name}: give choices or both low and high, got {self!r}")
+        if ranged and not self.low < self.high:
+            raise ValueError(f"Param {self.name}: low must be below high, got {self.low} and {self.high}")
+        if self.log and not (ranged and self.low > 0):
+            raise ValueError(f"Param {self.name}: a log scale needs a range with low > 0, got {self!r}")
+
+    def suggest(self, trial: Any) -> Any:
+        """The value ``trial`` draws for this setting."""
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
+
+
+# What every task's search space starts from (``Task.search_space``): the cell, the sizes, dropout, the learning rate,
+# the batch size and the weight decay; a task's ``tuned`` adds its own settings and replaces these by name.
+SEARCH_SPACE: tuple[Param, ...] = (
+    Param("model", "mode", choices=("lstm", "gru")),
+    Param("model", "hidden_size", choices=(32, 64, 128, 256)),
+    Param("model", "num_layers", low=1, high=2),
+    Param("model", "dropout", low=0.0, high=0.5),
+    Param("train", "lr", low=3e-4, high=1e-2, log=True),
+    Param("train", "batch_size", choices=(16, 32, 64, 128)),
+    Param("train", "weight_decay", choices=(0.0, 0.01, 0.1)),
+)
+
+
 DATA = Flag("--data", "the file to read (or a built-in dataset: rnnkit datasets)", required=True, metavar="FILE")
 
 
@@ -135,6 +182,7 @@ class Task(ABC):
     primary: ClassVar[str]  # the metric early stopping and best.pt follow
     higher_is_better: ClassVar[bool]
     unit: ClassVar[str] = "examples"  # what items_per_s counts
+    tuned: ClassVar[tuple[Param, ...]] = ()  # rnnkit tune: this task's own settings, and its ranges of the shared ones
 
     def __init__(self, config: RunConfig) -> None:
         if not isinstance(config, self.Config):
@@ -208,6 +256,15 @@ class Task(ABC):
         if a != b:
             return a > b if self.higher_is_better else a < b
         return new["loss"] < best["loss"]
+
+    @classmethod
+    def search_space(cls, config: RunConfig) -> tuple[Param, ...]:
+        """What ``rnnkit tune`` searches for a run configured like ``config``: ``SEARCH_SPACE`` (cell, sizes,
+        dropout, learning rate, batch size, weight decay) with the task's ``tuned`` settings added, each replacing
+        the shared setting of its name. A task overrides this where a setting depends on another (tied weights)."""
+        space = {p.name: p for p in SEARCH_SPACE}
+        space.update({p.name: p for p in cls.tuned})
+        return tuple(space.values())
 
     # --- inference commands -----------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from rnnkit.io import atomic_write_json
 from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confusion
 from rnnkit.precision import at_least_fp32
 from rnnkit.sequence import pad_sequences
-from rnnkit.tasks.base import DATA, Command, Flag, Table, Task
+from rnnkit.tasks.base import DATA, Command, Flag, Param, Table, Task
 from rnnkit.tasks.classify_parts import INPUTS, POOLINGS, SequenceClassifier, as_examples
 
 __all__ = [
@@ -193,6 +193,13 @@ class ClassifyTask(Task):
     )  # fmt: skip
     Config = ClassifyConfig
     higher_is_better = True
+    tuned = (
+        Param("model", "embedding_size", choices=(32, 64, 128)),
+        Param("model", "bidirectional", choices=(True, False)),
+        Param("model", "pooling", choices=tuple(POOLINGS)),
+        Param("model", "head_size", choices=(0, 64, 128)),
+        Param("train", "label_smoothing", low=0.0, high=0.2),
+    )
 
     @property
     def primary(self) -> str:  # type: ignore[override]

@@ -36,7 +36,7 @@ from rnnkit.flags import int_flag
 from rnnkit.io import atomic_write_json
 from rnnkit.metrics import forecast_scores, plot_forecasts
 from rnnkit.precision import at_least_fp32
-from rnnkit.tasks.base import Command, Flag, Table, Task
+from rnnkit.tasks.base import Command, Flag, Param, Table, Task
 from rnnkit.tasks.forecast_config import (
     ForecastConfig,
     ForecastDataConfig,
@@ -96,6 +96,13 @@ class ForecastTask(Task):
     primary = "mase"
     higher_is_better = False
     unit = "windows"
+    tuned = (  # the heads for real-valued series: MASE scores their medians alike
+        Param("model", "hidden_size", choices=(16, 32, 64, 128)),
+        Param("model", "num_layers", low=1, high=3),
+        Param("model", "head", choices=("gaussian", "studentt")),
+        Param("model", "id_embedding", choices=(0, 8)),
+        Param("train", "batch_size", choices=(32, 64, 128)),
+    )
 
     @property
     def head(self) -> ForecastHead:

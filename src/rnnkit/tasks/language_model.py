@@ -46,7 +46,7 @@ from rnnkit.metrics import evaluate_dynamic, evaluate_ids, evaluate_text
 from rnnkit.precision import at_least_fp32
 from rnnkit.recurrent import RNN
 from rnnkit.sampling import beam_search, check_prompt, generate
-from rnnkit.tasks.base import Command, Flag, Task
+from rnnkit.tasks.base import Command, Flag, Param, Task
 
 __all__ = ["CharLM", "LMConfig", "LMDataConfig", "LMModelConfig", "LMTask", "LMTrainConfig", "lm_loss", "load_text"]
 
@@ -295,6 +295,21 @@ class LMTask(Task):
     primary = "bpc"
     higher_is_better = False
     unit = "chars"
+    tuned = (
+        Param("model", "hidden_size", choices=(128, 256, 384, 512)),
+        Param("model", "dropout", low=0.0, high=0.3),
+        Param("model", "embedding_size", choices=(32, 64, 128)),
+        Param("train", "batch_size", choices=(16, 32, 64)),
+        Param("train", "bptt", choices=(64, 128, 256)),
+    )
+
+    @classmethod
+    def search_space(cls, config: RunConfig) -> tuple[Param, ...]:
+        """The shared settings and the LM's; with tied weights the two widths must stay equal, so neither is drawn."""
+        space = super().search_space(config)
+        if config.model.tie_weights:
+            space = tuple(p for p in space if p.name not in ("hidden_size", "embedding_size"))
+        return space
 
     tokenizer: Tokenizer
 

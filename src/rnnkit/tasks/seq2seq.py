@@ -44,7 +44,7 @@ from rnnkit.metrics import plot_alignments
 from rnnkit.precision import at_least_fp32
 from rnnkit.seq2seq import ATTENTIONS, BOS, EOS, PAD, Seq2Seq, alignment, beam_search, greedy
 from rnnkit.sequence import pad_sequences
-from rnnkit.tasks.base import Command, Flag, Table, Task
+from rnnkit.tasks.base import Command, Flag, Param, Table, Task
 
 __all__ = [
     "EncodedPairs",
@@ -229,6 +229,13 @@ class Seq2SeqTask(Task):
     primary = "wer"
     higher_is_better = False
     unit = "tokens"
+    tuned = (
+        Param("model", "hidden_size", choices=(64, 128, 256)),
+        Param("model", "embedding_size", choices=(32, 64, 128)),
+        Param("model", "attention", choices=ATTENTIONS),
+        Param("model", "decoder_layers", low=1, high=2),
+        Param("train", "label_smoothing", low=0.0, high=0.2),
+    )
 
     def read(self, path: str, targets: str) -> Pairs:
         """Pairs from ``path`` as this run tokenises them (``targets``: required, alternatives or none)."""
