@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from rnnkit.checkpoint import load_checkpoint, save_checkpoint
 from rnnkit.cli import build_parser, main
+from rnnkit.data.music import write_midi
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,6 +102,14 @@ def good(root) -> dict[str, Path]:
     rows = [f"s{i},{t},{10 + np.sin(t / 2 + i) + rng.normal(0, 0.1):.4f}" for i in range(3) for t in range(30)]
     g["csv"].write_text("id,time,value\n" + "\n".join(rows) + "\n")
     g["actuals"].write_text("id,time,value\n" + "".join(f"s{i},{t},10\n" for i in range(3) for t in (30, 31)))
+    g["npz"] = root / "features.npz"  # ctc: feature sequences and their transcripts
+    np.savez(g["npz"], X=rng.normal(size=(12, 16, 3)).astype(np.float32), lengths=np.full(12, 16),
+             targets=np.array(["ab", "ba", "a"] * 4))  # fmt: skip
+    g["midi"] = root / "midi"  # music: a folder of MIDI files
+    g["midi"].mkdir()
+    for k, frames in enumerate(rng.random((4, 12, 5)) < 0.3):
+        frames[-1, 0] = True
+        (g["midi"] / f"p{k}.mid").write_bytes(write_midi(frames, 4, low=60))
     small = ["--max-steps", "2", "--max-minutes", "0", "--eval-every", "2", "--hidden-size", "8"]
     for task, data, extra in (
         ("lm", g["text"], ["--embedding-size", "4", "--batch-size", "2", "--bptt", "8"]),
@@ -290,6 +299,8 @@ def _base(command: str, g: dict[str, Path], out: Path) -> list:
         "train forecast": ["train", "forecast", "--data", g["csv"], "--out", out, "--horizon", "2", *tiny,
                            "--num-samples", "4", "--eval-samples", "4"],
         "train seq2seq": ["train", "seq2seq", "--data", g["pairs"], "--out", out, *tiny, "--embedding-size", "4"],
+        "train ctc": ["train", "ctc", "--data", g["npz"], "--out", out, *tiny, "--subsample", "2"],
+        "train music": ["train", "music", "--data", g["midi"], "--out", out, *tiny, "--seq-len", "8"],
         "tune classify": ["tune", "classify", "--data", g["tsv"], "--out", out, "--trials", "1", "--pruner", "none",
                           *tiny[:2], *tiny[4:], "--embedding-size", "4"],  # no --max-minutes 0: tune's must be > 0
         "sample": ["sample", "--run", g["lm"], "--length", "5"],
