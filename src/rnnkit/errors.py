@@ -31,3 +31,12 @@ class OutputError(RnnkitError, ValueError):
 
 class ExportError(RnnkitError, ValueError):
     """A model cannot be exported as asked: a recurrence with no torch.nn or ONNX form, or a missing extra."""
+
+
+class DivergenceError(RnnkitError):
+    """Training diverged: a non-finite or exploding loss (``rnnkit.callbacks.DivergenceGuard`` says which), or a
+    model or optimiser state holding NaN or inf; nothing non-finite was saved."""
+
+
+class BusyError(RnnkitError):
+    """Another process holds the run folder (a second ``train`` on the same ``--out``)."""
