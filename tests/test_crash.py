@@ -134,3 +134,23 @@ def test_a_full_disk_is_one_line_and_the_old_files_survive(corpus, tmp_path, mon
     monkeypatch.undo()
     assert main([*_tiny_lm(corpus, run, 8), "--resume"]) == 0  # and the run goes on once there is room
     assert load_checkpoint(run / "last.pt")["step"] == 8
+
+
+def test_a_second_train_on_one_out_is_refused_and_a_killed_holder_leaves_no_stuck_lock(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # holds the folder's lock as a running train does, until killed
+        [sys.executable, "-c", "import sys, time; from rnnkit.io import hold_lock\n"
+         "with hold_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run)],
+        env=ENV, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = one_error_line(capsys, main(_tiny_lm(corpus, run, 2)))
+        assert f"{run} is in use by another rnnkit train (process {holder.pid})" in line
+        assert not (run / "last.pt").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert main(_tiny_lm(corpus, run, 2)) == 0  # the OS released the killed holder's lock
+    assert load_checkpoint(run / "last.pt")["step"] == 2 and not (run / ".lock").exists()

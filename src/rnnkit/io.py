@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from rnnkit.errors import DataError, OutputError, RnnkitError
+from rnnkit.errors import BusyError, DataError, OutputError, RnnkitError
 
 __all__ = [
     "MAX_INPUT_BYTES",
@@ -34,6 +34,7 @@ __all__ = [
     "cache_dir",
     "check_input",
     "check_output",
+    "hold_lock",
     "read_input",
     "remove_stale_temporaries",
 ]
@@ -123,6 +124,48 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+@contextmanager
+def hold_lock(folder: str | os.PathLike, *, what: str = "rnnkit train") -> Iterator[None]:
+    """Hold ``folder/.lock`` for the body: a second holder is refused at once with a ``BusyError`` line.
+
+    ``fcntl.flock`` on an open file: the OS releases the lock when the process ends, however it ends, so a killed
+    run leaves no stuck lock (the file itself, if a kill leaves it, is harmless and reused). The file is removed
+    when the body ends. Without ``fcntl`` (Windows) the body runs unguarded.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    path = Path(folder) / ".lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise BusyError(
+                f"{folder} is in use by another {what} (process {holder}); wait for it to end or choose another --out"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file as we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still held: no one else can be using this file now
+    finally:
+        os.close(fd)
 
 
 def check_input(path: str | os.PathLike, *, expected: str = "a file", error: type[RnnkitError] = DataError) -> int:

@@ -64,7 +64,7 @@ from rnnkit.checkpoint import get_rng_state, load_checkpoint, non_finite, save_c
 from rnnkit.config import TrainConfig
 from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
 from rnnkit.errors import CheckpointError, ConfigError, DivergenceError
-from rnnkit.io import atomic_write_json, remove_stale_temporaries
+from rnnkit.io import atomic_write_json, hold_lock, remove_stale_temporaries
 from rnnkit.metrics import plot_training
 from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
 from rnnkit.sequence import detach_state, map_state
@@ -536,10 +536,17 @@ def train(
 
 def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event, extra: list[Callback]):
     trainer = Trainer(task, run_dir, payload, info, device)  # builds the model and batches: fails before any write
+    if not info.is_main:
+        return _fit(trainer, task, run_dir, payload, info, on_event, extra)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_lock(run_dir):  # a second train on this --out is refused in one line (rank 0 holds it for the job)
+        return _fit(trainer, task, run_dir, payload, info, on_event, extra)
+
+
+def _fit(trainer: Trainer, task: Task, run_dir: Path, payload, info: DistInfo, on_event, extra: list[Callback]):
     cfg = trainer.cfg
     finished = payload is not None and bool(cfg.max_steps) and trainer.state.step >= cfg.max_steps
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         for leftover in remove_stale_temporaries(run_dir):  # what a killed earlier session was writing
             log.info("removed %s, left by an interrupted write", leftover)
         if not finished:  # a resume with nothing left to do leaves the folder's record of what ran as it is
