@@ -277,9 +277,28 @@ def _number(value: float | int) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def _cell(value: Any) -> str:
+    """A table cell as text, safe to open in a spreadsheet (OWASP's CSV-injection advice): text that starts with
+    = + - @ TAB or CR gets a leading single quote, so ``=HYPERLINK(...)`` or ``=cmd|...`` in a label or an id
+    is shown, not run. Numbers are left as they are: ``-1.5``, ``+3``, ``-1e-05`` (anything ``float()`` reads)
+    cannot be a formula, and a forecast of negative values must stay numeric."""
+    text = str(value)
+    if not text.startswith(_FORMULA) or isinstance(value, int | float):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
+
+
 def _write_table(table, out: str | None) -> None:
     """The rows as CSV (quoted as the csv module does) or TSV (tab-joined): --out's suffix decides, else the
-    task's format; written whole (atomically) to --out, or to standard output."""
+    task's format; written whole (atomically) to --out, or to standard output. Every cell goes through ``_cell``
+    (no spreadsheet formulas)."""
     import csv
     import io
 
@@ -291,8 +310,9 @@ def _write_table(table, out: str | None) -> None:
     buf, count = io.StringIO(), 0
     writer = csv.writer(buf, delimiter="\t" if tsv else ",", lineterminator="\n")
     if table.header is not None:
-        writer.writerow(table.header)
+        writer.writerow([_cell(v) for v in table.header])
     for row in table.rows:
+        row = [_cell(v) for v in row]
         if tsv:
             buf.write("\t".join(str(v) for v in row) + "\n")
         else:
