@@ -8,7 +8,11 @@ and the old file is left as it was. ``check_output`` says, before any work is do
 be written (no overwrite without ``--force``).
 
 Every file a user names is read through ``read_input``: only regular files (a FIFO, a device such as /dev/zero or
-a directory would block or never end), at most ``MAX_INPUT_BYTES``, each failure one line naming the file.
+a directory would block or never end), at most ``MAX_INPUT_BYTES`` and no more than the memory this process may
+still use (``available_memory``: MemAvailable, and the address-space limit ``ulimit -v`` sets), each failure one
+line naming the file. Its size is known before a byte is read, and only that much is asked for: nothing is
+reserved up front. A text file's first 64 KiB are checked for NUL bytes before the rest is read, so a 4 GiB
+sparse (all-NUL) file is refused at once.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ __all__ = [
     "atomic_open",
     "atomic_write",
     "atomic_write_json",
+    "available_memory",
     "cache_dir",
     "check_input",
     "check_output",
@@ -40,6 +45,8 @@ __all__ = [
 ]
 
 MAX_INPUT_BYTES = 4 << 30  # 4 GiB: far above any corpus or table rnnkit trains on in memory
+READ_OVERHEAD = 3  # reading a file of N bytes holds about 3N: the bytes, the decoded text, the parsed rows
+SNIFF_BYTES = 64 << 10  # a text file's head checked for NUL bytes before the rest is read
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # what atomic_open names its temporary files: ".{target}.{8 random characters from mkstemp}{suffix}"
@@ -187,14 +194,54 @@ def check_input(path: str | os.PathLike, *, expected: str = "a file", error: typ
     return st.st_size
 
 
-def read_input(path: str | os.PathLike, *, expected: str = "a file", error: type[RnnkitError] = DataError) -> bytes:
-    """The bytes of a user's file, after ``check_input``; an unreadable file is ``error`` naming it."""
-    check_input(path, expected=expected, error=error)
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: Linux's MemAvailable, capped by the address-space limit
+    (``RLIMIT_AS``, ``ulimit -v``) less the address space already in use; None when neither is known."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                used = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+            limits.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return min(limits) if limits else None
+
+
+def read_input(path: str | os.PathLike, *, expected: str = "a file", error: type[RnnkitError] = DataError,
+               text: bool = False) -> bytes:  # fmt: skip
+    """The bytes of a user's file, after ``check_input`` and a check that reading it fits in the memory this process
+    may use; an unreadable file is ``error`` naming it. ``text``: refuse a NUL byte in the first ``SNIFF_BYTES``
+    before reading the rest (a binary or sparse file)."""
+    size = check_input(path, expected=expected, error=error)
+    free = available_memory()
+    if free is not None and READ_OVERHEAD * size > free:
+        raise error(
+            f"{path}: {size:,} bytes; reading it needs about {READ_OVERHEAD * size / 2**30:.2f} GiB, more than the "
+            f"{free / 2**30:.2f} GiB of memory this process may still use (MemAvailable, ulimit -v)"
+        )
     try:
         with open(path, "rb") as f:
-            return f.read(MAX_INPUT_BYTES + 1)[:MAX_INPUT_BYTES]
+            head = f.read(SNIFF_BYTES) if text else b""
+            nul = head.find(b"\0")
+            if nul >= 0:
+                raise error(f"{path}: looks binary (a NUL byte at offset {nul}), expected {expected}")
+            data = head + f.read(size + 1 - len(head))  # what stat said, and one byte to see a file that grew
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from e
+    except MemoryError:
+        raise error(f"{path}: {size:,} bytes: out of memory while reading it") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise error(f"{path}: more than the {MAX_INPUT_BYTES:,} bytes rnnkit reads into memory")
+    return data
 
 
 def check_output(path: str | os.PathLike | None, *, force: bool = False, suffix: str | None = None,

@@ -64,7 +64,7 @@ from rnnkit.checkpoint import get_rng_state, load_checkpoint, non_finite, save_c
 from rnnkit.config import TrainConfig
 from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
 from rnnkit.errors import CheckpointError, ConfigError, DivergenceError
-from rnnkit.io import atomic_write_json, hold_lock, remove_stale_temporaries
+from rnnkit.io import atomic_write_json, available_memory, hold_lock, remove_stale_temporaries
 from rnnkit.metrics import plot_training
 from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
 from rnnkit.sequence import detach_state, map_state
@@ -146,17 +146,11 @@ def _check_resume(run_dir: Path, resume: bool) -> None:
 
 
 def _available_bytes(device: torch.device) -> int | None:
-    """Memory free for a new model on ``device``: CUDA's free memory, or Linux's MemAvailable; None if unknown."""
+    """Memory free for a new model on ``device``: CUDA's free memory, or what this process may still allocate
+    (``rnnkit.io.available_memory``: MemAvailable, capped by ``ulimit -v``); None if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return available_memory()
 
 
 def _check_fits(task: Task, device: torch.device) -> None:

@@ -29,7 +29,7 @@ def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
     that are not UTF-8. ``path`` may name a built-in dataset (``rnnkit.datasets.resolve``).
     """
     p = resolve(path)
-    raw = read_input(p, expected=expected)
+    raw = read_input(p, expected=expected, text=True)
     if not raw:
         raise DataError(f"{p}: file is empty")
     nul = raw.find(b"\0")
