@@ -134,6 +134,9 @@ def _read_npz(path: Path, labels: str) -> Examples:
         numeric = lengths.size and np.issubdtype(lengths.dtype, np.number)  # the range, not every value: one line
         got = f"{lengths.shape} {lengths.dtype}" + (f" in [{lengths.min()}, {lengths.max()}]" if numeric else "")
         raise DataError(f"{path}: lengths must be (N,)=({N},) integers in [1, T={T}], got {got}")
+    finite = X[np.isfinite(X)] if np.issubdtype(X.dtype, np.floating) else X
+    if finite.size and float(np.abs(finite).max()) > float(np.finfo(np.float32).max):
+        raise DataError(f"{path}: X holds values outside float32's range (+/-3.4e38), up to {np.abs(finite).max():.3g}")
     series = [np.asarray(X[i, : lengths[i]], dtype=np.float32) for i in range(N)]
     _check_finite(path, series, allow_nan=False)
     y = arrays.get("y")
