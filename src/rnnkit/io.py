@@ -72,20 +72,26 @@ def atomic_open(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tu
 
     ``tmp`` is for writers that insist on a file name (matplotlib's ``savefig``); its name keeps ``suffix`` so such
     writers can tell the format. On any exception the temporary file is removed and ``path`` is left as it was.
+
+    The temporary file is locked (``fcntl.flock``) while it is written, and a writer first removes the temporary
+    files of ``path`` that no one holds: what a killed earlier write of the same file left (an export, a plot,
+    a checkpoint). The OS drops a killed process's lock, so only dead writers' files are removed.
     """
     path = Path(path)
+    remove_stale_temporaries(path.parent, target=path.name)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as e:
         raise _output_error(path, e) from e
     tmp = Path(tmp_name)
     try:
+        _lock(fd)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints and plots private, JSON not
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # while the lock is held: no cleaner can remove tmp before the rename
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in _FULL:
@@ -120,16 +126,41 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a killed writer left in ``folder`` (only names ``atomic_open`` makes); returns them.
+def _lock(fd: int, *, wait: bool = True) -> bool:
+    """flock ``fd`` (exclusive); False when ``wait`` is False and another process holds it. No fcntl: True."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
-    Call it only where no other process is writing into ``folder`` (the trainer's rank 0, at start).
-    """
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, target: str | None = None) -> list[Path]:
+    """Delete the temporary files killed writers left in ``folder`` (only names ``atomic_open`` makes, of ``target``
+    alone when given, and only those no live writer holds locked); returns them."""
     removed = []
-    for p in Path(folder).iterdir():
-        if p.is_file() and _TEMPORARY.match(p.name):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMPORARY.match(p.name)
+        if not m or (target is not None and m.group("target") != target) or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _lock(fd, wait=False):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        finally:
+            os.close(fd)
     return removed
 
 
