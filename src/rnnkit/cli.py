@@ -141,7 +141,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"run folder: {result.run_dir}")
     if result.info.get("validates_on_training_set"):
-        print("note: no validation data (--val-fraction 0 and no --val): the metrics above are on the training set")
+        fraction = getattr(config.data, "val_fraction", 0)
+        why = "--val-fraction 0" if not fraction else f"--val-fraction {fraction:g} held out nothing of data this small"
+        print(f"note: no validation data ({why}, and no --val): the metrics above are on the training set")
     for line in task.after_training(result.run_dir):
         print(line)
     return 0

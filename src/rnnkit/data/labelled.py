@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.data.text import read_text
+from rnnkit.data.text import check_line, read_text
 from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 from rnnkit.io import check_input
@@ -69,15 +69,20 @@ def _is_header(fields: list[str]) -> bool:
 def _read_delimited(path: Path, labels: str) -> Examples:
     text = read_text(path)
     if path.suffix.lower() == ".csv":
-        rows = [
-            (i, row) for i, row in enumerate(csv.reader(io.StringIO(text)), 1) if row and any(f.strip() for f in row)
-        ]
+        reader = csv.reader(io.StringIO(text))
+        try:
+            rows = [(reader.line_num, row) for row in reader if row and any(f.strip() for f in row)]
+        except csv.Error as e:  # a field over the csv module's limit (131,072 characters), a stray quote
+            raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
+        for i, row in rows:
+            check_line(str(path), i, ",".join(row))
     else:
         rows = []
         # only \n, \r\n, \r end a line: str.splitlines would also split a text at U+2028, NEL, form feed, ...
         for i, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
             if not line.strip():
                 continue
+            check_line(str(path), i, line)
             rows.append((i, line.rsplit("\t", 1) if "\t" in line else [line]))
     if rows and _is_header(rows[0][1]):
         rows = rows[1:]

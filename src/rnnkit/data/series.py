@@ -242,7 +242,10 @@ def _number(text: str, source: str, line: int, column: str) -> float:
 def _rows(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, list[str]]]]:
     text = read_text(path, expected="a CSV file of time series")
     reader = csv.reader(io.StringIO(text))
-    rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    try:
+        rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    except csv.Error as e:  # a field over the csv module's limit (131,072 characters)
+        raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
     if not rows:
         raise DataError(f"{path}: no rows")
     header = [cell.strip() for cell in rows[0][1]]

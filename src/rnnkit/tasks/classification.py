@@ -148,6 +148,9 @@ class _ClassifyGraph(nn.Module):
         return (self.model(x, lengths),)
 
 
+MAX_CLASSES = 2_000  # the confusion matrix is C x C int64 (32 MB at 2,000), made at every evaluation
+
+
 def _natural_order(labels: set[str]) -> list[str]:
     """Numeric labels in numeric order ("2" before "10"), others in code-point order."""
     try:
@@ -229,6 +232,9 @@ class ClassifyTask(Task):
         found = set(train.labels)
         if len(found) < 2:
             raise DataError(f"{train.source}: a classifier needs at least 2 classes, found only {sorted(found)}")
+        if len(found) > MAX_CLASSES:  # each evaluation keeps a C x C confusion matrix; 10,000 classes hung the plot
+            raise DataError(f"{train.source}: {len(found):,} classes, more than the {MAX_CLASSES:,} a classifier "
+                            "here takes (is the label column the right one?)")  # fmt: skip
         declared = train.declared_labels
         self.labels = list(declared) if declared and found <= set(declared) else _natural_order(found)
         self.input = INPUTS[train.kind](self.config.data).fit(train)
