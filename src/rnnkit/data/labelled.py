@@ -2,9 +2,15 @@
 
 Files, chosen by extension:
 
-- ``.tsv``: one example a line, ``text<TAB>label`` (split at the last tab); ``.csv``: two columns ``text,label``
-  with CSV quoting. An optional header line is detected (``text<TAB>label``, ``sentence,class``, ...). Blank
-  lines are skipped. Without labels (``labels="optional"``, for prediction) a line without a tab is all text.
+- ``.tsv``: one example a line, ``text<TAB>label``: exactly one tab where labels are required (a text or label
+  holding a tab is ambiguous, so such a line is refused: use ``.csv``, whose quoting can hold one; where labels are
+  optional, for prediction, a line splits at its last tab); ``.csv``: two columns ``text,label`` with CSV
+  quoting. An optional header line is detected (``text<TAB>label``, ``sentence,class``, ...); a header-like line
+  anywhere else (a second file appended with its header) is refused rather than read as an example. Blank lines
+  are skipped. Without labels (``labels="optional"``, for prediction) a line without a tab is all text.
+
+Labels (of every format) are normalised to Unicode NFC, so ``é`` typed as one code point or as ``e`` plus a
+combining accent is one class, not two classes that look alike.
 - ``.ts``: the UEA/UCR time-series format (``rnnkit.data.ts``); missing values only where the file declares them.
 - ``.npz``: arrays ``X`` (N, T, D) float, ``y`` (N,) and optionally ``lengths`` (N,) (default: all T).
 
@@ -19,6 +25,7 @@ import csv
 import io
 import math
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +90,16 @@ def _read_delimited(path: Path, labels: str) -> Examples:
             if not line.strip():
                 continue
             check_line(str(path), i, line)
+            if line.count("\t") > 1 and labels == "required":
+                raise DataError(f"{path}: line {i}: {line.count(chr(9))} tabs; a .tsv line is text<TAB>label with one "
+                                "tab (for text or labels holding tabs, use a .csv file with quoting)")  # fmt: skip
             rows.append((i, line.rsplit("\t", 1) if "\t" in line else [line]))
     if rows and _is_header(rows[0][1]):
         rows = rows[1:]
+    repeated = next((i for i, fields in rows if _is_header(fields)), None)
+    if repeated is not None:
+        raise DataError(f"{path}: line {repeated} is a header line (text, label) after the first line (two files "
+                        "joined?); remove it")  # fmt: skip
     if not rows:
         raise DataError(f"{path}: holds no examples")
     inputs, found = [], []
@@ -186,11 +200,13 @@ def read_examples(path: str | os.PathLike, *, labels: str = "required") -> Examp
         raise DataError(f"{p}: not a regular file")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: file is empty")
-    if suffix == ".npz":
-        return _read_npz(p, labels)
-    if suffix == ".ts":
-        return _read_ts(p, labels)
-    return _read_delimited(p, labels)
+    read = _read_npz if suffix == ".npz" else _read_ts if suffix == ".ts" else _read_delimited
+    examples = read(p, labels)
+    if examples.labels is not None:  # one class per label however it was typed (see the module docstring)
+        examples.labels = [unicodedata.normalize("NFC", y) for y in examples.labels]
+    if examples.declared_labels is not None:
+        examples.declared_labels = [unicodedata.normalize("NFC", y) for y in examples.declared_labels]
+    return examples
 
 
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:

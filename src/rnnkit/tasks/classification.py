@@ -84,7 +84,10 @@ class ClassifyModelConfig(RecurrentConfig):
 class ClassifyDataConfig:
     """The training file, the validation data, and how text is cut into tokens."""
 
-    data: str | None = field(default=None, metadata={"help": "training file: .tsv, .csv, .ts or .npz (path; required)"})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "training file: .tsv, .csv, .ts or .npz (path; required; labels read as Unicode NFC)"},
+    )
     val: str | None = field(
         default=None, metadata={"help": "validation file of the same kind (unset: a stratified split of --data)"}
     )
