@@ -304,7 +304,7 @@ def _write_table(table, out: str | None) -> None:
     import csv
     import io
 
-    from rnnkit.io import atomic_write
+    from rnnkit.io import atomic_write_many
 
     tsv = (
         out.lower().endswith(".tsv") if out and Path(out).suffix.lower() in (".csv", ".tsv") else table.format == "tsv"
@@ -320,12 +320,15 @@ def _write_table(table, out: str | None) -> None:
         else:
             writer.writerow(row)
         count += 1
+    files = dict(table.files)  # rendered in memory, like the rows: a full disk now leaves none of them written
+    if out is not None:
+        files[out] = buf.getvalue()
+    atomic_write_many(files)
     for note in table.notes:
         _eprint(note)
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        atomic_write(out, buf.getvalue())
         _eprint(f"wrote {count} rows to {out}")
 
 

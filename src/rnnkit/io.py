@@ -17,6 +17,7 @@ sparse (all-NUL) file is refused at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -35,6 +36,7 @@ __all__ = [
     "atomic_open",
     "atomic_write",
     "atomic_write_json",
+    "atomic_write_many",
     "available_memory",
     "cache_dir",
     "check_input",
@@ -119,6 +121,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes
             data(f)
         else:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def atomic_write_many(files: dict[str | os.PathLike, bytes | str]) -> None:
+    """Write several files all or none: every temporary file is written and fsynced first, and only then are
+    they renamed into place (a full disk while writing any of them leaves every target as it was)."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            f, _ = stack.enter_context(atomic_open(path))
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        # leaving the stack renames them, the last opened first: by then every byte of every file is written
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -6,6 +6,7 @@ bits per character = loss / ln 2, with the loss the mean next-character cross-en
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -202,8 +203,12 @@ def _pyplot(what: str):
     return plt
 
 
-def _save(plt, fig, path: Path) -> None:
+def _save(plt, fig, path: Path | io.BytesIO) -> None:
+    """The figure as a PNG at ``path`` (atomically), or into the buffer ``path`` (to write with other files)."""
     try:
+        if isinstance(path, io.BytesIO):
+            fig.savefig(path, format="png", dpi=100)
+            return
         with atomic_open(path, suffix=".png") as (_, tmp):
             fig.savefig(tmp, dpi=100)
     finally:
