@@ -106,6 +106,7 @@ def _f(value, digits: int = 3) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import rnnkit.train
+    from rnnkit.distributed import is_main_process
     from rnnkit.tasks import TASKS
 
     task_cls = TASKS[args.task]
@@ -132,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = rnnkit.train.train(task, out, resume=args.resume, on_event=progress)
     finally:
         progress.close()
+    if not is_main_process():  # under torchrun every rank runs this; rank 0 alone reports (and wrote the files)
+        return 0
     primary = task.primary
     print(
         f"val {primary}: best {result.best.get(primary, float('nan')):.4f}, "

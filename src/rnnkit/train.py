@@ -424,14 +424,16 @@ class Trainer:
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-        # the ranks' mean loss (DDP's gradients are already averaged): every rank judges, and stops, alike
-        value, norm = all_reduce([loss.item() / self.info.world_size, float(grad_norm)], "sum", self.info, self.device)
-        norm /= self.info.world_size
+        # one all-reduce: the ranks' mean loss (DDP's gradients are already averaged), so every rank judges and stops
+        # alike, and the items of every rank (they differ: the last batch, bucketed lengths), so throughput is global
+        w = self.info.world_size
+        value, norm, items = all_reduce([loss.item() / w, float(grad_norm) / w, float(self.batches.items(batch))],
+                                        "sum", self.info, self.device)  # fmt: skip
         self.guard.check_step(self, value, norm, lr)  # DivergenceError before a non-finite step is applied
         self.optimizer.step()
         # the carried state stays fp32 like the weights (under bf16 some backends return a bf16 (h, c))
         state.advance(map_state(lambda t: at_least_fp32(t.detach()), new_state), len(self.batches))
-        self.items_session += self.batches.items(batch) * self.info.world_size
+        self.items_session += int(items)
         self.train_s += time.perf_counter() - start
         return value
 
