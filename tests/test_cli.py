@@ -258,3 +258,20 @@ def test_resume_continues_the_run_as_configured(corpus, tmp_path, capsys):
     (out / "config.json").write_text("{not json")
     status = main(["train", "lm", "--out", str(out), "--resume", "--max-steps", "12"])
     assert "config.json: not a run's config" in _one_error_line(capsys, status)
+
+
+def test_table_cells_that_a_spreadsheet_would_run_are_quoted_numbers_are_not(tmp_path, capsys):
+    """OWASP CSV injection: text cells starting with = + - @ TAB CR get a leading single quote; numbers (-1.5) stay."""
+    from rnnkit.cli import _write_table
+    from rnnkit.tasks.base import Table
+
+    rows = [["=HYPERLINK(\"http://x\")", -1.5, "-1.5"], ["+cmd|' /C calc'!A0", "@SUM(A1)", "-x"],
+            ["\tlead", "\rlead", "plain-=text"], ["-inf", "+3", "1e-300"]]  # fmt: skip
+    for suffix in (".csv", ".tsv"):
+        out = tmp_path / f"t{suffix}"
+        _write_table(Table(header=["a", "b", "c"], rows=rows), str(out))
+        text = out.read_text()
+        sep = "," if suffix == ".csv" else "\t"
+        for cell in ("'=HYPERLINK", "'+cmd|", "'@SUM(A1)", "'-x", "'\tlead", "plain-=text"):
+            assert cell in text, (suffix, cell, text)
+        assert f"{sep}-1.5{sep}-1.5\n" in text and "-inf" in text and "'-inf" not in text and "'+3" not in text

@@ -8,7 +8,9 @@ existed before are unchanged too (only new files appear). The corpus covers ever
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -21,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import one_error_line
 from rnnkit.checkpoint import load_checkpoint, save_checkpoint
 from rnnkit.cli import build_parser, main
 from rnnkit.data.music import write_midi
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DEADLINE_S = 60
 CORPUS: list[str] = []  # every case run
 DONE: list[str] = []  # the tests of this module that finished
+LAST: dict[str, str] = {}  # the standard error of the last case
 
 
 @contextmanager
@@ -69,6 +73,7 @@ def check(argv: list[str], root: Path, capsys) -> int:
     with deadline(DEADLINE_S):
         status = main(argv)
     out = capsys.readouterr()
+    LAST["err"] = out.err
     assert "Traceback" not in out.err + out.out, (argv, out.err[-3000:])
     assert status in (0, 2), (argv, status, out.err[-3000:])
     after = snapshot(root)
@@ -261,6 +266,127 @@ def test_a_closed_pipe_stops_quietly(good, root, monkeypatch, capsys):
     assert status == 141 and capsys.readouterr().err == ""
 
 
+# --- issue 26: what a second probe found -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probe(root) -> dict[str, Path]:
+    """The second probe's inputs, each made once."""
+    d = root / "probe"
+    d.mkdir()
+    p = {name: d / name for name in ("huge.csv", "tiny.csv", "long.tsv", "header.tsv", "tabs.tsv", "unequal.ts",
+                                      "nan.ts", "long-target.tsv", "classes.tsv", "sparse.txt", "formula.csv",
+                                      "nfc.tsv")}  # fmt: skip
+    rows = "".join(f"s,{t},{10 + t % 3}\n" for t in range(1, 30))
+    p["huge.csv"].write_text(f"id,time,value\n{rows}s,30,1e300\n")
+    p["tiny.csv"].write_text("id,time,value\n" + "".join(f"s,{t},{t}e-300\n" for t in range(1, 30)))
+    p["long.tsv"].write_text("ab\t0\ncd\t1\n" * 5 + "c" * 200_000 + "\t0\n")
+    p["header.tsv"].write_text("text\tlabel\n" + "ab\t0\ncd\t1\n" * 5 + "text\tlabel\n" + "ab\t0\n")
+    p["tabs.tsv"].write_text("ab\t0\ncd\t1\n" * 5 + "ef\tla\tbel\n")
+    ts = "@problemName p\n@univariate true\n@equalLength true\n@classLabel true a b\n@missing true\n@data\n"
+    p["unequal.ts"].write_text(ts + "1,2,3:a\n4,5,6:b\n" * 3 + "1,2:a\n")
+    p["nan.ts"].write_text(ts + "1,2,3:a\n4,5,6:b\n" * 3 + "?,NaN,?:a\n")
+    p["long-target.tsv"].write_text("abc\tcba\nbca\tacb\n" * 5 + "a\t" + "x" * 10_000 + "\n")
+    p["classes.tsv"].write_text("".join(f"ab\t{i}\n" for i in range(2_001)))
+    with open(p["sparse.txt"], "wb") as f:
+        f.truncate(4 << 30)  # a hole: no disk used; read whole, 4 GiB of NUL bytes
+    ids = ('"=HYPERLINK(""http://x"",""y"")"', "-cmd|' /C calc'!A0")  # the first CSV-quoted: it holds commas
+    p["formula.csv"].write_text("id,time,value\n" + "".join(f"{i},{t},{10 + t % 3}\n" for i in ids for t in range(30)))
+    p["nfc.tsv"].write_text("".join(f"ab{k}\tcaf\u00e9\ncd{k}\tcafe\u0301\nef{k}\tx\n" for k in range(10)))
+    return p
+
+
+def test_the_second_probes_inputs_are_one_line(good, probe, root, capsys):
+    out = root / "never"
+    f = ["--max-steps", "1", "--max-minutes", "0", "--hidden-size", "4"]
+    cases = [
+        (["train", "forecast", "--data", probe["huge.csv"], "--horizon", "2", "--out", out, *f], "float32's range"),
+        (["forecast", "--run", good["forecast"], "--data", probe["huge.csv"]], "float32's range"),
+        (["train", "forecast", "--data", probe["tiny.csv"], "--horizon", "2", "--out", out, *f], "too small for"),
+        (["train", "classify", "--data", probe["long.tsv"], "--out", out, *f], "200,002 characters, more than"),
+        (["predict", "--run", good["classify"], "--data", probe["long.tsv"]], "more than the 100,000"),
+        (["train", "classify", "--data", probe["header.tsv"], "--out", out, *f], "line 12 is a header line"),
+        (["train", "classify", "--data", probe["tabs.tsv"], "--out", out, *f], "line 11: 2 tabs"),
+        (["train", "classify", "--data", probe["unequal.ts"], "--out", out, *f], "@equalLength true"),
+        (["train", "classify", "--data", probe["nan.ts"], "--out", out, *f], "every value of this example is missing"),
+        (["train", "seq2seq", "--data", probe["long-target.tsv"], "--too-long", "error", "--out", out, *f],
+         "a target of 10000 tokens, longer than --max-target-length 1000"),
+        (["train", "classify", "--data", probe["classes.tsv"], "--out", out, *f], "2,001 classes"),
+        (["train", "lm", "--data", probe["sparse.txt"], "--out", out, *f], "sparse.txt: "),
+        (["eval", "--run", good["lm"], "--data", probe["sparse.txt"]], "sparse.txt: "),
+    ]  # fmt: skip
+    for argv, expected in cases:
+        assert check(argv, root, capsys) == 2, argv
+        assert expected in LAST["err"], (argv, expected)  # and each says what it is about
+    assert not out.exists()
+    # a diverging run: one line (its folder keeps what it wrote before, and no non-finite checkpoint)
+    argv = ["train", "classify", "--data", good["tsv"], "--out", out, *f[2:], "--max-steps", "20", "--lr", "1e6",
+            "--optimizer", "sgd", "--clip", "0", "--eval-every", "5", "--checkpoint-every", "1"]  # fmt: skip
+    CORPUS.append(" ".join(map(str, argv)))
+    capsys.readouterr()
+    line = one_error_line(capsys, main([str(a) for a in argv]))
+    assert "training diverged" in line
+    if (out / "last.pt").exists():
+        from rnnkit.checkpoint import non_finite
+
+        assert non_finite(load_checkpoint(out / "last.pt")["model"]) is None
+    from rnnkit.io import hold_lock
+
+    busy = root / "busy"
+    busy.mkdir()
+    with hold_lock(busy):  # another train on this --out: refused, and nothing in it changes
+        argv = ["train", "lm", "--data", good["text"], "--out", busy, *f, "--embedding-size", "4", "--bptt", "8"]
+        assert check(argv, root, capsys) == 2
+
+
+def test_outputs_are_safe_whole_and_one_class_per_label(good, probe, root, capsys, monkeypatch):
+    table = root / "formula-forecast.csv"
+    assert check(["forecast", "--run", good["forecast"], "--data", probe["formula.csv"], "--out", table], root,
+                 capsys) == 0  # fmt: skip
+    cells = {row[0] for row in csv.reader(table.read_text().splitlines()[1:])}
+    assert cells == {'\'=HYPERLINK("http://x","y")', "'-cmd|' /C calc'!A0"}  # shown, never run
+    run = root / "nfc-run"
+    assert check(["train", "classify", "--data", probe["nfc.tsv"], "--out", run, "--max-steps", "1", "--max-minutes",
+                  "0", "--hidden-size", "4"], root, capsys) == 0  # fmt: skip
+    assert json.loads((run / "labels.json").read_text())["labels"] == ["caf\u00e9", "x"]
+    # a full disk while forecast writes --out and --plot: one line, and neither file
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    pieces = []
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, fd, *a, **k):
+            self.f = real(fd, *a, **k)
+            pieces.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            if len(pieces) == 2:  # the second file of the two: the first is written whole by then
+                full()
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+        def fileno(self):
+            return self.f.fileno()
+
+    monkeypatch.setattr("rnnkit.io.os.fdopen", Full)
+    csv_out, png_out = root / "both.csv", root / "both.png"
+    argv = ["forecast", "--run", good["forecast"], "--data", good["csv"], "--out", csv_out, "--plot", png_out]
+    assert check(argv, root, capsys) == 2
+    assert not csv_out.exists() and not png_out.exists() and len(pieces) == 2
+
+
 # --- property-based flags ---------------------------------------------------------------------------------------
 
 VALUES = ["-1", "0", "1", "2", "3", "0.5", "nan", "inf", "-inf", "1e-300", "1e300", "9223372036854775808", "",
@@ -351,7 +477,7 @@ def _count(request):
 
 def test_the_corpus_is_large_enough():
     """Runs last in this module (pytest keeps file order): the cases above add up to at least 300."""
-    expected = len(FILES) + len(RUNS) + 2 + len(COMMANDS)
+    expected = len(FILES) + len(RUNS) + 4 + len(COMMANDS)
     if len(DONE) < expected:
         pytest.skip(f"only {len(DONE)} of the module's {expected} corpus tests ran")
     assert len(CORPUS) >= 300, len(CORPUS)

@@ -93,3 +93,72 @@ def test_a_full_disk_names_the_target_and_keeps_the_old_file(tmp_path):
     with pytest.raises(OutputError, match=r"forecast\.csv: no space left on device"):
         atomic_write(path, full)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["forecast.csv"]
+
+
+def test_reading_reserves_only_what_the_file_holds_and_honours_ulimit_v(tmp_path):
+    """Under ``ulimit -v`` (RLIMIT_AS) of 3 GB: a 1 KB file reads (rnnkit once reserved its 4 GiB limit up front:
+    MemoryError), a 4 GiB sparse text file is refused from its first bytes without being read, a file larger than
+    the memory left is refused before reading, and the model-size check sees the limit too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    small, sparse = tmp_path / "small.txt", tmp_path / "sparse.txt"
+    small.write_text("x" * 1000)
+    with open(sparse, "wb") as f:
+        f.truncate(4 << 30)  # a hole: no disk used, 4 GiB of NUL bytes when read
+    probe = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3_000_000_000, resource.RLIM_INFINITY))\n"
+        "from rnnkit.io import available_memory, read_input\n"
+        "from rnnkit.data.text import read_text\n"
+        "from rnnkit.errors import DataError\n"
+        "assert len(read_input(sys.argv[1])) == 1000\n"
+        "assert available_memory() < 3_000_000_000\n"
+        "for path, kw in ((sys.argv[2], {}), (sys.argv[2], {'text': True})):\n"
+        "    try:\n"
+        "        read_input(path, **kw)\n"
+        "    except DataError as e:\n"
+        "        print(e)\n"
+        "print(read_text(sys.argv[1])[:3])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", probe, str(small), str(sparse)], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "sparse.txt: 4,294,967,296 bytes; reading it needs about 12.00 GiB, more than the" in lines[0]
+    assert "ulimit -v" in lines[0]
+    assert "looks binary (a NUL byte at offset 0)" in lines[1] or "needs about" in lines[1]
+    assert lines[2] == "xxx"
+
+
+def test_a_sparse_file_is_refused_from_its_first_bytes(tmp_path, monkeypatch):
+    from rnnkit.data.text import read_text
+
+    sparse = tmp_path / "sparse.txt"
+    with open(sparse, "wb") as f:
+        f.truncate(4 << 30)
+    monkeypatch.setattr("rnnkit.io.available_memory", lambda: 1 << 40)  # as if the machine had 1 TiB free
+    sizes = []
+    real_open = open
+
+    class Spy:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            sizes.append(n)
+            return self.f.read(n)
+
+    monkeypatch.setattr("builtins.open", lambda p, mode="r", *a, **k: Spy(real_open(p, mode, *a, **k)) if
+                        str(p) == str(sparse) else real_open(p, mode, *a, **k))  # fmt: skip
+    with pytest.raises(DataError, match="looks binary"):
+        read_text(sparse)
+    assert sizes == [64 << 10]  # the head only

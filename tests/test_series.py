@@ -133,3 +133,27 @@ def test_a_missing_or_binary_file_is_a_data_error(tmp_path):
     (tmp_path / "b.csv").write_bytes(b"\x00\x01")
     with pytest.raises(DataError, match="looks binary"):
         read_series(tmp_path / "b.csv")
+
+
+@pytest.mark.parametrize(
+    ("cell", "match"),
+    [("1e300", "'1e300' is outside float32's range"), ("-4e38", "outside float32's range"),
+     ("1e-300", "'1e-300' is too small for float32"), ("-2e-40", "too small for float32")],
+)  # fmt: skip
+def test_values_and_covariates_outside_float32_are_one_line(tmp_path, cell, match):
+    for header, row in (("id,time,value", f"a,2,{cell}"), ("id,time,value,price", f"a,2,5,{cell}")):
+        p = tmp_path / "s.csv"
+        extra = ",1" if "price" in header else ""
+        p.write_text(f"{header}\na,1,3{extra}\n{row}\na,3,4{extra}\n")
+        with pytest.raises(DataError, match=f"line 3: .*{match}"):
+            read_series(p)
+    p.write_text("id,time,value\na,1,0\na,2,1e-30\na,3,3.4e38\n")  # zero, small normals and the edge are fine
+    assert read_series(p).series[0].values.tolist() == [0.0, 1e-30, 3.4e38]
+
+
+def test_an_npz_beyond_float32_is_one_line(tmp_path):
+    from rnnkit.data.labelled import read_examples
+
+    np.savez(tmp_path / "x.npz", X=np.array([[1.0, 1e300]]), y=np.array([0]))
+    with pytest.raises(DataError, match="outside float32's range"):
+        read_examples(tmp_path / "x.npz")

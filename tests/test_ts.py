@@ -74,8 +74,8 @@ def test_multivariate(tmp_path):
 
 
 def test_unequal_length_multivariate_without_dimensions(tmp_path):
-    # the channel count comes from the first example; @equalLength true is not trusted
-    text = "@univariate false\n@equalLength true\n@classLabel true 1 2\n@data\n1,2,3:4,5,6:1\n7:8:2\n9,10:11,12:1\n"
+    # the channel count comes from the first example
+    text = "@univariate false\n@equalLength false\n@classLabel true 1 2\n@data\n1,2,3:4,5,6:1\n7:8:2\n9,10:11,12:1\n"
     d = read_ts(write(tmp_path, text))
     assert [x.shape for x in d.series] == [(3, 2), (1, 2), (2, 2)]
     np.testing.assert_array_equal(d.series[2], np.array([[9, 11], [10, 12]], np.float32))
@@ -88,7 +88,7 @@ def test_missing_values(tmp_path):
     assert_series(d.series, [col(1, np.nan, 3), col(np.nan, 2, np.nan)])
     assert d.has_missing
     # declared but absent: has_missing reports the data
-    assert not read_ts(write(tmp_path, HEADER.replace("@missing false", "@missing true") + "1,2:a\n")).has_missing
+    assert not read_ts(write(tmp_path, HEADER.replace("@missing false", "@missing true") + "1,2,3:a\n")).has_missing
 
 
 def test_comments_blank_lines_crlf_and_bom(tmp_path):
@@ -127,7 +127,7 @@ BAD = {
     "no examples": (HEADER + "\n# only a comment\n", None, "no examples after @data (line 8)"),
     "undeclared label": (HEADER + "1,2,3:a\n1,2,3:c\n", 10, "class label 'c' is not among those declared"),
     "channels vs @dimensions": (
-        HEADER.replace("@univariate true", "@univariate false\n@dimensions 2") + "1,2:3,4:a\n1,2:a\n",
+        HEADER.replace("@univariate true", "@univariate false\n@dimensions 2") + "1,2,3:3,4,5:a\n1,2,3:a\n",
         11,
         "expected 2 channel(s) (@dimensions, line 5), got 1",
     ),
@@ -237,3 +237,20 @@ def test_largest_bundled_file_reads_fast():
     start = time.perf_counter()
     read_ts(largest)
     assert time.perf_counter() - start < 2.0, f"{largest.name} ({largest.stat().st_size} bytes) read too slowly"
+
+
+def test_declared_lengths_are_enforced_and_all_missing_examples_refused(tmp_path):
+    """@equalLength true and @seriesLength are promises the data must keep (issue 26: they were not checked)."""
+    unequal = "@univariate false\n@equalLength true\n@classLabel true 1 2\n@data\n1,2,3:4,5,6:1\n7:8:2\n"
+    with pytest.raises(DataError, match=r"line 6: expected 3 values per channel as the first example has "
+                       r"\(@equalLength true, line 2\), got 1"):  # fmt: skip
+        read_ts(write(tmp_path, unequal))
+    declared = HEADER.replace("@data", "@seriesLength 3\n@data")
+    assert len(read_ts(write(tmp_path, declared + "1,2,3:a\n4,5,6:b\n")).series) == 2
+    with pytest.raises(DataError, match=r"expected 3 values per channel \(@seriesLength, line \d+\), got 2"):
+        read_ts(write(tmp_path, declared + "1,2,3:a\n4,5:b\n"))
+    free = declared.replace("@seriesLength 3", "@equalLength false\n@seriesLength 3")
+    assert len(read_ts(write(tmp_path, free + "1,2,3:a\n4,5:b\n")).series) == 2  # false: the length is a maximum
+    missing = HEADER.replace("@missing false", "@missing true")
+    with pytest.raises(DataError, match="every value of this example is missing"):
+        read_ts(write(tmp_path, missing + "1,?,3:a\n?,NaN,?:b\n"))

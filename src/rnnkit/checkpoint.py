@@ -41,7 +41,7 @@ import torch
 
 from rnnkit import precision
 from rnnkit.data.vocab import Vocab
-from rnnkit.errors import CheckpointError, ConfigError, DataError
+from rnnkit.errors import CheckpointError, ConfigError, DataError, DivergenceError
 from rnnkit.io import atomic_write
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "get_rng_state",
     "load_checkpoint",
     "load_run",
+    "non_finite",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -65,9 +66,26 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """
     if "kind" not in payload:
         raise ValueError("payload must have a 'kind' entry (the task's name, such as 'lm'), got none")
+    bad = non_finite(payload.get("model", {})) or non_finite(payload.get("optimizer", {}))
+    if bad:  # a diverged model is never saved: the file keeps the last finite state
+        raise DivergenceError(f"{path}: not written: the model or optimiser holds NaN or inf (first in {bad}); the "
+                              "run diverged: lower --lr or set --clip")  # fmt: skip
     buffer = io.BytesIO()  # serialised first: a full disk then fails in our write (a clear ENOSPC), not inside torch
     torch.save({**payload, "format_version": FORMAT_VERSION}, buffer)
     atomic_write(path, buffer.getbuffer())
+
+
+def non_finite(tree: Any, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor in ``tree`` (nested dicts and lists, such as a state_dict or an
+    optimiser's) that holds a NaN or inf; None when all are finite."""
+    if isinstance(tree, torch.Tensor):
+        return prefix or "tensor" if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else None
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else ()
+    for key, value in items:
+        found = non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, map_location="cpu") -> dict[str, Any]:
@@ -214,10 +232,10 @@ def load_run(
         raise CheckpointError(
             f"{path}: checkpoint is incomplete or inconsistent ({type(e).__name__}: {first[:200]})"
         ) from e
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    bad = non_finite(model.state_dict())
     if bad:
         raise CheckpointError(
-            f"{path}: the model holds non-finite weights (NaN or inf, first in {bad[0]}): the run diverged; "
+            f"{path}: the model holds non-finite weights (NaN or inf, first in {bad}): the run diverged; "
             "train again with a lower --lr"
         )
     model.to(device).eval()

@@ -106,6 +106,7 @@ def _f(value, digits: int = 3) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import rnnkit.train
+    from rnnkit.distributed import is_main_process
     from rnnkit.tasks import TASKS
 
     task_cls = TASKS[args.task]
@@ -132,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = rnnkit.train.train(task, out, resume=args.resume, on_event=progress)
     finally:
         progress.close()
+    if not is_main_process():  # under torchrun every rank runs this; rank 0 alone reports (and wrote the files)
+        return 0
     primary = task.primary
     print(
         f"val {primary}: best {result.best.get(primary, float('nan')):.4f}, "
@@ -141,7 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"run folder: {result.run_dir}")
     if result.info.get("validates_on_training_set"):
-        print("note: no validation data (--val-fraction 0 and no --val): the metrics above are on the training set")
+        fraction = getattr(config.data, "val_fraction", 0)
+        why = "--val-fraction 0" if not fraction else f"--val-fraction {fraction:g} held out nothing of data this small"
+        print(f"note: no validation data ({why}, and no --val): the metrics above are on the training set")
     for line in task.after_training(result.run_dir):
         print(line)
     return 0
@@ -334,13 +339,32 @@ def _number(value: float | int) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def _cell(value: Any) -> str:
+    """A table cell as text, safe to open in a spreadsheet (OWASP's CSV-injection advice): text that starts with
+    = + - @ TAB or CR gets a leading single quote, so ``=HYPERLINK(...)`` or ``=cmd|...`` in a label or an id
+    is shown, not run. Numbers are left as they are: ``-1.5``, ``+3``, ``-1e-05`` (anything ``float()`` reads)
+    cannot be a formula, and a forecast of negative values must stay numeric."""
+    text = str(value)
+    if not text.startswith(_FORMULA) or isinstance(value, int | float):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
+
+
 def _write_table(table, out: str | None) -> None:
     """The rows as CSV (quoted as the csv module does) or TSV (tab-joined): --out's suffix decides, else the
-    task's format; written whole (atomically) to --out, or to standard output."""
+    task's format; written whole (atomically) to --out, or to standard output. Every cell goes through ``_cell``
+    (no spreadsheet formulas)."""
     import csv
     import io
 
-    from rnnkit.io import atomic_write
+    from rnnkit.io import atomic_write_many
 
     tsv = (
         out.lower().endswith(".tsv") if out and Path(out).suffix.lower() in (".csv", ".tsv") else table.format == "tsv"
@@ -348,19 +372,23 @@ def _write_table(table, out: str | None) -> None:
     buf, count = io.StringIO(), 0
     writer = csv.writer(buf, delimiter="\t" if tsv else ",", lineterminator="\n")
     if table.header is not None:
-        writer.writerow(table.header)
+        writer.writerow([_cell(v) for v in table.header])
     for row in table.rows:
+        row = [_cell(v) for v in row]
         if tsv:
             buf.write("\t".join(str(v) for v in row) + "\n")
         else:
             writer.writerow(row)
         count += 1
+    files = dict(table.files)  # rendered in memory, like the rows: a full disk now leaves none of them written
+    if out is not None:
+        files[out] = buf.getvalue()
+    atomic_write_many(files)
     for note in table.notes:
         _eprint(note)
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        atomic_write(out, buf.getvalue())
         _eprint(f"wrote {count} rows to {out}")
 
 

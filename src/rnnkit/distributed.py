@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from rnnkit.errors import ConfigError
 
-__all__ = ["DistInfo", "all_reduce", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "all_reduce", "init_distributed", "is_main_process", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def is_main_process() -> bool:
+    """Whether this process is global rank 0 (torchrun's RANK; a process without it is): the only one that prints."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:

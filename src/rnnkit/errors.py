@@ -35,3 +35,12 @@ class ExportError(RnnkitError, ValueError):
 
 class DependencyError(RnnkitError, ImportError):
     """A command needs an optional dependency that is not installed; the message names the extra to install."""
+
+
+class DivergenceError(RnnkitError):
+    """Training diverged: a non-finite or exploding loss (``rnnkit.callbacks.DivergenceGuard`` says which), or a
+    model or optimiser state holding NaN or inf; nothing non-finite was saved."""
+
+
+class BusyError(RnnkitError):
+    """Another process holds the run folder (a second ``train`` on the same ``--out``)."""

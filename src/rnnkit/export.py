@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import logging
 import os
 import pickle
@@ -57,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.errors import ExportError
-from rnnkit.io import atomic_open
+from rnnkit.io import atomic_open, atomic_write
 from rnnkit.recurrent import RNN
 from rnnkit.twin import LSTMState, TorchLSTM, TorchRNN, scriptable
 
@@ -198,11 +199,17 @@ def export_graphs(graphs: list[Graph], out: str | os.PathLike, fmt: str) -> list
     paths = output_paths(out, graphs)
     for graph, path in zip(graphs, paths, strict=True):
         start = time.perf_counter()
-        with torch.no_grad(), atomic_open(path) as (_, tmp):
-            if fmt == "onnx":
+        if fmt == "onnx":  # a path: an ONNX file over 2 GB keeps its weights in files beside it
+            with torch.no_grad(), atomic_open(path) as (_, tmp):
                 _onnx(graph, tmp)
-            else:
-                _trace(graph).save(str(tmp))
+        else:
+            # serialised in memory first: a full disk then fails in our write (one line, the old file kept), not in
+            # torch.jit's C++ writer (which aborted the process: "c10::Error unexpected pos", exit 134)
+            buffer = io.BytesIO()
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, still ships it
+                torch.jit.save(_trace(graph), buffer)
+            atomic_write(path, buffer.getbuffer())
         log.info("exported %s in %.2f s", path, time.perf_counter() - start)
     return paths
 
@@ -294,8 +301,9 @@ def save_torch(model: nn.Module, path: str | os.PathLike) -> None:
                               "use --format torchscript or onnx")  # fmt: skip
     converted = to_torch_modules(model).eval()
     try:
-        with atomic_open(path) as (f, _):
-            torch.save(converted, f)
+        buffer = io.BytesIO()
+        torch.save(converted, buffer)
+        atomic_write(path, buffer.getbuffer())
     except (AttributeError, TypeError, pickle.PicklingError) as e:  # a module holding a local function (a cell spec)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"--format torch cannot pickle this model ({first}); use --format torchscript or onnx") from e

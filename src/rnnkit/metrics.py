@@ -8,6 +8,7 @@ so that bpc compares across tokenisations of the same text.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -227,8 +228,12 @@ def _pyplot(what: str):
     return plt
 
 
-def _save(plt, fig, path: Path) -> None:
+def _save(plt, fig, path: Path | io.BytesIO) -> None:
+    """The figure as a PNG at ``path`` (atomically), or into the buffer ``path`` (to write with other files)."""
     try:
+        if isinstance(path, io.BytesIO):
+            fig.savefig(path, format="png", dpi=100)
+            return
         with atomic_open(path, suffix=".png") as (_, tmp):
             fig.savefig(tmp, dpi=100)
     finally:
@@ -306,11 +311,21 @@ def classification_metrics(confusion: Tensor) -> dict[str, Any]:
     }
 
 
+PLOTTED_CLASSES = 50  # a bigger confusion matrix is shown as its most frequent true classes (10,000 hung matplotlib)
+
+
 def plot_confusion(confusion: Tensor, labels: list[str], path: Path, title: str = "") -> bool:
-    """The confusion matrix as a PNG, rows normalised to recall, counts in the cells; False without matplotlib."""
+    """The confusion matrix as a PNG, rows normalised to recall, counts in the cells; False without matplotlib.
+
+    With more than ``PLOTTED_CLASSES`` classes, only the rows and columns of the ``PLOTTED_CLASSES`` classes with
+    the most true examples are drawn (the title says so): a readable summary, in bounded time."""
     plt = _pyplot("confusion-matrix plot")
     if plt is None:
         return False
+    if len(labels) > PLOTTED_CLASSES:
+        keep = torch.argsort(confusion.sum(1), descending=True, stable=True)[:PLOTTED_CLASSES].sort().values
+        title = f"{title}\n{PLOTTED_CLASSES} most frequent of {len(labels):,} classes".strip()
+        confusion, labels = confusion[keep][:, keep], [labels[i] for i in keep.tolist()]
     C = len(labels)
     counts = confusion.double()
     rates = counts / counts.sum(1, keepdim=True).clamp(min=1)  # (C, C), each row sums to 1

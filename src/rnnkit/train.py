@@ -49,13 +49,22 @@ import torch
 from torch import nn
 
 import rnnkit.kernels  # noqa: F401  (imported before seeding: its import-time oneDNN probe draws torch.randn)
-from rnnkit.callbacks import Callback, Checkpoints, EarlyStopping, Event, EventHandler, MetricsFile, TensorBoard
+from rnnkit.callbacks import (
+    Callback,
+    Checkpoints,
+    DivergenceGuard,
+    EarlyStopping,
+    Event,
+    EventHandler,
+    MetricsFile,
+    TensorBoard,
+)
 from rnnkit.cells import LSTMState
-from rnnkit.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from rnnkit.checkpoint import get_rng_state, load_checkpoint, non_finite, save_checkpoint, set_rng_state
 from rnnkit.config import TrainConfig
 from rnnkit.distributed import DistInfo, all_reduce, init_distributed, shutdown
-from rnnkit.errors import CheckpointError, ConfigError, RnnkitError
-from rnnkit.io import atomic_write_json, remove_stale_temporaries
+from rnnkit.errors import CheckpointError, ConfigError, DivergenceError
+from rnnkit.io import atomic_write_json, available_memory, hold_lock, remove_stale_temporaries
 from rnnkit.metrics import plot_training
 from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
 from rnnkit.sequence import detach_state, map_state
@@ -72,10 +81,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, step: int, saved: Path | None) -> None:
         super().__init__(step, saved)
         self.step, self.saved = step, saved
-
-
-class DivergenceError(RnnkitError):
-    """The training loss became NaN or infinite; nothing from that step on was saved."""
 
 
 @dataclass
@@ -141,17 +146,11 @@ def _check_resume(run_dir: Path, resume: bool) -> None:
 
 
 def _available_bytes(device: torch.device) -> int | None:
-    """Memory free for a new model on ``device``: CUDA's free memory, or Linux's MemAvailable; None if unknown."""
+    """Memory free for a new model on ``device``: CUDA's free memory, or what this process may still allocate
+    (``rnnkit.io.available_memory``: MemAvailable, capped by ``ulimit -v``); None if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return available_memory()
 
 
 def _check_fits(task: Task, device: torch.device) -> None:
@@ -189,6 +188,12 @@ def _schedule_budget(cfg: TrainConfig) -> tuple[str, float]:
 
 def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
     payload = load_checkpoint(run_dir / "last.pt", kind=task.name)
+    bad = non_finite(payload.get("model", {})) or non_finite(payload.get("optimizer", {}))
+    if bad:
+        raise CheckpointError(
+            f"cannot resume: {run_dir / 'last.pt'} holds non-finite values (NaN or inf, first in {bad}): the run "
+            "diverged before it was saved; train again with a lower --lr"
+        )
     if payload["format_version"] < 2:
         raise ConfigError(
             f"cannot resume: {run_dir / 'last.pt'} was written by an older rnnkit (checkpoint format "
@@ -223,6 +228,9 @@ class RunState:
     evals_without_improvement: int = 0
     elapsed_s: float = 0.0  # training time of the sessions before this one
     items: int = 0  # items trained on (characters, examples) in the sessions before this one
+    reference_loss: float | None = None  # the run's first training loss: DivergenceGuard's yardstick
+    steps_above: int = 0  # consecutive training steps with a loss above DivergenceGuard's threshold
+    reference_norm: float | None = None  # the untrained model's weight norm: DivergenceGuard's other yardstick
 
     def advance(self, new_state: Any, batches_per_epoch: int) -> None:
         """One optimiser step done: the next batch, and the state carried into it."""
@@ -247,6 +255,8 @@ class RunState:
             "metrics": {
                 "best_metrics": self.best, "last_metrics": self.last,
                 "evals_without_improvement": self.evals_without_improvement, "items": items, "elapsed_s": elapsed_s,
+                "reference_loss": self.reference_loss, "steps_above": self.steps_above,
+                "reference_norm": self.reference_norm,
             },
         }  # fmt: skip
 
@@ -261,12 +271,19 @@ class RunState:
                 best=dict(m["best_metrics"]), last=dict(m["last_metrics"]),
                 evals_without_improvement=_exact(m["evals_without_improvement"], int),
                 elapsed_s=float(_exact(m["elapsed_s"], (int, float))), items=_exact(m["items"], int),
+                reference_loss=_optional_float(m.get("reference_loss")),
+                steps_above=_exact(m.get("steps_above", 0), int),
+                reference_norm=_optional_float(m.get("reference_norm")),
             )  # fmt: skip
         except (KeyError, TypeError) as e:
             raise CheckpointError(
                 f"the checkpoint's run state is incomplete or corrupt ({type(e).__name__}: {e})"
             ) from e
         return state
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(_exact(value, (int, float)))  # absent in checkpoints before it existed
 
 
 def _exact(value: Any, kind: type | tuple[type, ...]) -> Any:
@@ -300,6 +317,7 @@ class Trainer:
             ids = [device] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.guard = DivergenceGuard()  # train_step asks it before each optimiser step; _train runs it first on_eval
         self.callbacks: list[Callback] = list(callbacks)
         self.stopped_because, self.resumed = "", payload is not None
         self.t0, self.step0, self.items_session, self.train_s = time.perf_counter(), self.state.step, 0, 0.0
@@ -404,17 +422,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DivergenceError(
-                f"the training loss became {value} at step {state.step + 1} (lr {lr:.3g}); nothing from this step on "
-                "was saved: lower --lr, or set --clip"
-            )
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        # one all-reduce: the ranks' mean loss (DDP's gradients are already averaged), so every rank judges and stops
+        # alike, and the items of every rank (they differ: the last batch, bucketed lengths), so throughput is global
+        w = self.info.world_size
+        value, norm, items = all_reduce([loss.item() / w, float(grad_norm) / w, float(self.batches.items(batch))],
+                                        "sum", self.info, self.device)  # fmt: skip
+        self.guard.check_step(self, value, norm, lr)  # DivergenceError before a non-finite step is applied
         self.optimizer.step()
         # the carried state stays fp32 like the weights (under bf16 some backends return a bf16 (h, c))
         state.advance(map_state(lambda t: at_least_fp32(t.detach()), new_state), len(self.batches))
-        self.items_session += self.batches.items(batch) * self.info.world_size
+        self.items_session += int(items)
         self.train_s += time.perf_counter() - start
         return value
 
@@ -517,16 +537,23 @@ def train(
 def _train(task: Task, run_dir: Path, payload, info: DistInfo, device, on_event, extra: list[Callback], plots: bool):
     # builds the model and batches: fails before any write
     trainer = Trainer(task, run_dir, payload, info, device, plots=plots)
+    if not info.is_main:
+        return _fit(trainer, task, run_dir, payload, info, on_event, extra)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with hold_lock(run_dir):  # a second train on this --out is refused in one line (rank 0 holds it for the job)
+        return _fit(trainer, task, run_dir, payload, info, on_event, extra)
+
+
+def _fit(trainer: Trainer, task: Task, run_dir: Path, payload, info: DistInfo, on_event, extra: list[Callback]):
     cfg = trainer.cfg
     finished = payload is not None and bool(cfg.max_steps) and trainer.state.step >= cfg.max_steps
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         for leftover in remove_stale_temporaries(run_dir):  # what a killed earlier session was writing
             log.info("removed %s, left by an interrupted write", leftover)
         if not finished:  # a resume with nothing left to do leaves the folder's record of what ran as it is
             atomic_write_json(run_dir / "config.json", task.config.to_dict())
             task.write_files(run_dir)
-    callbacks: list[Callback] = [Checkpoints(cfg.checkpoint_every), EarlyStopping(cfg.patience)]
+    callbacks: list[Callback] = [trainer.guard, Checkpoints(cfg.checkpoint_every), EarlyStopping(cfg.patience)]
     if info.is_main:
         resumed_at = trainer.state.step if payload is not None else -1
         callbacks += [MetricsFile(run_dir / "metrics.jsonl", resumed_at=resumed_at)]

@@ -2,9 +2,15 @@
 
 Files, chosen by extension:
 
-- ``.tsv``: one example a line, ``text<TAB>label`` (split at the last tab); ``.csv``: two columns ``text,label``
-  with CSV quoting. An optional header line is detected (``text<TAB>label``, ``sentence,class``, ...). Blank
-  lines are skipped. Without labels (``labels="optional"``, for prediction) a line without a tab is all text.
+- ``.tsv``: one example a line, ``text<TAB>label``: exactly one tab where labels are required (a text or label
+  holding a tab is ambiguous, so such a line is refused: use ``.csv``, whose quoting can hold one; where labels are
+  optional, for prediction, a line splits at its last tab); ``.csv``: two columns ``text,label`` with CSV
+  quoting. An optional header line is detected (``text<TAB>label``, ``sentence,class``, ...); a header-like line
+  anywhere else (a second file appended with its header) is refused rather than read as an example. Blank lines
+  are skipped. Without labels (``labels="optional"``, for prediction) a line without a tab is all text.
+
+Labels (of every format) are normalised to Unicode NFC, so ``é`` typed as one code point or as ``e`` plus a
+combining accent is one class, not two classes that look alike.
 - ``.ts``: the UEA/UCR time-series format (``rnnkit.data.ts``); missing values only where the file declares them.
 - ``.npz``: arrays ``X`` (N, T, D) float, ``y`` (N,) and optionally ``lengths`` (N,) (default: all T).
 
@@ -19,6 +25,7 @@ import csv
 import io
 import math
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.data.text import read_text
+from rnnkit.data.text import check_line, read_text
 from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 from rnnkit.io import check_input
@@ -69,18 +76,30 @@ def _is_header(fields: list[str]) -> bool:
 def _read_delimited(path: Path, labels: str) -> Examples:
     text = read_text(path)
     if path.suffix.lower() == ".csv":
-        rows = [
-            (i, row) for i, row in enumerate(csv.reader(io.StringIO(text)), 1) if row and any(f.strip() for f in row)
-        ]
+        reader = csv.reader(io.StringIO(text))
+        try:
+            rows = [(reader.line_num, row) for row in reader if row and any(f.strip() for f in row)]
+        except csv.Error as e:  # a field over the csv module's limit (131,072 characters), a stray quote
+            raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
+        for i, row in rows:
+            check_line(str(path), i, ",".join(row))
     else:
         rows = []
         # only \n, \r\n, \r end a line: str.splitlines would also split a text at U+2028, NEL, form feed, ...
         for i, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
             if not line.strip():
                 continue
+            check_line(str(path), i, line)
+            if line.count("\t") > 1 and labels == "required":
+                raise DataError(f"{path}: line {i}: {line.count(chr(9))} tabs; a .tsv line is text<TAB>label with one "
+                                "tab (for text or labels holding tabs, use a .csv file with quoting)")  # fmt: skip
             rows.append((i, line.rsplit("\t", 1) if "\t" in line else [line]))
     if rows and _is_header(rows[0][1]):
         rows = rows[1:]
+    repeated = next((i for i, fields in rows if _is_header(fields)), None)
+    if repeated is not None:
+        raise DataError(f"{path}: line {repeated} is a header line (text, label) after the first line (two files "
+                        "joined?); remove it")  # fmt: skip
     if not rows:
         raise DataError(f"{path}: holds no examples")
     inputs, found = [], []
@@ -134,6 +153,9 @@ def _read_npz(path: Path, labels: str) -> Examples:
         numeric = lengths.size and np.issubdtype(lengths.dtype, np.number)  # the range, not every value: one line
         got = f"{lengths.shape} {lengths.dtype}" + (f" in [{lengths.min()}, {lengths.max()}]" if numeric else "")
         raise DataError(f"{path}: lengths must be (N,)=({N},) integers in [1, T={T}], got {got}")
+    finite = X[np.isfinite(X)] if np.issubdtype(X.dtype, np.floating) else X
+    if finite.size and float(np.abs(finite).max()) > float(np.finfo(np.float32).max):
+        raise DataError(f"{path}: X holds values outside float32's range (+/-3.4e38), up to {np.abs(finite).max():.3g}")
     series = [np.asarray(X[i, : lengths[i]], dtype=np.float32) for i in range(N)]
     _check_finite(path, series, allow_nan=False)
     y = arrays.get("y")
@@ -178,11 +200,13 @@ def read_examples(path: str | os.PathLike, *, labels: str = "required") -> Examp
         raise DataError(f"{p}: not a regular file")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: file is empty")
-    if suffix == ".npz":
-        return _read_npz(p, labels)
-    if suffix == ".ts":
-        return _read_ts(p, labels)
-    return _read_delimited(p, labels)
+    read = _read_npz if suffix == ".npz" else _read_ts if suffix == ".ts" else _read_delimited
+    examples = read(p, labels)
+    if examples.labels is not None:  # one class per label however it was typed (see the module docstring)
+        examples.labels = [unicodedata.normalize("NFC", y) for y in examples.labels]
+    if examples.declared_labels is not None:
+        examples.declared_labels = [unicodedata.normalize("NFC", y) for y in examples.declared_labels]
+    return examples
 
 
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from rnnkit.data.text import read_text
+from rnnkit.data.text import check_line, read_text
 from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 
@@ -79,6 +79,7 @@ def read_pairs(
     for number, line in enumerate(read_text(path, expected="a file of source<TAB>target lines").splitlines(), 1):
         if not line.strip():
             continue
+        check_line(name, number, line)
         fields = line.split("\t")
         if targets != "none" and len(fields) < 2:
             raise DataError(f"{name}, line {number}: no tab; expected source<TAB>target")

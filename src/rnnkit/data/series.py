@@ -6,7 +6,9 @@ whole number of months apart, seconds since 1970 otherwise. The grid step (the f
 series together; arithmetic on times (the next H times of a series, gaps, the season phase) is arithmetic on
 ordinals, and ``TimeAxis.format`` writes an ordinal back in the file's own style.
 
-Checked: every series sorted by time, no duplicate times, one grid step. A missing time (a gap) or a missing value
+Checked: every series sorted by time, no duplicate times, one grid step, every value and covariate within float32's
+range (the model computes in float32: 1e300 would be inf, and a nonzero 1e-300 would flush to 0).
+A missing time (a gap) or a missing value
 (an empty cell, ``nan``, ``NA``) is an error naming the series and the time unless ``fill`` is given: ``ffill``
 (the last value before; a leading gap takes the first value), ``interpolate`` (linear between the neighbours,
 constant beyond the ends) or ``zero``.
@@ -36,6 +38,8 @@ MISSING = {"", "nan", "NaN", "NAN", "NA", "na", "N/A", "null", "None"}
 EPOCH = datetime(1970, 1, 1)
 DAY = 86_400
 _YEAR_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
 @dataclass(frozen=True)
@@ -226,13 +230,22 @@ def _number(text: str, source: str, line: int, column: str) -> float:
         raise DataError(f"{source}, line {line}: {column} {text!r} is not a number") from None
     if math.isinf(value):
         raise DataError(f"{source}, line {line}: {column} is {text!r}; values must be finite")
+    if abs(value) > FLOAT32_MAX:  # finite here, inf once the model reads it in float32
+        raise DataError(f"{source}, line {line}: {column} {text.strip()!r} is outside float32's range (+/-3.4e38); "
+                        "rescale the series")  # fmt: skip
+    if 0 < abs(value) < FLOAT32_TINY:  # would flush to 0 in float32: a series of such values forecasts all zeros
+        raise DataError(f"{source}, line {line}: {column} {text.strip()!r} is too small for float32 (nonzero below "
+                        "1.2e-38); rescale the series (multiply it by a power of ten)")  # fmt: skip
     return value
 
 
 def _rows(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, list[str]]]]:
     text = read_text(path, expected="a CSV file of time series")
     reader = csv.reader(io.StringIO(text))
-    rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    try:
+        rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    except csv.Error as e:  # a field over the csv module's limit (131,072 characters)
+        raise DataError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
     if not rows:
         raise DataError(f"{path}: no rows")
     header = [cell.strip() for cell in rows[0][1]]

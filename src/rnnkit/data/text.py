@@ -11,7 +11,11 @@ from rnnkit.datasets import resolve
 from rnnkit.errors import DataError
 from rnnkit.io import read_input
 
-__all__ = ["default_corpus", "read_text", "split_text", "stdlib_files"]
+__all__ = ["MAX_LINE_CHARS", "check_line", "default_corpus", "read_text", "split_text", "stdlib_files"]
+
+# the longest line a line-per-example reader takes (classification, pairs): the model steps through every character,
+# and one 10 MB line once ran for hours with no output; a longer document is split or cut before training
+MAX_LINE_CHARS = 100_000
 
 # directories of the standard library left out of the default corpus: tests, third-party packages, and
 # generated files that are data rather than code (encodings/: 1.4 MB of near-identical codec tables, on
@@ -29,7 +33,7 @@ def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
     that are not UTF-8. ``path`` may name a built-in dataset (``rnnkit.datasets.resolve``).
     """
     p = resolve(path)
-    raw = read_input(p, expected=expected)
+    raw = read_input(p, expected=expected, text=True)
     if not raw:
         raise DataError(f"{p}: file is empty")
     nul = raw.find(b"\0")
@@ -44,6 +48,13 @@ def read_text(path: str | os.PathLike, *, expected: str = "a text file") -> str:
     if not text:
         raise DataError(f"{p}: holds only a byte-order mark, no text")
     return text
+
+
+def check_line(source: str, number: int, line: str) -> None:
+    """DataError naming the line when it is longer than ``MAX_LINE_CHARS`` characters."""
+    if len(line) > MAX_LINE_CHARS:
+        raise DataError(f"{source}, line {number}: {len(line):,} characters, more than the {MAX_LINE_CHARS:,} an "
+                        "example may have; split or shorten it")  # fmt: skip
 
 
 def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:

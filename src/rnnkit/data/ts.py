@@ -79,6 +79,10 @@ class _Header:
     labelled: bool = False  # the last ':' field of a data line is a label (@classLabel or @targetLabel true)
     class_labels: list[str] | None = None
     class_labels_line: int = 0
+    equal_length: bool | None = None  # @equalLength, if declared
+    equal_length_line: int = 0
+    series_length: int | None = None  # @seriesLength, if declared
+    series_length_line: int = 0
 
 
 def read_ts(path: str | os.PathLike) -> TimeSeriesSet:
@@ -102,7 +106,9 @@ def read_ts(path: str | os.PathLike) -> TimeSeriesSet:
             (``?``/``NaN``) without ``@missing true``, a missing or undeclared class label.
 
     A trailing ``:`` on an unlabelled line (sktime's writer leaves one after the last channel of multivariate
-    data) is ignored. ``@equalLength`` and ``@seriesLength`` are not checked: ``equal_length`` is computed.
+    data) is ignored. ``@equalLength true`` is enforced (every example as long as the first), and so is
+    ``@seriesLength N`` unless ``@equalLength false`` (every example N steps); an example whose values are all
+    missing is refused.
     """
     p = resolve(path)
     lines = _read_lines(p)
@@ -134,7 +140,10 @@ def read_ts(path: str | os.PathLike) -> TimeSeriesSet:
                 f"(line {header.class_labels_line}): {' '.join(header.class_labels or [])}"
             )
         x = _example_array(where, fields, header.missing)  # (T, D)
+        _check_declared_length(where, header, len(x), len(series[0]) if series else None)
         has_missing = has_missing or bool(np.isnan(x).any())
+        if has_missing and np.isnan(x).all():  # nothing to learn from, and NaN statistics (numpy warnings) later
+            raise DataError(f"{where}: every value of this example is missing; remove the line")
         series.append(x)
         if labels is not None:
             labels.append(label)
@@ -150,6 +159,16 @@ def read_ts(path: str | os.PathLike) -> TimeSeriesSet:
         equal_length=len({len(x) for x in series}) == 1,
         has_missing=has_missing,
     )
+
+
+def _check_declared_length(where: str, header: _Header, length: int, first: int | None) -> None:
+    """DataError when an example's length breaks the header's @seriesLength or @equalLength true."""
+    if header.series_length is not None and header.equal_length is not False and length != header.series_length:
+        raise DataError(f"{where}: expected {header.series_length} values per channel (@seriesLength, line "
+                        f"{header.series_length_line}), got {length}")  # fmt: skip
+    if header.equal_length and first is not None and length != first:
+        raise DataError(f"{where}: expected {first} values per channel as the first example has (@equalLength true, "
+                        f"line {header.equal_length_line}), got {length}")  # fmt: skip
 
 
 def _split_example(where: str, line: str, header: _Header) -> tuple[list[str], str]:
@@ -231,6 +250,8 @@ def _parse_header(p: Path, lines: list[str]) -> tuple[_Header, int]:
                 header.univariate_line = lineno
             elif key == "classlabel":
                 _class_labels(where, header, flag, tokens[1:], lineno)
+            elif key == "equallength":
+                header.equal_length, header.equal_length_line = flag, lineno
             elif key == "targetlabel":
                 if len(tokens) > 1:
                     raise DataError(f"{where}: expected '@targetLabel true' or 'false' alone, got {_show(line)}")
@@ -239,7 +260,7 @@ def _parse_header(p: Path, lines: list[str]) -> tuple[_Header, int]:
             header.dimensions = _positive_int(where, key, tokens)
             header.dimensions_line = lineno
         elif key == "serieslength":
-            _positive_int(where, key, tokens)  # informative only: lengths are taken from the data
+            header.series_length, header.series_length_line = _positive_int(where, key, tokens), lineno
         # other keys (there are none in the archive today) are ignored, as sktime does; a key given twice
         # takes its later value (sktime's own UnitTest_TEST.ts has two @problemName lines)
     raise DataError(f"{p}: no @data line, expected the header to end with @data followed by the examples")

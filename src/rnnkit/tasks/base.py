@@ -98,6 +98,7 @@ class Table:
     rows: Iterable[Sequence[Any]]
     format: Literal["csv", "tsv"] = "csv"  # when the output file's suffix does not say
     notes: list[str] = field(default_factory=list)  # for the user, on standard error: unknown tokens, files written
+    files: dict[str, bytes] = field(default_factory=dict)  # written with the rows, all or none (forecast's --plot)
 
 
 @dataclass

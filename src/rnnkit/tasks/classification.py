@@ -84,7 +84,10 @@ class ClassifyModelConfig(RecurrentConfig):
 class ClassifyDataConfig:
     """The training file, the validation data, and how text is cut into tokens."""
 
-    data: str | None = field(default=None, metadata={"help": "training file: .tsv, .csv, .ts or .npz (path; required)"})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "training file: .tsv, .csv, .ts or .npz (path; required; labels read as Unicode NFC)"},
+    )
     val: str | None = field(
         default=None, metadata={"help": "validation file of the same kind (unset: a stratified split of --data)"}
     )
@@ -154,6 +157,9 @@ class _ClassifySeries(_ClassifyTokens):
 
     def forward(self, series: Tensor, lengths: Tensor) -> Tensor:
         return self.model(series, lengths)
+
+
+MAX_CLASSES = 2_000  # the confusion matrix is C x C int64 (32 MB at 2,000), made at every evaluation
 
 
 def _natural_order(labels: set[str]) -> list[str]:
@@ -244,6 +250,9 @@ class ClassifyTask(Task):
         found = set(train.labels)
         if len(found) < 2:
             raise DataError(f"{train.source}: a classifier needs at least 2 classes, found only {sorted(found)}")
+        if len(found) > MAX_CLASSES:  # each evaluation keeps a C x C confusion matrix; 10,000 classes hung the plot
+            raise DataError(f"{train.source}: {len(found):,} classes, more than the {MAX_CLASSES:,} a classifier "
+                            "here takes (is the label column the right one?)")  # fmt: skip
         declared = train.declared_labels
         self.labels = list(declared) if declared and found <= set(declared) else _natural_order(found)
         self.input = INPUTS[train.kind](self.config.data).fit(train)

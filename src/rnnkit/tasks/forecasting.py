@@ -20,6 +20,7 @@ loss skips them), so a series needs only ``horizon + 1`` points to train on, how
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -507,11 +508,13 @@ class ForecastTask(Task):
         rows = ([s.id, history.axis.format(f["times"][i, k]), f"{f['median'][i, k]:.6g}",
                  *(f"{f['quantiles'][q][i, k]:.6g}" for q in shown)]
                 for i, s in enumerate(history.series) for k in range(h))  # fmt: skip
-        notes = [f"{len(history.series)} series x {h} steps"]
-        if plot:
-            plot_forecasts(history.series, f, history.axis, Path(plot), title=f"forecasts of {data}")
+        notes, files = [f"{len(history.series)} series x {h} steps"], {}
+        if plot:  # drawn into memory: the CLI writes it with the rows, both or neither
+            png = io.BytesIO()
+            plot_forecasts(history.series, f, history.axis, png, title=f"forecasts of {data}")
+            files[plot] = png.getvalue()
             notes.append(f"plot: {plot}")
-        return Table(["id", "time", "forecast", *(f"q{q:g}" for q in shown)], rows, notes=notes)
+        return Table(["id", "time", "forecast", *(f"q{q:g}" for q in shown)], rows, notes=notes, files=files)
 
     def score(self, model: Forecaster, *, data: str, actuals: str, quantiles: str | None = None,
               num_samples: int | None = None, seed: int = 0, plot: str | None = None) -> dict[str, Any]:  # fmt: skip

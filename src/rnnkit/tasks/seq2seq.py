@@ -93,7 +93,7 @@ class Seq2SeqDataConfig:
     val_fraction: float = field(default=0.05, metadata={"help": "without --val: share of distinct sources held out"})
     source_tokens: str = field(default="chars", metadata={"help": "source tokens: chars or space (separated)"})
     target_tokens: str = field(default="chars", metadata={"help": "target tokens: chars or space (separated)"})
-    max_target_length: int = field(default=0, metadata={"help": "longest target kept (tokens, 0 = no limit)"})
+    max_target_length: int = field(default=1000, metadata={"help": "longest target kept (tokens, 0 = no limit)"})
     too_long: str = field(default="drop", metadata={"help": "a longer target: drop (with a count) or error"})
     max_vocab: int = field(default=50_000, metadata={"help": "most frequent tokens kept per side (count)"})
     beam: int = field(default=1, metadata={"help": "beam width when validating (1 = greedy)"})
