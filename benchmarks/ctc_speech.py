@@ -163,8 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=14.0, help="training budget of the CTC model (default: 14)")
     p.add_argument("--lm-minutes", type=float, default=1.0, help="training budget of the LM (default: 1)")
     p.add_argument("--beam", type=int, default=16, help="beam width (default: 16)")
-    p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight alpha (default: 0.5)")
-    p.add_argument("--insertion-bonus", type=float, default=1.0, help="insertion bonus beta (default: 1.0)")
+    p.add_argument(
+        "--lm-weights",
+        default="0.3,0.5,0.8",
+        help="LM weights alpha to try; the one with the lowest validation CER is reported (default: 0.3,0.5,0.8)",
+    )
+    p.add_argument(
+        "--insertion-bonuses",
+        default="0.5,1.0,1.5",
+        help="insertion bonuses beta to try with each alpha, chosen likewise (default: 0.5,1.0,1.5)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the rendered data and the trained runs in --out, and only decode (another grid)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/ctc-speech"), help="data and runs (default: runs/ctc-speech)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (default: 2)")
@@ -179,33 +192,38 @@ def main(argv: list[str] | None = None) -> int:
     from rnnkit.ctc import error_rates
 
     data = args.out / "data"
-    t0 = time.perf_counter()
-    sets = build(data, args.train, args.test, args.seed)
-    print(f"rendered {args.train} training and {3 * args.test} test utterances in {time.perf_counter() - t0:.0f} s")
-
-    rnnkit = [sys.executable, "-m", "rnnkit"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     run, lm = args.out / "ctc", args.out / "lm"
-    for folder in (run, lm):
-        shutil.rmtree(folder, ignore_errors=True)
-    t0 = time.perf_counter()
-    subprocess.run([*rnnkit, "train", "ctc", "--data", str(sets["train"]), "--val", str(sets["val"]), "--out", str(run),
-                    "--max-minutes", str(args.minutes), "--eval-every", "250", "--seed", str(args.seed),
-                    *args.model.split()], check=True, env=env)  # fmt: skip
-    train_s = time.perf_counter() - t0
-    transcripts = args.out / "train-transcripts.txt"
-    lines = sets["train"].read_text().splitlines()[1:]
-    transcripts.write_text("".join(line.split("\t")[1] + "\n" for line in lines))
-    subprocess.run([*rnnkit, "train", "lm", "--data", str(transcripts), "--out", str(lm), "--max-minutes",
-                    str(args.lm_minutes), "--hidden-size", "256", "--bptt", "32", "--batch-size", "16",
-                    "--eval-every", "100"], check=True, stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+    if args.reuse:
+        names = ["train", "val", "test-digits", "test-words", "test-flite"]
+        keys = ["train", "val", "digits, held-out voices", "held-out words, held-out voices",
+                "digits, flite (out of domain)"]  # fmt: skip
+        sets = {key: data / f"{name}.tsv" for key, name in zip(keys, names, strict=True)}
+        train_s = json.loads((run / "summary.json").read_text())["elapsed_s"]
+    else:
+        t0 = time.perf_counter()
+        sets = build(data, args.train, args.test, args.seed)
+        print(f"rendered {args.train} training and {3 * args.test} test utterances in {time.perf_counter() - t0:.0f} s")
+        train_s = train_models(args, sets, run, lm)
 
     torch.set_num_threads(1)
     acoustic = load_run(run)
     task, model = acoustic.task, acoustic.model
+    # the LM's weight and the insertion bonus are chosen on the validation utterances (training voices and words),
+    # never on a test set
+    val = task.read(str(sets["val"]), "required", drop_short=False)
+    val_log_probs = task.posteriors(model, val, batch_size=16)[0]
+    grid = [(float(a), float(b)) for a in args.lm_weights.split(",") for b in args.insertion_bonuses.split(",")]
+    val_cer = {
+        (a, b): error_rates(task.decode(val_log_probs, beam=args.beam, lm=str(lm), lm_weight=a, insertion_bonus=b),
+                            val.texts)["cer"]
+        for a, b in grid
+    }  # fmt: skip
+    alpha, beta = min(val_cer, key=val_cer.get)
+    tried = ", ".join(f"({a}, {b}) {100 * c:.2f}" for (a, b), c in val_cer.items())
+    print(f"LM weight and insertion bonus chosen on validation: alpha {alpha}, beta {beta} (val CER %: {tried})")
     decodings = {"greedy": {}, f"beam {args.beam}": {"beam": args.beam},
-                 f"beam {args.beam} + LM": {"beam": args.beam, "lm": str(lm), "lm_weight": args.lm_weight,
-                                            "insertion_bonus": args.insertion_bonus}}  # fmt: skip
+                 f"beam {args.beam} + LM": {"beam": args.beam, "lm": str(lm), "lm_weight": alpha,
+                                            "insertion_bonus": beta}}  # fmt: skip
     rows, speed = [], []
     for name, manifest in list(sets.items())[2:]:
         encoded = task.read(str(manifest), "required", drop_short=False)
@@ -231,9 +249,37 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\ninference (features + acoustic model + greedy, 1 thread, batch 1): {audio / cpu:.0f} s of audio per CPU s"
     )
-    summary = {"rows": rows, "train_seconds": train_s, "audio_seconds_per_cpu_second": audio / cpu, "args": vars(args)}
+    summary = {
+        "rows": rows,
+        "train_seconds": train_s,
+        "audio_seconds_per_cpu_second": audio / cpu,
+        "args": vars(args),
+        "lm_weight": alpha,
+        "insertion_bonus": beta,
+        "val_cer": {f"{a},{b}": c for (a, b), c in val_cer.items()},
+    }
     (args.out / "results.json").write_text(json.dumps(summary, default=str, indent=1))
     return 0
+
+
+def train_models(args, sets: dict[str, Path], run: Path, lm: Path) -> float:
+    """Train the acoustic model and the LM on the training transcripts; the acoustic model's training seconds."""
+    rnnkit = [sys.executable, "-m", "rnnkit"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for folder in (run, lm):
+        shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run([*rnnkit, "train", "ctc", "--data", str(sets["train"]), "--val", str(sets["val"]), "--out", str(run),
+                    "--max-minutes", str(args.minutes), "--eval-every", "250", "--seed", str(args.seed),
+                    *args.model.split()], check=True, env=env)  # fmt: skip
+    train_s = time.perf_counter() - t0
+    transcripts = args.out / "train-transcripts.txt"
+    lines = sets["train"].read_text().splitlines()[1:]
+    transcripts.write_text("".join(line.split("\t")[1] + "\n" for line in lines))
+    subprocess.run([*rnnkit, "train", "lm", "--data", str(transcripts), "--out", str(lm), "--max-minutes",
+                    str(args.lm_minutes), "--hidden-size", "256", "--bptt", "32", "--batch-size", "16",
+                    "--eval-every", "100"], check=True, stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+    return train_s
 
 
 if __name__ == "__main__":
