@@ -326,7 +326,7 @@ def test_min_length_drops_short_series_with_a_count(tmp_path, caplog):
 
 def test_a_run_of_another_task_is_refused(trained, tmp_path, capsys):
     status = main(["sample", "--run", str(trained)])
-    assert "is a forecast run; sample needs a char LM run" in one_error_line(capsys, status)
+    assert "is a forecast run; sample needs a char LM or music run" in one_error_line(capsys, status)
 
 
 def test_a_quantile_run_forecasts_only_its_trained_levels_and_horizon(tmp_path, seasonal):
