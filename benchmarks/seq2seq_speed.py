@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from min_scan import interleaved_medians  # benchmarks/ is the script's folder, on sys.path
 from rnnkit.data.labelled import LengthBuckets
 from rnnkit.precision import bf16_supported
 from rnnkit.seq2seq import BOS, EOS, PAD, Seq2Seq, beam_search, greedy
@@ -88,19 +88,6 @@ def train_step(net: Seq2Seq, variant: str, data, precision: torch.dtype) -> Call
         opt.step()
 
     return step
-
-
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, timed in turn (one warm-up call each first)."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

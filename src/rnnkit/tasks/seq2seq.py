@@ -34,6 +34,7 @@ from rnnkit.config import (
     check_int,
     recurrent_field,
 )
+from rnnkit.ctc import edit_distance  # token lists here, characters and words there
 from rnnkit.data.labelled import BucketBatches, LengthBuckets, TokenVocab
 from rnnkit.data.pairs import TOKENS, Pairs, read_pairs
 from rnnkit.errors import ConfigError
@@ -134,17 +135,6 @@ class Seq2SeqConfig(RunConfig):
     model: Seq2SeqModelConfig = field(default_factory=Seq2SeqModelConfig)
     data: Seq2SeqDataConfig = field(default_factory=Seq2SeqDataConfig)
     train: Seq2SeqTrainConfig = field(default_factory=Seq2SeqTrainConfig)
-
-
-def edit_distance(a: list, b: list) -> int:
-    """Levenshtein distance between two token lists (insertions, deletions, substitutions cost 1)."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def sequence_scores(outputs: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
