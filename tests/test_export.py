@@ -522,3 +522,20 @@ def test_greedy_decoding_with_the_exported_seq2seq_graphs_equals_rnnkits(tmp_pat
                 row.append(token)
     assert tokens == expected and len(graphs) == 2
     assert any(len(set(row)) > 2 for row in tokens)  # not one token repeated: the comparison means something
+
+
+def test_onnx_over_the_in_memory_limit_goes_through_a_path_to_the_same_model(runs, tmp_path, monkeypatch):
+    """Below protobuf's 2 GB an ONNX file is serialised in memory, then written atomically; above it the exporter
+    writes through a path (its weights may go to files beside it). Both give the same model, and leave no temporary."""
+    import onnx
+
+    import rnnkit.export as export
+
+    memory, path = tmp_path / "memory.onnx", tmp_path / "path.onnx"
+    assert main(["export", "--run", str(runs["classify"]), "--format", "onnx", "--out", str(memory)]) == 0
+    monkeypatch.setattr(export, "ONNX_IN_MEMORY_BYTES", 0)
+    assert main(["export", "--run", str(runs["classify"]), "--format", "onnx", "--out", str(path)]) == 0
+    a, b = onnx.load(str(memory)), onnx.load(str(path))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node] and len(a.graph.node) > 3
+    assert {t.name: t.raw_data for t in a.graph.initializer} == {t.name: t.raw_data for t in b.graph.initializer}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.onnx", "path.onnx"]

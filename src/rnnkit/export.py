@@ -82,6 +82,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript", "torch")
+# below protobuf's 2 GB message limit, with room for the graph itself
+ONNX_IN_MEMORY_BYTES = 1_500_000_000
 OPSET = 17  # onnxruntime >= 1.14 runs it; LSTM/GRU/RNN with sequence_lens, Loop, Trilu
 INSTALL = "pip install 'rnnkit[export]'"
 
@@ -199,16 +201,22 @@ def export_graphs(graphs: list[Graph], out: str | os.PathLike, fmt: str) -> list
     paths = output_paths(out, graphs)
     for graph, path in zip(graphs, paths, strict=True):
         start = time.perf_counter()
-        if fmt == "onnx":  # a path: an ONNX file over 2 GB keeps its weights in files beside it
+        # serialised in memory first: a full disk then fails in our write (one line, the old file kept), not in
+        # the exporters' C++ writers (torch.jit's aborted the process: "c10::Error unexpected pos", exit 134)
+        if fmt == "onnx" and _parameter_bytes(graph.module) > ONNX_IN_MEMORY_BYTES:
+            # protobuf holds at most 2 GB in one message: the exporter keeps such weights in files beside the
+            # model, which needs a path
             with torch.no_grad(), atomic_open(path) as (_, tmp):
-                _onnx(graph, tmp)
+                _onnx(graph, str(tmp))
         else:
-            # serialised in memory first: a full disk then fails in our write (one line, the old file kept), not in
-            # torch.jit's C++ writer (which aborted the process: "c10::Error unexpected pos", exit 134)
             buffer = io.BytesIO()
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit, still ships it
-                torch.jit.save(_trace(graph), buffer)
+            with torch.no_grad():
+                if fmt == "onnx":
+                    _onnx(graph, buffer)
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in torch 2.13, still shipped
+                        torch.jit.save(_trace(graph), buffer)
             atomic_write(path, buffer.getbuffer())
         log.info("exported %s in %.2f s", path, time.perf_counter() - start)
     return paths
@@ -242,7 +250,11 @@ def _stderr_to_log() -> Iterator[None]:
                 log.debug("torch.onnx.export wrote to stderr:\n%s", text)
 
 
-def _onnx(graph: Graph, path: Path) -> None:
+def _parameter_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _onnx(graph: Graph, f: str | io.BytesIO) -> None:
     with warnings.catch_warnings(), _stderr_to_log():
         # the legacy exporter's deprecation notice (see the module docstring for why we use it), the tracer's
         # int warnings, and its caution about LSTMs with lengths and a batch other than 1, which the parity tests
@@ -255,7 +267,7 @@ def _onnx(graph: Graph, path: Path) -> None:
             # ScriptModule made by torch.jit.trace keeps it, and the exporter writes its loop as an ONNX Loop
             _trace(graph),
             graph.inputs,
-            str(path),
+            f,
             input_names=graph.input_names,
             output_names=graph.output_names,
             dynamic_axes=graph.dynamic,
