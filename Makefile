@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rnnkit-installed
 PYTHON ?= python3
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-slow lint bench clean
 
 # The tests test the extras too. --no-compile: no bytecode up front for the thousands of files of torch and the rest
 # (most of a fresh install's time on two cores); Python compiles what is imported, once, on first import.
@@ -25,12 +25,19 @@ demo: $(STAMP)
 	$(VENV)/bin/rnnkit train lm --out $(DEMO_RUN) --max-minutes $(DEMO_MINUTES)
 	$(VENV)/bin/rnnkit sample --run $(DEMO_RUN) --prompt "def " --echo-prompt --length 400 --temperature 0.8
 
-# The test suite (what .ci/run calls): lint, then every test on the CPU, on as many pytest-xdist workers as there
-# are cores; each test file runs on one worker (loadfile), so a module-scoped fixture (a trained run) is built once.
+# The test suite (what .ci/run calls): lint, the strict docs build, then the tests on the CPU, on as many
+# pytest-xdist workers as there are cores; each test file runs on one worker (loadfile), so a module-scoped fixture
+# (a trained run) is built once. Tests marked slow (kill-and-resume runs, torchrun, the sktime suites, more drawn
+# fuzz cases, gradcheck of the autograd loops...) are left to test-slow, which .ci/run runs after this at every stop.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site  # the docs site (mkdocs.yml); a warning fails
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -76,6 +76,7 @@ def test_bf16_rows():
                     assert abs(float(r[5].rstrip("x")) - expected) <= 0.06 * expected + 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS needs Linux /proc")
 def test_memory_rows():
     # one shape and no other sections: each peak-RSS figure is a fresh Python process that imports torch (seconds)
@@ -88,6 +89,7 @@ def test_memory_rows():
         assert float(r[4]) >= 0 and float(r[5].rstrip("x")) > 0
 
 
+@pytest.mark.slow
 def test_rss_probe_sees_a_train_steps_memory():
     # each in a fresh process, as bench runs it: in a test worker, memory freed by earlier tests hides the growth
     small, large = peak_rss("gru", (2, 4, 8), "fused"), peak_rss("gru", (16, 128, 256), "fused")

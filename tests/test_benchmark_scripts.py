@@ -56,6 +56,7 @@ def test_every_script_imports_and_prints_its_help(script, helps):
     assert "usage:" in helps[script]["stdout"]
 
 
+@pytest.mark.slow
 def test_lm_vs_compressors_trains_scores_and_prints_its_table(tmp_path):
     text = tmp_path / "code.txt"
     text.write_text("".join(f"def f{i % 7}(x):\n    return x * {i % 5}\n" for i in range(600)))
@@ -68,6 +69,7 @@ def test_lm_vs_compressors_trains_scores_and_prints_its_table(tmp_path):
         assert row in proc.stdout
 
 
+@pytest.mark.slow
 def test_seq2seq_speed_times_every_decoder_and_prints_ratios():
     argv = [str(BENCHMARKS / "seq2seq_speed.py"), "--shapes", "g2p", "--batch", "3", "--repeats", "1", "--threads", "1"]
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=ENV, timeout=300)
@@ -77,6 +79,7 @@ def test_seq2seq_speed_times_every_decoder_and_prints_ratios():
     assert sum("greedy," in r or "beam" in r for r in rows) == 4
 
 
+@pytest.mark.slow
 def test_lm_vs_compressors_in_bf16(tmp_path):
     text = tmp_path / "code.txt"
     text.write_text("".join(f"def f{i % 7}(x):\n    return x * {i % 5}\n" for i in range(600)))

@@ -149,7 +149,11 @@ def test_loop_equals_numpy_reference(name):
 # --- the torch backends --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "backend"), _cases(NAMES))
+# the loop's backward is torch's autograd through the step: checked in the slow tier (.ci/run); the fused
+# kernels' hand-written backwards in every run of make test
+@pytest.mark.parametrize(
+    ("name", "backend"), [pytest.param(n, b, marks=[pytest.mark.slow] if b == "loop" else []) for n, b in _cases(NAMES)]
+)
 def test_gradcheck(name, backend):
     torch.manual_seed(0)
     rnn = RNN(name, 2, 2, num_layers=2, bidirectional=True, backend=backend, dtype=F64)

@@ -179,6 +179,7 @@ def test_a_full_disk_is_one_line_and_the_old_files_survive(corpus, tmp_path, mon
     assert load_checkpoint(run / "last.pt")["step"] == 8
 
 
+@pytest.mark.slow
 def test_a_second_train_on_one_out_is_refused_and_a_killed_holder_leaves_no_stuck_lock(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -199,6 +200,7 @@ def test_a_second_train_on_one_out_is_refused_and_a_killed_holder_leaves_no_stuc
     assert load_checkpoint(run / "last.pt")["step"] == 2 and not (run / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_or_full_export_leaves_nothing_and_the_next_export_cleans_up(corpus, tmp_path, capsys):
     run, model = tmp_path / "run", tmp_path / "m.pt"
     assert main(_tiny_lm(corpus, run, 2)) == 0

@@ -206,6 +206,7 @@ def test_every_cell_exports_with_every_regulariser(mode, tmp_path):
         assert (rnn(x)[0] - without(x)[0]).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_torch_onnx_export_of_rnnkit_rnn_itself(tmp_path):
     """torch.onnx.export on an rnnkit.RNN, no conversion: the TorchScript-based exporter with lengths, and torch
     2.13's default dynamo exporter without (torch.export cannot trace packed sequences)."""
@@ -472,6 +473,7 @@ def test_bad_export_requests_are_one_line(runs, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c),
                     reason="torch.compile's CPU code generation needs a C++ compiler")  # fmt: skip
+@pytest.mark.slow
 def test_torch_compile_of_a_task_model_and_its_bench_row():
     """The one compile test (compiling takes seconds): a char LM compiled gives its eager logits and state at two
     lengths (the second a recompile with a dynamic time axis), and `rnnkit bench` reports the compiled RNN."""

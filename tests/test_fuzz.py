@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import one_error_line
@@ -448,17 +448,22 @@ def _base(command: str, g: dict[str, Path], out: Path) -> list:
 COMMANDS = sorted(c for c in _subparsers() if not c.startswith("tune ") or c == "tune classify")
 
 
+# 30 drawn cases per command: make test runs the first 4, the slow tier (.ci/run) 26 other ones
+DRAWS = [pytest.param(0, 4, id="first"), pytest.param(1, 26, id="more", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize(("draw", "examples"), DRAWS)
 @pytest.mark.parametrize("command", COMMANDS)
-def test_drawn_flags_get_a_result_or_one_line(command, good, root, capsys):
+def test_drawn_flags_get_a_result_or_one_line(command, draw, examples, good, root, capsys):
     parser = _subparsers()[command]
     flags = _flags(parser)
     counter = iter(range(10**6))
 
-    @settings(max_examples=30, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @seed(draw)
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.tuples(st.sampled_from(flags), st.sampled_from(VALUES)), max_size=4))
     def case(drawn):
-        argv = _base(command, good, root / "drawn" / f"{command.replace(' ', '-')}-{next(counter)}")
+        argv = _base(command, good, root / "drawn" / f"{command.replace(' ', '-')}-{draw}-{next(counter)}")
         (root / "drawn").mkdir(exist_ok=True)
         for (flag, action), value in drawn:
             if action.nargs == 0:

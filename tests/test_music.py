@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,18 +174,25 @@ def _per_key_frequencies_nll(task: MusicTask) -> float:
     return float(-(val * np.log(p) + (1 - val) * np.log(1 - p)).sum(1).mean())
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A NADE run and a Bernoulli run on the built-in ``arpeggios`` (about 8 s of CPU each)."""
-    out, runs = tmp_path_factory.mktemp("music"), {}
+def _train_both(out: Path, **train_options) -> dict:
+    """A NADE run and a Bernoulli run on the built-in ``arpeggios``."""
+    runs = {}
     for head in ("nade", "bernoulli"):
-        task = MusicTask(_config(head))
+        task = MusicTask(_config(head, **train_options))
         runs[head] = train(task, out / head)
         runs[head].prepared = task  # the task object, with its data
     return runs
 
 
-def test_the_generated_corpus_is_learned_far_below_per_key_frequencies(runs):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Briefly trained runs for the commands' tests (a second of CPU each)."""
+    return _train_both(tmp_path_factory.mktemp("music"), max_steps=16, eval_every=8)
+
+
+@pytest.mark.slow
+def test_the_generated_corpus_is_learned_far_below_per_key_frequencies(tmp_path):
+    runs = _train_both(tmp_path)  # 250 steps: about 8 s of CPU each
     baseline = _per_key_frequencies_nll(runs["nade"].prepared)
     nade, bernoulli = (runs[h].best["nll_per_frame"] for h in ("nade", "bernoulli"))
     assert nade < 0.5 * baseline and bernoulli < 0.8 * baseline, (nade, bernoulli, baseline)

@@ -235,7 +235,9 @@ def _watch(task, seen: list) -> None:
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-@pytest.mark.parametrize("backend", ["auto", "fused", "loop"])
+@pytest.mark.parametrize(  # the fused kernels' bf16 paths in make test; auto and the loop in the slow tier
+    "backend", [pytest.param("auto", marks=pytest.mark.slow), "fused", pytest.param("loop", marks=pytest.mark.slow)]
+)
 def test_every_cell_trains_in_bf16(mode, backend, data, tmp_path, bf16_cpu):
     """Every cell, on each backend that runs it, trains under bf16 autocast: finite losses, fp32 weights."""
     if backend != "auto" and backend not in available_backends(cell_spec(mode)):

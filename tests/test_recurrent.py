@@ -603,7 +603,9 @@ def test_recurrent_custom_cell_equals_rnn(reverse):
 # --- gradcheck ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=[pytest.mark.slow] if b == "loop" else []) for b in BACKENDS]
+)  # the loop is torch's autograd through the step: the slow tier (.ci/run) checks it
 @pytest.mark.parametrize("label", list(MODES))
 def test_rnn_gradcheck(label, backend):
     torch.manual_seed(0)

@@ -99,6 +99,7 @@ def test_best_toml_is_the_best_trials_config_and_train_reproduces_it(study, tmp_
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_a_killed_trial_is_failed_and_retried_and_the_study_continues_to_n(study, tmp_path):
     folder = tmp_path / "study"
     shutil.copytree(study[0], folder)
@@ -161,6 +162,7 @@ def test_the_pruning_callback_reports_each_evaluation_and_stops_the_run(data, tm
     assert trial.reports == [(e["val_accuracy"], e["step"]) for e in evals if e["kind"] == "eval"]
 
 
+@pytest.mark.slow
 def test_a_study_prunes_the_trials_its_pruner_rejects(data, tmp_path):
     """A threshold no trial reaches after 3 steps: every trial is pruned at its first evaluation, none completes,
     and the outputs say so instead of failing (no best.toml, no importance plot)."""

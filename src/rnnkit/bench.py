@@ -8,6 +8,8 @@ For each mode and shape (B x T x H, input size D = H, one layer), three tasks:
   ``LSTMCell``/``GRUCell``/``RNNCell`` loop (us per token);
 - ``compile``: inference of ``torch.compile(rnn)`` against the same RNN eager (``--no-compile`` leaves it out).
 
+``--contention`` measures instead the char LM's training speed idle and beside other work (``bench_contention``).
+
 With ``--precision bf16`` the train and forward rows compare mixed precision instead: the fused kernels under
 bf16 autocast (bf16 products, fp32 states and gates), torch.nn in fp32 and under bf16 autocast, and fused in
 fp32, with GFLOP/s against the bfloat16 GEMM peak.
@@ -38,7 +40,7 @@ from torch import nn
 
 from rnnkit.backends import available_backends
 from rnnkit.cells import cell_spec
-from rnnkit.cliargs import int_flag
+from rnnkit.cliargs import float_flag, int_flag
 from rnnkit.errors import ConfigError
 from rnnkit.kernels import extension
 from rnnkit.kernels.ops import linear, onednn_available
@@ -87,6 +89,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("fp32", "bf16"),
         help="bf16: the train and forward rows become fused under bf16 autocast against torch.nn in fp32 and "
         "under bf16 autocast, with GFLOP/s against the bf16 GEMM peak (default: fp32)",
+    )
+    parser.add_argument("--contention", action="store_true",
+                        help="instead of the table: the char LM's training speed idle and beside --load spinning "
+                        "processes, rnnkit and torch.nn, with and without --threads 0 (minutes)")  # fmt: skip
+    parser.add_argument("--contention-seconds", type=float_flag(0.5, 3600), default=20.0,
+                        help="seconds of training steps per --contention run (default 20)")  # fmt: skip
+    parser.add_argument(
+        "--load",
+        type=int_flag(0, 1024),
+        default=None,
+        help="--contention's load: processes spinning at normal priority (default: half the cores)",
     )
 
 
@@ -442,6 +455,12 @@ def _row(mode, shape, task, name, value, ratio, gflops, extra) -> str:
 
 def run(args: argparse.Namespace, write: Callable[[str], None]) -> int:
     """Measure and write the table through ``write``; returns the exit status (0)."""
+    if args.contention:
+        from rnnkit.bench_contention import run_contention
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return run_contention(args, write)
     modes = _parse_modes(args.modes)
     cells = _parse_names(args.cells, tuple(m for m in MODES if m not in TORCH_MODES), "--cells")
     regularised = _parse_names(args.regularisers, TORCH_MODES, "--regularisers")

@@ -210,6 +210,11 @@ class TrainConfig:
                   "checkpoints stay fp32) or auto (bf16 on a CPU with avx512_bf16 or AMX, or a bf16 GPU)"},
     )  # fmt: skip
     log_every: int = field(default=20, metadata={"help": "report training loss every this many steps (steps)"})
+    threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads of the training steps: 0 = chosen while training from the cores that are free "
+                  "(all of them on an idle machine; fewer beside other work), N = always N"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_int("batch_size", self.batch_size, 1, 2**24)
@@ -233,6 +238,7 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", self.precision, PRECISIONS)
         check_int("log_every", self.log_every, 1)
+        check_int("threads", self.threads, 0, 1024)
 
 
 @dataclass(frozen=True)

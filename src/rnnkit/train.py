@@ -69,6 +69,7 @@ from rnnkit.metrics import plot_training
 from rnnkit.precision import at_least_fp32, autocast, precision_name, resolve_precision
 from rnnkit.sequence import detach_state, map_state
 from rnnkit.tasks.base import Task
+from rnnkit.threads import ThreadTuner
 
 __all__ = ["DivergenceError", "RunState", "TrainResult", "Trainer", "TrainingInterrupted", "lr_at", "train", "train_lm"]
 
@@ -560,8 +561,16 @@ def _fit(trainer: Trainer, task: Task, run_dir: Path, payload, info: DistInfo, o
         callbacks += [TensorBoard(run_dir / "tensorboard")]
     if on_event is not None:
         callbacks.append(EventHandler(on_event))
+    threads = torch.get_num_threads()
+    if trainer.device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif trainer.device.type == "cpu" and threads > 1 and not info.enabled:
+        callbacks.append(ThreadTuner(threads))  # under DDP each rank's steps wait for the others': not its own time
     trainer.callbacks = callbacks + extra
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:  # the process's thread count as it was (a notebook trains several models)
+        torch.set_num_threads(threads)
 
 
 def _summary(result: TrainResult, task: Task) -> dict[str, Any]:
