@@ -44,8 +44,8 @@ def _train_rate(backend: str, threads: int, seconds: float, quick: bool, steps: 
 
     model = {"backend": backend} | ({"hidden_size": 32, "embedding_size": 8} if quick else {})
     data = {"max_chars": 200_000} if quick else {}
-    train_cfg = {"max_minutes": seconds / 60, "max_steps": steps, "eval_every": 10**9, "checkpoint_every": 0, "log_every": 10**9,
-                 "threads": torch.get_num_threads() if threads < 0 else threads}  # fmt: skip
+    train_cfg = {"max_minutes": seconds / 60, "max_steps": steps, "eval_every": 10**9, "checkpoint_every": 0,
+                 "log_every": 10**9, "threads": torch.get_num_threads() if threads < 0 else threads}  # fmt: skip
     config = LMConfig.from_dict({"model": model, "data": data, "train": train_cfg})
     with tempfile.TemporaryDirectory() as folder:
         return train(LMTask(config), os.path.join(folder, "run"), plots=False).items_per_second
