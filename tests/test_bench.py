@@ -100,3 +100,18 @@ def test_rss_probe_sees_a_train_steps_memory():
 def test_bad_flags_raise_config_error(flag, value):
     with pytest.raises(ConfigError, match=flag):
         run(_args(flag, value), lambda line: None)
+
+
+@pytest.mark.slow
+def test_contention_rows_time_each_setting_idle_and_beside_the_load(capsys):
+    from rnnkit.cli import main
+
+    assert main(["bench", "--contention", "--quick", "--load", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "load = 1 process(es) spinning at normal priority" in lines[0]
+    rows = {line[:14].strip(): line[14:].split() for line in lines[2:6]}
+    assert set(rows) == {"rnnkit auto", "rnnkit all", "torch.nn auto", "torch.nn all"}
+    for idle, loaded, ratio, _ in rows.values():
+        assert float(idle) > 0 and float(loaded) > 0
+        assert float(ratio[:-1]) == pytest.approx(float(loaded) / float(idle), abs=0.01)
+    assert rows["torch.nn all"][3] == "1.00x"

@@ -394,8 +394,9 @@ def test_outputs_are_safe_whole_and_one_class_per_label(good, probe, root, capsy
 
 VALUES = ["-1", "0", "1", "2", "3", "0.5", "nan", "inf", "-inf", "1e-300", "1e300", "9223372036854775808", "",
           "x", "lstm", "gru", "true", "auto", "0,1", "/nonexistent/file", "\u00e9", "3\x00"]  # fmt: skip
-SKIP = {"-h", "--help", "--memory", "--version", "--out", "--force", "--plot", "--data", "--run", "--val",
-        "--config", "--resume", "--actuals", "--future"}  # fmt: skip
+# --memory and --contention: bench tables of minutes (test_bench runs them once)
+SKIP = {"-h", "--help", "--memory", "--contention", "--version", "--out", "--force", "--plot", "--data", "--run",
+        "--val", "--config", "--resume", "--actuals", "--future"}  # fmt: skip
 
 
 def _subparsers() -> dict[str, object]:

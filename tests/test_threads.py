@@ -110,8 +110,9 @@ def test_a_run_that_switches_threads_trains_to_the_same_bits_and_gives_the_count
 def fixed_config(corpus, steps: int, threads: int = 0) -> LMConfig:
     return LMConfig.from_dict({"model": {"hidden_size": 24, "embedding_size": 8},
                                "data": {"data": str(corpus), "val_fraction": 0.1},
-                               "train": {"batch_size": 4, "bptt": 16, "max_steps": steps, "max_minutes": 0, "eval_every": 5,
-                                         "log_every": 1, "checkpoint_every": 0, "threads": threads}})  # fmt: skip
+                               "train": {"batch_size": 4, "bptt": 16, "max_steps": steps, "max_minutes": 0,
+                                         "eval_every": 5, "log_every": 1, "checkpoint_every": 0,
+                                         "threads": threads}})  # fmt: skip
 
 
 def test_busy_load_runs_its_processes_until_the_block_ends():

@@ -53,22 +53,23 @@ def _train_rate(backend: str, threads: int, seconds: float, quick: bool, steps: 
 
 def run_contention(args: argparse.Namespace, write: Callable[[str], None]) -> int:
     """The contention table through ``write`` (see the module docstring); returns 0."""
-    seconds = 3.0 if args.quick else args.contention_seconds
+    seconds = 0.0 if args.quick else args.contention_seconds  # --quick: 20 steps per run instead
     rounds = 1 if args.quick else args.repeats
     load = args.load if args.load is not None else max(1, (os.cpu_count() or 2) // 2)
+    budget = "20 steps" if args.quick else f"{seconds:g} s of training steps"
     write(
-        f"rnnkit bench --contention: char LM at its defaults{' (--quick: H=32)' if args.quick else ''}, "
-        f"{seconds:g} s of training steps per run, {rounds} interleaved round(s), threads={torch.get_num_threads()}, "
-        f"load = {load} process(es) spinning at normal priority"
+        f"rnnkit bench --contention: char LM at its defaults{' (--quick: H=32)' if args.quick else ''}, {budget} per "
+        f"run, {rounds} interleaved round(s), threads={torch.get_num_threads()}, load = {load} process(es) spinning "
+        "at normal priority"
     )
     rates: dict[tuple[str, bool], list[float]] = {(name, loaded): [] for name in ROWS for loaded in (False, True)}
     for backend, threads in ROWS.values():  # untimed: the first steps load the C++ loops and warm the allocator
-        _train_rate(backend, threads, seconds, args.quick, steps=3)
+        _train_rate(backend, threads, 0.0, args.quick, steps=3)
     for _ in range(rounds):
         for loaded in (False, True):
             with busy_load(load if loaded else 0):
                 for name, (backend, threads) in ROWS.items():
-                    rates[name, loaded].append(_train_rate(backend, threads, seconds, args.quick))
+                    rates[name, loaded].append(_train_rate(backend, threads, seconds, args.quick, 20 * args.quick))
     write(f"{'row':14} {'idle chars/s':>13} {'loaded':>10} {'loaded/idle':>12} {'idle vs torch.nn all':>21}")
     reference = statistics.median(rates["torch.nn all", False])
     for name in ROWS:
