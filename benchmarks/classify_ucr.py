@@ -134,7 +134,7 @@ def timed_accuracy(make, X_train, y_train, X_test, y_test) -> tuple[float, float
 
 def rnnkit_options(args: argparse.Namespace) -> list[str]:
     options = [
-        "--val-fraction", "0",
+        "--val-fraction", str(args.validate or 0),
         "--max-minutes", str(args.minutes),
         "--mode", args.mode,
         "--hidden-size", str(args.hidden_size),
@@ -148,6 +148,8 @@ def rnnkit_options(args: argparse.Namespace) -> list[str]:
         "--seed", str(args.seed),
         "--device", args.device,
     ]  # fmt: skip
+    if args.scaling is not None:
+        options += ["--scaling", args.scaling]
     return [*options, *args.rnnkit_arg]
 
 
@@ -162,6 +164,30 @@ def run_rnnkit(args: argparse.Namespace, train: Path, test: Path, run_dir: Path)
         f"{fmt(summary_value(summary, 'items_per_s'), 0)} examples/s, stopped because {summary.get('stopped_because')}"
     )
     return summary_value(result, "accuracy"), seconds
+
+
+def validate_rnnkit(args: argparse.Namespace, names: list[str]) -> int:
+    """``--validate F``: rnnkit trained on each _TRAIN file less a stratified share F of each class, scored on that
+    share (the run's own validation split); the _TEST file is not read. For choosing settings."""
+    rows = []
+    with limit_threads(args.threads), tempfile.TemporaryDirectory(prefix="classify-ucr-val-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        for name in names:
+            train_path, _ = dataset_files(name)
+            summary, wall = train_classifier(train_path, workdir / name, rnnkit_options(args))
+            best, last = summary.get("best") or {}, summary.get("last") or {}
+            accuracy = (fmt(summary_value(best, "accuracy")), fmt(summary_value(last, "accuracy")))
+            rows.append([name, *accuracy, fmt(summary_value(best, "loss")), str(summary.get("steps")),
+                         str(summary.get("stopped_because")), fmt(wall, 1)])  # fmt: skip
+    headers = ["dataset", "val accuracy (best.pt)", "val accuracy (last)", "val loss (best.pt)", "steps",
+               "stopped because", "time s"]  # fmt: skip
+    print(f"## rnnkit on a validation split of the _TRAIN files ({args.validate:g} of each class; _TEST not read)\n")
+    print(markdown_table(headers, rows))
+    print("\nReproduce: .venv/bin/python benchmarks/classify_ucr.py " + " ".join(argv_seen))
+    return 0
+
+
+argv_seen: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="extra rnnkit option, repeatable, e.g. --rnnkit-arg=--weight-decay --rnnkit-arg=0.1",
     )
+    g.add_argument("--scaling", default=None, choices=("dataset", "series"),
+                   help="a series' scaling (default: the classify task's default)")  # fmt: skip
+    p.add_argument("--validate", type=float, default=None, metavar="F",
+                   help="choose settings: rnnkit only, trained on the _TRAIN file less a stratified share F, scored "
+                        "on that share; the _TEST file is not read")  # fmt: skip
     args = p.parse_args(argv)
+    argv_seen[:] = argv if argv is not None else sys.argv[1:]
+    if args.validate is not None:
+        return validate_rnnkit(args, args.datasets)
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # sktime's deprecation notices, not ours to fix
     rows, pairs = [], []  # pairs: (1-NN DTW, rnnkit) accuracies, for the target line

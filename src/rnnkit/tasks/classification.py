@@ -49,7 +49,7 @@ from rnnkit.metrics import classification_metrics, confusion_matrix, plot_confus
 from rnnkit.precision import at_least_fp32
 from rnnkit.sequence import pad_sequences
 from rnnkit.tasks.base import DATA, Command, Flag, Param, Table, Task
-from rnnkit.tasks.classify_parts import INPUTS, POOLINGS, SequenceClassifier, as_examples
+from rnnkit.tasks.classify_parts import INPUTS, POOLINGS, SCALINGS, SequenceClassifier, as_examples
 
 __all__ = [
     "ClassifyConfig",
@@ -98,6 +98,11 @@ class ClassifyDataConfig:
         },
     )
     tokens: str = field(default="chars", metadata={"help": "text tokens: chars or words (split on whitespace)"})
+    scaling: str = field(
+        default="dataset",
+        metadata={"help": "series: dataset (each channel by the training set's mean and std) or series (each series "
+                  "and channel to mean 0, std 1: the UCR convention)"},
+    )  # fmt: skip
     max_vocab: int = field(default=50_000, metadata={"help": "keep the most frequent tokens (count, words only)"})
     max_length: int = field(default=0, metadata={"help": "truncate longer examples (time steps, 0 = no limit)"})
     bucket: bool = field(default=True, metadata={"help": "group examples of similar length into batches"})
@@ -109,6 +114,7 @@ class ClassifyDataConfig:
                 raise ConfigError(f"{name} must be a non-empty file path or unset, got {value!r}")
         check_float("val_fraction", self.val_fraction, 0.0, 0.5)
         check_choice("tokens", self.tokens, ("chars", "words"))
+        check_choice("scaling", self.scaling, tuple(SCALINGS))
         check_int("max_vocab", self.max_vocab, 3, 2**24)
         check_int("max_length", self.max_length, 0)
         check_bool("bucket", self.bucket)
