@@ -155,3 +155,20 @@ def test_a_run_from_before_the_choice_scales_by_the_dataset(series_run, tmp_path
     task.restore({"labels": ["0", "1"], "kind": "series", "channels": 1, "mean": torch.zeros(1), "std": torch.ones(1)})
     assert task.input.scaling == "dataset"  # artefacts without "scaling": the run was trained before it existed
     assert isinstance(task.build_model().embedding, Standardise)
+
+
+def test_early_stopping_is_on_by_default_and_eval_loads_the_best_evaluation(series_run, tmp_path, capsys):
+    """With a learning rate too small to change anything no evaluation beats the first: the default patience ends
+    the run 5 evaluations later, and eval scores best.pt (step 1), not the last step."""
+    out = tmp_path / "run"
+    argv = ["train", "classify", "--data", str(series_run[1]), "--out", str(out), "--hidden-size", "4",
+            "--head-size", "0", "--lr", "1e-30", "--max-steps", "50", "--max-minutes", "0", "--eval-every", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_because"] == "patience" and summary["steps"] == 6
+    assert main(["eval", "--run", str(out), "--data", str(series_run[1]), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["step"] == 1 and scores["checkpoint"].endswith("best.pt")
+    assert load_run(out, "last").step == 6

@@ -122,8 +122,18 @@ class ClassifyDataConfig:
 
 @dataclass(frozen=True)
 class ClassifyTrainConfig(TrainConfig):
-    """The trainer's settings plus the classifier's objective and the metric early stopping follows."""
+    """The trainer's settings plus the classifier's objective and the metric early stopping follows.
 
+    Early stopping is on by default: a classifier learns a small training set by heart and from then on its
+    validation loss rises (1.12 to 2.84 on the Python-identifiers set of issue 23); ``best.pt``, which eval and
+    predict load, is the best evaluation, and ``patience`` evaluations without a better one end the run.
+    """
+
+    patience: int = field(
+        default=5,
+        metadata={"help": "stop after this many evaluations without a better --monitor (ties: lower loss) (evals, "
+                  "0 = off)"},
+    )  # fmt: skip
     monitor: str = field(
         default="accuracy", metadata={"help": "metric for best.pt and early stopping: accuracy or macro_f1"}
     )
