@@ -141,23 +141,13 @@ def timed_accuracy(make, X_train, y_train, X_test, y_test) -> tuple[float, float
 
 
 def rnnkit_options(args: argparse.Namespace) -> list[str]:
-    options = [
-        "--val-fraction", str(args.validate or 0),
-        "--max-minutes", str(args.minutes),
-        "--mode", args.mode,
-        "--hidden-size", str(args.hidden_size),
-        "--num-layers", str(args.num_layers),
-        "--bidirectional", args.bidirectional,
-        "--pooling", args.pooling,
-        "--dropout", str(args.dropout),
-        "--batch-size", str(args.batch_size),
-        "--lr", str(args.lr),
-        "--eval-every", str(args.eval_every),
-        "--seed", str(args.seed),
-        "--device", args.device,
-    ]  # fmt: skip
-    if args.scaling is not None:
-        options += ["--scaling", args.scaling]
+    """The split, budget, seed and device, then only the settings given: the rest are the classify task's defaults."""
+    options = ["--val-fraction", str(args.validate or 0), "--max-minutes", str(args.minutes), "--seed", str(args.seed),
+               "--device", args.device]  # fmt: skip
+    for flag in SETTINGS:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            options += [flag, str(value)]
     return [*options, *args.rnnkit_arg]
 
 
@@ -172,6 +162,10 @@ def run_rnnkit(args: argparse.Namespace, train: Path, test: Path, run_dir: Path)
         f"{fmt(summary_value(summary, 'items_per_s'), 0)} examples/s, stopped because {summary.get('stopped_because')}"
     )
     return summary_value(result, "accuracy"), seconds, f"{summary.get('steps')} ({summary.get('stopped_because')})"
+
+
+SETTINGS = ("--mode", "--hidden-size", "--num-layers", "--bidirectional", "--pooling", "--dropout", "--batch-size",
+            "--lr", "--eval-every", "--patience", "--scaling")  # fmt: skip
 
 
 def validate_rnnkit(args: argparse.Namespace, names: list[str]) -> int:
@@ -207,16 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="folder for the rnnkit runs (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="seed of MiniRocket's kernels and of rnnkit (default 0)")
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP/numba/torch threads (default 2)")
-    g = p.add_argument_group("rnnkit settings (passed to `rnnkit train classify`)")
-    g.add_argument("--mode", default="gru", choices=("lstm", "gru", "elman"), help="cell (default gru)")
-    g.add_argument("--hidden-size", type=int, default=128, help="hidden width per direction (default 128)")
-    g.add_argument("--num-layers", type=int, default=1, help="stacked layers (default 1)")
-    g.add_argument("--bidirectional", default="true", choices=("true", "false"), help="(default true)")
-    g.add_argument("--pooling", default="mean", choices=("last", "mean", "max", "attention"), help="(default mean)")
-    g.add_argument("--dropout", type=float, default=0.1, help="between layers and in the head (default 0.1)")
-    g.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16: 36-67 train rows)")
-    g.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    g.add_argument("--eval-every", type=int, default=200, help="evaluate every N steps (default 200)")
+    g = p.add_argument_group("rnnkit settings (passed to `rnnkit train classify`; unset: the task's default)")
+    g.add_argument("--mode", choices=("lstm", "gru", "elman"), help="cell")
+    g.add_argument("--hidden-size", type=int, help="hidden width per direction")
+    g.add_argument("--num-layers", type=int, help="stacked layers")
+    g.add_argument("--bidirectional", choices=("true", "false"))
+    g.add_argument("--pooling", choices=("last", "mean", "max", "attention"))
+    g.add_argument("--dropout", type=float, help="between layers and in the head")
+    g.add_argument("--batch-size", type=int, help="examples per step")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--eval-every", type=int, help="evaluate every N steps")
+    g.add_argument("--patience", type=int, help="evaluations without improvement before stopping (0 = off)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     g.add_argument(
         "--rnnkit-arg",
@@ -225,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="extra rnnkit option, repeatable, e.g. --rnnkit-arg=--weight-decay --rnnkit-arg=0.1",
     )
-    g.add_argument("--scaling", default=None, choices=("dataset", "series"),
-                   help="a series' scaling (default: the classify task's default)")  # fmt: skip
+    g.add_argument("--scaling", choices=("dataset", "series"), help="a series' scaling")
     p.add_argument("--validate", type=float, default=None, metavar="F",
                    help="choose settings: rnnkit only, trained on the _TRAIN file less a stratified share F, scored "
                         "on that share; the _TEST file is not read")  # fmt: skip
@@ -294,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     print("## UCR/UEA classification: test accuracy on the archive splits\n")
     print(markdown_table(headers, rows))
     print(
-        f"\n{args.threads} thread(s). rnnkit: {args.minutes:g} min per dataset, no validation split "
-        "(--val-fraction 0), time = train + eval wall time. Baseline time = fit + predict, after a numba warm-up."
+        f"\n{args.threads} thread(s). rnnkit: the classify defaults, {args.minutes:g} min per dataset, no validation "
+        "split (--val-fraction 0), time = train + eval wall time. Baseline time = fit + predict, after a numba warm-up."
     )
     if pairs:
         wins = sum(rnn >= dtw for dtw, rnn in pairs)
