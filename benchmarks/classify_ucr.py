@@ -232,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # sktime's deprecation notices, not ours to fix
     rows, pairs = [], []  # pairs: (1-NN DTW, rnnkit) accuracies, for the target line
     with limit_threads(args.threads), tempfile.TemporaryDirectory(prefix="classify-ucr-") as tmp:
-        import numba
+        if not args.skip_baselines:  # only the baselines need numba
+            import numba
 
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for name in args.datasets:
