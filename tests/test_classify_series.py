@@ -41,7 +41,7 @@ def test_untrained_features_of_zero_mean_series_differ(pooling):
     """The default classifier's pooled features at initialisation must tell series of mean 0 apart.
 
     With torch.nn's U(+-1/sqrt(H)) input weights on one channel the gates saw the series at std 0.05, and mean
-    pooling gave features whose spread across series was 0.0006 here (0.00001 on ArrowHead); training then sat at
+    pooling gave features whose spread across series was 0.0006 here (below 0.00005 on ArrowHead); training sat at
     the class prior."""
     X, _ = _bumps(np.random.default_rng(0), 64)
     x, lengths = torch.tensor(X, dtype=torch.float32)[..., None], torch.full((64,), X.shape[1])  # (64, 40, 1)
