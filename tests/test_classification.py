@@ -315,7 +315,7 @@ def test_series_model_fills_missing_values_with_the_channel_mean():
     x = torch.tensor([[[7.0, float("nan")], [5.0, 0.0]]])  # (1, 2, 2)
     filled = torch.tensor([[[7.0, -1.0], [5.0, 0.0]]])  # NaN -> the channel mean
     torch.testing.assert_close(model(x, torch.tensor([2])), model(filled, torch.tensor([2])))
-    torch.testing.assert_close(model.encode(filled), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]))
+    torch.testing.assert_close(model.encode(filled, torch.tensor([2])), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]))
 
 
 def test_a_state_dict_from_before_the_input_and_pooling_modules_loads():
@@ -432,7 +432,7 @@ def test_attention_weights_sum_to_one_over_the_valid_steps_and_make_the_features
     a = model.attention(x, lengths)  # (2, 4)
     torch.testing.assert_close(a.sum(1), torch.ones(2, dtype=torch.float64))
     assert (a[1, 2:] == 0).all() and (a[1, :2] > 0).all()
-    y, _ = model.rnn(model.encode(x), lengths=lengths)  # (2, 4, 8)
+    y, _ = model.rnn(model.encode(x, lengths), lengths=lengths)  # (2, 4, 8)
     torch.testing.assert_close(model.features(x, lengths), (a.unsqueeze(-1) * y).sum(1))
     with pytest.raises(ValueError, match="pooling='attention'"):
         SequenceClassifier(ClassifyModelConfig(pooling="mean"), 2, vocab_size=7).attention(x, lengths)

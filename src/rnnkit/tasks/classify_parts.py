@@ -1,17 +1,27 @@
 """The classifier's parts: its inputs (text or series), its pooling over time, and the model they make.
 
     TextInput    tokens (B, T) --embedding--> (B, T, E)       vocabulary fitted on the training texts
-    SeriesInput  series (B, T, D) --standardise--> (B, T, D)  per-channel mean and std fitted on the training data
+    SeriesInput  series (B, T, D) --scaling--> (B, T, D)      ``SCALINGS``: per channel by the training set's mean
+                                                               and std (``dataset``), or each series to mean 0, std 1
+                                                               (``series``, the UCR convention)
 
     --rnnkit.RNN (lengths)--> (B, T, K*H) --pooling over the valid steps--> (B, K*H) --MLP--> logits (B, C)
 
 An input is a strategy ``ClassifyTask`` asks instead of branching on the data's kind: it fits what it learns from
 the training examples, encodes examples as model inputs, saves and restores its artefacts, and builds the model
-with its input layer. A pooling is an ``nn.Module`` chosen by the config's ``pooling`` string (``POOLINGS``).
+with its input layer. A pooling is an ``nn.Module`` chosen by the config's ``pooling`` string (``POOLINGS``), and a
+series' scaling one chosen by ``scaling`` (``SCALINGS``).
+
+A series' first recurrent layer takes its input weights at fan-in scale (``init_input_weights_``): torch.nn's
+uniform(+-1/sqrt(H)) init is for inputs as wide as the hidden state, and a series has D = 1 to a few channels, so
+with H = 128 a standardised series reached the gates at a twentieth of unit scale. In that nearly linear regime the
+mean over time of the RNN's output is close to a linear filter's mean, which is the same (zero) for every series of
+mean zero: the pooled features did not differ between series and training sat at the class prior (UCR ArrowHead).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +45,7 @@ ClassifyDataConfig = Any
 __all__ = [
     "INPUTS",
     "POOLINGS",
+    "SCALINGS",
     "AttentionPooling",
     "LastPooling",
     "MaxPooling",
@@ -43,7 +54,9 @@ __all__ = [
     "SeriesInput",
     "Standardise",
     "TextInput",
+    "ZNormalise",
     "as_examples",
+    "init_input_weights_",
 ]
 
 
@@ -123,15 +136,63 @@ class Standardise(nn.Module):
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         return torch.nan_to_num((x - self.mean) / self.std, nan=0.0)  # (B, T, D)
 
 
+class ZNormalise(nn.Module):
+    """A series' input layer: each series, each channel to mean 0 and standard deviation 1 over its valid steps (the
+    UCR convention; the population std, ddof 0). A constant channel is only centred (all 0); a missing value (NaN)
+    is left out of the statistics and becomes 0, the series' mean. Nothing is learned or fitted.
+
+        m = sum_t x_t / n,   s = sqrt(sum_t (x_t - m)^2 / n),   z_t = (x_t - m) / s     over the n valid steps
+    """
+
+    eps: ClassVar[float] = 1e-8  # a channel whose std is below this is constant: only centred
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        valid = lengths_to_mask(lengths.to(x.device), x.size(1)).unsqueeze(-1) & ~torch.isnan(x)  # (B, T, D)
+        x0 = torch.where(valid, x, torch.zeros_like(x))  # (B, T, D)
+        n = valid.sum(1, keepdim=True).clamp(min=1).to(x.dtype)  # (B, 1, D)
+        m = x0.sum(1, keepdim=True) / n  # (B, 1, D)
+        var = (torch.where(valid, x0 - m, torch.zeros_like(x)) ** 2).sum(1, keepdim=True) / n  # (B, 1, D)
+        # a constant channel is only centred; the clamp keeps sqrt's gradient at var 0 finite
+        s = torch.where(var > self.eps**2, var.clamp(min=self.eps**2).sqrt(), torch.ones_like(var))  # (B, 1, D)
+        return torch.where(valid, (x0 - m) / s, torch.zeros_like(x))  # (B, T, D), 0 where missing or padded
+
+
+SCALINGS: dict[str, type[Standardise | ZNormalise]] = {"dataset": Standardise, "series": ZNormalise}
+
+
+@torch.no_grad()
+def init_input_weights_(rnn: nn.Module) -> nn.Module:
+    """Redraw the first layer's input weights W_ih (G*H, D) (each direction) from U(-sqrt(3/D), sqrt(3/D)).
+
+    Their variance is then 1/D (LeCun et al. 1998), so inputs of unit variance give gate pre-activations of unit
+    variance whatever D is; torch.nn's U(-1/sqrt(H), 1/sqrt(H)) scales them by the hidden width instead, which for
+    a series of D = 1 channel and H = 128 leaves the pre-activations at standard deviation 0.05. Returns ``rnn``.
+    """
+    found = False
+    for name, w in rnn.named_parameters():
+        if name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+            bound = math.sqrt(3.0 / w.shape[1])
+            w.uniform_(-bound, bound)
+            found = True
+    if not found:
+        raise ValueError(f"rnn must have a first-layer input weight named weight_ih_l0, got {type(rnn).__name__}")
+    return rnn
+
+
 class SequenceClassifier(nn.Module):
-    """Embedding (``vocab_size``) or per-channel standardisation (``input_channels``) -> RNN -> pooling -> MLP.
+    """Embedding (``vocab_size``) or a series' scaling (``input_channels``, ``scaling`` one of ``SCALINGS``) -> RNN
+    -> pooling -> MLP.
 
     ``forward(x, lengths) -> logits (B, C)``: x is (B, T) int64 token ids (padding 0) or (B, T, D) float series
-    (NaN allowed: missing values become the channel mean); ``lengths`` (B,) the valid steps of each row.
+    (NaN allowed: a missing value becomes 0 after scaling, the channel's or the series' mean); ``lengths`` (B,) the
+    valid steps of each row.
     """
 
     # Checkpoints written before inputs and poolings were modules kept these at the top level; they load as before.
@@ -141,7 +202,7 @@ class SequenceClassifier(nn.Module):
     }  # fmt: skip
 
     def __init__(self, config: ClassifyModelConfig, num_classes: int, *, vocab_size: int = 0,
-                 input_channels: int = 0) -> None:  # fmt: skip
+                 input_channels: int = 0, scaling: str = "dataset") -> None:  # fmt: skip
         super().__init__()
         if (vocab_size > 0) == (input_channels > 0):
             raise ValueError(
@@ -149,12 +210,14 @@ class SequenceClassifier(nn.Module):
             )
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {tuple(SCALINGS)}, got {scaling!r}")
         self.config, self.num_classes = config, num_classes
         if vocab_size:
             self.embedding = nn.Embedding(vocab_size, config.embedding_size, padding_idx=0)
             D = config.embedding_size
         else:
-            self.embedding = Standardise(input_channels)  # its statistics are set from the training set
+            self.embedding = SCALINGS[scaling](input_channels)  # Standardise's statistics: from the training set
             D = input_channels
         K, H = 2 if config.bidirectional else 1, config.hidden_size
         self.rnn = RNN(config.mode, D, H, config.num_layers, dropout=config.dropout,
@@ -167,6 +230,8 @@ class SequenceClassifier(nn.Module):
         else:
             self.head = nn.Linear(K * H, num_classes)
         initialise_(self.rnn, config.init)
+        if input_channels:
+            init_input_weights_(self.rnn)  # D is a few channels, not H wide: see the module docstring
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         for old, new in self._OLD_KEYS.items():
@@ -174,13 +239,13 @@ class SequenceClassifier(nn.Module):
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """The RNN's input: token embeddings (B, T) -> (B, T, E), or standardised series (B, T, D)."""
-        return self.embedding(x)
+    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """The RNN's input: token embeddings (B, T) -> (B, T, E), or scaled series (B, T, D)."""
+        return self.embedding(x) if isinstance(self.embedding, nn.Embedding) else self.embedding(x, lengths)
 
     def features(self, x: Tensor, lengths: Tensor) -> Tensor:
         """The pooled representation (B, K*H) of a padded batch."""
-        y, state = self.rnn(self.encode(x), lengths=lengths)  # y (B, T, K*H), zero past each length
+        y, state = self.rnn(self.encode(x, lengths), lengths=lengths)  # y (B, T, K*H), zero past each length
         mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
         return self.pool(y, lengths, mask, state)  # (B, K*H)
 
@@ -192,7 +257,7 @@ class SequenceClassifier(nn.Module):
         """The attention weights (B, T) of ``pooling="attention"`` (zero past each length)."""
         if not isinstance(self.pool, AttentionPooling):
             raise ValueError(f"attention needs pooling='attention', got {self.config.pooling!r}")
-        y, _ = self.rnn(self.encode(x), lengths=lengths)  # (B, T, K*H)
+        y, _ = self.rnn(self.encode(x, lengths), lengths=lengths)  # (B, T, K*H)
         mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
         return self.pool.weights(y, mask).squeeze(-1)  # (B, T)
 
@@ -256,13 +321,16 @@ class TextInput:
 
 
 class SeriesInput:
-    """Float series (T_i, D), standardised per channel by the training set's mean and std (a constant channel is
-    only centred); a missing value becomes the channel's mean."""
+    """Float series (T_i, D), scaled by the model's first layer as ``data.scaling`` says (``SCALINGS``): per channel
+    by the training set's mean and std (``dataset``; a constant channel is only centred, a missing value becomes
+    the channel's mean), or each series and channel to mean 0 and std 1 (``series``). The scaling is saved with the
+    run's artefacts, so a reloaded run scales its inputs as it was trained to."""
 
     kind: ClassVar[str] = "series"
 
     def __init__(self, data: ClassifyDataConfig) -> None:
         self.channels, self.mean, self.std = 0, None, None
+        self.scaling = data.scaling
 
     def fit(self, train: Examples) -> SeriesInput:
         channels = {x.shape[1] for x in train.inputs}
@@ -287,23 +355,26 @@ class SeriesInput:
         return inputs, 0
 
     def artefacts(self) -> dict[str, Any]:
-        return {"channels": self.channels, "mean": self.mean, "std": self.std}
+        return {"channels": self.channels, "mean": self.mean, "std": self.std, "scaling": self.scaling}
 
     def restore(self, artefacts: dict[str, Any]) -> SeriesInput:
         self.channels = int(artefacts.get("channels", 0))
         self.mean, self.std = artefacts.get("mean"), artefacts.get("std")
+        self.scaling = artefacts.get("scaling", "dataset")  # runs from before the choice existed scaled by dataset
         return self
 
     def summary(self) -> dict[str, Any]:
-        return {"channels": self.channels, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"channels": self.channels, "scaling": self.scaling, "mean": self.mean.tolist(),
+                "std": self.std.tolist()}  # fmt: skip
 
     def write_files(self, run_dir: Path) -> None:
         """Nothing beyond labels.json."""
 
     def build_model(self, config: ClassifyModelConfig, num_classes: int) -> SequenceClassifier:
-        model = SequenceClassifier(config, num_classes, input_channels=self.channels)
-        model.embedding.mean.copy_(self.mean)
-        model.embedding.std.copy_(self.std)
+        model = SequenceClassifier(config, num_classes, input_channels=self.channels, scaling=self.scaling)
+        if isinstance(model.embedding, Standardise):
+            model.embedding.mean.copy_(self.mean)
+            model.embedding.std.copy_(self.std)
         return model
 
     def example(self, batch: int, time: int) -> Tensor:
