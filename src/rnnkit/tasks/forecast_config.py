@@ -72,8 +72,8 @@ class ForecastModelConfig(RecurrentConfig):
     quantiles: str = field(default="0.1,0.5,0.9", metadata={"help": "forecast quantile levels, comma-separated"})
     calibration: str = field(
         default="conformal",
-        metadata={"help": "intervals: conformal (each quantile's distance from the median scaled so the 80 % "
-                  "interval holds 80 % of the held-out validation actuals) or none (the head's own)"},
+        metadata={"help": "intervals: conformal (each quantile's distance from the median scaled so that [q0.1, q0.9] "
+                  "holds 8 in 10 of the held-out validation actuals) or none (the head's own)"},
     )  # fmt: skip
     num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
 
