@@ -17,7 +17,7 @@ from rnnkit.cli import main
 from rnnkit.data.series import Series, read_series
 from rnnkit.errors import ConfigError, DataError
 from rnnkit.metrics import forecast_scores, mase_scale, pinball, smape
-from rnnkit.tasks.forecasting import ForecastConfig, ForecastTask, parse_lags, parse_quantiles
+from rnnkit.tasks.forecasting import ForecastConfig, ForecastTask, calibrate, parse_lags, parse_quantiles, refit
 from rnnkit.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -302,7 +302,7 @@ def test_train_refuses_bad_settings_and_short_series_before_writing(seasonal, tm
         (["--data", history], "needs --horizon H"),
         (["--horizon", "3"], "needs --data FILE"),
         (["--data", history, "--horizon", "-1"], "horizon must be an integer in [0, 100000]"),
-        (["--data", str(short), "--horizon", "12"],
+        (["--data", str(short), "--horizon", "12", "--too-short", "error"],
          "series 'tiny' has 20 points, fewer than 25 (horizon + 1 points to train on after the held-out last "
          "horizon; 1 such series); drop them with --min-length 25"),
         (["--data", history, "--horizon", "3", "--head", "negbin"], "is not counts"),
@@ -322,6 +322,65 @@ def test_min_length_drops_short_series_with_a_count(tmp_path, caplog):
         task.prepare(None)
     assert [s.id for s in task.history.series] == ["long"] and task.describe()["dropped_series"] == 1
     assert any("dropped 1 of 2 series shorter than --min-length 25" in r.getMessage() for r in caplog.records)
+
+
+def test_short_series_are_trained_on_and_forecast_but_not_validated_with_counts(tmp_path, caplog, capsys):
+    rng = np.random.default_rng(1)
+    lengths = {"long": 40, "mid": 20, "tiny": 8}  # H = 12: 2H + 1 = 25 points validate, H + 1 = 13 train
+    short = _write(tmp_path / "mixed.csv", {sid: (0, _season(np.arange(n), 0) + rng.normal(0, SIGMA, n))
+                                            for sid, n in lengths.items()})  # fmt: skip
+    cfg = _config(short, train={"max_steps": 4, "eval_every": 4})
+    task = ForecastTask(cfg)
+    with caplog.at_level("WARNING", logger="rnnkit.tasks.forecasting"):
+        task.prepare(None)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("2 of 3 series have fewer than 25 points" in m and "1 of them hold none" in m for m in said), said
+    assert [len(s) for s in task.train_series] == [28, 20, 8]  # mid is trained on whole: it is not validated
+    assert task.validated.tolist() == [0]
+    ends = {i: task.pairs[task.pairs[:, 0] == i, 1].tolist() for i in range(3)}
+    assert ends[0] == list(range(13, 29)) and ends[1] == list(range(13, 21)) and ends[2] == []
+    info = task.describe()
+    assert (info["validated_series"], info["unvalidated_series"], info["untrained_series"]) == (1, 2, 1)
+    run = tmp_path / "run"
+    train(ForecastTask(cfg), run, plots=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["unvalidated_series"], summary["untrained_series"]) == (2, 1)
+    assert main(["forecast", "--run", str(run), "--data", str(short)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert sorted({r.split(",")[0] for r in rows}) == ["long", "mid", "tiny"] and len(rows) == 36
+
+    record = refit(run)  # --refit: every point, for the best evaluation's steps; the calibration is kept
+    validated, refitted = (torch.load(run / f, weights_only=True) for f in ("validated.pt", "best.pt"))
+    assert record["steps"] == validated["step"] == 4 and refitted["config"]["data"]["validation"] == "none"
+    assert refitted["artefacts"]["interval_scale"] == validated["artefacts"]["interval_scale"]
+    assert json.loads((run / "summary.json").read_text())["refit"]["steps"] == 4
+    assert not torch.equal(refitted["model"]["head.weight"], validated["model"]["head.weight"])
+
+    for how, match in [("error", "series 'mid' has 20 points, fewer than 25"), ("keep", None), ("drop", None)]:
+        t = ForecastTask(_config(short, data={"too_short": how}))
+        if match:
+            with pytest.raises(DataError, match=match):
+                t.prepare(None)
+        else:
+            t.prepare(None)
+            assert len(t.history.series) == (1 if how == "drop" else 3) and len(t.validated) == 1
+    with pytest.raises(DataError, match="no series has the 25 points to validate on"):
+        ForecastTask(_config(_write(tmp_path / "all_short.csv", {"a": (0, np.arange(20.0))}))).prepare(None)
+    with pytest.raises(DataError, match="no series has the 13 points of one training window"):
+        ForecastTask(_config(_write(tmp_path / "tiny.csv", {"a": (0, np.arange(8.0))}),
+                             data={"validation": "none"})).prepare(None)  # fmt: skip
+
+
+def test_conformal_scale_by_hand():
+    # median 0, band [-1, 1]: the factor each actual needs is |y|; 80 % of n = 9 points -> the 8th smallest
+    y = np.array([0.5, -0.1, 2.0, -3.0, 0.2, 0.9, -1.5, 0.3, 4.0])
+    zeros, ones = np.zeros(9), np.ones(9)
+    assert calibrate(zeros, -ones, ones, y) == pytest.approx(3.0)
+    assert calibrate(zeros, -2 * ones, 2 * ones, y) == pytest.approx(1.5)  # twice as wide: half the factor
+    # asymmetric: below the median the lower half-width scales, above it the upper one
+    assert calibrate(np.zeros(1), -np.ones(1), 4 * np.ones(1), np.array([2.0])) == pytest.approx(0.5)
+    r = np.abs(np.random.default_rng(0).normal(size=10_000))
+    assert calibrate(np.zeros(10_000), -np.ones(10_000), np.ones(10_000), r) == pytest.approx(1.2816, abs=0.05)
 
 
 def test_a_run_of_another_task_is_refused(trained, tmp_path, capsys):

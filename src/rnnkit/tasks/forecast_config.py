@@ -70,6 +70,11 @@ class ForecastModelConfig(RecurrentConfig):
     id_embedding: int = field(default=0, metadata={"help": "width of a learned per-series vector (units, 0 = off)"})
     lags: str = field(default="auto", metadata={"help": "lagged inputs: auto (1,2,3,m,2m) or a list like 1,2,12"})
     quantiles: str = field(default="0.1,0.5,0.9", metadata={"help": "forecast quantile levels, comma-separated"})
+    calibration: str = field(
+        default="conformal",
+        metadata={"help": "intervals: conformal (each quantile's distance from the median scaled so that [q0.1, q0.9] "
+                  "holds 8 in 10 of the held-out validation actuals) or none (the head's own)"},
+    )  # fmt: skip
     num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
 
     def __post_init__(self) -> None:
@@ -82,6 +87,7 @@ class ForecastModelConfig(RecurrentConfig):
             parse_lags(self.lags, 1)
         parse_quantiles(self.quantiles)
         check_int("num_samples", self.num_samples, 1, 100_000)
+        check_choice("calibration", self.calibration, ("conformal", "none"))
 
     def levels(self) -> tuple[float, ...]:
         """The levels a run forecasts: ``quantiles`` plus the median and the 80 % interval's ends."""
@@ -109,6 +115,12 @@ class ForecastDataConfig:
         default="last",
         metadata={"help": "last (hold out each series' last horizon) or none (score the last window in-sample)"},
     )
+    too_short: str = field(
+        default="keep",
+        metadata={"help": "series too short to validate on (fewer than 2H + 1 points with --validation last): keep "
+                  "(trained on every window they hold and forecast, not validated; counted), drop (counted) or "
+                  "error"},
+    )  # fmt: skip
     eval_samples: int = field(default=32, metadata={"help": "sampled paths per series in validation (count)"})
     sampling: str = field(
         default="windows",
@@ -126,17 +138,32 @@ class ForecastDataConfig:
         check_int("season_length", self.season_length, 0, 100_000)
         check_int("min_length", self.min_length, 0)
         check_choice("validation", self.validation, ("last", "none"))
+        check_choice("too_short", self.too_short, ("keep", "drop", "error"))
         check_int("eval_samples", self.eval_samples, 1, 100_000)
         check_choice("sampling", self.sampling, ("windows", "series"))
 
 
 @dataclass(frozen=True)
 class ForecastTrainConfig(TrainConfig):
-    """The trainer's settings, with defaults for windows of a few dozen steps."""
+    """The trainer's settings, with defaults for windows of a few dozen steps: validated every 250 steps, stopped
+    after 8 evaluations without a better validation MASE (so a long time budget cannot overfit), best.pt kept."""
 
     batch_size: int = field(default=64, metadata={"help": "windows per batch (count)"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (after warmup)"})
     max_minutes: float = field(default=3.0, metadata={"help": "stop after this much training time (minutes)"})
+    eval_every: int = field(default=250, metadata={"help": "validate every this many steps (steps)"})
+    patience: int = field(
+        default=8, metadata={"help": "stop after this many evaluations without improvement (evals, 0 = off)"}
+    )
+    refit: bool = field(
+        default=False,
+        metadata={"help": "then train a fresh model on every point (the held-out horizon too) for the steps of the "
+                  "best evaluation; it becomes best.pt (the validated model stays as validated.pt)"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_bool("refit", self.refit)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,10 @@ loss skips them), so a series needs only ``horizon + 1`` points to train on, how
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -76,6 +79,57 @@ _FORECAST = (
     Flag("--future", "covariates over the forecast steps, when the run has covariates", metavar="FILE.csv"),
     *_SAMPLING,
 )
+
+
+def calibrate(
+    median: np.ndarray, lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, coverage: float = 0.8
+) -> float:
+    """The factor c by which the quantiles' distances from the median stretch so that [m - c (m - l), m + c (u - m)]
+    holds ``coverage`` of the actuals (split conformal, Romano et al. 2019, as a scale). Each point needs
+
+        r = max((m - y) / (m - l), (y - m) / (u - m))      (c >= r puts y inside)
+
+    and c is the ceil((n + 1) coverage)-th smallest r of the n points (the largest when n is too small)."""
+    m, lo, hi, y = (np.asarray(a, np.float64).ravel() for a in (median, lower, upper, actual))
+    tiny = 1e-9 * np.maximum(np.abs(m), 1.0)  # a band of width 0 needs a finite, large factor, not inf
+    r = np.maximum((m - y) / np.maximum(m - lo, tiny), (y - m) / np.maximum(hi - m, tiny))
+    k = min(len(r), math.ceil((len(r) + 1) * coverage))
+    return float(max(np.sort(r)[k - 1], 1e-6)) if len(r) else 1.0
+
+
+def refit(run_dir: str | Path) -> dict[str, Any]:
+    """Train a run's model afresh on every point of its history, the held-out last horizons too, for the number of
+    steps of its best evaluation (``--refit``); the new model becomes ``best.pt``, keeping the interval scale that
+    validation calibrated, and the validated model moves to ``validated.pt``. Returns what ``summary.json``'s
+    ``refit`` entry records: {"steps", "elapsed_s", "validated_step"}."""
+    from dataclasses import replace
+
+    from rnnkit.checkpoint import load_checkpoint, save_checkpoint
+    from rnnkit.train import train
+
+    run_dir = Path(run_dir)
+    best = load_checkpoint(run_dir / "best.pt", kind=ForecastTask.name)
+    config = ForecastConfig.from_dict(best["config"])
+    if config.data.validation != "last":
+        raise ConfigError("refit needs a run validated on a held-out horizon (--validation last)")
+    steps = max(int(best["step"]), 1)
+    t = replace(config.train, max_steps=steps, max_minutes=0.0, max_epochs=0.0, patience=0, eval_every=steps,
+                refit=False)  # fmt: skip
+    task = ForecastTask(replace(config, data=replace(config.data, validation="none"), train=t))
+    log.info("refit: %d steps on every point (the step of the best evaluation)", steps)
+    result = train(task, run_dir / "refit", plots=False)
+    payload = load_checkpoint(run_dir / "refit" / "last.pt", kind=ForecastTask.name)
+    payload["artefacts"]["interval_scale"] = best["artefacts"].get("interval_scale", 1.0)
+    payload["metrics"] = best["metrics"]  # the validated model's scores: the refit's are in-sample
+    if not (run_dir / "validated.pt").exists():
+        os.replace(run_dir / "best.pt", run_dir / "validated.pt")
+    save_checkpoint(run_dir / "best.pt", payload)
+    record = {"steps": result.steps, "elapsed_s": result.elapsed_s, "validated_step": int(best["step"])}
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        atomic_write_json(summary_path, {**summary, "refit": record})
+    return record
 
 
 class ForecastTask(Task):
@@ -147,27 +201,52 @@ class ForecastTask(Task):
                 raise DataError(f"{data.source}: no series has --min-length {d.min_length} points")
             data.series = kept
         H = d.horizon
-        need = H + 1 + (H if self.held_out else 0)
+        need = H + 1 + (H if self.held_out else 0)  # points to validate on: a training window before the last H
         short = [s for s in data.series if len(s) < need]
-        if short:
+        if short and d.too_short == "error":
             how = "horizon + 1 points to train on" + (" after the held-out last horizon" if self.held_out else "")
             raise DataError(
                 f"{data.source}: series {short[0].id!r} has {len(short[0])} points, fewer than {need} ({how}; "
                 f"{len(short)} such series); drop them with --min-length {need}"
                 + (" or validate in-sample with --validation none" if self.held_out else "")
+                + " (--too-short keep trains on them without validating)"
             )
+        if short and d.too_short == "drop":
+            log.warning("dropped %d of %d series shorter than %d points (2H + 1 with a held-out last horizon)",
+                        len(short), len(data), need)  # fmt: skip
+            self.dropped += len(short)
+            data.series = [s for s in data.series if len(s) >= need]
+            short = []
+        untrained = sum(len(s) <= H for s in data.series)  # no window of H observed steps after a context point
+        self.too_short = {"unvalidated_series": len(short), "untrained_series": untrained}
+        if not any(len(s) > H for s in data.series):
+            raise DataError(f"{data.source}: no series has the {H + 1} points of one training window (H = {H})")
+        if short and self.held_out:
+            log.warning("%d of %d series have fewer than %d points: trained on every window they hold (%d of them "
+                        "hold none: H + 1 = %d points) and forecast, but not validated on",
+                        len(short), len(data), need, untrained, H + 1)  # fmt: skip
+        elif short:
+            log.warning("%d of %d series have fewer than H + 1 = %d points: forecast, but no window of them is "
+                        "trained or validated on", len(short), len(data), need)  # fmt: skip
+        self.validated = np.array([i for i, s in enumerate(data.series) if len(s) >= need], np.int64)
+        if not len(self.validated):
+            raise DataError(f"{data.source}: no series has the {need} points to validate on (horizon + 1 to train on"
+                            + (" and the held-out last horizon" if self.held_out else "") + f", H = {H})"
+                            + ("; validate in-sample with --validation none" if self.held_out else ""))  # fmt: skip
+        cut = H if self.held_out else 0
+        train_series = [drop_last(s, cut) if len(s) >= need else s for s in data.series]
         self.head.check_data(data)
         if artefacts is None:
-            self._fit(data)
+            self._fit(data, train_series)
         self.history = data
         index = {sid: i for i, sid in enumerate(self.ids)}
         self.run_ids = np.array([index.get(s.id, -1) for s in data.series], np.int64)  # row -> embedding row
-        self.train_series = [drop_last(s, H if self.held_out else 0) for s in data.series]
+        self.train_series = train_series
         self.train_windows = self.windows(self.train_series)
         self.pairs = window_pairs(self.train_series, H)
         self.val_windows = self.windows(data.series)
 
-    def _fit(self, data: SeriesSet) -> None:
+    def _fit(self, data: SeriesSet, train_series: list[Series]) -> None:
         d = self.config.data
         self.axis = data.axis
         self.season = d.season_length or data.axis.season_length()
@@ -175,10 +254,10 @@ class ForecastTask(Task):
         self.context = d.context_length or max(2 * d.horizon, 2 * self.season)
         self.lags = parse_lags(self.config.model.lags, self.season)
         self.ids = [s.id for s in data.series]
+        self.interval_scale = 1.0  # set from the validation residuals at each evaluation (``calibrate``)
         self.covariates = list(data.covariates)
         if self.covariates:
-            values = np.concatenate([s.covariates[: len(s) - (d.horizon if self.held_out else 0)]
-                                     for s in data.series])  # fmt: skip
+            values = np.concatenate([s.covariates for s in train_series])
             mean, std = values.mean(0), values.std(0)
             self.cov_mean, self.cov_std = mean.tolist(), np.where(std > 1e-12, std, 1.0).tolist()
         else:
@@ -201,18 +280,19 @@ class ForecastTask(Task):
         self.ids = list(artefacts["ids"])
         self.covariates = list(artefacts["covariates"])
         self.cov_mean, self.cov_std = list(artefacts["cov_mean"]), list(artefacts["cov_std"])
+        self.interval_scale = float(artefacts.get("interval_scale", 1.0))  # runs from before calibration: 1
 
     def artefacts(self) -> dict[str, Any]:
         return {
             "axis": self.axis.to_dict(), "season": self.season, "horizon": self.horizon, "context": self.context,
             "lags": list(self.lags), "ids": self.ids, "covariates": self.covariates, "cov_mean": self.cov_mean,
-            "cov_std": self.cov_std,
+            "cov_std": self.cov_std, "interval_scale": self.interval_scale,
         }  # fmt: skip
 
     def write_files(self, run_dir: Path) -> None:
         atomic_write_json(run_dir / "series.json", {
             "frequency": self.axis.name, **self.artefacts(), "dropped_short_series": self.dropped,
-            "filled_values": self.history.filled,
+            **self.too_short, "filled_values": self.history.filled,
         })  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
@@ -220,6 +300,7 @@ class ForecastTask(Task):
             "series": len(self.train_series), "train_windows": len(self.pairs), "frequency": self.axis.name,
             "season_length": self.season, "horizon": self.horizon, "context_length": self.context,
             "lags": list(self.lags), "covariates": len(self.covariates), "dropped_series": self.dropped,
+            "validated_series": len(self.validated), **self.too_short,
         }  # fmt: skip
 
     # --- model inputs -----------------------------------------------------------------------------------------
@@ -314,7 +395,7 @@ class ForecastTask(Task):
 
     def validation_batch(self) -> dict[str, Tensor]:
         """The windows ``evaluate`` scores first: each series' last horizon (up to a training batch of series)."""
-        n = np.arange(min(len(self.history.series), self.config.train.batch_size))
+        n = self.validated[: self.config.train.batch_size]
         ends = np.array([len(self.history.series[i]) for i in n], np.int64)
         return self.window_batch(self.val_windows, n, ends)
 
@@ -328,12 +409,14 @@ class ForecastTask(Task):
     def forecast(self, model: Forecaster, series: list[Series], *, horizon: int | None = None,
                  levels: tuple[float, ...] | None = None, num_samples: int | None = None,
                  future: dict[str, np.ndarray] | None = None, seed: int = 0, device="cpu",
-                 batch_size: int = 256, progress: Callable[[int], None] | None = None) -> dict[str, Any]:  # fmt: skip
+                 batch_size: int = 256, progress: Callable[[int], None] | None = None,
+                 calibrated: bool = True) -> dict[str, Any]:  # fmt: skip
         """Forecasts of the ``horizon`` steps after each series' last point.
 
         Returns {"median": (N, h), "quantiles": {level: (N, h)}, "times": (N, h) ordinals}. ``future`` maps a
         series id to its covariates (h, C) over the horizon (needed when the run has covariates). ``progress``
-        is called with the number of series done after each batch of them.
+        is called with the number of series done after each batch of them. ``calibrated``: each quantile's
+        distance from the median times the run's ``interval_scale`` (see ``calibrate``); False: the head's own.
         """
         h = self.horizon if horizon is None else horizon
         head = self.head
@@ -367,6 +450,8 @@ class ForecastTask(Task):
             model.train(was_training)
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, h))  # noqa: E731
         out = {q: cat(v) for q, v in quantiles.items()}
+        if calibrated and self.interval_scale != 1.0:
+            out = {q: out[0.5] + self.interval_scale * (v - out[0.5]) for q, v in out.items()}
         return {"median": out[0.5], "quantiles": out, "times": cat(times).astype(np.int64)}
 
     def _forecast_inputs(self, chunk: list[Series], h: int, future) -> tuple[dict[str, Tensor], np.ndarray]:
@@ -442,10 +527,12 @@ class ForecastTask(Task):
     # --- evaluation -------------------------------------------------------------------------------------------
 
     def evaluate(self, model: nn.Module, device: torch.device, dist_info) -> dict[str, float]:
-        """Teacher-forced loss and forecast accuracy on each series' last horizon (held out, or in-sample)."""
+        """Teacher-forced loss and forecast accuracy on the last horizon of each series long enough to validate on
+        (held out, or in-sample); with a held-out horizon, the intervals are calibrated on it (``calibrate``)."""
         H = self.horizon
-        n = np.arange(len(self.history.series))
-        ends = np.array([len(s) for s in self.history.series], np.int64)
+        series = [self.history.series[i] for i in self.validated]
+        n = self.validated
+        ends = np.array([len(s) for s in series], np.int64)
         total, count = 0.0, 0.0
         was_training = model.training
         model.eval()
@@ -455,17 +542,22 @@ class ForecastTask(Task):
                 t, c = self._window_loss(model, batch, device)
                 total, count = total + float(t), count + float(c)
         model.train(was_training)
-        histories = [s.values[:-H] for s in self.history.series]
-        cut = [drop_last(s, H) for s in self.history.series]
-        future = {s.id: s.covariates[-H:] for s in self.history.series} if self.covariates else None
+        histories = [s.values[:-H] for s in series]
+        cut = [drop_last(s, H) for s in series]
+        future = {s.id: s.covariates[-H:] for s in series} if self.covariates else None
         f = self.forecast(model, cut, num_samples=self.config.data.eval_samples, seed=self.config.train.seed,
-                          future=future, device=device)  # fmt: skip
-        actuals = [s.values[-H:] for s in self.history.series]
+                          future=future, device=device, calibrated=False)  # fmt: skip
+        actuals = [s.values[-H:] for s in series]
         m = forecast_scores(histories, actuals, list(f["median"]), self.season,
                             {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
+        if self.held_out and self.config.model.calibration == "conformal":
+            self.interval_scale = calibrate(f["median"], f["quantiles"][0.1], f["quantiles"][0.9], np.stack(actuals))
+            f = {**f, "quantiles": {q: f["median"] + self.interval_scale * (v - f["median"])
+                                    for q, v in f["quantiles"].items()}}  # fmt: skip
         self.last_forecast = (cut, f)
         return {"loss": total / max(count, 1.0), "mase": m["mase"], "smape": m["smape"],
-                "coverage_80": m["coverage_80"], "quantile_loss": m["quantile_loss"]}  # fmt: skip
+                "coverage_80": m["coverage_80"], "quantile_loss": m["quantile_loss"],
+                "interval_scale": self.interval_scale}  # fmt: skip
 
     def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
         from rnnkit.metrics import plot_forecasts
@@ -474,9 +566,17 @@ class ForecastTask(Task):
             self.evaluate(model, device, None)
         cut, f = self.last_forecast
         H = self.horizon
-        actuals = {s.id: s.values[-H:] for s in self.history.series}
+        actuals = {s.id: s.values[-H:] for s in (self.history.series[i] for i in self.validated)}
         where = "held-out last horizon" if self.held_out else "last horizon (in-sample)"
         plot_forecasts(cut, f, self.axis, run_dir / "forecast.png", actuals=actuals, title=f"validation: {where}")
+
+    def after_training(self, run_dir: Path) -> list[str]:
+        """``--refit``: retrain on every point for the steps validation chose (``refit``)."""
+        if not self.config.train.refit:
+            return []
+        r = refit(run_dir)
+        return [f"refit on every point for {r['steps']} steps (the best evaluation's), {r['elapsed_s']:.1f} s: "
+                f"best.pt (the validated model: validated.pt)"]  # fmt: skip
 
     # --- inference commands -----------------------------------------------------------------------------------
 
