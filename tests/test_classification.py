@@ -231,6 +231,7 @@ def test_resume_with_another_step_budget_warns(name, tasks, tmp_path, caplog):
 # --- the classifier ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_classifier_learns_an_order_sensitive_rule(text_files, tmp_path):
     cfg = ClassifyConfig.from_dict(
         {
