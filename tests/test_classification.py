@@ -248,6 +248,7 @@ def test_classifier_learns_an_order_sensitive_rule(text_files, tmp_path):
     assert (tmp_path / "run" / "confusion.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # the series path is also learned in test_classify_series.py
 def test_classifier_learns_series_frequency(series_files, tmp_path):
     out = tmp_path / "run"
     argv = ["train", "classify", "--data", str(series_files[0]), "--out", str(out), "--hidden-size", "16",
