@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("sktime")
-from sktime.utils.estimator_checks import check_estimator
-
-from rnnkit.estimators.sktime import RnnkitClassifier, RnnkitForecaster
+# imported in the tests, not here: both are slow-tier tests, and sktime's import (seconds) would otherwise cost every
+# pytest worker that collects this file, in make test too
 
 FORECASTER_TESTS = [
     "test_constructor", "test_set_params", "test_clone", "test_fit_does_not_overwrite_hyper_params",
@@ -27,14 +25,25 @@ def _failures(results: dict) -> dict:
     return {name: str(outcome)[:300] for name, outcome in results.items() if outcome != "PASSED"}
 
 
+def _suite():
+    pytest.importorskip("sktime")
+    from sktime.utils.estimator_checks import check_estimator
+
+    from rnnkit.estimators.sktime import RnnkitClassifier, RnnkitForecaster
+
+    return check_estimator, RnnkitClassifier, RnnkitForecaster
+
+
 @pytest.mark.slow
 def test_sktime_classifier_suite():
+    check_estimator, RnnkitClassifier, _ = _suite()
     results = check_estimator(RnnkitClassifier(**RnnkitClassifier.get_test_params()[0]), verbose=False)
     assert len(results) > 100 and not _failures(results)
 
 
 @pytest.mark.slow
 def test_sktime_forecaster_contract():
+    check_estimator, _, RnnkitForecaster = _suite()
     forecaster = RnnkitForecaster(**RnnkitForecaster.get_test_params()[0])
     results = check_estimator(forecaster, verbose=False, tests_to_run=FORECASTER_TESTS)
     assert {name.split("[")[0] for name in results} == set(FORECASTER_TESTS) and not _failures(results)
