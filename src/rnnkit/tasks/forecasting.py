@@ -97,6 +97,12 @@ def calibrate(
     return float(max(np.sort(r)[k - 1], 1e-6)) if len(r) else 1.0
 
 
+def stretch(quantiles: dict[float, np.ndarray], scale: float) -> dict[float, np.ndarray]:
+    """Each quantile's distance from the median (``quantiles[0.5]``) times ``scale`` (the factor of ``calibrate``)."""
+    m = quantiles[0.5]
+    return {q: m + scale * (v - m) for q, v in quantiles.items()}
+
+
 def refit(run_dir: str | Path) -> dict[str, Any]:
     """Train a run's model afresh on every point of its history, the held-out last horizons too, for the number of
     steps of its best evaluation (``--refit``); the new model becomes ``best.pt``, keeping the interval scale that
@@ -451,7 +457,7 @@ class ForecastTask(Task):
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0, h))  # noqa: E731
         out = {q: cat(v) for q, v in quantiles.items()}
         if calibrated and self.interval_scale != 1.0:
-            out = {q: out[0.5] + self.interval_scale * (v - out[0.5]) for q, v in out.items()}
+            out = stretch(out, self.interval_scale)
         return {"median": out[0.5], "quantiles": out, "times": cat(times).astype(np.int64)}
 
     def _forecast_inputs(self, chunk: list[Series], h: int, future) -> tuple[dict[str, Tensor], np.ndarray]:
@@ -552,8 +558,7 @@ class ForecastTask(Task):
                             {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
         if self.held_out and self.config.model.calibration == "conformal":
             self.interval_scale = calibrate(f["median"], f["quantiles"][0.1], f["quantiles"][0.9], np.stack(actuals))
-            f = {**f, "quantiles": {q: f["median"] + self.interval_scale * (v - f["median"])
-                                    for q, v in f["quantiles"].items()}}  # fmt: skip
+            f = {**f, "quantiles": stretch(f["quantiles"], self.interval_scale)}
         self.last_forecast = (cut, f)
         return {"loss": total / max(count, 1.0), "mase": m["mase"], "smape": m["smape"],
                 "coverage_80": m["coverage_80"], "quantile_loss": m["quantile_loss"],
