@@ -7,10 +7,17 @@ PYTHON ?= python3
 
 .PHONY: demo test test-slow lint bench clean
 
-# The tests test the extras too. --no-compile: no bytecode up front for the thousands of files of torch and the rest
-# (most of a fresh install's time on two cores); Python compiles what is imported, once, on first import.
+# Python writes the bytecode of what it imports into .venv (and the repo's __pycache__, ignored by git) even where
+# the shell sets PYTHONDONTWRITEBYTECODE: without it every process of the tests compiles torch, scikit-learn and
+# the rest from source again (seconds each).
+unexport PYTHONDONTWRITEBYTECODE
+
+# The tests test the extras too. A current pip first: the one a new venv brings (23.x) takes three times as long to
+# resolve these extras. --no-compile: no bytecode up front for the thousands of files of torch and the rest (most of
+# a fresh install's time on two cores); Python compiles what is imported, once, on first import.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev,export,tensorboard,docs,speech,music,bpe,tune]'
 	# the CTC beam search's second oracle in the tests; --no-deps: its metadata caps numpy below 2 (see pyproject.toml)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps 'pyctcdecode==0.5.0' 'pygtrie>=2.1'

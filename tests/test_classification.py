@@ -204,9 +204,9 @@ def test_every_task_trains_checkpoints_and_resumes_bit_exactly(name, tasks, tmp_
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tasks[name](), tmp_path / "resumed", on_event=interrupt)
+        train(tasks[name](), tmp_path / "resumed", on_event=interrupt, plots=False)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
-    resumed = train(tasks[name](), tmp_path / "resumed", resume=True)
+    resumed = train(tasks[name](), tmp_path / "resumed", resume=True, plots=False)
     assert resumed.steps == 6 and resumed.last == straight.last and resumed.best == straight.best
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
     assert a["kind"] == b["kind"] == name
@@ -221,9 +221,9 @@ def test_every_task_trains_checkpoints_and_resumes_bit_exactly(name, tasks, tmp_
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_resume_with_another_step_budget_warns(name, tasks, tmp_path, caplog):
-    train(tasks[name](max_steps=3), tmp_path / "r")
+    train(tasks[name](max_steps=3), tmp_path / "r", plots=False)
     with caplog.at_level("WARNING", logger="rnnkit.train"):
-        result = train(tasks[name](max_steps=5), tmp_path / "r", resume=True)
+        result = train(tasks[name](max_steps=5), tmp_path / "r", resume=True, plots=False)
     assert result.steps == 5
     assert any("learning-rate schedule changes" in r.getMessage() for r in caplog.records)
 
@@ -348,8 +348,8 @@ def test_balanced_class_weights_are_n_over_c_times_count(tmp_path):
 
 def test_a_run_of_the_wrong_task_is_one_line(text_files, lm_text, tmp_path, capsys):
     clf, lm = tmp_path / "clf", tmp_path / "lm"
-    train(ClassifyTask(_classify_config(text_files[0], max_steps=2, eval_every=2)), clf)
-    train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm)
+    train(ClassifyTask(_classify_config(text_files[0], max_steps=2, eval_every=2)), clf, plots=False)
+    train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm, plots=False)
     line = _error_line(capsys, main(["predict", "--run", str(lm), "--data", str(text_files[1])]))
     assert line == (
         f"rnnkit: error: {lm} is a char LM run; predict needs a classify, forecast, seq2seq or CTC speech run "
@@ -368,7 +368,7 @@ def test_a_run_of_the_wrong_task_is_one_line(text_files, lm_text, tmp_path, caps
 
 def test_lm_eval_scores_any_text_and_counts_unknown_characters(lm_text, tmp_path, capsys):
     lm = tmp_path / "lm"
-    train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm)
+    train(LMTask(_lm_config(lm_text, max_steps=2, eval_every=2)), lm, plots=False)
     odd = tmp_path / "odd.txt"
     odd.write_text("def f(€):\n    return € * 2\n")  # every other character is in the training text
     capsys.readouterr()
@@ -384,7 +384,7 @@ def _write(path, data: str | bytes):
 
 def test_bad_inputs_one_line_exit_2_and_nothing_written(text_files, tmp_path, capsys):
     run = tmp_path / "run"
-    train(ClassifyTask(_classify_config(text_files[0], max_steps=2, eval_every=2)), run)
+    train(ClassifyTask(_classify_config(text_files[0], max_steps=2, eval_every=2)), run, plots=False)
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     nan_npz = tmp_path / "nan.npz"
     np.savez(nan_npz, X=np.array([[[1.0], [np.nan]], [[0.0], [1.0]]]), y=np.array([0, 1]))
@@ -442,9 +442,9 @@ def test_attention_weights_sum_to_one_over_the_valid_steps_and_make_the_features
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_resuming_a_finished_run_changes_nothing(name, tasks, tmp_path):
-    train(tasks[name](), tmp_path / "r")
+    train(tasks[name](), tmp_path / "r", plots=False)
     before = load_checkpoint(tmp_path / "r" / "last.pt")
-    result = train(tasks[name](), tmp_path / "r", resume=True)
+    result = train(tasks[name](), tmp_path / "r", resume=True, plots=False)
     assert result.steps == 6 and result.stopped_because == "max_steps"
     after = load_checkpoint(tmp_path / "r" / "last.pt")
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
@@ -473,7 +473,7 @@ def test_every_task_trains_a_new_cell_with_every_regulariser_and_resumes_bit_exa
         model = dataclasses.replace(task.config.model, **(options | REGULARISED_MODELS[name]))
         return TASKS[name](dataclasses.replace(task.config, model=model))
 
-    straight = train(make(), tmp_path / "straight")
+    straight = train(make(), tmp_path / "straight", plots=False)
     assert straight.steps == 6
 
     def interrupt(event):
@@ -481,8 +481,8 @@ def test_every_task_trains_a_new_cell_with_every_regulariser_and_resumes_bit_exa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(make(), tmp_path / "resumed", on_event=interrupt)
-    resumed = train(make(), tmp_path / "resumed", resume=True)
+        train(make(), tmp_path / "resumed", on_event=interrupt, plots=False)
+    resumed = train(make(), tmp_path / "resumed", resume=True, plots=False)
     assert resumed.last == straight.last
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "resumed"))
     assert a["config"]["model"]["mode"] == REGULARISED_MODELS[name]["mode"]

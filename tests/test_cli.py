@@ -14,6 +14,7 @@ from rnnkit.cli import main
 
 # fp32: the LM's default precision is auto (bf16 where the CPU has it); these tests compare with fp32 library calls
 TINY = [
+    "--no-plots",
     "--precision",
     "fp32",
     "--hidden-size",
@@ -250,7 +251,9 @@ def test_resume_continues_the_run_as_configured(corpus, tmp_path, capsys):
     """--resume reads the run's config.json: only the flags given change it (here the step budget)."""
     out = tmp_path / "r"
     assert main(["train", "lm", "--data", str(corpus), "--out", str(out), "--max-steps", "4", *TINY]) == 0
+    assert not (out / "loss.png").exists()  # --no-plots (in TINY)
     assert main(["train", "lm", "--out", str(out), "--resume", "--max-steps", "8"]) == 0
+    assert (out / "loss.png").stat().st_size > 1000  # drawn by default
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["hidden_size"] == 16 and saved["train"]["max_steps"] == 8
     assert saved["data"]["data"] == str(corpus)

@@ -259,7 +259,7 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gradflow-runs")
     (root / "text.txt").write_text("the cat sat on the mat. " * 60)
     (root / "labelled.tsv").write_text("".join(f"{'ab' * (i % 3 + 1)}{'c' * (i % 2)}\t{i % 2}\n" for i in range(40)))
-    common = ["--max-minutes", "0", "--max-steps", "2", "--hidden-size", "6"]
+    common = ["--max-minutes", "0", "--max-steps", "2", "--hidden-size", "6", "--no-plots"]
     (root / "pairs.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "bca", "cab", "abcd", "bd") * 4))
     rows = [f"s{i},{t},{10 + math.sin(t / 2 + i):.4f}" for i in range(3) for t in range(30)]
     (root / "series.csv").write_text("id,time,value\n" + "\n".join(rows) + "\n")

@@ -343,7 +343,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     rows = [f"s{i},{t},{10 + np.sin(t / 2 + i) + rng.normal(0, 0.1):.4f}" for i in range(3) for t in range(30)]
     data["forecast"].write_text("id,time,value\n" + "\n".join(rows) + "\n")
     data["seq2seq"].write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "bca", "cab", "abcd", "dcab", "bd") * 5))
-    small = ["--max-minutes", "0", "--hidden-size", "8"]
+    small = ["--max-minutes", "0", "--hidden-size", "8", "--no-plots"]
     # the LM trains long enough that its greedy text is not one repeated character
     # fp32: the LM's default is auto (bf16 where the CPU has it), and the exported graphs are fp32
     extra = {"lm": ["--precision", "fp32", "--max-steps", "120", "--eval-every", "120", "--embedding-size", "8",

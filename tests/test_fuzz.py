@@ -118,7 +118,7 @@ def good(root) -> dict[str, Path]:
     for k, frames in enumerate(rng.random((4, 12, 5)) < 0.3):
         frames[-1, 0] = True
         (g["midi"] / f"p{k}.mid").write_bytes(write_midi(frames, 4, low=60))
-    small = ["--max-steps", "2", "--max-minutes", "0", "--eval-every", "2", "--hidden-size", "8"]
+    small = ["--max-steps", "2", "--max-minutes", "0", "--eval-every", "2", "--hidden-size", "8", "--no-plots"]
     for task, data, extra in (
         ("lm", g["text"], ["--embedding-size", "4", "--batch-size", "2", "--bptt", "8"]),
         ("classify", g["tsv"], ["--embedding-size", "4", "--head-size", "4"]),
@@ -169,7 +169,7 @@ def bad(root, good) -> dict[str, Path]:
 FILES = ("empty.txt", "nul.bin", "latin1.txt", "bom.txt", "utf16.txt", "folder", "fifo", "loop", "devzero",
          "missing.txt")  # fmt: skip
 RUNS = ("truncated", "foreign", "only-best", "mismatched", "wrong-kind")
-TINY = ["--max-steps", "1", "--max-minutes", "0", "--hidden-size", "4"]
+TINY = ["--max-steps", "1", "--max-minutes", "0", "--hidden-size", "4", "--no-plots"]
 
 
 def _data_commands(g: dict[str, Path], f: Path, out: Path) -> list[list]:
@@ -422,7 +422,19 @@ def _flags(parser) -> list[tuple[str, object]]:
 
 def _base(command: str, g: dict[str, Path], out: Path) -> list:
     """A cheap, valid invocation of ``command``; the drawn flags come after it and override it."""
-    tiny = ["--max-steps", "2", "--max-minutes", "0", "--eval-every", "1", "--hidden-size", "4", "--batch-size", "4"]
+    tiny = [
+        "--max-steps",
+        "2",
+        "--max-minutes",
+        "0",
+        "--eval-every",
+        "1",
+        "--hidden-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--no-plots",
+    ]
     return {
         "train lm": ["train", "lm", "--data", g["text"], "--out", out, *tiny, "--embedding-size", "4", "--bptt", "8"],
         "train classify": ["train", "classify", "--data", g["tsv"], "--out", out, *tiny, "--embedding-size", "4"],

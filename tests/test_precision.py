@@ -244,7 +244,7 @@ def test_every_cell_trains_in_bf16(mode, backend, data, tmp_path, bf16_cpu):
         pytest.skip(f"{mode} has no {backend} backend")
     task = _task("classify", data, mode=mode, backend=backend)
     events = []
-    result = train(task, tmp_path / "run", on_event=events.append)
+    result = train(task, tmp_path / "run", on_event=events.append, plots=False)
     losses = [e["loss"] for e in events if e["kind"] == "step"]
     assert result.precision == "bf16" and len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
@@ -276,8 +276,8 @@ def test_every_task_trains_in_bf16_with_fp32_master_weights_and_resumes_bit_exac
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_task(name, data), tmp_path / "resumed", on_event=interrupt)
-    resumed = train(_task(name, data), tmp_path / "resumed", resume=True)
+        train(_task(name, data), tmp_path / "resumed", on_event=interrupt, plots=False)
+    resumed = train(_task(name, data), tmp_path / "resumed", resume=True, plots=False)
     assert resumed.steps == 6 and resumed.last == straight.last and resumed.best == straight.best
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for key in a["model"]:
@@ -287,9 +287,9 @@ def test_every_task_trains_in_bf16_with_fp32_master_weights_and_resumes_bit_exac
 
 
 def test_resuming_in_another_precision_warns(data, tmp_path, bf16_cpu, caplog):
-    train(_task("lm", data, precision="fp32", max_steps=3), tmp_path / "r")
+    train(_task("lm", data, precision="fp32", max_steps=3), tmp_path / "r", plots=False)
     with caplog.at_level(logging.WARNING, logger="rnnkit.train"):
-        result = train(_task("lm", data, max_steps=5), tmp_path / "r", resume=True)
+        result = train(_task("lm", data, max_steps=5), tmp_path / "r", resume=True, plots=False)
     assert result.steps == 5 and result.precision == "bf16"
     assert any("resuming in bf16 a run trained so far in fp32" in r.getMessage() for r in caplog.records)
 

@@ -147,25 +147,25 @@ def test_learns_a_periodic_text(tmp_path):
     p = tmp_path / "abc.txt"
     p.write_text("abcdefgh" * 400)
     cfg = _config(p, model={"hidden_size": 24}, max_steps=60, eval_every=60, bptt=16, lr=1e-2, warmup_steps=5)
-    result = train_lm(cfg, tmp_path / "run")
+    result = train_lm(cfg, tmp_path / "run", plots=False)
     assert result.best["bpc"] < 0.3  # uniform over 8 symbols is 3 bits/char
 
 
 def test_resume_gives_the_same_parameters(text_file, tmp_path):
     """N steps, Ctrl-C, resume, M more steps == N + M uninterrupted steps (dropout > 0: RNG state matters)."""
     cfg = _config(text_file, model={"mode": "lstm", "num_layers": 2, "dropout": 0.3}, max_steps=10, eval_every=4)
-    train_lm(cfg, tmp_path / "straight")
+    train_lm(cfg, tmp_path / "straight", plots=False)
 
     def interrupt(event):
         if event["kind"] == "step" and event["step"] == 6:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_lm(cfg, tmp_path / "resumed", on_event=interrupt)
+        train_lm(cfg, tmp_path / "resumed", on_event=interrupt, plots=False)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 6  # saved on Ctrl-C
     with pytest.raises(ConfigError, match="--resume"):
-        train_lm(cfg, tmp_path / "resumed")
-    result = train_lm(cfg, tmp_path / "resumed", resume=True)
+        train_lm(cfg, tmp_path / "resumed", plots=False)
+    result = train_lm(cfg, tmp_path / "resumed", resume=True, plots=False)
     assert result.steps == 10
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "last.pt")
@@ -181,10 +181,10 @@ def test_resume_gives_the_same_parameters(text_file, tmp_path):
 def test_early_stopping_and_time_budget(text_file, tmp_path):
     # a learning rate of 1e-30 cannot move float32 weights: validation never improves after the first eval
     cfg = _config(text_file, lr=1e-30, max_steps=100, eval_every=2, patience=2)
-    result = train_lm(cfg, tmp_path / "patience")
+    result = train_lm(cfg, tmp_path / "patience", plots=False)
     assert result.stopped_because == "patience" and result.steps == 6
     cfg = _config(text_file, max_steps=0, max_minutes=0.002, eval_every=10**6)
-    result = train_lm(cfg, tmp_path / "timed")
+    result = train_lm(cfg, tmp_path / "timed", plots=False)
     assert result.stopped_because == "max_minutes" and result.steps >= 1 and result.elapsed_s >= 0.12
 
 
@@ -196,21 +196,21 @@ def test_bad_data_fails_before_writing(tmp_path):
         if content is not None:
             p.write_bytes(content)
         with pytest.raises(DataError, match=message):
-            train_lm(_config(p), out)
+            train_lm(_config(p), out, plots=False)
         assert not out.exists()
     p.write_text("x = 1\n" * 5)  # 27 training characters: less than one batch of 4 rows x 12 steps
     with pytest.raises(DataError, match="shorter than one batch"):
-        train_lm(_config(p), out)
+        train_lm(_config(p), out, plots=False)
     assert not out.exists()
     with pytest.raises(ConfigError, match=r"no last\.pt"):
-        train_lm(_config(p), out, resume=True)
+        train_lm(_config(p), out, resume=True, plots=False)
 
 
 def test_resume_with_another_model_is_refused(text_file, tmp_path):
-    train_lm(_config(text_file, max_steps=2), tmp_path / "run")
+    train_lm(_config(text_file, max_steps=2), tmp_path / "run", plots=False)
     before = (tmp_path / "run" / "last.pt").read_bytes()
     with pytest.raises(ConfigError, match="another model config"):
-        train_lm(_config(text_file, model={"hidden_size": 32}, max_steps=4), tmp_path / "run", resume=True)
+        train_lm(_config(text_file, model={"hidden_size": 32}, max_steps=4), tmp_path / "run", resume=True, plots=False)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
 
 
@@ -229,29 +229,31 @@ def test_a_kill_between_checkpoint_writes_leaves_a_resumable_run(text_file, tmp_
 
     monkeypatch.setattr(rnnkit.train, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_lm(_config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run")
+        train_lm(_config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run", plots=False)
     assert written[0] == "last.pt"
     monkeypatch.setattr(rnnkit.train, "save_checkpoint", real_save)
-    result = train_lm(_config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run", resume=True)
+    result = train_lm(
+        _config(text_file, max_steps=8, eval_every=4, checkpoint_every=0), tmp_path / "run", resume=True, plots=False
+    )
     assert result.steps == 8 and (tmp_path / "run" / "best.pt").is_file()
 
 
 def test_resuming_a_finished_run_with_a_smaller_budget_rewrites_nothing(text_file, tmp_path):
-    train_lm(_config(text_file, max_steps=4, eval_every=2), tmp_path / "run")
+    train_lm(_config(text_file, max_steps=4, eval_every=2), tmp_path / "run", plots=False)
     config = (tmp_path / "run" / "config.json").read_bytes()
-    result = train_lm(_config(text_file, max_steps=2, eval_every=2), tmp_path / "run", resume=True)
+    result = train_lm(_config(text_file, max_steps=2, eval_every=2), tmp_path / "run", resume=True, plots=False)
     assert result.steps == 4 and result.stopped_because == "max_steps"
     assert (tmp_path / "run" / "config.json").read_bytes() == config  # still the budget that ran
 
 
 def test_a_model_too_big_for_memory_is_refused_before_it_is_built(text_file, tmp_path):
     with pytest.raises(ConfigError, match=r"the model has [\d,]+ parameters: .* GiB available on cpu"):
-        train_lm(_config(text_file, model={"hidden_size": 2**20}, max_steps=2), tmp_path / "run")
+        train_lm(_config(text_file, model={"hidden_size": 2**20}, max_steps=2), tmp_path / "run", plots=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_last_on_a_folder_with_only_best_says_so(text_file, tmp_path):
-    train_lm(_config(text_file, max_steps=2, eval_every=2), tmp_path / "run")
+    train_lm(_config(text_file, max_steps=2, eval_every=2), tmp_path / "run", plots=False)
     (tmp_path / "run" / "last.pt").unlink()
     with pytest.raises(CheckpointError, match=r"holds no last\.pt, only best\.pt \(use --checkpoint best\)"):
         load_run(tmp_path / "run", "last")
@@ -264,9 +266,11 @@ def test_an_epoch_budget_is_a_step_budget_of_whole_passes(text_file, tmp_path):
     task = LMTask(cfg)
     task.prepare(None)
     per_epoch = len(task.batches(0, 1))
-    result = train_lm(cfg, tmp_path / "run")
+    result = train_lm(cfg, tmp_path / "run", plots=False)
     assert result.steps == math.ceil(1.5 * per_epoch) and result.stopped_because == "max_epochs"
-    capped = train_lm(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=3)), tmp_path / "capped")
+    capped = train_lm(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=3)), tmp_path / "capped", plots=False
+    )
     assert capped.steps == 3 and capped.stopped_because == "max_steps"  # the smaller budget wins
     with pytest.raises(ConfigError, match="max_steps, max_epochs or max_minutes must be > 0"):
         _config(text_file, max_steps=0, max_minutes=0, max_epochs=0)
@@ -278,14 +282,14 @@ def test_resume_after_cleaning_a_leftover_temporary_keeps_the_run_state(text_fil
     evaluation without improvement raised TypeError (or the next resume failed)."""
     run = tmp_path / "run"
     # lr 1e-30 cannot move float32 weights: every evaluation after the first is one without improvement
-    train_lm(_config(text_file, lr=1e-30, max_steps=2, eval_every=2), run)
+    train_lm(_config(text_file, lr=1e-30, max_steps=2, eval_every=2), run, plots=False)
     leftover = run / ".last.pt.abcdefgh.tmp"
     leftover.write_bytes(b"half a checkpoint")  # what a write killed mid-way leaves
-    result = train_lm(_config(text_file, lr=1e-30, max_steps=4, eval_every=2), run, resume=True)
+    result = train_lm(_config(text_file, lr=1e-30, max_steps=4, eval_every=2), run, resume=True, plots=False)
     assert not leftover.exists() and result.steps == 4
     metrics = load_checkpoint(run / "last.pt")["metrics"]
     assert metrics["evals_without_improvement"] == 1 and type(metrics["evals_without_improvement"]) is int
-    result = train_lm(_config(text_file, lr=1e-30, max_steps=6, eval_every=2), run, resume=True)
+    result = train_lm(_config(text_file, lr=1e-30, max_steps=6, eval_every=2), run, resume=True, plots=False)
     assert result.steps == 6
     assert load_checkpoint(run / "last.pt")["metrics"]["evals_without_improvement"] == 2
 
@@ -294,12 +298,12 @@ def test_a_corrupt_run_state_is_a_checkpoint_error(text_file, tmp_path):
     from rnnkit.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
-    train_lm(_config(text_file, max_steps=2, eval_every=2), run)
+    train_lm(_config(text_file, max_steps=2, eval_every=2), run, plots=False)
     payload = load_checkpoint(run / "last.pt")
     payload["metrics"]["evals_without_improvement"] = "runs/x/.last.pt.tmp"
     save_checkpoint(run / "last.pt", payload)
     with pytest.raises(CheckpointError, match="run state is incomplete or corrupt"):
-        train_lm(_config(text_file, max_steps=4, eval_every=2), run, resume=True)
+        train_lm(_config(text_file, max_steps=4, eval_every=2), run, resume=True, plots=False)
 
 
 def test_callbacks_see_every_event_in_order_and_can_stop_the_run(text_file, tmp_path):

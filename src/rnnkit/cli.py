@@ -130,7 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     task = task_cls(config)
     progress = _Progress()
     try:
-        result = rnnkit.train.train(task, out, resume=args.resume, on_event=progress)
+        result = rnnkit.train.train(task, out, resume=args.resume, on_event=progress, plots=args.plots)
     finally:
         progress.close()
     if not is_main_process():  # under torchrun every rank runs this; rank 0 alone reports (and wrote the files)
@@ -503,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file with [model] [data] [train]")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+        p.add_argument(
+            "--no-plots", dest="plots", action="store_false",
+            help="leave out the PNGs drawn at the end (loss.png and the task's own); for sweeps and batch jobs",
+        )  # fmt: skip
         add_config_flags(p, task_cls.Config)
         p.set_defaults(func=cmd_train)
 

@@ -582,8 +582,8 @@ def _summary(result: TrainResult, task: Task) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def train_lm(config, out_dir: str | Path, *, resume: bool = False, on_event=None) -> TrainResult:
+def train_lm(config, out_dir: str | Path, *, resume: bool = False, on_event=None, plots: bool = True) -> TrainResult:
     """Train the character-level language model: ``train(LMTask(config), ...)`` for an ``LMConfig``."""
     from rnnkit.tasks.language_model import LMTask
 
-    return train(LMTask(config), out_dir, resume=resume, on_event=on_event)
+    return train(LMTask(config), out_dir, resume=resume, on_event=on_event, plots=plots)
