@@ -5,6 +5,7 @@ suite and tools, and against the CLI's path through the same run folder (the ora
 from __future__ import annotations
 
 import ast
+import importlib.util
 import pickle
 import warnings
 from pathlib import Path
@@ -20,8 +21,8 @@ from rnnkit.estimators import Classifier, Forecaster, LanguageModel, Seq2Seq
 from rnnkit.train import TrainingInterrupted
 
 # scikit-learn is imported by the tests that use it, not at collection: its import (with scipy and pandas) costs
-# seconds in every pytest worker, and only the worker running this file needs it
-sklearn = pytest.importorskip("sklearn")
+# seconds in every pytest worker, and only the worker running these tests needs it
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="scikit-learn is not installed")
 
 # tiny and fast: the sklearn suite fits about 50 of these; one evaluation, at the end; no PNGs
 TINY = {"hidden_size": 4, "embedding_size": 4, "head_size": 0, "max_steps": 4, "eval_every": 1000,
@@ -41,6 +42,7 @@ EXPECTED_FAILURES = {
 }
 
 
+@needs_sklearn
 def test_sklearn_suite():
     """scikit-learn's estimator checks, all of them, in one test: each check's name and error are in the message."""
     from sklearn.utils.estimator_checks import check_estimator
@@ -117,6 +119,7 @@ def test_temporary_run_folder_is_removed_with_the_estimator():
     assert not folder.exists()
 
 
+@needs_sklearn
 def test_params_clone_and_errors():
     from sklearn.base import clone
 
@@ -141,6 +144,7 @@ def test_params_clone_and_errors():
         Classifier().fit(X, ["a"] * 10)
 
 
+@needs_sklearn
 def test_pipeline_cross_validation_and_grid_search_on_variable_lengths():
     from sklearn.model_selection import GridSearchCV, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -156,6 +160,7 @@ def test_pipeline_cross_validation_and_grid_search_on_variable_lengths():
     assert grid.best_estimator_.score(X, y) > 0.7
 
 
+@needs_sklearn
 def test_blobs_accuracy():
     """check_classifiers_train's own bar (training accuracy > 0.83 on its blobs), the part of it that applies."""
     from sklearn.datasets import make_blobs
