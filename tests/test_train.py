@@ -188,6 +188,30 @@ def test_early_stopping_and_time_budget(text_file, tmp_path):
     assert result.stopped_because == "max_minutes" and result.steps >= 1 and result.elapsed_s >= 0.12
 
 
+def test_evaluation_by_time_only_where_time_is_the_budget():
+    assert TrainConfig(max_minutes=6).eval_seconds() == pytest.approx(36.0)  # a tenth of a time-only budget
+    assert TrainConfig(max_minutes=6, max_steps=100).eval_seconds() == 0.0  # a step budget stays repeatable
+    assert TrainConfig(max_minutes=6, max_epochs=2).eval_seconds() == 0.0
+    assert TrainConfig(max_minutes=6, max_steps=100, eval_minutes=0.5).eval_seconds() == pytest.approx(30.0)
+    assert TrainConfig(max_minutes=6, eval_minutes=math.inf).eval_seconds() == 0.0
+    with pytest.raises(ConfigError, match=r"eval_minutes must be a number in \[0.0, inf\), got -1"):
+        TrainConfig(eval_minutes=-1)
+
+
+def test_a_run_slower_than_its_eval_every_is_still_evaluated_by_time(text_file, tmp_path):
+    def evaluated_steps(name, **train):
+        steps = []
+        on_event = lambda e: e["kind"] == "eval" and steps.append(e["step"])  # noqa: E731
+        train_lm(
+            _config(text_file, max_steps=6, eval_every=10**6, **train), tmp_path / name, plots=False, on_event=on_event
+        )
+        return steps
+
+    # eval_every beyond the budget: without evaluations by time only the closing one would happen
+    assert evaluated_steps("by-time", eval_minutes=1e-9) == [1, 2, 3, 4, 5, 6]  # due after every step
+    assert evaluated_steps("by-steps", eval_minutes=math.inf) == [6]
+
+
 def test_bad_data_fails_before_writing(tmp_path):
     out = tmp_path / "run"
     for content, message in [(None, "no such file"), (b"", "empty"), (b"\x00\x01", "NUL"), (b"\xff\xfe", "UTF-8")]:

@@ -222,7 +222,7 @@ def load_run(
     if task is not None and kind != task:
         raise CheckpointError(f"{run_dir} is a {task_cls.title} run; {purpose} needs a {TASKS[task].title} run")
     try:
-        config = task_cls.Config.from_dict(payload["config"])
+        config = task_cls.Config.from_saved(payload["config"])
         restored = task_cls(config)
         restored.restore(payload.get("artefacts") or {"vocab": payload["vocab"]})  # format 1 kept the vocab alone
         model = restored.build_model()

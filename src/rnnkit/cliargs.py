@@ -110,7 +110,8 @@ def build_config(
 ) -> RunConfig:
     """Defaults < ``base`` (a resumed run's saved config) < TOML file < ``overrides`` (the explicit flags),
     validated by the config classes."""
-    merged: dict[str, dict[str, Any]] = {name: dict((base or {}).get(name, {})) for name in config_cls.sections()}
+    base = config_cls.with_saved_defaults(base or {})
+    merged: dict[str, dict[str, Any]] = {name: dict(base.get(name, {})) for name in config_cls.sections()}
     if toml_path is not None:
         for section, values in load_toml(toml_path, config_cls).items():
             merged[section].update(values)

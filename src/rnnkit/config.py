@@ -194,6 +194,11 @@ class TrainConfig:
         default=0.0, metadata={"help": "stop after this many passes over the training batches (0 = no limit)"}
     )
     eval_every: int = field(default=200, metadata={"help": "validate every this many steps (steps)"})
+    eval_minutes: float = field(
+        default=0.0,
+        metadata={"help": "also validate once this much training time has passed since the last validation (minutes; "
+                  "0 = a tenth of --max-minutes when time is the only budget; inf = by steps only)"},
+    )  # fmt: skip
     patience: int = field(
         default=0, metadata={"help": "stop after this many evaluations without improvement (evals, 0 = off)"}
     )
@@ -232,6 +237,8 @@ class TrainConfig:
                 "max_steps, max_epochs or max_minutes must be > 0 (a step, epoch or time budget), got all 0"
             )
         check_int("eval_every", self.eval_every, 1)
+        if self.eval_minutes != math.inf:
+            check_float("eval_minutes", self.eval_minutes, 0.0, math.inf, high_open=True)
         check_int("patience", self.patience, 0)
         check_int("checkpoint_every", self.checkpoint_every, 0)
         check_int("seed", self.seed, 0, 2**63 - 1)
@@ -239,6 +246,17 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_int("log_every", self.log_every, 1)
         check_int("threads", self.threads, 0, 1024)
+
+    def eval_seconds(self) -> float:
+        """Training seconds between evaluations by time (0: by steps only): ``eval_minutes``, or when 0 and time is
+        the run's only budget, a tenth of it, so that a run slower than its ``eval_every`` expected (a loaded
+        machine, a large model) is still judged often enough for early stopping and ``best.pt``. A run with a step
+        or epoch budget is judged by steps only unless ``eval_minutes`` says otherwise, and stays repeatable."""
+        if self.eval_minutes == math.inf:
+            return 0.0
+        if self.eval_minutes:
+            return 60.0 * self.eval_minutes
+        return 60.0 * self.max_minutes / 10 if not (self.max_steps or self.max_epochs) else 0.0
 
 
 @dataclass(frozen=True)
@@ -291,3 +309,25 @@ class RunConfig:
         """Inverse of ``to_dict``; missing keys take their defaults, unknown sections or keys are a ConfigError."""
         cls.check_keys(d)
         return cls(**{name: section_cls(**d.get(name, {})) for name, section_cls in cls.sections().items()})
+
+    # {(section, key): value} for fields added after runs were saved without them, where the new default would build
+    # another model than the one saved: a saved config lacking the key takes this value, which is what the run had
+    SAVED_BEFORE: ClassVar[dict[tuple[str, str], Any]] = {}
+
+    @classmethod
+    def with_saved_defaults(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A config a run saved (a checkpoint's, config.json), each key it lacks that ``SAVED_BEFORE`` names filled
+        in: the saved config holds every field of its day, so a key it lacks came later, and the run had the old
+        behaviour, not today's default."""
+        if not isinstance(d, dict):
+            return d
+        d = {name: dict(values) if isinstance(values, dict) else values for name, values in d.items()}
+        for (section, key), value in cls.SAVED_BEFORE.items():
+            if isinstance(d.get(section), dict):
+                d[section].setdefault(key, value)
+        return d
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]):
+        """``from_dict`` of a config a run saved (``with_saved_defaults``)."""
+        return cls.from_dict(cls.with_saved_defaults(d))

@@ -8,7 +8,8 @@ position, carried state, best and last metrics, evaluations without improvement,
         if the task carries state (the LM's truncated BPTT): state = None at k == 0, else the last one, detached
         loss, state = task.loss(model, batch, state)
         backward, clip the gradient norm, optimiser step at the scheduled learning rate
-        every log_every steps: on_log; every eval_every steps: metrics = task.evaluate(model), on_eval
+        every log_every steps: on_log; every eval_every steps (and every eval_seconds() of training time, by default
+        a tenth of a time-only budget): metrics = task.evaluate(model), on_eval
 
 Everything around the loop is a callback (``rnnkit.callbacks``): checkpoints (last.pt, best.pt when the primary
 metric improves), early stopping, metrics.jsonl, TensorBoard, and ``on_event`` (the CLI's progress bar). The
@@ -120,7 +121,11 @@ def _seed_everything(seed: int) -> None:
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters())
+    # the fused kernel is one pass over each tensor where the foreach path makes several: on a CPU that is most of
+    # a step's cost for a large embedding table (the classifier's n-gram bag; docs/results.md has the timings)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def _state_to_list(state) -> list | None:
@@ -200,7 +205,7 @@ def _resume_payload(task: Task, run_dir: Path) -> dict[str, Any]:
             f"cannot resume: {run_dir / 'last.pt'} was written by an older rnnkit (checkpoint format "
             f"{payload['format_version']}); it can still be sampled and evaluated"
         )
-    saved = type(task.config).from_dict(payload["config"])
+    saved = type(task.config).from_saved(payload["config"])
     if saved.model != task.config.model:
         raise ConfigError(f"cannot resume with another model config: saved {saved.model}, given {task.config.model}")
     old, new = _schedule_budget(saved.train), _schedule_budget(task.config.train)
@@ -447,6 +452,8 @@ class Trainer:
                   precision=self.precision, task=task.name, **task.describe()))  # fmt: skip
         self.model.train()
         last_evaluated, losses = (state.step if self.resumed else -1), []
+        # evaluations by time as well as by steps, decided on the ranks' shared clock so that they all evaluate
+        eval_s, (evaluated_at,) = cfg.eval_seconds(), all_reduce([self.elapsed()], "max", self.info, self.device)
         if cfg.max_steps and state.step >= cfg.max_steps:
             self.stop(self.step_budget)  # a resume of a finished run: nothing left to do
         try:
@@ -466,8 +473,9 @@ class Trainer:
                     mean = sum(losses) / len(losses)
                     self.call("on_log", self.event("step", loss=mean, **task.train_metrics(mean), epoch=state.epoch))
                     losses = []
-                if state.step % cfg.eval_every == 0 or self.stopped_because:
-                    last_evaluated = state.step
+                due_by_time = eval_s and now - evaluated_at >= eval_s
+                if state.step % cfg.eval_every == 0 or self.stopped_because or due_by_time:
+                    last_evaluated, evaluated_at = state.step, now
                     self.evaluate()
                 self.call("on_batch_end")
         except KeyboardInterrupt:
