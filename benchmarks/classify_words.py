@@ -11,13 +11,15 @@ On that one split it measures test accuracy, macro-F1 and training time of
 * multinomial naive Bayes on character n-gram counts (``CountVectorizer(analyzer="char_wb", ngram_range=(1, 5))``,
   ``alpha=0.1``);
 * logistic regression on sublinear TF-IDF of the same n-grams (``C=10``, lbfgs);
-* rnnkit: ``rnnkit train classify`` for ``--minutes`` CPU-minutes, then ``rnnkit eval --json`` on test.tsv.
+* rnnkit: ``rnnkit train classify`` at the task's defaults (the settings below override them) for ``--minutes``
+  CPU-minutes, ``--val-fraction`` of train.tsv held out to choose ``best.pt`` and stop early, then ``rnnkit eval
+  --json`` on test.tsv.
 
 The baseline settings were chosen on a validation split carved out of train.tsv (never on test.tsv): n-grams up to
 5 beat 4 and matched 6; alpha 0.01-0.1 beat 0.3-1; C=10 beat 1 and 3 and matched 30. A speed section then trains
 rnnkit for ``--speed-steps`` steps with length bucketing on and off and prints examples/s and the padding share of
-each (from each run's summary.json). The issue's target: rnnkit at least 2 accuracy points above the better
-baseline within 10 CPU-minutes.
+each (from each run's summary.json). Issue 23's target: rnnkit at the defaults at least 1 accuracy point above
+the logistic regression within 10 CPU-minutes.
 
     .venv/bin/python benchmarks/classify_words.py                      # everything, rnnkit for 10 minutes
     .venv/bin/python benchmarks/classify_words.py --skip-rnnkit        # the baselines only (about 2 minutes)
@@ -134,22 +136,18 @@ def run_baselines(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> 
     return rows
 
 
+RNNKIT_SETTINGS = ("mode", "embedding_size", "hidden_size", "num_layers", "bidirectional", "pooling", "dropout",
+                   "batch_size", "lr", "eval_every")  # fmt: skip
+
+
 def rnnkit_options(args: argparse.Namespace) -> list[str]:
-    """The script's rnnkit flags as ``rnnkit train classify`` options (budget and stopping not included)."""
-    options = [
-        "--tokens", "chars",
-        "--mode", args.mode,
-        "--embedding-size", str(args.embedding_size),
-        "--hidden-size", str(args.hidden_size),
-        "--num-layers", str(args.num_layers),
-        "--bidirectional", args.bidirectional,
-        "--pooling", args.pooling,
-        "--dropout", str(args.dropout),
-        "--batch-size", str(args.batch_size),
-        "--lr", str(args.lr),
-        "--seed", str(args.seed),
-        "--device", args.device,
-    ]  # fmt: skip
+    """The script's rnnkit flags as ``rnnkit train classify`` options (budget and stopping not included): the
+    classify task's defaults but for the settings given on the command line."""
+    options = ["--tokens", "chars", "--seed", str(args.seed), "--device", args.device]
+    for name in RNNKIT_SETTINGS:
+        value = getattr(args, name)
+        if value is not None:
+            options += ["--" + name.replace("_", "-"), str(value)]
     return [*options, *args.rnnkit_arg]
 
 
@@ -160,9 +158,7 @@ def run_rnnkit(args: argparse.Namespace, workdir: Path) -> Result:
         *rnnkit_options(args),
         "--val-fraction", str(args.val_fraction),
         "--max-minutes", str(args.minutes),
-        "--eval-every", str(args.eval_every),
-        "--monitor", "accuracy",
-        "--bucket", "true",
+        "--no-plots",
     ]  # fmt: skip
     summary, wall = train_classifier(workdir / "train.tsv", run_dir, options)
     result = evaluate_classifier(run_dir, workdir / "test.tsv")
@@ -170,7 +166,8 @@ def run_rnnkit(args: argparse.Namespace, workdir: Path) -> Result:
         f"  rnnkit: accuracy {result.get('accuracy')}  macro-F1 {result.get('macro_f1')}  n {result.get('n')}  "
         f"steps {summary.get('steps')}  stopped because {summary.get('stopped_because')}"
     )
-    name = f"rnnkit {args.mode.upper()} H={args.hidden_size} ({args.minutes:g} min budget)"
+    given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in RNNKIT_SETTINGS if getattr(args, name)]
+    name = f"rnnkit, classify defaults{' + ' + ' '.join(given) if given else ''} ({args.minutes:g} min budget)"
     return name, summary_value(result, "accuracy"), summary_value(result, "macro_f1"), wall
 
 
@@ -220,20 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--speed-steps", type=int, default=500, help="steps of each bucketing speed run (default 500; 0 skips)"
     )
-    g = p.add_argument_group("rnnkit settings (passed to `rnnkit train classify`)")
-    g.add_argument("--mode", default="gru", choices=("lstm", "gru", "elman"), help="cell (default gru)")
-    g.add_argument("--embedding-size", type=int, default=64, help="character embedding width (default 64)")
-    g.add_argument("--hidden-size", type=int, default=256, help="hidden width per direction (default 256)")
-    g.add_argument("--num-layers", type=int, default=1, help="stacked layers (default 1)")
-    g.add_argument("--bidirectional", default="true", choices=("true", "false"), help="(default true)")
-    g.add_argument("--pooling", default="max", choices=("last", "mean", "max", "attention"), help="(default max)")
-    g.add_argument("--dropout", type=float, default=0.2, help="between layers and in the head (default 0.2)")
-    g.add_argument("--batch-size", type=int, default=64, help="examples per step (default 64)")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
+    g = p.add_argument_group("rnnkit settings (passed to `rnnkit train classify`; unset: the task's defaults)")
+    g.add_argument("--mode", choices=("lstm", "gru", "elman"), help="cell")
+    g.add_argument("--embedding-size", type=int, help="character embedding width (and the n-gram bag's)")
+    g.add_argument("--hidden-size", type=int, help="hidden width per direction")
+    g.add_argument("--num-layers", type=int, help="stacked layers")
+    g.add_argument("--bidirectional", choices=("true", "false"))
+    g.add_argument("--pooling", choices=("last", "mean", "max", "attention"))
+    g.add_argument("--dropout", type=float, help="between layers and in the head")
+    g.add_argument("--batch-size", type=int, help="examples per step")
+    g.add_argument("--lr", type=float, help="peak AdamW learning rate")
     g.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu: the target is CPU-minutes)")
-    g.add_argument(
-        "--eval-every", type=int, default=1000, help="validate every N steps (default 1000; evals use the budget)"
-    )
+    g.add_argument("--eval-every", type=int, help="validate every N steps (evals use the budget)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="train share held out for selection (0.1)")
     g.add_argument(
         "--rnnkit-arg",
@@ -276,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["model", "test accuracy", "macro-F1", "train time (s)"], table))
     if len(rows) == 3 and rows[2][1] is not None:
         margin = 100 * (rows[2][1] - max(rows[0][1], rows[1][1]))
-        print(f"\nrnnkit minus the better baseline: {margin:+.1f} accuracy points (target +2.0)")
+        print(
+            f"\nrnnkit minus the better baseline: {margin:+.1f} accuracy points "
+            "(issue 23: at least +1.0 over logistic regression)"
+        )
     if not args.skip_rnnkit:
         print(
             f"\nrnnkit holds out {args.val_fraction:g} of train.tsv for model selection; its time is the wall time "

@@ -6,6 +6,7 @@ prediction), and through the command line on good and bad input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from conftest import one_error_line as _error_line
-from rnnkit.checkpoint import load_checkpoint, load_run
+from rnnkit.checkpoint import load_checkpoint, load_run, save_checkpoint
 from rnnkit.cli import main
 from rnnkit.errors import CheckpointError, ConfigError
 from rnnkit.sequence import pad_sequences
@@ -35,6 +36,7 @@ from rnnkit.tasks import (
     SequenceClassifier,
 )
 from rnnkit.tasks.classification import ClassifyModelConfig
+from rnnkit.tasks.classify_parts import NgramBag, distinct_ngrams, ngram_buckets_for
 from rnnkit.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -309,6 +311,58 @@ def test_more_padding_changes_no_prediction(pooling, mode):
     torch.testing.assert_close(model(more, lengths), alone, rtol=1e-10, atol=1e-10)
 
 
+def _bag_reference(tokens: list[int], ngrams: int, vocab_size: int, buckets: int) -> list[int]:
+    """The bucket of every 1- to ngrams-gram of tokens marked at both ends (no lone mark), by the hash's definition."""
+    marked = [vocab_size, *tokens, vocab_size]
+    ids = []
+    for n in range(1, ngrams + 1):
+        for start in range(len(marked) - n + 1):
+            gram = marked[start : start + n]
+            if gram == [vocab_size]:
+                continue
+            h = n
+            for t in gram:
+                h = (h * (vocab_size + 1) + t) % NgramBag._PRIME
+            ids.append(h % buckets)
+    return ids
+
+
+def test_the_ngram_bag_is_the_mean_embedding_of_each_rows_marked_ngrams():
+    torch.manual_seed(0)
+    bag = NgramBag(ngrams=3, buckets=97, width=4, vocab_size=11).double()
+    rows = [[3, 4, 5, 3], [7, 8], [9]]
+    x, lengths = pad_sequences([torch.tensor(r) for r in rows])  # (3, 4), zero-padded
+    got = bag(x, lengths)
+    for row, features in zip(rows, got, strict=True):
+        ids = _bag_reference(row, 3, 11, 97)
+        assert len(ids) == len(row) + (len(row) + 1) + len(row)  # unigrams, bigrams and trigrams with the marks
+        torch.testing.assert_close(features, bag.embedding.weight[ids].mean(0))
+    # the same letters in another order share the unigrams only: order within a gram counts
+    ab, ba = _bag_reference([3, 4], 2, 11, 10**6), _bag_reference([4, 3], 2, 11, 10**6)
+    assert set(ab[:2]) == set(ba[:2]) and set(ab[2:]).isdisjoint(ba[2:])
+
+
+@pytest.mark.parametrize("mode", ["gru", "lstm"])
+def test_the_ngram_bag_changes_no_prediction_with_more_padding_and_reaches_the_head(mode):
+    torch.manual_seed(0)
+    cfg = ClassifyModelConfig(mode=mode, hidden_size=8, embedding_size=5, pooling="mean", head_size=6, ngrams=4,
+                              ngram_buckets=64)  # fmt: skip
+    model = SequenceClassifier(cfg, 3, vocab_size=11).double().eval()
+    assert model.head[0].in_features == 2 * 8 + 5
+    seqs = [torch.randint(2, 11, (n,)) for n in (5, 2, 7, 1)]
+    x, lengths = pad_sequences(seqs)
+    more = torch.cat([x, torch.zeros(4, 6, dtype=torch.long)], 1)
+    alone = torch.cat([model(s[None], torch.tensor([len(s)])) for s in seqs])
+    torch.testing.assert_close(model(x, lengths), alone, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model(more, lengths), alone, rtol=1e-10, atol=1e-10)
+    before = model(x, lengths)
+    with torch.no_grad():
+        model.bag.embedding.weight.add_(1.0)  # the head reads the bag
+    assert not torch.allclose(model(x, lengths), before)
+    series = SequenceClassifier(cfg, 3, input_channels=2)  # a series has no tokens: no bag
+    assert series.bag is None and series.head[0].in_features == 2 * 8
+
+
 def test_series_model_fills_missing_values_with_the_channel_mean():
     torch.manual_seed(0)
     model = SequenceClassifier(ClassifyModelConfig(hidden_size=4, pooling="mean"), 2, input_channels=2).eval()
@@ -318,6 +372,41 @@ def test_series_model_fills_missing_values_with_the_channel_mean():
     filled = torch.tensor([[[7.0, -1.0], [5.0, 0.0]]])  # NaN -> the channel mean
     torch.testing.assert_close(model(x, torch.tensor([2])), model(filled, torch.tensor([2])))
     torch.testing.assert_close(model.encode(filled, torch.tensor([2])), torch.tensor([[[1.0, 0.0], [0.0, 2.0]]]))
+
+
+def test_the_bags_buckets_follow_the_training_sets_ngrams_and_are_saved_with_the_run(text_files, tmp_path):
+    assert distinct_ngrams([["a", "b"], ["b", "a"]], 2) == 2 + 6  # a, b; <a ab b> and <b ba a>
+    assert distinct_ngrams([["a"]], 3) == 1 + 2 + 1  # a; <a a>; <a>
+    assert ngram_buckets_for(1000, 64) == 1024 and ngram_buckets_for(1025, 64) == 2048
+    assert ngram_buckets_for(10**6, 64) == 2**16 and ngram_buckets_for(10**6, 32) == 2**17  # at most 4M weights
+    run = tmp_path / "run"
+    train(ClassifyTask(_classify_config(text_files[0], max_steps=2)), run, plots=False)
+    texts = [line.split("\t")[0] for line in text_files[0].read_text().splitlines()[1:]]
+    expected = ngram_buckets_for(distinct_ngrams([list(t) for t in texts], 5), 6)
+    loaded = load_run(run)
+    assert loaded.model.bag.buckets == expected == loaded.model.bag.embedding.num_embeddings
+    assert json.loads((run / "labels.json").read_text())["ngram_buckets"] == expected
+
+
+def test_a_text_run_saved_before_the_ngram_bag_loads_and_resumes_without_one(text_files, tmp_path, capsys):
+    """Its config lacks ``ngrams``: the run had no bag, so it must not get today's default one."""
+    run = tmp_path / "old"
+    config = _classify_config(text_files[0], max_steps=3)
+    train(
+        ClassifyTask(dataclasses.replace(config, model=dataclasses.replace(config.model, ngrams=0))), run, plots=False
+    )
+    for name in ("best.pt", "last.pt"):
+        payload = load_checkpoint(run / name)
+        del payload["config"]["model"]["ngrams"], payload["config"]["model"]["ngram_buckets"]
+        save_checkpoint(run / name, payload)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["model"]["ngrams"], saved["model"]["ngram_buckets"]
+    (run / "config.json").write_text(json.dumps(saved))
+    loaded = load_run(run)
+    assert loaded.config.model.ngrams == 0 and loaded.model.bag is None
+    assert main(["train", "classify", "--out", str(run), "--resume", "--max-steps", "6", "--no-plots"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 6 and load_run(run).model.bag is None
+    assert ClassifyConfig.from_dict({}).model.ngrams == 5  # a new run has the bag
 
 
 def test_a_state_dict_from_before_the_input_and_pooling_modules_loads():
@@ -429,7 +518,8 @@ def test_config_errors_name_the_field():
 
 def test_attention_weights_sum_to_one_over_the_valid_steps_and_make_the_features():
     torch.manual_seed(0)
-    model = SequenceClassifier(ClassifyModelConfig(pooling="attention", hidden_size=4), 2, vocab_size=7).double()
+    model = SequenceClassifier(ClassifyModelConfig(pooling="attention", hidden_size=4, ngrams=0), 2, vocab_size=7)
+    model = model.double()
     x, lengths = pad_sequences([torch.tensor([2, 3, 4, 5]), torch.tensor([6, 2])])
     a = model.attention(x, lengths)  # (2, 4)
     torch.testing.assert_close(a.sum(1), torch.ones(2, dtype=torch.float64))

@@ -36,7 +36,8 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 EXTRA = {
     "lm": ["--embedding-size", "4", "--batch-size", "2", "--bptt", "8"],
-    "classify": ["--embedding-size", "4", "--head-size", "4"],
+    # without the n-gram bag: this model's SGD run reaches the gradient-norm check before a non-finite loss
+    "classify": ["--embedding-size", "4", "--head-size", "4", "--ngrams", "0"],
     "forecast": ["--horizon", "2", "--num-samples", "4", "--eval-samples", "4"],
     "seq2seq": ["--embedding-size", "4"],
 }

@@ -292,6 +292,8 @@ TASK_CASES = {
     "lm-gru": ("lm", {"mode": "gru", "embedding_size": 4, "hidden_size": 6, "tie_weights": False}),
     "classify-text-gru-bi-mean": ("classify-text", {"mode": "gru", "embedding_size": 4, "hidden_size": 5,
                                                     "pooling": "mean", "head_size": 3}),
+    "classify-text-gru-ngrams": ("classify-text", {"mode": "gru", "embedding_size": 4, "hidden_size": 5,
+                                                   "ngrams": 3, "ngram_buckets": 40}),
     "classify-text-elman-attention": ("classify-text", {"mode": "elman", "embedding_size": 4, "hidden_size": 5,
                                                         "pooling": "attention", "bidirectional": False}),
     "classify-series-lstm-bi-last": ("classify-series", {"mode": "lstm", "hidden_size": 5, "num_layers": 2,

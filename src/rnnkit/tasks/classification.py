@@ -3,6 +3,10 @@
     tokens (B, T) --embedding--> (B, T, E)  |  series (B, T, D) --standardise per channel--> (B, T, D)
         --rnnkit.RNN (lengths)--> (B, T, K*H) --pool over the valid steps--> (B, K*H) --MLP--> logits (B, C)
 
+Text also feeds the MLP a bag of its hashed token 1- to ``ngrams``-grams (``NgramBag``, fastText's features, on by
+default: (B, E) beside the pooled (B, K*H)), which a recurrent net on a few thousand examples per class learns less
+well for itself (the words-to-language benchmark in docs/results.md).
+
 Pooling reads only the valid steps of each row: ``last`` (the final state of each direction: the forward one
 at the row's last valid step, the backward one at step 0), ``mean``, ``max``, or ``attention`` (a learned
 score per step, softmax over the valid steps, weighted sum; Bahdanau-style, as in Yang et al. 2016). The model,
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -72,12 +76,23 @@ class ClassifyModelConfig(RecurrentConfig):
     bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
     pooling: str = field(default="mean", metadata={"help": "over the valid steps: last, mean, max or attention"})
     head_size: int = field(default=128, metadata={"help": "hidden width of the MLP head (units, 0 = one linear layer)"})
+    ngrams: int = field(
+        default=5,
+        metadata={"help": "text only: beside the RNN, a bag of hashed token 1- to N-grams for the head (N; 0 = off)"},
+    )
+    ngram_buckets: int = field(
+        default=0,
+        metadata={"help": "text only: hash buckets of the n-gram bag, rows of its table (0 = about one per distinct "
+                  "n-gram of the training set, at most 4M weights)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bool("bidirectional", self.bidirectional)
         check_choice("pooling", self.pooling, tuple(POOLINGS))
         check_int("head_size", self.head_size, 0, 2**20)
+        check_int("ngrams", self.ngrams, 0, 8)
+        check_int("ngram_buckets", self.ngram_buckets, 0, 2**24)
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,8 @@ class ClassifyConfig(RunConfig):
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
 
+    SAVED_BEFORE: ClassVar[dict[tuple[str, str], Any]] = {("model", "ngrams"): 0}  # runs from before the bag had none
+
 
 class _ClassifyTokens(nn.Module):
     """Export graph (``rnnkit export``) of a text classifier: tokens (B, T) int64, lengths (B,) int64 -> logits
@@ -220,6 +237,7 @@ class ClassifyTask(Task):
         Param("model", "bidirectional", choices=(True, False)),
         Param("model", "pooling", choices=tuple(POOLINGS)),
         Param("model", "head_size", choices=(0, 64, 128)),
+        Param("model", "ngrams", choices=(0, 3, 5)),
         Param("train", "label_smoothing", low=0.0, high=0.2),
     )
 
@@ -271,7 +289,7 @@ class ClassifyTask(Task):
                             "here takes (is the label column the right one?)")  # fmt: skip
         declared = train.declared_labels
         self.labels = list(declared) if declared and found <= set(declared) else _natural_order(found)
-        self.input = INPUTS[train.kind](self.config.data).fit(train)
+        self.input = INPUTS[train.kind](self.config.data, self.config.model).fit(train)
 
     def encode(self, examples: Examples, *, with_labels: bool = True) -> _Encoded:
         """Model inputs for ``examples``; a label outside the run's label set is a DataError."""
@@ -289,7 +307,7 @@ class ClassifyTask(Task):
 
     def restore(self, artefacts: dict[str, Any]) -> None:
         self.labels = list(artefacts["labels"])
-        self.input = INPUTS[artefacts["kind"]](self.config.data).restore(artefacts)
+        self.input = INPUTS[artefacts["kind"]](self.config.data, self.config.model).restore(artefacts)
 
     def artefacts(self) -> dict[str, Any]:
         return {"labels": self.labels, "kind": self.kind, **self.input.artefacts()}

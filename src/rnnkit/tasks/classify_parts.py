@@ -50,6 +50,7 @@ __all__ = [
     "LastPooling",
     "MaxPooling",
     "MeanPooling",
+    "NgramBag",
     "SequenceClassifier",
     "SeriesInput",
     "Standardise",
@@ -127,6 +128,70 @@ POOLINGS: dict[str, type[Pooling]] = {
 # --- the model ------------------------------------------------------------------------------------------------
 
 
+class NgramBag(nn.Module):
+    """A bag of hashed token n-grams beside the RNN (fastText's features, Joulin et al. 2017): every 1- to
+    ``ngrams``-gram of each row's tokens, the row padded with a boundary mark at both ends as scikit-learn's
+    ``char_wb`` pads a word, hashed into ``buckets`` rows of an embedding table and averaged.
+
+    ``forward(x, lengths) -> (B, E)``. The hash is a function of the token ids alone, so the bag needs no
+    vocabulary of its own: a saved model hashes new text as it hashed its training text.
+
+    Why beside the RNN: a recurrent net reads a word's spelling letter by letter and has to learn for itself which
+    letter groups mark a language; from 72,000 words it learned them less well than a linear model on n-gram counts
+    (benchmarks/classify_words.py). The bag hands the head those counts directly, and the RNN adds what an n-gram
+    cannot see (order across the whole word).
+    """
+
+    _PRIME = 2_147_483_629  # the largest prime below 2**31: products of a hash and a token id stay inside int64
+
+    def __init__(self, ngrams: int, buckets: int, width: int, vocab_size: int) -> None:
+        super().__init__()
+        self.ngrams, self.buckets, self.boundary = ngrams, buckets, vocab_size  # no token id equals vocab_size
+        self.embedding = nn.Embedding(buckets, width)
+        nn.init.normal_(self.embedding.weight, std=width**-0.5)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        B, T = x.shape
+        lengths = lengths.to(x.device).unsqueeze(1)  # (B, 1)
+        # every gram length has the same T + 2 windows (no branch on T: an exported graph takes any length), over the
+        # row with its marks and room for the longest gram to run past it; windows past a row's end are masked
+        starts = torch.arange(T + 2, device=x.device)  # (T + 2,)
+        padded = torch.cat([x.new_zeros(B, 1), x, x.new_zeros(B, self.ngrams)], dim=1)  # (B, T + 1 + N)
+        columns = torch.arange(padded.size(1), device=x.device)
+        marks = (columns == 0) | (columns == lengths + 1)  # (B, T + 1 + N): before and after the row's tokens
+        padded = torch.where(marks, torch.full_like(padded, self.boundary), padded)
+        ids, valid = [], []
+        for n in range(1, self.ngrams + 1):
+            h = torch.full_like(padded[:, : T + 2], n)  # (B, T + 2); n in the hash: 'ab' and 'b' differ
+            for k in range(n):
+                h = (h * (self.boundary + 1) + padded[:, k : k + T + 2]) % self._PRIME
+            inside = starts + n <= lengths + 2  # (B, T + 2): ends at or before the closing mark
+            if n == 1:  # a lone boundary mark is no feature
+                inside = inside & (starts >= 1) & (starts <= lengths)
+            ids.append(h % self.buckets)
+            valid.append(inside)
+        ids, valid = torch.cat(ids, dim=1), torch.cat(valid, dim=1).unsqueeze(-1)  # (B, N (T + 2)), (B, N (T + 2), 1)
+        bag = (self.embedding(ids) * valid).sum(1)  # (B, E)
+        return bag / valid.sum(1).clamp_min(1)
+
+
+def ngram_buckets_for(distinct: int, width: int) -> int:
+    """Hash buckets for a bag over ``distinct`` n-grams of the training set: the power of two at or above it (about one
+    n-gram per bucket), kept to 4M weights (16 MB) in all. A larger table's gradient, allocated at every step, is
+    past glibc's largest mmap threshold (32 MB), so each step would take it fresh from the kernel, page by page."""
+    return min(1 << max(distinct - 1, 1).bit_length(), max(1024, (1 << 22) // width))
+
+
+def distinct_ngrams(token_lists: list[list[str]], ngrams: int) -> int:
+    """How many different 1- to ``ngrams``-grams the token lists hold, each list marked at both ends (NgramBag's)."""
+    seen: set[tuple[str, ...]] = set()
+    for tokens in token_lists:
+        marked = [None, *tokens, None]
+        for n in range(1, ngrams + 1):
+            seen.update(tuple(marked[i : i + n]) for i in range(len(marked) - n + 1))
+    return len(seen - {(None,)})
+
+
 class Standardise(nn.Module):
     """A series' input layer: (x - mean) / std per channel, set from the training set; a missing value (NaN) becomes
     the channel mean, 0 after standardising."""
@@ -202,7 +267,7 @@ class SequenceClassifier(nn.Module):
     }  # fmt: skip
 
     def __init__(self, config: ClassifyModelConfig, num_classes: int, *, vocab_size: int = 0,
-                 input_channels: int = 0, scaling: str = "dataset") -> None:  # fmt: skip
+                 input_channels: int = 0, scaling: str = "dataset", ngram_buckets: int = 0) -> None:  # fmt: skip
         super().__init__()
         if (vocab_size > 0) == (input_channels > 0):
             raise ValueError(
@@ -223,12 +288,17 @@ class SequenceClassifier(nn.Module):
         self.rnn = RNN(config.mode, D, H, config.num_layers, dropout=config.dropout,
                        bidirectional=config.bidirectional, backend=config.backend, **config.rnn_options())  # fmt: skip
         self.pool = POOLINGS[config.pooling](K * H, K)
+        self.bag = None
+        if vocab_size and config.ngrams:
+            buckets = ngram_buckets or config.ngram_buckets or ngram_buckets_for(1 << 20, config.embedding_size)
+            self.bag = NgramBag(config.ngrams, buckets, config.embedding_size, vocab_size)
+        width = K * H + (config.embedding_size if self.bag is not None else 0)  # the head's input width
         self.drop = nn.Dropout(config.dropout)
         if config.head_size:
-            self.head = nn.Sequential(nn.Linear(K * H, config.head_size), nn.ReLU(), nn.Dropout(config.dropout),
+            self.head = nn.Sequential(nn.Linear(width, config.head_size), nn.ReLU(), nn.Dropout(config.dropout),
                                       nn.Linear(config.head_size, num_classes))  # fmt: skip
         else:
-            self.head = nn.Linear(K * H, num_classes)
+            self.head = nn.Linear(width, num_classes)
         initialise_(self.rnn, config.init)
         if input_channels:
             init_input_weights_(self.rnn)  # D is a few channels, not H wide: see the module docstring
@@ -244,10 +314,13 @@ class SequenceClassifier(nn.Module):
         return self.embedding(x) if isinstance(self.embedding, nn.Embedding) else self.embedding(x, lengths)
 
     def features(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """The pooled representation (B, K*H) of a padded batch."""
+        """The pooled representation (B, K*H) of a padded batch, and the n-gram bag's (B, E) after it if on."""
         y, state = self.rnn(self.encode(x, lengths), lengths=lengths)  # y (B, T, K*H), zero past each length
         mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
-        return self.pool(y, lengths, mask, state)  # (B, K*H)
+        pooled = self.pool(y, lengths, mask, state)  # (B, K*H)
+        if self.bag is None:
+            return pooled
+        return torch.cat([pooled, self.bag(x, lengths)], dim=1)  # (B, K*H + E)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T) or (B, T, D), lengths (B,) -> logits (B, C)."""
@@ -271,15 +344,21 @@ class TextInput:
 
     kind: ClassVar[str] = "text"
 
-    def __init__(self, data: ClassifyDataConfig) -> None:
+    def __init__(self, data: ClassifyDataConfig, model: ClassifyModelConfig | None = None) -> None:
         self.tokens, self.max_vocab = data.tokens, data.max_vocab
+        self.ngrams = getattr(model, "ngrams", 0)
+        self.ngram_buckets = getattr(model, "ngram_buckets", 0)  # 0: fitted to the training set's n-grams
+        self.width = getattr(model, "embedding_size", 0)
         self.vocab: TokenVocab | None = None
 
     def split(self, text: str) -> list[str]:
         return text.split() if self.tokens == "words" else list(text)
 
     def fit(self, train: Examples) -> TextInput:
-        self.vocab = TokenVocab.build([self.split(t) for t in train.inputs], self.max_vocab)
+        token_lists = [self.split(t) for t in train.inputs]
+        self.vocab = TokenVocab.build(token_lists, self.max_vocab)
+        if self.ngrams and not self.ngram_buckets:
+            self.ngram_buckets = ngram_buckets_for(distinct_ngrams(token_lists, self.ngrams), self.width)
         return self
 
     def encode(self, examples: Examples, cap: int | None) -> tuple[list[Tensor], int]:
@@ -295,21 +374,23 @@ class TextInput:
         return inputs, unknown_tokens
 
     def artefacts(self) -> dict[str, Any]:
-        return {"tokens": self.vocab.tokens}
+        return {"tokens": self.vocab.tokens, **({"ngram_buckets": self.ngram_buckets} if self.ngrams else {})}
 
     def restore(self, artefacts: dict[str, Any]) -> TextInput:
         self.vocab = TokenVocab(list(artefacts["tokens"]))
+        self.ngram_buckets = int(artefacts.get("ngram_buckets", self.ngram_buckets))
         return self
 
     def summary(self) -> dict[str, Any]:
         """What labels.json says of the inputs."""
-        return {"tokens": self.tokens, "vocab_size": len(self.vocab)}
+        bag = {"ngrams": self.ngrams, "ngram_buckets": self.ngram_buckets} if self.ngrams else {}
+        return {"tokens": self.tokens, "vocab_size": len(self.vocab), **bag}
 
     def write_files(self, run_dir: Path) -> None:
         atomic_write_json(run_dir / "vocab.json", {"format": "rnnkit.tokens/1", "tokens": self.vocab.tokens})
 
     def build_model(self, config: ClassifyModelConfig, num_classes: int) -> SequenceClassifier:
-        return SequenceClassifier(config, num_classes, vocab_size=len(self.vocab))
+        return SequenceClassifier(config, num_classes, vocab_size=len(self.vocab), ngram_buckets=self.ngram_buckets)
 
     def example(self, batch: int, time: int) -> Tensor:
         """A model input of this kind, (batch, time), for tracing an export."""
@@ -328,7 +409,7 @@ class SeriesInput:
 
     kind: ClassVar[str] = "series"
 
-    def __init__(self, data: ClassifyDataConfig) -> None:
+    def __init__(self, data: ClassifyDataConfig, model: ClassifyModelConfig | None = None) -> None:
         self.channels, self.mean, self.std = 0, None, None
         self.scaling = data.scaling
 
