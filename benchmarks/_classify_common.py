@@ -7,6 +7,7 @@ our stderr; the tables go to stdout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -16,6 +17,41 @@ import time
 from pathlib import Path
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+# the `rnnkit train classify` settings a benchmark passes on only when given (unset: the task's defaults)
+SETTINGS: dict[str, dict] = {
+    "--mode": {"choices": ("lstm", "gru", "elman"), "help": "cell"},
+    "--embedding-size": {"type": int, "help": "token embedding width, and the n-gram bag's (text only)"},
+    "--hidden-size": {"type": int, "help": "hidden width per direction"},
+    "--num-layers": {"type": int, "help": "stacked layers"},
+    "--bidirectional": {"choices": ("true", "false")},
+    "--pooling": {"choices": ("last", "mean", "max", "attention")},
+    "--dropout": {"type": float, "help": "between layers and in the head"},
+    "--batch-size": {"type": int, "help": "examples per step"},
+    "--lr": {"type": float, "help": "peak learning rate"},
+    "--eval-every": {"type": int, "help": "evaluate every N steps (evaluations use the budget)"},
+    "--patience": {"type": int, "help": "evaluations without improvement before stopping (0 = off)"},
+    "--scaling": {"choices": ("dataset", "series"), "help": "a series' scaling"},
+}
+
+
+def add_settings(parser: argparse.ArgumentParser, flags: tuple[str, ...]) -> argparse._ArgumentGroup:
+    """An argument group of ``flags`` (keys of ``SETTINGS``), each None unless given."""
+    group = parser.add_argument_group("rnnkit settings (passed to `rnnkit train classify`; unset: the task's defaults)")
+    for flag in flags:
+        group.add_argument(flag, **SETTINGS[flag])
+    return group
+
+
+def given_settings(args: argparse.Namespace, flags: tuple[str, ...]) -> list[str]:
+    """``rnnkit train classify`` options for the settings among ``flags`` that were given."""
+    options = []
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            options += [flag, str(value)]
+    return options
 
 
 def log(message: str) -> None:

@@ -43,8 +43,10 @@ from pathlib import Path
 import numpy as np
 
 from _classify_common import (
+    add_settings,
     evaluate_classifier,
     fmt,
+    given_settings,
     limit_threads,
     log,
     markdown_table,
@@ -144,11 +146,7 @@ def rnnkit_options(args: argparse.Namespace) -> list[str]:
     """The split, budget, seed and device, then only the settings given: the rest are the classify task's defaults."""
     options = ["--val-fraction", str(args.validate or 0), "--max-minutes", str(args.minutes), "--seed", str(args.seed),
                "--device", args.device]  # fmt: skip
-    for flag in SETTINGS:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            options += [flag, str(value)]
-    return [*options, *args.rnnkit_arg]
+    return [*options, *given_settings(args, SETTINGS), *args.rnnkit_arg]
 
 
 def run_rnnkit(args: argparse.Namespace, train: Path, test: Path, run_dir: Path) -> tuple[float | None, float, str]:
@@ -201,17 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="folder for the rnnkit runs (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="seed of MiniRocket's kernels and of rnnkit (default 0)")
     p.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP/numba/torch threads (default 2)")
-    g = p.add_argument_group("rnnkit settings (passed to `rnnkit train classify`; unset: the task's default)")
-    g.add_argument("--mode", choices=("lstm", "gru", "elman"), help="cell")
-    g.add_argument("--hidden-size", type=int, help="hidden width per direction")
-    g.add_argument("--num-layers", type=int, help="stacked layers")
-    g.add_argument("--bidirectional", choices=("true", "false"))
-    g.add_argument("--pooling", choices=("last", "mean", "max", "attention"))
-    g.add_argument("--dropout", type=float, help="between layers and in the head")
-    g.add_argument("--batch-size", type=int, help="examples per step")
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--eval-every", type=int, help="evaluate every N steps")
-    g.add_argument("--patience", type=int, help="evaluations without improvement before stopping (0 = off)")
+    g = add_settings(p, SETTINGS)
     g.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     g.add_argument(
         "--rnnkit-arg",
@@ -220,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="extra rnnkit option, repeatable, e.g. --rnnkit-arg=--weight-decay --rnnkit-arg=0.1",
     )
-    g.add_argument("--scaling", choices=("dataset", "series"), help="a series' scaling")
     p.add_argument("--validate", type=float, default=None, metavar="F",
                    help="choose settings: rnnkit only, trained on the _TRAIN file less a stratified share F, scored "
                         "on that share; the _TEST file is not read")  # fmt: skip

@@ -39,8 +39,10 @@ from collections import Counter
 from pathlib import Path
 
 from _classify_common import (
+    add_settings,
     evaluate_classifier,
     fmt,
+    given_settings,
     limit_threads,
     log,
     markdown_table,
@@ -136,19 +138,15 @@ def run_baselines(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> 
     return rows
 
 
-RNNKIT_SETTINGS = ("mode", "embedding_size", "hidden_size", "num_layers", "bidirectional", "pooling", "dropout",
-                   "batch_size", "lr", "eval_every")  # fmt: skip
+SETTINGS = ("--mode", "--embedding-size", "--hidden-size", "--num-layers", "--bidirectional", "--pooling", "--dropout",
+            "--batch-size", "--lr", "--eval-every")  # fmt: skip
 
 
 def rnnkit_options(args: argparse.Namespace) -> list[str]:
     """The script's rnnkit flags as ``rnnkit train classify`` options (budget and stopping not included): the
     classify task's defaults but for the settings given on the command line."""
     options = ["--tokens", "chars", "--seed", str(args.seed), "--device", args.device]
-    for name in RNNKIT_SETTINGS:
-        value = getattr(args, name)
-        if value is not None:
-            options += ["--" + name.replace("_", "-"), str(value)]
-    return [*options, *args.rnnkit_arg]
+    return [*options, *given_settings(args, SETTINGS), *args.rnnkit_arg]
 
 
 def run_rnnkit(args: argparse.Namespace, workdir: Path) -> Result:
@@ -166,8 +164,8 @@ def run_rnnkit(args: argparse.Namespace, workdir: Path) -> Result:
         f"  rnnkit: accuracy {result.get('accuracy')}  macro-F1 {result.get('macro_f1')}  n {result.get('n')}  "
         f"steps {summary.get('steps')}  stopped because {summary.get('stopped_because')}"
     )
-    given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in RNNKIT_SETTINGS if getattr(args, name)]
-    name = f"rnnkit, classify defaults{' + ' + ' '.join(given) if given else ''} ({args.minutes:g} min budget)"
+    given = " ".join(given_settings(args, SETTINGS))
+    name = f"rnnkit, classify defaults{' + ' + given if given else ''} ({args.minutes:g} min budget)"
     return name, summary_value(result, "accuracy"), summary_value(result, "macro_f1"), wall
 
 
@@ -217,18 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--speed-steps", type=int, default=500, help="steps of each bucketing speed run (default 500; 0 skips)"
     )
-    g = p.add_argument_group("rnnkit settings (passed to `rnnkit train classify`; unset: the task's defaults)")
-    g.add_argument("--mode", choices=("lstm", "gru", "elman"), help="cell")
-    g.add_argument("--embedding-size", type=int, help="character embedding width (and the n-gram bag's)")
-    g.add_argument("--hidden-size", type=int, help="hidden width per direction")
-    g.add_argument("--num-layers", type=int, help="stacked layers")
-    g.add_argument("--bidirectional", choices=("true", "false"))
-    g.add_argument("--pooling", choices=("last", "mean", "max", "attention"))
-    g.add_argument("--dropout", type=float, help="between layers and in the head")
-    g.add_argument("--batch-size", type=int, help="examples per step")
-    g.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    g = add_settings(p, SETTINGS)
     g.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu: the target is CPU-minutes)")
-    g.add_argument("--eval-every", type=int, help="validate every N steps (evals use the budget)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="train share held out for selection (0.1)")
     g.add_argument(
         "--rnnkit-arg",
