@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from rnnkit import config
 from rnnkit.checkpoint import load_checkpoint, load_run
 from rnnkit.errors import CheckpointError, ConfigError, DataError
 from rnnkit.metrics import evaluate_text
@@ -189,27 +190,27 @@ def test_early_stopping_and_time_budget(text_file, tmp_path):
 
 
 def test_evaluation_by_time_only_where_time_is_the_budget():
-    assert TrainConfig(max_minutes=6).eval_seconds() == pytest.approx(36.0)  # a tenth of a time-only budget
-    assert TrainConfig(max_minutes=6, max_steps=100).eval_seconds() == 0.0  # a step budget stays repeatable
-    assert TrainConfig(max_minutes=6, max_epochs=2).eval_seconds() == 0.0
-    assert TrainConfig(max_minutes=6, max_steps=100, eval_minutes=0.5).eval_seconds() == pytest.approx(30.0)
-    assert TrainConfig(max_minutes=6, eval_minutes=math.inf).eval_seconds() == 0.0
-    with pytest.raises(ConfigError, match=r"eval_minutes must be a number in \[0.0, inf\), got -1"):
-        TrainConfig(eval_minutes=-1)
+    base = dict(max_minutes=6, max_steps=0, eval_time_share=0.1)
+    assert TrainConfig(**base).eval_seconds() == pytest.approx(36.0)  # a tenth of a time-only budget
+    assert TrainConfig(**base | {"max_steps": 100}).eval_seconds() == 0.0  # a step budget stays repeatable
+    assert TrainConfig(**base | {"max_epochs": 2}).eval_seconds() == 0.0
+    assert TrainConfig(**base | {"eval_time_share": 0.0}).eval_seconds() == 0.0
+    assert TrainConfig().eval_time_share == 0.0 and config.TrainConfig().eval_time_share == 0.1  # the LM's: steps only
+    with pytest.raises(ConfigError, match=r"eval_time_share must be a number in \[0.0, 1.0\], got -1"):
+        TrainConfig(eval_time_share=-1)
 
 
 def test_a_run_slower_than_its_eval_every_is_still_evaluated_by_time(text_file, tmp_path):
     def evaluated_steps(name, **train):
         steps = []
         on_event = lambda e: e["kind"] == "eval" and steps.append(e["step"])  # noqa: E731
-        train_lm(
-            _config(text_file, max_steps=6, eval_every=10**6, **train), tmp_path / name, plots=False, on_event=on_event
-        )
+        train_lm(_config(text_file, eval_every=10**6, **train), tmp_path / name, plots=False, on_event=on_event)
         return steps
 
     # eval_every beyond the budget: without evaluations by time only the closing one would happen
-    assert evaluated_steps("by-time", eval_minutes=1e-9) == [1, 2, 3, 4, 5, 6]  # due after every step
-    assert evaluated_steps("by-steps", eval_minutes=math.inf) == [6]
+    by_time = evaluated_steps("by-time", max_steps=0, max_minutes=0.01, eval_time_share=1e-6)  # due after every step
+    assert len(by_time) >= 2 and by_time == list(range(1, len(by_time) + 1))
+    assert len(evaluated_steps("by-steps", max_steps=0, max_minutes=0.01, eval_time_share=0.0)) == 1  # the closing one
 
 
 def test_bad_data_fails_before_writing(tmp_path):

@@ -13,7 +13,6 @@ import dataclasses
 import importlib
 import io
 import json
-import math
 import random
 import shutil
 import sys
@@ -93,7 +92,7 @@ def test_best_toml_is_the_best_trials_config_and_train_reproduces_it(study, tmp_
     trial_config = ClassifyConfig.from_dict(json.loads((run / "config.json").read_text()))
     assert build_config(folder / "best.toml", {}, ClassifyConfig) == trial_config
     assert trial_config.model.hidden_size == 16 and trial_config.train.max_steps == 6
-    assert trial_config.train.eval_minutes == math.inf  # trials are judged at equal steps, and best.toml keeps it
+    assert trial_config.train.eval_time_share == 0.0  # trials are judged at equal steps, and best.toml keeps it
     # rnnkit train --config best.toml: the same run again (same seed, same data, CPU), so the same best accuracy
     assert main(["train", "classify", "--config", str(folder / "best.toml"), "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "summary.json").read_text())

@@ -194,10 +194,10 @@ class TrainConfig:
         default=0.0, metadata={"help": "stop after this many passes over the training batches (0 = no limit)"}
     )
     eval_every: int = field(default=200, metadata={"help": "validate every this many steps (steps)"})
-    eval_minutes: float = field(
-        default=0.0,
-        metadata={"help": "also validate once this much training time has passed since the last validation (minutes; "
-                  "0 = a tenth of --max-minutes when time is the only budget; inf = by steps only)"},
+    eval_time_share: float = field(
+        default=0.1,
+        metadata={"help": "when time is the only budget, also validate once this share of it has passed since the last "
+                  "validation (fraction of --max-minutes, 0 = by steps only)"},
     )  # fmt: skip
     patience: int = field(
         default=0, metadata={"help": "stop after this many evaluations without improvement (evals, 0 = off)"}
@@ -237,8 +237,7 @@ class TrainConfig:
                 "max_steps, max_epochs or max_minutes must be > 0 (a step, epoch or time budget), got all 0"
             )
         check_int("eval_every", self.eval_every, 1)
-        if self.eval_minutes != math.inf:
-            check_float("eval_minutes", self.eval_minutes, 0.0, math.inf, high_open=True)
+        check_float("eval_time_share", self.eval_time_share, 0.0, 1.0)
         check_int("patience", self.patience, 0)
         check_int("checkpoint_every", self.checkpoint_every, 0)
         check_int("seed", self.seed, 0, 2**63 - 1)
@@ -248,15 +247,13 @@ class TrainConfig:
         check_int("threads", self.threads, 0, 1024)
 
     def eval_seconds(self) -> float:
-        """Training seconds between evaluations by time (0: by steps only): ``eval_minutes``, or when 0 and time is
-        the run's only budget, a tenth of it, so that a run slower than its ``eval_every`` expected (a loaded
-        machine, a large model) is still judged often enough for early stopping and ``best.pt``. A run with a step
-        or epoch budget is judged by steps only unless ``eval_minutes`` says otherwise, and stays repeatable."""
-        if self.eval_minutes == math.inf:
+        """Training seconds between evaluations by time (0: by steps only): ``eval_time_share`` of the budget when time
+        is the run's only budget, so that a run slower than its ``eval_every`` expected (a loaded machine, a large
+        model) is still judged often enough for early stopping and ``best.pt``. A run with a step or epoch budget is
+        judged by steps only and stays repeatable."""
+        if self.max_steps or self.max_epochs:
             return 0.0
-        if self.eval_minutes:
-            return 60.0 * self.eval_minutes
-        return 60.0 * self.max_minutes / 10 if not (self.max_steps or self.max_epochs) else 0.0
+        return 60.0 * self.max_minutes * self.eval_time_share
 
 
 @dataclass(frozen=True)

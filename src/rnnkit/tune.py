@@ -293,8 +293,8 @@ def tune(
         trial_minutes = total_minutes / trials
     if trial_minutes is not None:
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, max_minutes=trial_minutes))
-    if base.train.eval_minutes == 0:  # the pruner compares trials at equal steps: evaluations by time would not align
-        base = dataclasses.replace(base, train=dataclasses.replace(base.train, eval_minutes=math.inf))
+    # the pruner compares trials at equal steps: evaluations by time would not line up, so trials go by steps only
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, eval_time_share=0.0))
     task = task_cls(base)
     primary = task.primary  # the classifier's follows its config (accuracy or macro_f1)
     task.prepare(None)  # the data is read and checked once before anything is written (a DataError stops here)
