@@ -138,11 +138,7 @@ class LMTrainConfig(TrainConfig):
         default=100_000, metadata={"help": "validate on at most this many held-out characters (chars, 0 = all)"}
     )
     # by steps only: held-out bpc falls smoothly and nothing stops a run on it, while each evaluation costs seconds
-    eval_time_share: float = field(
-        default=0.0,
-        metadata={"help": "when time is the only budget, also validate once this share of it has passed since the last "
-                  "validation (fraction of --max-minutes, 0 = by steps only)"},
-    )  # fmt: skip
+    eval_time_share: float = field(default=0.0, metadata=TrainConfig.__dataclass_fields__["eval_time_share"].metadata)
 
     def __post_init__(self) -> None:
         super().__post_init__()
