@@ -26,6 +26,7 @@ the fits; every fit is still checked for a finite forecast.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import shlex
@@ -69,6 +70,14 @@ def write_long_csv(path: Path, series: dict[str, np.ndarray]) -> None:
         writer.writerow(["id", "time", "value"])
         for sid, values in series.items():
             writer.writerows((sid, t, repr(float(v))) for t, v in enumerate(np.asarray(values, np.float64), start=1))
+
+
+def combination_of(run_dir: Path) -> str:
+    """What a trained run forecasts with: "theta" (the mean of its network's and Theta's) or "none"."""
+    try:
+        return str(json.loads((run_dir / "series.json").read_text(encoding="utf-8")).get("combine", "none"))
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def train_forecaster(

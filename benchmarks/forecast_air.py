@@ -37,6 +37,7 @@ import numpy as np
 from _classify_common import fmt, limit_threads, log, markdown_table
 from _forecast_common import (
     RNNKIT_OPTIONS_HELP,
+    combination_of,
     ets_damped_model,
     forecast,
     provenance,
@@ -109,7 +110,8 @@ def run_rnnkit(y: np.ndarray, folder: Path, options: list[str]) -> tuple[np.ndar
     summary, _ = train_forecaster(data, folder / "run", HOLDOUT, SEASON, options)
     out = forecast(folder / "run", data, folder / "forecast.csv", [])
     seconds = time.perf_counter() - start
-    log(f"  rnnkit: {summary.get('steps')} steps, stopped because {summary.get('stopped_because')}, {seconds:.1f} s")
+    log(f"  rnnkit: {summary.get('steps')} steps, stopped because {summary.get('stopped_because')}, {seconds:.1f} s, "
+        f"combined with Theta: {combination_of(folder / 'run')}")  # fmt: skip
     columns = out.get("AirPassengers")
     if columns is None or len(columns["forecast"]) != HOLDOUT:
         raise RuntimeError(f"rnnkit forecast gave no {HOLDOUT}-step forecast for AirPassengers: {out.keys()}")

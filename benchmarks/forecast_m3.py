@@ -11,7 +11,8 @@ m = the series' period: 1, 4, 12, 1), both averaged over series, and the wall ti
   with ``rnnkit train forecast --horizon h --season-length m --max-minutes M`` (``--minutes``, 3 per frequency by
   default), then ``rnnkit forecast``; its median (``forecast`` column) is scored, and its q0.1/q0.9 columns give the
   80% interval coverage; time = train + forecast wall time;
-* rnnkit + Theta: the mean of the two point forecasts; time = both.
+* rnnkit + Theta: the mean of the two point forecasts; time = both. (At rnnkit's defaults its own forecast may
+  already be the mean of its network's and Theta's, where its held-out horizon chose that: the table says which.)
 
 Overall sMAPE and MASE are means over all series, not means of the frequency means. For scale: the M3 entry of the
 Theta method scored sMAPE 13.01 over all series (Makridakis & Hibon 2000), 12.76 recalculated, and MASE 1.39
@@ -40,6 +41,7 @@ import numpy as np
 from _classify_common import fmt, limit_threads, log, markdown_table
 from _forecast_common import (
     RNNKIT_OPTIONS_HELP,
+    combination_of,
     ets_damped,
     forecast,
     provenance,
@@ -91,8 +93,9 @@ def epoch_budget(series: list, epochs: float, options: list[str]) -> list[str]:
     return ["--max-steps", str(max(1, math.ceil(epochs * windows / batch))), "--max-minutes", "0"]
 
 
-def run_rnnkit(series: list, folder: Path, options: list[str]) -> tuple[list[np.ndarray], dict, float]:
-    """(medians, {level: per-series quantile arrays}, train + forecast wall seconds) of one global rnnkit model."""
+def run_rnnkit(series: list, folder: Path, options: list[str]) -> tuple[list[np.ndarray], dict, float, str]:
+    """(medians, {level: per-series quantile arrays}, train + forecast wall seconds, its combination: "theta" or
+    "none") of one global rnnkit model."""
     h, m = series[0].h, series[0].period
     data = folder / "train.csv"
     write_long_csv(data, {s.sn: s.x for s in series})
@@ -102,14 +105,15 @@ def run_rnnkit(series: list, folder: Path, options: list[str]) -> tuple[list[np.
     seconds = time.perf_counter() - start
     log(
         f"  rnnkit: {summary.get('steps')} steps, {fmt(summary.get('items_per_s'), 0)} windows/s, "
-        f"stopped because {summary.get('stopped_because')}, {seconds:.1f} s"
+        f"stopped because {summary.get('stopped_because')}, {seconds:.1f} s, "
+        f"combined with Theta: {combination_of(folder / 'run')}"
     )
     missing = [s.sn for s in series if s.sn not in out or len(out[s.sn]["forecast"]) != s.h]
     if missing:
         raise RuntimeError(f"rnnkit forecast gave no {h}-step forecast for {len(missing)} series, e.g. {missing[:5]}")
     levels = sorted(k for k in out[series[0].sn] if k != "forecast")
     quantiles = {q: [out[s.sn][q] for s in series] for q in levels}
-    return [out[s.sn]["forecast"] for s in series], quantiles, seconds
+    return [out[s.sn]["forecast"] for s in series], quantiles, seconds, combination_of(folder / "run")
 
 
 def combine(scores: list[dict]) -> dict:
@@ -165,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds: Counter = Counter()
     fallbacks: Counter = Counter()
     counts: dict[str, int] = {}
+    chosen: dict[str, str] = {}  # frequency -> the run's combination with Theta
     with limit_threads(args.threads):
         warm_up()
         for frequency in frequencies:
@@ -185,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"({1000 * wall / len(series):.0f} ms/series)")  # fmt: skip
             if not args.no_rnnkit:
                 budget = epoch_budget(series, args.epochs, extra_options) if args.epochs else []
-                medians, quantiles, wall = run_rnnkit(series, Path(args.out) / frequency, options + budget)
+                medians, quantiles, wall, chosen[frequency] = run_rnnkit(
+                    series, Path(args.out) / frequency, options + budget
+                )
                 seconds[RNNKIT] += wall
                 seconds[ENSEMBLE] += wall + walls[THETA]
                 scores[RNNKIT][frequency] = forecast_scores(histories, actuals, medians, m, quantiles or None)
@@ -214,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = f" {args.rnnkit_options}" if args.rnnkit_options else ""
         budget = f"{args.epochs:g} epochs of its windows" if args.epochs else f"--max-minutes {args.minutes:g}"
         print(f"rnnkit: one model per frequency, {budget}{extra}; time = train + forecast.")
+        said = ", ".join(f"{f} {chosen[f]}" for f in frequencies)
+        print(f"rnnkit's forecast combined with Theta (its own choice on its held-out horizon, --combine): {said}.")
         cover = [(f, scores[RNNKIT][f].get("coverage_80")) for f in frequencies]
         if all(c is not None for _, c in cover):
             overall = combine([scores[RNNKIT][f] for f in frequencies])["coverage_80"]

@@ -505,6 +505,7 @@ class Trainer:
                 with autocast(self.dtype, self.device):
                     task.plots(self.model, self.run_dir, self.device)
             atomic_write_json(self.run_dir / "summary.json", _summary(result, task))
+            task.finish_files(self.run_dir)
         last = {f"val_{key}": v for key, v in state.last.items()}
         best = {f"best_val_{task.primary}": state.best[task.primary]}
         self.call("on_end", self.event("end", stopped_because=self.stopped_because, **last, **best))

@@ -216,6 +216,11 @@ class Task(ABC):
         """Human-readable artefacts in the run folder (vocab.json, labels.json), written atomically."""
         return None
 
+    def finish_files(self, run_dir: Path) -> None:
+        """After training (rank 0): bring what ``write_files`` wrote up to date with ``best.pt``, where evaluations
+        change the artefacts (the forecaster's interval scale and combination). Default: nothing to do."""
+        return None
+
     def export_graphs(self, model: nn.Module) -> list[Any]:
         """The graphs ``rnnkit export`` writes of ``model``: ``rnnkit.export.Graph``s of plain torch.nn modules."""
         from rnnkit.errors import ExportError

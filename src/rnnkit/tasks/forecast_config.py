@@ -7,6 +7,7 @@ lags a run uses; the dataclasses check every field when built. ``rnnkit.tasks.fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from rnnkit.config import (
     RecurrentConfig,
@@ -19,6 +20,7 @@ from rnnkit.config import (
 )
 from rnnkit.data.series import FILLS
 from rnnkit.errors import ConfigError
+from rnnkit.tasks.forecast_combine import COMBINATIONS
 from rnnkit.tasks.forecast_heads import HEADS
 
 __all__ = [
@@ -76,6 +78,12 @@ class ForecastModelConfig(RecurrentConfig):
                   "holds 8 in 10 of the held-out validation actuals) or none (the head's own)"},
     )  # fmt: skip
     num_samples: int = field(default=100, metadata={"help": "sampled paths per series for the distribution heads"})
+    combine: str = field(
+        default="auto",
+        metadata={"help": "forecasts: theta (the mean of the network's median and the Theta method's, every quantile "
+                  "moved with the median), none (the network's alone) or auto (theta, but none for runs with "
+                  "covariates or the negbin head)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,6 +96,7 @@ class ForecastModelConfig(RecurrentConfig):
         parse_quantiles(self.quantiles)
         check_int("num_samples", self.num_samples, 1, 100_000)
         check_choice("calibration", self.calibration, ("conformal", "none"))
+        check_choice("combine", self.combine, ("auto", *COMBINATIONS))
 
     def levels(self) -> tuple[float, ...]:
         """The levels a run forecasts: ``quantiles`` plus the median and the 80 % interval's ends."""
@@ -171,6 +180,8 @@ class ForecastTrainConfig(TrainConfig):
 @dataclass(frozen=True)
 class ForecastConfig(RunConfig):
     """The whole forecasting run: ``model``, ``data`` and ``train`` sections."""
+
+    SAVED_BEFORE: ClassVar[dict[tuple[str, str], Any]] = {("model", "combine"): "none"}  # runs from before Theta
 
     model: ForecastModelConfig = field(default_factory=ForecastModelConfig)
     data: ForecastDataConfig = field(default_factory=ForecastDataConfig)

@@ -11,8 +11,10 @@ studentt, negbin for counts, or quantile) into a forecast of z_t. Every window i
 Training windows (context C + horizon H steps) are drawn across all series; the distribution heads learn by
 teacher forcing over the whole window and forecast by sampling ``num_samples`` paths autoregressively, each
 sampled value fed back as the next step's lag; the quantile head forecasts in one step. The point forecast is
-the median. Scaling each window by its own context (as DeepAR does) makes forecasts equivariant to a series'
-units (a series times 1000 gets forecasts times 1000) and lets a run forecast series it never saw.
+the median, or its mean with the Theta method's forecast where validation chooses that (``--combine``,
+``rnnkit.tasks.forecast_combine``; the quantiles move with the median). Scaling each window by its own context (as
+DeepAR does) makes forecasts equivariant to a series' units (a series times 1000 gets forecasts times 1000) and
+lets a run forecast series it never saw.
 
 A window's context may begin before its series does: those steps are zero-padded and marked unobserved (and the
 loss skips them), so a series needs only ``horizon + 1`` points to train on, however long the context.
@@ -41,6 +43,7 @@ from rnnkit.io import atomic_write_json
 from rnnkit.metrics import forecast_scores, plot_forecasts
 from rnnkit.precision import at_least_fp32
 from rnnkit.tasks.base import Command, Flag, Param, Table, Task
+from rnnkit.tasks.forecast_combine import COMBINATIONS, Combination, NoCombination, theta_forecasts
 from rnnkit.tasks.forecast_config import (
     ForecastConfig,
     ForecastDataConfig,
@@ -125,7 +128,8 @@ def refit(run_dir: str | Path) -> dict[str, Any]:
     log.info("refit: %d steps on every point (the step of the best evaluation)", steps)
     result = train(task, run_dir / "refit", plots=False)
     payload = load_checkpoint(run_dir / "refit" / "last.pt", kind=ForecastTask.name)
-    payload["artefacts"]["interval_scale"] = best["artefacts"].get("interval_scale", 1.0)
+    for key, default in (("interval_scale", 1.0), ("combine", "none")):  # what validation chose
+        payload["artefacts"][key] = best["artefacts"].get(key, default)
     payload["metrics"] = best["metrics"]  # the validated model's scores: the refit's are in-sample
     if not (run_dir / "validated.pt").exists():
         os.replace(run_dir / "best.pt", run_dir / "validated.pt")
@@ -169,6 +173,19 @@ class ForecastTask(Task):
     def head(self) -> ForecastHead:
         """The head strategy of ``model.head`` (the config's string, as an object: loss, sampling, quantiles)."""
         return HEADS[self.config.model.head]()
+
+    @property
+    def combination(self) -> Combination:
+        """The strategy of ``model.combine``; for ``auto``, the one the held-out horizon chose (``chosen``)."""
+        name = self.config.model.combine
+        return COMBINATIONS[getattr(self, "chosen", "none") if name == "auto" else name]()
+
+    @property
+    def auto_tries_theta(self) -> bool:
+        """Whether ``auto`` weighs Theta at each evaluation: there is a held-out horizon to judge it on, no
+        covariates (Theta cannot read them) and real values (Theta's forecasts are not counts: negbin)."""
+        real = self.config.model.head != "negbin"
+        return self.held_out and real and not getattr(self, "covariates", None)
 
     @property
     def held_out(self) -> bool:
@@ -261,6 +278,7 @@ class ForecastTask(Task):
         self.lags = parse_lags(self.config.model.lags, self.season)
         self.ids = [s.id for s in data.series]
         self.interval_scale = 1.0  # set from the validation residuals at each evaluation (``calibrate``)
+        self.chosen = "none"  # --combine auto: set at each evaluation from the held-out MASE (``evaluate``)
         self.covariates = list(data.covariates)
         if self.covariates:
             values = np.concatenate([s.covariates for s in train_series])
@@ -287,26 +305,34 @@ class ForecastTask(Task):
         self.covariates = list(artefacts["covariates"])
         self.cov_mean, self.cov_std = list(artefacts["cov_mean"]), list(artefacts["cov_std"])
         self.interval_scale = float(artefacts.get("interval_scale", 1.0))  # runs from before calibration: 1
+        self.chosen = str(artefacts.get("combine", "none"))  # runs from before combinations: the network alone
 
     def artefacts(self) -> dict[str, Any]:
         return {
             "axis": self.axis.to_dict(), "season": self.season, "horizon": self.horizon, "context": self.context,
             "lags": list(self.lags), "ids": self.ids, "covariates": self.covariates, "cov_mean": self.cov_mean,
-            "cov_std": self.cov_std, "interval_scale": self.interval_scale,
+            "cov_std": self.cov_std, "interval_scale": self.interval_scale, "combine": self.chosen,
         }  # fmt: skip
 
-    def write_files(self, run_dir: Path) -> None:
+    def write_files(self, run_dir: Path, artefacts: dict[str, Any] | None = None) -> None:
         atomic_write_json(run_dir / "series.json", {
-            "frequency": self.axis.name, **self.artefacts(), "dropped_short_series": self.dropped,
+            "frequency": self.axis.name, **(artefacts or self.artefacts()), "dropped_short_series": self.dropped,
             **self.too_short, "filled_values": self.history.filled,
         })  # fmt: skip
+
+    def finish_files(self, run_dir: Path) -> None:
+        """series.json with best.pt's interval scale and combination: the ones its forecasts use."""
+        from rnnkit.checkpoint import load_checkpoint
+
+        if (run_dir / "best.pt").is_file():
+            self.write_files(run_dir, load_checkpoint(run_dir / "best.pt", kind=self.name)["artefacts"])
 
     def describe(self) -> dict[str, Any]:
         return {
             "series": len(self.train_series), "train_windows": len(self.pairs), "frequency": self.axis.name,
             "season_length": self.season, "horizon": self.horizon, "context_length": self.context,
             "lags": list(self.lags), "covariates": len(self.covariates), "dropped_series": self.dropped,
-            "validated_series": len(self.validated), **self.too_short,
+            "validated_series": len(self.validated), **self.too_short, "combine": self.config.model.combine,
         }  # fmt: skip
 
     # --- model inputs -----------------------------------------------------------------------------------------
@@ -416,13 +442,14 @@ class ForecastTask(Task):
                  levels: tuple[float, ...] | None = None, num_samples: int | None = None,
                  future: dict[str, np.ndarray] | None = None, seed: int = 0, device="cpu",
                  batch_size: int = 256, progress: Callable[[int], None] | None = None,
-                 calibrated: bool = True) -> dict[str, Any]:  # fmt: skip
+                 calibrated: bool = True, combined: bool = True) -> dict[str, Any]:  # fmt: skip
         """Forecasts of the ``horizon`` steps after each series' last point.
 
         Returns {"median": (N, h), "quantiles": {level: (N, h)}, "times": (N, h) ordinals}. ``future`` maps a
         series id to its covariates (h, C) over the horizon (needed when the run has covariates). ``progress``
         is called with the number of series done after each batch of them. ``calibrated``: each quantile's
         distance from the median times the run's ``interval_scale`` (see ``calibrate``); False: the head's own.
+        ``combined``: mixed with Theta's forecast as the run's ``combination`` says; False: the network's alone.
         """
         h = self.horizon if horizon is None else horizon
         head = self.head
@@ -431,6 +458,7 @@ class ForecastTask(Task):
             raise ValueError(f"horizon must be >= 1, got {h}")
         head.check_request(h, levels, self.horizon, model.levels)
         S = num_samples or self.config.model.num_samples
+        combination = self.combination if combined else NoCombination()
         was_training = model.training
         model.eval()
         quantiles, times = {q: [] for q in levels}, []
@@ -448,6 +476,7 @@ class ForecastTask(Task):
                         q = self._sampled_forecast(model, b, h, levels, S, device)
                     else:
                         q = self._direct_forecast(model, b, h, levels, device)
+                    q = combination.combine([s.values for s in chunk], q, self.season)
                     for level in levels:
                         quantiles[level].append(q[level])
                     if progress is not None:
@@ -552,8 +581,9 @@ class ForecastTask(Task):
         cut = [drop_last(s, H) for s in series]
         future = {s.id: s.covariates[-H:] for s in series} if self.covariates else None
         f = self.forecast(model, cut, num_samples=self.config.data.eval_samples, seed=self.config.train.seed,
-                          future=future, device=device, calibrated=False)  # fmt: skip
+                          future=future, device=device, calibrated=False, combined=False)  # fmt: skip
         actuals = [s.values[-H:] for s in series]
+        f = self._combine_validated(histories, actuals, f)
         m = forecast_scores(histories, actuals, list(f["median"]), self.season,
                             {q: list(v) for q, v in f["quantiles"].items()})  # fmt: skip
         if self.held_out and self.config.model.calibration == "conformal":
@@ -562,7 +592,28 @@ class ForecastTask(Task):
         self.last_forecast = (cut, f)
         return {"loss": total / max(count, 1.0), "mase": m["mase"], "smape": m["smape"],
                 "coverage_80": m["coverage_80"], "quantile_loss": m["quantile_loss"],
-                "interval_scale": self.interval_scale}  # fmt: skip
+                "interval_scale": self.interval_scale,
+                "theta_weight": 0.5 if self.combination.name == "theta" else 0.0}  # fmt: skip
+
+    def _combine_validated(self, histories: list[np.ndarray], actuals: list[np.ndarray],
+                           f: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """The network's validation forecast ``f`` combined as the run says. ``--combine auto`` first chooses, by
+        the held-out MASE, between the network alone and its mean with Theta (``chosen``, saved with the run):
+        validation is where a run's settings are chosen, and on series where Theta errs the mean gains nothing."""
+        combine = self.config.model.combine
+        tries = combine == "theta" or (combine == "auto" and self.auto_tries_theta)
+        if tries and getattr(self, "_val_theta", None) is None:  # the held-out histories never change
+            self._val_theta = theta_forecasts(histories, self.horizon, self.season)
+        names = ("none", "theta") if tries else ("none",)
+        mixed = {name: COMBINATIONS[name]().combine(histories, f["quantiles"], self.season,
+                                                    point=getattr(self, "_val_theta", None))
+                 for name in names}  # fmt: skip
+        if combine == "auto":
+            mase = {name: forecast_scores(histories, actuals, list(q[0.5]), self.season)["mase"]
+                    for name, q in mixed.items()}  # fmt: skip
+            self.chosen = "theta" if "theta" in mase and mase["theta"] < mase["none"] else "none"  # nan: none
+        q = mixed[self.combination.name]
+        return {**f, "quantiles": q, "median": q[0.5]}
 
     def plots(self, model: nn.Module, run_dir: Path, device: torch.device) -> None:
         from rnnkit.metrics import plot_forecasts
