@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnnkit.checkpoint import load_run
 from rnnkit.cli import main
@@ -20,7 +21,7 @@ from rnnkit.data.labelled import read_examples
 from rnnkit.sequence import pad_sequences
 from rnnkit.tasks import ClassifyConfig, ClassifyTask, SequenceClassifier
 from rnnkit.tasks.classification import ClassifyModelConfig
-from rnnkit.tasks.classify_parts import Standardise, ZNormalise, init_input_weights_
+from rnnkit.tasks.classify_parts import ConvBranch, Standardise, ZNormalise, init_input_weights_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,6 +56,7 @@ def test_untrained_features_of_zero_mean_series_differ(pooling):
 
 
 def test_input_weights_have_variance_one_over_the_input_width():
+    torch.manual_seed(0)  # a fixed draw: with 1 channel the variance is estimated from 192 weights
     for channels in (1, 6, 40):
         model = SequenceClassifier(ClassifyModelConfig(hidden_size=64), 3, input_channels=channels)
         for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
@@ -68,6 +70,38 @@ def test_input_weights_have_variance_one_over_the_input_width():
 
 
 # --- per-series z-normalisation -----------------------------------------------------------------------------------
+
+
+def test_conv_branch_is_fcn_with_same_padding_and_ignores_padding():
+    """Three conv-BN-ReLU blocks, "same" padding as torch's own ``padding="same"`` pads, averaged over time; a
+    series padded into a batch gives what it gives alone."""
+    torch.manual_seed(0)
+    branch = ConvBranch(2, 4).eval()
+    for norm in branch.norms:  # statistics other than the initial 0 and 1, as training leaves them
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+    series = [torch.randn(T, 2) for T in (13, 7, 1)]
+    with torch.no_grad():
+        alone = []
+        for x in series:
+            h = x.T[None]  # (1, 2, T)
+            for conv, norm in zip(branch.convs, branch.norms, strict=True):
+                h = torch.relu(norm(F.conv1d(h, conv.weight, conv.bias, padding="same")))
+            alone.append(h.mean(2)[0])
+        batch = branch(*pad_sequences(series))
+    torch.testing.assert_close(batch, torch.stack(alone), rtol=1e-5, atol=1e-6)
+    assert [c.out_channels for c in branch.convs] == [4, 8, 4] and [c.kernel_size[0] for c in branch.convs] == [8, 5, 3]
+
+
+def test_the_conv_branch_feeds_the_head_of_series_models_only():
+    model = SequenceClassifier(ClassifyModelConfig(hidden_size=8, conv_filters=16), 3, input_channels=2)
+    assert model.conv is not None and model.head[0].in_features == 2 * 8 + 16
+    x, lengths = torch.randn(4, 9, 2), torch.tensor([9, 5, 3, 1])
+    assert model.features(x, lengths).shape == (4, 32)
+    text = SequenceClassifier(ClassifyModelConfig(hidden_size=8, ngrams=0, conv_filters=16), 3, vocab_size=10)
+    assert text.conv is None  # text has its n-gram bag instead
+    off = SequenceClassifier(ClassifyModelConfig(hidden_size=8), 3, input_channels=2)  # the default: off
+    assert off.conv is None and off.head[0].in_features == 16
 
 
 def _znorm_by_hand(x: np.ndarray) -> np.ndarray:

@@ -299,6 +299,7 @@ TASK_CASES = {
     "classify-series-lstm-bi-last": ("classify-series", {"mode": "lstm", "hidden_size": 5, "num_layers": 2,
                                                          "pooling": "last", "head_size": 0}),
     "classify-series-gru-max": ("classify-series", {"mode": "gru", "hidden_size": 5, "pooling": "max"}),
+    "classify-series-gru-conv": ("classify-series", {"mode": "gru", "hidden_size": 5, "conv_filters": 3}),
     "forecast-lstm-ids-studentt": ("forecast", {"mode": "lstm", "hidden_size": 6, "id_embedding": 3}),
     "forecast-gru-quantile": ("forecast", {"mode": "gru", "hidden_size": 6, "num_layers": 1, "head": "quantile"}),
     "seq2seq-lstm-general": ("seq2seq", {"mode": "lstm", "embedding_size": 4, "hidden_size": 5, "decoder_layers": 2}),

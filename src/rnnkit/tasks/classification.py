@@ -5,7 +5,10 @@
 
 Text also feeds the MLP a bag of its hashed token 1- to ``ngrams``-grams (``NgramBag``, fastText's features, on by
 default: (B, E) beside the pooled (B, K*H)), which a recurrent net on a few thousand examples per class learns less
-well for itself (the words-to-language benchmark in docs/results.md).
+well for itself (the words-to-language benchmark in docs/results.md). A series can feed it a convolutional
+branch (``ConvBranch``, FCN's three conv-BN-ReLU blocks averaged over time, as LSTM-FCN does: (B, F) beside the
+pooled (B, K*H), ``conv_filters``, off by default: on the UCR validation splits it did not beat the RNN alone in
+the 2-minute budget, docs/results.md).
 
 Pooling reads only the valid steps of each row: ``last`` (the final state of each direction: the forward one
 at the row's last valid step, the backward one at step 0), ``mean``, ``max``, or ``attention`` (a learned
@@ -85,6 +88,11 @@ class ClassifyModelConfig(RecurrentConfig):
         metadata={"help": "text only: hash buckets of the n-gram bag, rows of its table (0 = about one per distinct "
                   "n-gram of the training set, at most 4M weights)"},
     )  # fmt: skip
+    conv_filters: int = field(
+        default=0,
+        metadata={"help": "series only: beside the RNN, a convolutional branch (FCN: 3 blocks of F, 2F, F filters) "
+                  "for the head (F; 0 = off)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +101,7 @@ class ClassifyModelConfig(RecurrentConfig):
         check_int("head_size", self.head_size, 0, 2**20)
         check_int("ngrams", self.ngrams, 0, 8)
         check_int("ngram_buckets", self.ngram_buckets, 0, 2**24)
+        check_int("conv_filters", self.conv_filters, 0, 2**12)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@
 
     --rnnkit.RNN (lengths)--> (B, T, K*H) --pooling over the valid steps--> (B, K*H) --MLP--> logits (B, C)
 
+beside the RNN, text's bag of hashed n-grams (``NgramBag``, (B, E)) or a series' convolutional branch
+(``ConvBranch``, (B, F)), concatenated to the pooled features before the MLP.
+
 An input is a strategy ``ClassifyTask`` asks instead of branching on the data's kind: it fits what it learns from
 the training examples, encodes examples as model inputs, saves and restores its artefacts, and builds the model
 with its input layer. A pooling is an ``nn.Module`` chosen by the config's ``pooling`` string (``POOLINGS``), and a
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import RecurrentConfig
@@ -192,6 +196,36 @@ def distinct_ngrams(token_lists: list[list[str]], ngrams: int) -> int:
     return len(seen - {(None,)})
 
 
+class ConvBranch(nn.Module):
+    """A fully convolutional branch beside the RNN, for series: FCN (Wang et al. 2017), three blocks of
+
+        conv (kernel 8, 5, 3; F, 2F, F filters; "same" padding) -> batch norm -> ReLU
+
+    averaged over the valid steps, (B, F); LSTM-FCN (Karim et al. 2018) feeds the head these beside the RNN's
+    features. Convolutions find a series' local shapes wherever they occur, which a recurrent net trained on a
+    few dozen series finds slowly. Every block's output is zeroed past each row's length, so a padded series gives
+    what it gives alone (in evaluation; batch norm's training statistics count the padded steps).
+    ``forward(x, lengths) -> (B, F)`` from the scaled series x (B, T, D).
+    """
+
+    KERNELS: ClassVar[tuple[int, ...]] = (8, 5, 3)
+
+    def __init__(self, channels: int, filters: int) -> None:
+        super().__init__()
+        widths = (channels, filters, 2 * filters, filters)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(a, b, k) for a, b, k in zip(widths[:-1], widths[1:], self.KERNELS, strict=True)
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in widths[1:])
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        mask = lengths_to_mask(lengths.to(x.device), x.size(1)).unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        h = x.transpose(1, 2) * mask  # (B, D, T)
+        for conv, norm, k in zip(self.convs, self.norms, self.KERNELS, strict=True):
+            h = torch.relu(norm(conv(F.pad(h, ((k - 1) // 2, k // 2))))) * mask  # (B, F_i, T): "same", as Keras pads
+        return h.sum(2) / mask.sum(2).clamp_min(1)  # (B, F)
+
+
 class Standardise(nn.Module):
     """A series' input layer: (x - mean) / std per channel, set from the training set; a missing value (NaN) becomes
     the channel mean, 0 after standardising."""
@@ -292,7 +326,9 @@ class SequenceClassifier(nn.Module):
         if vocab_size and config.ngrams:
             buckets = ngram_buckets or config.ngram_buckets or ngram_buckets_for(1 << 20, config.embedding_size)
             self.bag = NgramBag(config.ngrams, buckets, config.embedding_size, vocab_size)
+        self.conv = ConvBranch(input_channels, config.conv_filters) if input_channels and config.conv_filters else None
         width = K * H + (config.embedding_size if self.bag is not None else 0)  # the head's input width
+        width += config.conv_filters if self.conv is not None else 0
         self.drop = nn.Dropout(config.dropout)
         if config.head_size:
             self.head = nn.Sequential(nn.Linear(width, config.head_size), nn.ReLU(), nn.Dropout(config.dropout),
@@ -314,13 +350,17 @@ class SequenceClassifier(nn.Module):
         return self.embedding(x) if isinstance(self.embedding, nn.Embedding) else self.embedding(x, lengths)
 
     def features(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """The pooled representation (B, K*H) of a padded batch, and the n-gram bag's (B, E) after it if on."""
-        y, state = self.rnn(self.encode(x, lengths), lengths=lengths)  # y (B, T, K*H), zero past each length
+        """The pooled representation (B, K*H) of a padded batch, and after it the n-gram bag's (B, E) or the
+        convolutional branch's (B, F) where on."""
+        u = self.encode(x, lengths)  # (B, T, E or D)
+        y, state = self.rnn(u, lengths=lengths)  # y (B, T, K*H), zero past each length
         mask = lengths_to_mask(lengths.to(y.device), y.size(1)).unsqueeze(-1)  # (B, T, 1)
         pooled = self.pool(y, lengths, mask, state)  # (B, K*H)
-        if self.bag is None:
-            return pooled
-        return torch.cat([pooled, self.bag(x, lengths)], dim=1)  # (B, K*H + E)
+        if self.bag is not None:
+            return torch.cat([pooled, self.bag(x, lengths)], dim=1)  # (B, K*H + E)
+        if self.conv is not None:
+            return torch.cat([pooled, self.conv(u, lengths)], dim=1)  # (B, K*H + F)
+        return pooled
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T) or (B, T, D), lengths (B,) -> logits (B, C)."""
