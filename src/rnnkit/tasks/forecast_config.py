@@ -81,8 +81,9 @@ class ForecastModelConfig(RecurrentConfig):
     combine: str = field(
         default="auto",
         metadata={"help": "forecasts: theta (the mean of the network's median and the Theta method's, every quantile "
-                  "moved with the median), none (the network's alone) or auto (theta, but none for runs with "
-                  "covariates or the negbin head)"},
+                  "moved with the median), none (the network's alone) or auto (of the two, the one with the lower "
+                  "held-out MASE, chosen at each evaluation; none with covariates, the negbin head or "
+                  "--validation none)"},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
